@@ -1,0 +1,81 @@
+"""Where a database's worker lives: endpoint, lock file and log file, all derived from --db.
+
+Every spelling of one database file (relative, absolute, through a symlink) resolves to the
+same real path, so every front node finds the same worker. A unix socket path holds about
+100 bytes, so endpoints are named by a hash of the real path, inside a runtime directory
+that only this user can enter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNTIME_DIR_ENV = "MIGRATIONS_RUNTIME_DIR"
+MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    database: Path  # the real path of the SQLite file
+    address: str  # the ZeroMQ address the worker binds and nodes connect to
+    lock_path: Path  # held by the owning worker for its whole life
+    log_path: Path  # stderr of workers spawned by a node
+
+
+def runtime_dir() -> Path:
+    """The per-user directory for sockets and worker logs, created 0700 if missing.
+
+    Raises PermissionError if it exists but belongs to someone else or others can enter it.
+    """
+    configured = os.environ.get(RUNTIME_DIR_ENV)
+    if configured:
+        path = Path(configured)
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "migrations-node"
+    else:
+        path = Path("/tmp") / f"migrations-node-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"{path} is not a directory owned by this user")
+    if info.st_mode & 0o077:
+        raise PermissionError(f"{path} is open to other users (mode {info.st_mode & 0o777:o})")
+    return path
+
+
+def for_database(database: str | os.PathLike[str]) -> Endpoint:
+    real = Path(os.path.realpath(database))
+    key = hashlib.sha256(os.fsencode(real)).hexdigest()[:24]
+    directory = runtime_dir()
+    socket_path = directory / f"{key}.sock"
+    if len(os.fsencode(socket_path)) > MAX_UNIX_PATH:
+        raise ValueError(f"socket path {socket_path} is too long; set {RUNTIME_DIR_ENV} shorter")
+    return Endpoint(
+        database=real,
+        address=f"ipc://{socket_path}",
+        lock_path=real.with_name(real.name + ".lock"),
+        log_path=directory / f"{key}.log",
+    )
+
+
+def is_listening(address: str) -> bool:
+    """True if a worker is accepting connections at an ipc:// address right now.
+
+    A unix socket either accepts or refuses at once, so this answers without waiting:
+    a stale socket file left by a killed worker is refused.
+    """
+    if not address.startswith("ipc://"):
+        raise ValueError(f"cannot probe {address}: only ipc:// endpoints are local")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(address.removeprefix("ipc://"))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True

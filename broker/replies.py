@@ -1,0 +1,73 @@
+"""Writing replies to stdout as JSON lines, in the order their requests arrived.
+
+Each request (or malformed chunk) reserves a slot when it is read; its reply fills the slot
+whenever it comes; flush() writes the run of filled slots at the head, so a slow reply holds
+back the later ones and the output order is always the input order.
+
+A line is exactly `json.dumps(reply)`: the body with `type` first and `in_reply_to` second,
+or, once framing is on (after `init`, or from the start with --envelope), the body wrapped
+as {"src": own id, "dest": the request's src, "body": ...}, as Maelstrom expects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from broker.requests import Request
+
+
+@dataclass
+class Slot:
+    msg_id: int | None
+    envelope: tuple[str | None, str | None] | None  # (src, dest) of the reply when framed
+    line: bytes | None = field(default=None)
+
+
+class OrderedReplies:
+    def __init__(self, stream: BinaryIO, envelope: bool = False) -> None:
+        self.stream = stream
+        self.envelope = envelope
+        self.node_id: str | None = None  # from init; replaces each request's dest as our src
+        self._slots: deque[Slot] = deque()
+
+    def adopt_identity(self, node_id: str) -> None:
+        """What init does: take the node id and frame every reply from now on."""
+        self.node_id = node_id
+        self.envelope = True
+
+    def reserve(self, request: Request | None) -> Slot:
+        """Take the next place in the output for a request (None for a malformed chunk)."""
+        msg_id = request.msg_id if request else None
+        framing = None
+        if self.envelope:
+            own_id = self.node_id if self.node_id is not None else request and request.dest
+            framing = (own_id, request.src if request else None)
+        slot = Slot(msg_id, framing)
+        self._slots.append(slot)
+        return slot
+
+    def fill(self, slot: Slot, body: dict[str, Any]) -> None:
+        reply = {"type": body["type"]}
+        if slot.msg_id is not None:
+            reply["in_reply_to"] = slot.msg_id
+        reply.update((key, value) for key, value in body.items() if key != "type")
+        if slot.envelope is not None:
+            src, dest = slot.envelope
+            reply = {"src": src, "dest": dest, "body": reply}
+        slot.line = (json.dumps(reply) + "\n").encode()
+
+    def waiting(self) -> int:
+        """Replies reserved but not yet written."""
+        return len(self._slots)
+
+    def flush(self) -> None:
+        """Write every reply at the head that is ready; raises BrokenPipeError if stdout closed."""
+        lines = []
+        while self._slots and self._slots[0].line is not None:
+            lines.append(self._slots.popleft().line)
+        if lines:
+            self.stream.write(b"".join(lines))
+            self.stream.flush()

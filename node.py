@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""The stdio front node: JSON requests on stdin, JSON replies on stdout, in the same order.
+
+    stdin --RequestFramer--> parse_request --> WorkerClient (ZeroMQ, msgpack) --> worker
+    stdout <--OrderedReplies <-- replies matched by request id <--'
+
+Requests are pipelined to the worker; `init` and malformed input are answered here but
+still take their turn in the output. Logs go to stderr: stdout carries replies only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import zmq
+
+from broker import endpoint
+from broker.client import TICK_MS, WorkerClient, WorkerConfigError
+from broker.errors import MALFORMED_REQUEST, ReplyError
+from broker.framing import Malformed, RequestFramer
+from broker.replies import OrderedReplies
+from broker.requests import parse_request
+
+READ_BYTES = 1 << 16
+DEFAULT_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+EXIT_WORKER_CANNOT_START = 2
+
+log = logging.getLogger("node")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--db", default="migrations.db", help="SQLite file (default: ./migrations.db)"
+    )
+    parser.add_argument(
+        "--migrations",
+        type=Path,
+        default=DEFAULT_MIGRATIONS,
+        help="folder of NNNN_name.py migrations (default: migrations/ beside node.py)",
+    )
+    parser.add_argument(
+        "--envelope",
+        action="store_true",
+        help='wrap every reply as {"src", "dest", "body"} from the start, as after init',
+    )
+    parser.add_argument("--log-level", default="WARNING", help="stderr log level")
+    args = parser.parse_args(argv)
+    if not args.migrations.is_dir():
+        parser.error(f"--migrations {args.migrations} is not a folder")
+    args.migrations = args.migrations.resolve()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s node[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    client = WorkerClient(endpoint.for_database(args.db), args.migrations)
+    try:
+        serve(client, OrderedReplies(sys.stdout.buffer, envelope=args.envelope))
+    except WorkerConfigError as exc:
+        log.error("the worker cannot start: %s", exc)
+        return EXIT_WORKER_CANNOT_START
+    except BrokenPipeError:
+        log.warning("stdout was closed; stopping")
+        # Nothing more can be written there; keep the interpreter's exit flush quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        client.close()
+    return 0
+
+
+def serve(client: WorkerClient, replies: OrderedReplies) -> None:
+    """Answer everything on stdin, then return once every reply is written."""
+    stdin = sys.stdin.fileno()
+    framer = RequestFramer()
+    reading, listening = True, False
+    while reading or replies.waiting():
+        # Stop reading while requests wait for the window, so input backs up, not memory.
+        wanted = reading and client.has_room()
+        if wanted != listening:
+            if wanted:
+                client.poller.register(stdin, zmq.POLLIN)
+            else:
+                client.poller.unregister(stdin)
+            listening = wanted
+        events = dict(client.poller.poll(TICK_MS))
+        for slot, body in client.process(events):
+            replies.fill(slot, body)
+        if stdin in events:
+            chunk = os.read(stdin, READ_BYTES)
+            if not chunk:
+                reading = False
+            for item in framer.feed(chunk) if chunk else framer.close():
+                accept(item, client, replies)
+        replies.flush()
+
+
+def accept(item: dict | Malformed, client: WorkerClient, replies: OrderedReplies) -> None:
+    """Give one framed input its place in the output, and its answer or its way to the worker."""
+    if isinstance(item, Malformed):
+        replies.fill(replies.reserve(None), ReplyError(MALFORMED_REQUEST, item.text).body())
+        return
+    request = parse_request(item)
+    if request.kind == "init" and request.problem is None:
+        replies.adopt_identity(request.body["node_id"])
+    slot = replies.reserve(request)
+    if request.problem is not None:
+        replies.fill(slot, request.problem.body())
+    elif request.kind == "init":
+        replies.fill(slot, {"type": "init_ok"})
+    else:
+        client.submit(slot, request.kind)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Shared fixtures: real node processes on a temporary database, cleaned up whatever happens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import PROCESS_TIMEOUT_S, Workspace, gone
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Iterator[Workspace]:
+    # A short runtime directory: unix socket paths hold about 100 bytes.
+    runtime = Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
+    env = {**os.environ, "MIGRATIONS_RUNTIME_DIR": str(runtime)}
+    env.pop("MIGRATIONS_CRASH_AFTER_COMMIT", None)
+    space = Workspace(root=tmp_path, runtime=runtime, db=tmp_path / "test.db", env=env)
+    try:
+        yield space
+    finally:
+        for process in space.started:
+            if process.poll() is None:
+                process.kill()
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+            process.wait(timeout=PROCESS_TIMEOUT_S)
+        pid = space.worker_pid()
+        if pid is not None and not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(runtime, ignore_errors=True)

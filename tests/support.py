@@ -1,0 +1,129 @@
+"""Helpers for tests that run node.py and its worker as real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+NODE = PROJECT / "node.py"
+PROCESS_TIMEOUT_S = 60  # a stuck process fails its test instead of hanging the suite
+
+
+def gone(pid: int) -> bool:
+    """True once a process no longer runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll `condition` until true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def write_migration(folder: Path, filename: str, up: str, down: str | None = "pass") -> Path:
+    """Write a migration file whose up/down bodies are the given (indented) source lines."""
+    source = "def up(db):\n" + _indent(up)
+    if down is not None:
+        source += "\n\ndef down(db):\n" + _indent(down)
+    path = folder / filename
+    path.write_text(source + "\n")
+    return path
+
+
+def _indent(body: str) -> str:
+    return "".join(f"    {line}\n" for line in body.strip("\n").splitlines())
+
+
+@dataclass
+class Workspace:
+    """A database, a runtime directory for its worker, and helpers to run nodes on it."""
+
+    root: Path
+    runtime: Path
+    db: Path
+    env: dict[str, str]
+    started: list[subprocess.Popen] = field(default_factory=list)
+
+    def node_command(self, *args: str) -> list[str]:
+        return [sys.executable, str(NODE), "--db", str(self.db), *args]
+
+    def run(self, lines: bytes | str | list, *args: str, timeout: float = PROCESS_TIMEOUT_S):
+        """Run node.py to completion on `lines`; returns (replies as dicts, CompletedProcess)."""
+        data = _as_bytes(lines)
+        completed = subprocess.run(
+            self.node_command(*args),
+            input=data,
+            capture_output=True,
+            env=self.env,
+            cwd=self.root,
+            timeout=timeout,
+        )
+        replies = [json.loads(line) for line in completed.stdout.splitlines()]
+        return replies, completed
+
+    def start(self, *args: str) -> subprocess.Popen:
+        """Start node.py with pipes; the fixture kills it at teardown if still running."""
+        process = subprocess.Popen(
+            self.node_command(*args),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            cwd=self.root,
+        )
+        self.started.append(process)
+        return process
+
+    def worker_pid(self) -> int | None:
+        """The pid in the database's lock file (the owning worker, if any still runs)."""
+        try:
+            text = (self.db.parent / (self.db.name + ".lock")).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text else None
+
+    def tables(self) -> set[str]:
+        import sqlite3
+
+        connection = sqlite3.connect(self.db)
+        try:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            return {name for (name,) in rows}
+        finally:
+            connection.close()
+
+    def recorded(self) -> list[tuple[int, str]]:
+        import sqlite3
+
+        connection = sqlite3.connect(self.db)
+        try:
+            rows = connection.execute("SELECT version, name FROM schema_migrations ORDER BY 1")
+            return list(rows)
+        finally:
+            connection.close()
+
+
+def _as_bytes(lines: bytes | str | list) -> bytes:
+    if isinstance(lines, bytes):
+        return lines
+    if isinstance(lines, str):
+        return lines.encode()
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def request(kind: str, msg_id: int, **body) -> dict:
+    return {"src": "c1", "dest": "migrations", "body": {"type": kind, "msg_id": msg_id, **body}}

@@ -1,0 +1,88 @@
+"""python -m worker: the process that owns one database and serves migration requests.
+
+Exit status: 0 after a normal stop, 75 when another worker already owns the database,
+78 when the configuration is unusable (missing folder, duplicate migration versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import zmq
+
+from broker import endpoint
+from broker.spawn import EXIT_CONFIG, EXIT_OWNED
+from worker.catalog import Catalog
+from worker.engine import Engine
+from worker.lock import AlreadyOwned, OwnerLock
+from worker.server import WorkerServer
+from worker.store import SqliteStore
+
+log = logging.getLogger("worker")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default="migrations.db", help="SQLite file to own")
+    parser.add_argument(
+        "--migrations",
+        default=str(Path(__file__).resolve().parent.parent / "migrations"),
+        help="folder of NNNN_name.py migrations (default: the project's migrations/)",
+    )
+    parser.add_argument("--bind", help="address to serve (default: derived from --db)")
+    parser.add_argument(
+        "--idle-exit",
+        type=float,
+        metavar="SECONDS",
+        help="exit this long after the last node disconnected (default: never)",
+    )
+    parser.add_argument(
+        "--wait", action="store_true", help="wait for the database's owner to go instead of exiting"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    where = endpoint.for_database(args.db)
+    catalog = Catalog(Path(args.migrations).resolve())
+    try:
+        count = len(catalog.migrations())
+    except Exception as exc:  # a startup error: say why once, and do not be restarted for it
+        log.error("cannot start: %s", getattr(exc, "text", exc))
+        return EXIT_CONFIG
+    lock = OwnerLock(where.lock_path)
+    try:
+        lock.acquire(wait=args.wait)
+    except AlreadyOwned as exc:
+        log.warning("not starting: database %s is already owned: %s", where.database, exc)
+        return EXIT_OWNED
+    store = SqliteStore(where.database)
+    server = WorkerServer(
+        Engine(store, catalog, should_stop=lambda: server.stopping),
+        address=args.bind or where.address,
+        describe={"database": str(where.database), "migrations_dir": str(catalog.folder)},
+        idle_exit_s=args.idle_exit,
+    )
+    log.info("owning %s with %d migrations from %s", where.database, count, catalog.folder)
+    context = zmq.Context()
+    try:
+        server.run(context)
+    finally:
+        store.close()
+        context.term()
+        lock.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Finding migration files in a folder and loading their code.
+
+A migration is a file `NNNN_name.py` (version = the integer prefix, name = the rest) that
+defines up(db) and, to be reversible, down(db). Other files are ignored. Listing the folder
+does not import anything, and is cached until the folder changes, so `status` stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.errors import PRECONDITION_FAILED, ReplyError
+
+MIGRATION_FILE = re.compile(r"^(\d+)_(.+)\.py$")
+RACY_WINDOW_NS = 2_000_000_000  # listings of a folder changed this recently are not cached
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    def entry(self, **fields: object) -> dict[str, object]:
+        """The reply entry for this migration: version and name, then `fields`."""
+        return {"version": self.version, "name": self.name, **fields}
+
+    def load(self) -> tuple[types.ModuleType, str]:
+        """Execute the file as a fresh module; return it with the sha256 of the bytes run.
+
+        Compiling the bytes we hashed (rather than importing by path) means the checksum
+        recorded is of exactly the code that ran, and no __pycache__ is written beside it.
+        Raises whatever the file raises (SyntaxError, ImportError, ...).
+        """
+        source = self.path.read_bytes()
+        module = types.ModuleType(f"migration_{self.version}_{self.name}")
+        module.__file__ = str(self.path)
+        exec(compile(source, self.path, "exec"), module.__dict__)
+        return module, hashlib.sha256(source).hexdigest()
+
+
+class DuplicateVersion(ReplyError):
+    def __init__(self, version: int, first: Path, second: Path) -> None:
+        super().__init__(
+            PRECONDITION_FAILED,
+            f"migration version {version} is defined twice: {first.name} and {second.name}",
+        )
+
+
+class Catalog:
+    """The migrations of one folder, in version order."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._stamp: int | None = None
+        self._migrations: list[Migration] = []
+
+    def migrations(self) -> list[Migration]:
+        """Every migration file, sorted by version; raises DuplicateVersion.
+
+        Raises FileNotFoundError if the folder is missing.
+        """
+        stamp = os.stat(self.folder).st_mtime_ns
+        if stamp != self._stamp:
+            self._migrations = scan(self.folder)
+            # File times are coarse (a clock tick): a change within the same tick as the
+            # listing would keep this stamp, so a stamp that recent is not trusted yet.
+            racy = time.time_ns() - stamp < RACY_WINDOW_NS
+            self._stamp = None if racy else stamp
+        return self._migrations
+
+
+def scan(folder: Path) -> list[Migration]:
+    found: dict[int, Migration] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = MIGRATION_FILE.match(entry.name)
+            if match is None or not entry.is_file():
+                continue
+            migration = Migration(int(match[1]), match[2], Path(entry.path))
+            other = found.get(migration.version)
+            if other is not None:
+                first, second = sorted((other.path, migration.path))
+                raise DuplicateVersion(migration.version, first, second)
+            found[migration.version] = migration
+    return [found[version] for version in sorted(found)]

@@ -1,0 +1,204 @@
+"""The migration engine: plan and run migrate, rollback and status against a store.
+
+Pure logic: no sockets, no processes. Each handler takes the request id and returns the
+reply body (without in_reply_to), or raises ReplyError. A request id that already has a
+stored reply gets that reply again and nothing runs twice, which makes resending a request
+after a worker crash safe.
+
+    migrate(R):   for each pending migration, in version order, one transaction:
+                  BEGIN IMMEDIATE; up(db); record(version, by R); [store reply]; COMMIT
+    rollback(R):  one transaction: BEGIN IMMEDIATE; down(db); unrecord; store reply; COMMIT
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from broker.errors import (
+    MIGRATION_FAILED,
+    PRECONDITION_FAILED,
+    TEMPORARILY_UNAVAILABLE,
+    ReplyError,
+)
+from worker.catalog import Catalog, Migration
+from worker.migration_db import guarded
+from worker.store import AppliedMigration, SqliteStore
+
+log = logging.getLogger(__name__)
+
+Reply = dict[str, Any]
+
+
+class Interrupted(Exception):
+    """The worker was asked to stop between two migrations; the request gets no reply here."""
+
+
+class Engine:
+    def __init__(
+        self,
+        store: SqliteStore,
+        catalog: Catalog,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.should_stop = should_stop
+
+    # -- request handlers ------------------------------------------------------------------
+
+    def status(self, request_id: bytes) -> Reply:
+        """Every migration, file or recorded, in version order, with whether it is applied."""
+        applied = {row.version: row for row in self.store.applied()}
+        files = {migration.version: migration for migration in self.catalog.migrations()}
+        entries = []
+        for version in sorted(files.keys() | applied.keys()):
+            # An applied migration whose file is gone is still listed, under its recorded name.
+            name = files[version].name if version in files else applied[version].name
+            entries.append({"version": version, "name": name, "applied": version in applied})
+        return {"type": "migration_status", "migrations": entries}
+
+    def migrate(self, request_id: bytes) -> Reply:
+        """Apply every pending migration in version order, each in its own transaction."""
+        return self._once(request_id, self._migrate)
+
+    def rollback(self, request_id: bytes) -> Reply:
+        """Revert the most recently applied migration and delete its record, atomically."""
+        return self._once(request_id, self._rollback)
+
+    # -- implementation --------------------------------------------------------------------
+
+    def _once(self, request_id: bytes, action: Callable[[bytes], Reply]) -> Reply:
+        stored = self.store.stored_reply(request_id)
+        if stored is not None:
+            log.info("request %s was answered before; sending the stored reply", request_id.hex())
+            return stored
+        try:
+            return action(request_id)
+        except ReplyError as error:
+            if error.code != TEMPORARILY_UNAVAILABLE:
+                # A resent request must get this same answer, not a second attempt.
+                with self.store.transaction():
+                    self.store.store_reply(request_id, error.body())
+            raise
+
+    def _migrate(self, request_id: bytes) -> Reply:
+        applied = self.store.applied()
+        done_versions = {row.version for row in applied}
+        # Migrations this same request applied before a crash are part of its answer.
+        done = [
+            {"version": row.version, "name": row.name, "status": "applied"}
+            for row in applied
+            if row.request_id == request_id
+        ]
+        pending = [m for m in self.catalog.migrations() if m.version not in done_versions]
+        for index, migration in enumerate(pending):
+            if self.should_stop():
+                raise Interrupted(f"stopped before migration {migration.version}")
+            entry = migration.entry(status="applied")
+            try:
+                module, checksum = migration.load()
+                up = _function(module, "up")
+                if up is None:
+                    raise LookupError("the file defines no up(db) function")
+                with self.store.transaction():
+                    elapsed_ms = self._run(up)
+                    self.store.record(
+                        migration.version, migration.name, checksum, elapsed_ms, request_id
+                    )
+                    if index == len(pending) - 1:
+                        reply = _applied_reply([*done, entry])
+                        self.store.store_reply(request_id, reply)
+            except ReplyError:
+                raise
+            except Exception as exc:
+                cause = _describe(exc)
+                log.error("migration %s %s failed: %s", migration.version, migration.name, cause)
+                raise ReplyError(
+                    MIGRATION_FAILED,
+                    f"migration {migration.version} {migration.name} failed and was rolled back,"
+                    f" so it is not applied: {cause}",
+                    applied=done,
+                    failed=migration.entry(error=cause),
+                ) from exc
+            log.info("applied %s %s in %.1f ms", migration.version, migration.name, elapsed_ms)
+            done.append(entry)
+        return _applied_reply(done)
+
+    def _rollback(self, request_id: bytes) -> Reply:
+        applied = self.store.applied()
+        if not applied:
+            raise ReplyError(PRECONDITION_FAILED, "nothing to roll back: no migration is applied")
+        latest = max(applied, key=lambda row: row.applied_seq)
+        migration = self._file_of(latest)
+        try:
+            module, _ = migration.load()
+        except Exception as exc:
+            raise self._down_failed(latest, exc) from exc
+        down = _function(module, "down")
+        if down is None:
+            raise ReplyError(
+                PRECONDITION_FAILED,
+                f"migration {latest.version} {latest.name} has no down() function,"
+                " so it cannot be rolled back",
+            )
+        reply = {"type": "migration_rolled_back", "version": latest.version, "name": latest.name}
+        try:
+            with self.store.transaction():
+                elapsed_ms = self._run(down)
+                self.store.unrecord(latest.version)
+                self.store.store_reply(request_id, reply)
+        except ReplyError:
+            raise
+        except Exception as exc:
+            raise self._down_failed(latest, exc) from exc
+        log.info("rolled back %s %s in %.1f ms", latest.version, latest.name, elapsed_ms)
+        return reply
+
+    def _file_of(self, row: AppliedMigration) -> Migration:
+        for migration in self.catalog.migrations():
+            if migration.version == row.version:
+                return migration
+        raise ReplyError(
+            PRECONDITION_FAILED,
+            f"migration {row.version} {row.name} is applied but its file is missing,"
+            " so it cannot be rolled back",
+        )
+
+    def _down_failed(self, row: AppliedMigration, exc: BaseException) -> ReplyError:
+        cause = _describe(exc)
+        log.error("rollback of %s %s failed: %s", row.version, row.name, cause)
+        return ReplyError(
+            MIGRATION_FAILED,
+            f"rollback of migration {row.version} {row.name} failed, so it stays applied"
+            f" and unchanged: {cause}",
+            failed={"version": row.version, "name": row.name, "error": cause},
+        )
+
+    def _run(self, function: Callable[[Any], object]) -> float:
+        """Call up() or down() with a guarded db; return its duration in milliseconds.
+
+        Raises RuntimeError if the migration ended the transaction itself.
+        """
+        connection = self.store.connection
+        started = time.perf_counter()
+        with guarded(connection) as db:
+            function(db)
+        if not connection.in_transaction:
+            raise RuntimeError("the migration ended the transaction itself")
+        return (time.perf_counter() - started) * 1000
+
+
+def _applied_reply(entries: list[dict[str, Any]]) -> Reply:
+    return {"type": "migrations_applied", "count": len(entries), "migrations": entries}
+
+
+def _function(module: object, name: str) -> Callable[[Any], object] | None:
+    function = getattr(module, name, None)
+    return function if callable(function) else None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,44 @@
+"""One owner per database: an exclusive lock on a file beside it, held for the worker's life.
+
+flock() locks belong to the open file, so the kernel releases them when the process dies,
+however it dies: a killed worker never leaves a stale lock. The lock is on a separate file
+(never SQLite's exclusive locking mode), so other programs can still read the database.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+
+class AlreadyOwned(Exception):
+    """Another live process holds the database's owner lock."""
+
+
+class OwnerLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = False) -> None:
+        """Take the lock and write our pid into the file.
+
+        Raises AlreadyOwned (naming the owner's pid when known) if `wait` is false and
+        another process holds it; with `wait`, blocks until the owner goes.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyOwned(f"{self.path} is held by worker pid {owner}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None

@@ -1,0 +1,65 @@
+"""The `db` object a migration's up(db) and down(db) receive.
+
+It runs statements inside the transaction the engine opened and cannot end it: while
+migration code runs, SQLite's authorizer refuses BEGIN, COMMIT, ROLLBACK and END, so a
+migration can never commit half of itself. (sqlite3's own executescript() commits first,
+which is why this class offers a safe one instead.)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+
+class MigrationDB:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        """Run one statement with parameters; returns the cursor for reading rows."""
+        return self._connection.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        return self._connection.executemany(sql, rows)
+
+    def executescript(self, script: str) -> None:
+        """Run several `;`-separated statements in the current transaction, in order."""
+        for statement in split_statements(script):
+            self._connection.execute(statement)
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple]:
+        """Run one statement and return all its rows."""
+        return self._connection.execute(sql, params).fetchall()
+
+
+def split_statements(script: str) -> Iterator[str]:
+    """Yield each complete statement of a script (semicolons in strings and triggers kept)."""
+    pending = ""
+    pieces = script.split(";")
+    for index, piece in enumerate(pieces):
+        # The last piece has no `;` of its own; a newline first ends a trailing `--` comment.
+        pending += piece + (";" if index < len(pieces) - 1 else "\n;")
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                yield pending  # comment-only statements run as harmless no-ops
+            pending = ""
+    if pending.strip(" \t\r\n;"):
+        raise sqlite3.ProgrammingError(f"incomplete SQL statement: {pending.strip()[:80]!r}")
+
+
+def _refuse_transaction_control(action: int, *_: Any) -> int:
+    return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_TRANSACTION else sqlite3.SQLITE_OK
+
+
+@contextmanager
+def guarded(connection: sqlite3.Connection) -> Iterator[MigrationDB]:
+    """Hand out a MigrationDB while transaction control is refused on `connection`."""
+    connection.set_authorizer(_refuse_transaction_control)
+    try:
+        yield MigrationDB(connection)
+    finally:
+        # The authorizer runs for every column read, so it is only on while migrations run.
+        connection.set_authorizer(None)

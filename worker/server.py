@@ -1,0 +1,176 @@
+"""The worker's ZeroMQ loop: receive a request, run it through the engine, send one reply.
+
+    node DEALER --[msgpack {"id", "type"}]--> ROUTER here --> Engine --> store (SQLite)
+    node DEALER <--[msgpack {"id", "body"}]-- ROUTER here <--'
+
+Requests run one at a time (this process is the database's single writer). ROUTER hands
+them over fairly, taking turns between connected nodes. The loop stops when SIGTERM or
+SIGINT arrives (after finishing the request in progress) or, if asked, a while after the
+last node disconnected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from broker import codec
+from broker.errors import CRASH, MALFORMED_REQUEST, UNKNOWN_TYPE, ReplyError
+from worker.engine import Engine, Interrupted
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 500  # wake-up period for the idle check when nothing happens
+MAX_REQUEST_ID_BYTES = 64
+BATCH = 256  # requests taken from the socket per wake-up before looking at signals again
+
+
+class WorkerServer:
+    def __init__(
+        self,
+        engine: Engine,
+        address: str,
+        describe: dict[str, Any],
+        idle_exit_s: float | None,
+    ) -> None:
+        self.engine = engine
+        self.address = address
+        self.describe = describe  # fixed facts for health replies (database, migrations)
+        self.idle_exit_s = idle_exit_s
+        self.started = time.monotonic()
+        self.served = 0
+        self.stopping = False
+        self.nodes: set[int] = set()  # file descriptors of connected peers, from the monitor
+        self.idle_since = time.monotonic()
+        self.handlers: dict[str, Callable[[bytes], dict[str, Any]]] = {
+            "migrate": engine.migrate,
+            "rollback": engine.rollback,
+            "status": engine.status,
+            "health": self.health,
+        }
+
+    def stop(self, *_: object) -> None:
+        """Signal handler: finish the request in progress, then leave the loop."""
+        self.stopping = True
+
+    def health(self, request_id: bytes) -> dict[str, Any]:
+        return {
+            "type": "health_ok",
+            "worker_pid": os.getpid(),
+            **self.describe,
+            "endpoint": self.address,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "requests_served": self.served,
+            "nodes_connected": len(self.nodes),
+        }
+
+    def run(self, context: zmq.Context) -> None:
+        """Serve until stopped; the socket is closed whatever happens."""
+        wake_read, wake_write = socket.socketpair()
+        wake_write.setblocking(False)
+        previous_wakeup = signal.set_wakeup_fd(wake_write.fileno())
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.stop)
+        router = context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable reply raises, never vanishes
+        router.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
+        router.setsockopt(zmq.LINGER, 0)
+        monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        try:
+            router.bind(self.address)
+            log.info("worker %d serving %s", os.getpid(), self.address)
+            poller = zmq.Poller()
+            poller.register(router, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
+            poller.register(wake_read, zmq.POLLIN)
+            while not self.stopping and not self._idle_too_long():
+                events = dict(poller.poll(POLL_MS))
+                if monitor in events:
+                    self._track_peers(monitor)
+                if wake_read.fileno() in events:
+                    wake_read.recv(4096)
+                if router in events:
+                    self._serve_ready(router)
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            router.disable_monitor()
+            monitor.close(linger=0)
+            router.close(linger=0)
+            wake_read.close()
+            wake_write.close()
+        log.info("worker %d stopped after %d requests", os.getpid(), self.served)
+
+    def _idle_too_long(self) -> bool:
+        if self.idle_exit_s is None or self.nodes:
+            return False
+        if time.monotonic() - self.idle_since < self.idle_exit_s:
+            return False
+        log.info("no node connected for %.1f s; exiting", self.idle_exit_s)
+        return True
+
+    def _track_peers(self, monitor: zmq.Socket) -> None:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.nodes.add(event["value"])
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.nodes.discard(event["value"])
+                if not self.nodes:
+                    self.idle_since = time.monotonic()
+
+    def _serve_ready(self, router: zmq.Socket) -> None:
+        for _ in range(BATCH):
+            if self.stopping:
+                return
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            peer, payload = frames[0], frames[1:]
+            reply = self._execute(payload)
+            if reply is None:
+                return  # interrupted by a stop request: the node will resend it
+            self.served += 1
+            try:
+                router.send_multipart([peer, codec.pack(reply)])
+            except zmq.ZMQError as exc:
+                # The node left (EHOSTUNREACH); a stored reply waits for its resend.
+                log.info("could not reply to a departed node: %s", exc)
+
+    def _execute(self, payload: list[bytes]) -> dict[str, Any] | None:
+        """Run one request frame; return the reply message, or None if interrupted."""
+        request_id = None
+        try:
+            if len(payload) != 1:
+                raise ReplyError(MALFORMED_REQUEST, "expected exactly one frame per request")
+            request = codec.unpack(payload[0])
+            request_id = request.get("id")
+            if not isinstance(request_id, bytes) or len(request_id) > MAX_REQUEST_ID_BYTES:
+                request_id = None
+                raise ReplyError(MALFORMED_REQUEST, "request id must be bytes of at most 64")
+            kind = request.get("type")
+            handler = self.handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                known = ", ".join(["init", *self.handlers])
+                raise ReplyError(UNKNOWN_TYPE, f"unknown request type {kind!r}; known: {known}")
+            log.debug("request %s: %s", request_id.hex(), kind)
+            body = handler(request_id)
+        except Interrupted as stop:
+            log.info("request %s not finished: %s", request_id and request_id.hex(), stop)
+            return None
+        except codec.CodecError as exc:
+            body = ReplyError(MALFORMED_REQUEST, str(exc)).body()
+        except ReplyError as error:
+            body = error.body()
+        except Exception as exc:
+            log.exception("request failed unexpectedly")
+            body = ReplyError(CRASH, f"the worker failed unexpectedly: {exc}").body()
+        return {"id": request_id, "body": body}
