@@ -29,7 +29,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import codec, endpoint
-from broker.spawn import EXIT_CONFIG, EXIT_OWNED, log_tail, spawn_worker
+from broker.spawn import EXIT_CONFIG, EXIT_OWNED, log_since, log_size, spawn_worker
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class WorkerClient:
         self._child: subprocess.Popen[bytes] | None = None
         self._failures = 0  # consecutive workers that died before answering anything
         self._next_spawn = 0.0
+        self._log_offset = 0  # where the worker log ended when we last spawned
         self._node_id = os.urandom(8)
         self._sequence = itertools.count()
         self._socket, self._monitor = self._open()
@@ -196,7 +197,8 @@ class WorkerClient:
                 return  # still starting (or serving, and the connection will come)
             self._child = None
             if code == EXIT_CONFIG:
-                raise WorkerConfigError(log_tail(self.where) or "the worker cannot start")
+                reason = log_since(self.where, self._log_offset)
+                raise WorkerConfigError(reason or f"it exited with status {code}")
             if code != EXIT_OWNED:
                 self._failures += 1
                 pause = min(FIRST_BACKOFF_S * 2 ** (self._failures - 1), MAX_BACKOFF_S)
@@ -204,6 +206,7 @@ class WorkerClient:
                 log.warning("worker exited with status %s; next start in %.1f s", code, pause)
         if endpoint.is_listening(self.where.address) or time.monotonic() < self._next_spawn:
             return
+        self._log_offset = log_size(self.where)
         self._child = spawn_worker(self.where, self.migrations)
         self._spawned += 1
         log.info("started worker pid %d for %s", self._child.pid, self.where.database)

@@ -46,10 +46,19 @@ def spawn_worker(where: Endpoint, migrations: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def log_tail(where: Endpoint, lines: int = 3) -> str:
-    """The last lines the database's workers logged, for a node's own error message."""
+def log_size(where: Endpoint) -> int:
+    """Where the log ends now, so that log_since() shows only what a new worker wrote."""
+    try:
+        return os.path.getsize(where.log_path)
+    except OSError:
+        return 0
+
+
+def log_since(where: Endpoint, offset: int, lines: int = 3) -> str:
+    """The last lines logged after `offset`, for a node's own error message."""
     try:
         with open(where.log_path, errors="replace") as log_file:
+            log_file.seek(offset)
             return "".join(deque(log_file, maxlen=lines)).strip()
     except OSError:
         return ""

@@ -305,3 +305,10 @@ def test_missing_migrations_folder_is_a_usage_error(workspace):
         input=b"", capture_output=True, env=workspace.env, timeout=30,
     )
     assert completed.returncode == 2 and b"not a folder" in completed.stderr
+
+
+def test_a_file_that_is_not_a_database_stops_the_node_with_the_reason(workspace):
+    workspace.db.write_bytes(b"this is not a sqlite file, not even close" * 10)
+    replies, completed = workspace.run([request("status", 1)])
+    assert completed.returncode == 2 and replies == []
+    assert b"file is not a database" in completed.stderr

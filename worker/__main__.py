@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 
 import zmq
 
 from broker import endpoint
+from broker.errors import ReplyError
 from broker.spawn import EXIT_CONFIG, EXIT_OWNED
 from worker.catalog import Catalog
 from worker.engine import Engine
@@ -53,20 +55,23 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
-    where = endpoint.for_database(args.db)
     catalog = Catalog(Path(args.migrations).resolve())
+    lock: OwnerLock | None = None
     try:
+        where = endpoint.for_database(args.db)
         count = len(catalog.migrations())
-    except Exception as exc:  # a startup error: say why once, and do not be restarted for it
-        log.error("cannot start: %s", getattr(exc, "text", exc))
-        return EXIT_CONFIG
-    lock = OwnerLock(where.lock_path)
-    try:
+        lock = OwnerLock(where.lock_path)
         lock.acquire(wait=args.wait)
+        store = SqliteStore(where.database)
     except AlreadyOwned as exc:
-        log.warning("not starting: database %s is already owned: %s", where.database, exc)
+        log.warning("not starting: database %s is already owned: %s", args.db, exc)
         return EXIT_OWNED
-    store = SqliteStore(where.database)
+    except (ReplyError, OSError, ValueError, sqlite3.Error) as exc:
+        # A start-up error: say why once, with an exit status that stops restarts.
+        log.error("cannot start: %s", getattr(exc, "text", exc))
+        if lock is not None:
+            lock.release()
+        return EXIT_CONFIG
     server = WorkerServer(
         Engine(store, catalog, should_stop=lambda: server.stopping),
         address=args.bind or where.address,

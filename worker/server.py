@@ -140,10 +140,13 @@ class WorkerServer:
                 return  # interrupted by a stop request: the node will resend it
             self.served += 1
             try:
-                router.send_multipart([peer, codec.pack(reply)])
+                # Never block on one node: the others would wait. Nodes keep their window
+                # under the high-water mark, so a full queue means a node that stopped reading.
+                router.send_multipart([peer, codec.pack(reply)], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
-                # The node left (EHOSTUNREACH); a stored reply waits for its resend.
-                log.info("could not reply to a departed node: %s", exc)
+                # The node left (EHOSTUNREACH) or stopped reading; a resend of a migrate or
+                # rollback will find its stored reply.
+                log.warning("could not reply to node %s: %s", peer.hex(), exc)
 
     def _execute(self, payload: list[bytes]) -> dict[str, Any] | None:
         """Run one request frame; return the reply message, or None if interrupted."""

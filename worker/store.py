@@ -61,6 +61,8 @@ class SqliteStore:
         self.connection = sqlite3.connect(
             path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
         )
+        # Reading the header now makes a file that is not a database a start-up error.
+        self.connection.execute("PRAGMA schema_version")
         self.connection.execute("PRAGMA foreign_keys = ON")
         # Durability: a migration reported as applied survives a power cut.
         self.connection.execute("PRAGMA synchronous = FULL")
