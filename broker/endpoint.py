@@ -25,6 +25,7 @@ class Endpoint:
     address: str  # the ZeroMQ address the worker binds and nodes connect to
     lock_path: Path  # held by the owning worker for its whole life
     log_path: Path  # stderr of workers spawned by a node
+    journal_path: Path  # what the worker is running, read by the next worker after a crash
 
 
 def runtime_dir() -> Path:
@@ -60,6 +61,7 @@ def for_database(database: str | os.PathLike[str]) -> Endpoint:
         address=f"ipc://{socket_path}",
         lock_path=real.with_name(real.name + ".lock"),
         log_path=directory / f"{key}.log",
+        journal_path=directory / f"{key}.running",
     )
 
 

@@ -19,6 +19,7 @@ from broker.errors import ReplyError
 from broker.spawn import EXIT_CONFIG, EXIT_OWNED
 from worker.catalog import Catalog
 from worker.engine import Engine
+from worker.journal import CrashJournal
 from worker.lock import AlreadyOwned, OwnerLock
 from worker.server import WorkerServer
 from worker.store import SqliteStore
@@ -73,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             lock.release()
         return EXIT_CONFIG
     server = WorkerServer(
-        Engine(store, catalog, should_stop=lambda: server.stopping),
+        Engine(
+            store,
+            catalog,
+            should_stop=lambda: server.stopping,
+            journal=CrashJournal(where.journal_path),
+        ),
         address=args.bind or where.address,
         describe={"database": str(where.database), "migrations_dir": str(catalog.folder)},
         idle_exit_s=args.idle_exit,

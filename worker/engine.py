@@ -18,12 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.errors import (
+    CRASH,
     MIGRATION_FAILED,
     PRECONDITION_FAILED,
     TEMPORARILY_UNAVAILABLE,
     ReplyError,
 )
 from worker.catalog import Catalog, Migration
+from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.migration_db import guarded
 from worker.store import AppliedMigration, SqliteStore
 
@@ -42,10 +44,12 @@ class Engine:
         store: SqliteStore,
         catalog: Catalog,
         should_stop: Callable[[], bool] = lambda: False,
+        journal: CrashJournal | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.should_stop = should_stop
+        self.journal = journal if journal is not None else NoJournal()
 
     # -- request handlers ------------------------------------------------------------------
 
@@ -75,7 +79,14 @@ class Engine:
         if stored is not None:
             log.info("request %s was answered before; sending the stored reply", request_id.hex())
             return stored
+        deaths, culprit = self.journal.deaths(request_id)
         try:
+            if deaths >= MAX_DEATHS:
+                raise ReplyError(
+                    CRASH,
+                    f"{culprit} killed the worker {deaths} times, so the request was skipped;"
+                    f" {culprit} is not applied",
+                )
             return action(request_id)
         except ReplyError as error:
             if error.code != TEMPORARILY_UNAVAILABLE:
@@ -83,6 +94,8 @@ class Engine:
                 with self.store.transaction():
                     self.store.store_reply(request_id, error.body())
             raise
+        finally:
+            self.journal.finished(request_id)
 
     def _migrate(self, request_id: bytes) -> Reply:
         applied = self.store.applied()
@@ -98,6 +111,7 @@ class Engine:
             if self.should_stop():
                 raise Interrupted(f"stopped before migration {migration.version}")
             entry = migration.entry(status="applied")
+            self.journal.running(request_id, f"migration {migration.version} {migration.name}")
             try:
                 module, checksum = migration.load()
                 up = _function(module, "up")
@@ -133,6 +147,9 @@ class Engine:
             raise ReplyError(PRECONDITION_FAILED, "nothing to roll back: no migration is applied")
         latest = max(applied, key=lambda row: row.applied_seq)
         migration = self._file_of(latest)
+        self.journal.running(
+            request_id, f"the rollback of migration {latest.version} {latest.name}"
+        )
         try:
             module, _ = migration.load()
         except Exception as exc:
