@@ -19,11 +19,12 @@ from pathlib import Path
 import zmq
 
 from broker import endpoint
-from broker.client import TICK_MS, WorkerClient, WorkerConfigError
+from broker.client import WorkerClient
 from broker.errors import MALFORMED_REQUEST, ReplyError
 from broker.framing import Malformed, RequestFramer
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
+from broker.spawn import WorkerConfigError
 
 READ_BYTES = 1 << 16
 DEFAULT_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -92,7 +93,7 @@ def serve(client: WorkerClient, replies: OrderedReplies) -> None:
             else:
                 client.poller.unregister(stdin)
             listening = wanted
-        events = dict(client.poller.poll(TICK_MS))
+        events = dict(client.poller.poll(client.timeout_ms()))
         for slot, body in client.process(events):
             replies.fill(slot, body)
         if stdin in events:

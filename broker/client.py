@@ -18,8 +18,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import subprocess
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +27,16 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import codec, endpoint
-from broker.spawn import EXIT_CONFIG, EXIT_OWNED, log_since, log_size, spawn_worker
+from broker.errors import CRASH, ReplyError
+from broker.spawn import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
 WINDOW = 256  # requests in flight at once; ZeroMQ's default high-water mark is 1000
-TICK_MS = 100  # how often liveness is checked while requests wait
+TICK_MS = 100  # how often liveness is checked while requests wait on a connected worker
+WAITING_TICK_MS = 20  # ... and while no worker is connected
 RECONNECT_MS = 10  # a restarted worker is reached this soon after it binds
-FIRST_BACKOFF_S = 0.1  # a worker that fails at start-up is restarted after growing pauses
-MAX_BACKOFF_S = 5.0
-
-
-class WorkerConfigError(Exception):
-    """The worker refuses to start with this configuration; restarting would not help."""
+GIVE_UP_S = 10.0  # workers dying this long without answering: pending requests get error 13
 
 
 @dataclass
@@ -55,24 +50,19 @@ class Outstanding:
 class WorkerClient:
     def __init__(self, where: endpoint.Endpoint, migrations: Path, window: int = WINDOW) -> None:
         self.where = where
-        self.migrations = migrations
         self.window = window
         self.context = zmq.Context()
         self.poller = zmq.Poller()  # the caller may register its own descriptors too
         self.in_flight: dict[bytes, Outstanding] = {}  # insertion order is sending order
         self.backlog: deque[Outstanding] = deque()
         self.connected = False
-        self._spawned = 0
-        self._first_spawns = 0
-        self._child: subprocess.Popen[bytes] | None = None
-        self._failures = 0  # consecutive workers that died before answering anything
-        self._next_spawn = 0.0
-        self._log_offset = 0  # where the worker log ended when we last spawned
+        self.supervisor = WorkerSupervisor(where, migrations)
+        self._sentinel: int | None = None  # the supervisor's pidfd, as registered here
         self._node_id = os.urandom(8)
         self._sequence = itertools.count()
         self._socket, self._monitor = self._open()
-        self._ensure_worker()
-        self._first_spawns = self._spawned  # spawns from here on are restarts
+        self._ensure_worker()  # at once: the worker starts while the first request is read
+        self._first_spawns = self.supervisor.spawned  # spawns from here on are restarts
 
     # -- what the front node calls ---------------------------------------------------------
 
@@ -82,14 +72,20 @@ class WorkerClient:
         frame = codec.pack({"id": request_id, "type": kind})
         self.backlog.append(Outstanding(token, request_id, kind, frame))
         self._fill_window()
+        if not self.connected:
+            self._ensure_worker()
 
     @property
     def restarts(self) -> int:
         """Workers this node has started to replace one that went away."""
-        return self._spawned - self._first_spawns
+        return self.supervisor.spawned - self._first_spawns
 
     def busy(self) -> bool:
         return bool(self.in_flight or self.backlog)
+
+    def timeout_ms(self) -> int:
+        """How long the caller may poll before process() must look at the worker again."""
+        return WAITING_TICK_MS if self.busy() and not self.connected else TICK_MS
 
     def has_room(self) -> bool:
         """False while requests wait for the window: the caller should stop reading input."""
@@ -100,14 +96,20 @@ class WorkerClient:
 
         Raises WorkerConfigError when the worker cannot start at all.
         """
+        if self._sentinel is not None and self._sentinel in events:
+            self.supervisor.reap()  # our worker exited; a successor is started only if needed
+            self._watch_sentinel(self.supervisor.sentinel)
         if self._monitor in events:
             self._watch_connection()
         replies = self._receive() if self._socket in events else []
         if self.busy() and not self.connected:
             self._ensure_worker()
+            if self.supervisor.failing_for() > GIVE_UP_S:
+                replies += self._give_up()
         return replies
 
     def close(self) -> None:
+        self._watch_sentinel(None)
         self.poller.unregister(self._socket)
         self.poller.unregister(self._monitor)
         self._monitor.close(linger=0)
@@ -148,7 +150,8 @@ class WorkerClient:
             elif event == zmq.EVENT_DISCONNECTED:
                 log.warning("worker for %s disconnected", self.where.database)
                 self._reopen()
-                self._ensure_worker()
+                if self.busy():
+                    self._ensure_worker()
                 return  # the old monitor is closed
 
     def _receive(self) -> list[tuple[Any, dict[str, Any]]]:
@@ -173,7 +176,7 @@ class WorkerClient:
                 continue
             if outstanding.kind == "health" and body.get("type") == "health_ok":
                 body["worker_restarts"] = self.restarts
-            self._failures = 0
+            self.supervisor.answered()
             replies.append((outstanding.token, body))
         self._fill_window()
         return replies
@@ -187,26 +190,29 @@ class WorkerClient:
     # -- the worker process ----------------------------------------------------------------
 
     def _ensure_worker(self) -> None:
-        """Spawn a worker unless one is listening, starting, or backing off after failures.
+        """Have the supervisor start a worker if needed, and watch the child's exit."""
+        self.supervisor.ensure()
+        self._watch_sentinel(self.supervisor.sentinel)
 
-        Raises WorkerConfigError if our worker exited because it cannot start at all.
-        """
-        if self._child is not None:
-            code = self._child.poll()
-            if code is None:
-                return  # still starting (or serving, and the connection will come)
-            self._child = None
-            if code == EXIT_CONFIG:
-                reason = log_since(self.where, self._log_offset)
-                raise WorkerConfigError(reason or f"it exited with status {code}")
-            if code != EXIT_OWNED:
-                self._failures += 1
-                pause = min(FIRST_BACKOFF_S * 2 ** (self._failures - 1), MAX_BACKOFF_S)
-                self._next_spawn = time.monotonic() + pause
-                log.warning("worker exited with status %s; next start in %.1f s", code, pause)
-        if endpoint.is_listening(self.where.address) or time.monotonic() < self._next_spawn:
+    def _watch_sentinel(self, sentinel: int | None) -> None:
+        if sentinel == self._sentinel:
             return
-        self._log_offset = log_size(self.where)
-        self._child = spawn_worker(self.where, self.migrations)
-        self._spawned += 1
-        log.info("started worker pid %d for %s", self._child.pid, self.where.database)
+        if self._sentinel is not None:
+            self.poller.unregister(self._sentinel)
+        if sentinel is not None:
+            self.poller.register(sentinel, zmq.POLLIN)
+        self._sentinel = sentinel
+
+    def _give_up(self) -> list[tuple[Any, dict[str, Any]]]:
+        """Answer every waiting request with error 13: the worker keeps dying."""
+        failing = self.supervisor.failing_for()
+        words = self.supervisor.last_words()
+        text = f"the worker keeps dying without answering (for {failing:.0f} s); not run"
+        if words:
+            text += f"; it last logged: {words.splitlines()[-1]}"
+        log.error("%s", text)
+        waiting = [*self.in_flight.values(), *self.backlog]
+        self.in_flight.clear()
+        self.backlog.clear()
+        body = ReplyError(CRASH, text).body()
+        return [(outstanding.token, dict(body)) for outstanding in waiting]

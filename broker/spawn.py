@@ -1,28 +1,111 @@
-"""Spawning a worker process for a database, detached from the front node's stdio.
+"""Keeping a worker process alive for a database: spawn it detached, reap it, back off.
 
 The worker gets no stdin, no stdout and its own session, so the node's caller sees EOF on
-the node's stdout and stderr as soon as the node exits, while the worker lives on for the
-next node until it has been idle for a few seconds. Its stderr goes to a log file in the
-runtime directory, whose last lines a node shows when a worker cannot start.
+the node's output as soon as the node exits, while the worker lives on for the next node
+until it has been idle for a few seconds. Its stderr goes to a log file in the runtime
+directory; a node shows the lines a failed worker wrote there.
+
+Death is learnt from the process itself: the child's pidfd becomes readable the moment it
+exits, so the caller can poll it beside its sockets instead of guessing from silence.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import time
 from collections import deque
 from pathlib import Path
 
-from broker.endpoint import Endpoint
+from broker import endpoint
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 IDLE_EXIT_S = 3.0  # a spawned worker leaves this long after its last node has gone
 EXIT_OWNED = 75  # the worker found another owner; not a failure (see worker/__main__.py)
 EXIT_CONFIG = 78  # the worker cannot start with this configuration; restarting will not help
+FIRST_BACKOFF_S = 0.1  # after the second death in a row, restarts wait, doubling each time
+MAX_BACKOFF_S = 5.0
 
 
-def spawn_worker(where: Endpoint, migrations: Path) -> subprocess.Popen[bytes]:
+class WorkerConfigError(Exception):
+    """The worker refuses to start with this configuration; restarting would not help."""
+
+
+class WorkerSupervisor:
+    def __init__(self, where: endpoint.Endpoint, migrations: Path) -> None:
+        self.where = where
+        self.migrations = migrations
+        self.spawned = 0
+        self.sentinel: int | None = None  # pidfd of our live child, readable once it exits
+        self._child: subprocess.Popen[bytes] | None = None
+        self._failures = 0  # workers of ours that died in a row without a reply between
+        self._failing_since: float | None = None
+        self._next_spawn = 0.0
+        self._log_offset = 0  # where the log ended when we last spawned
+
+    def ensure(self) -> None:
+        """Spawn a worker unless one is listening, starting, or we are backing off.
+
+        Raises WorkerConfigError if our worker exited because it cannot start at all.
+        """
+        if self._child is not None and not self.reap():
+            return  # ours is alive: starting, or serving and about to be connected to
+        if endpoint.is_listening(self.where.address) or time.monotonic() < self._next_spawn:
+            return
+        self._log_offset = log_size(self.where)
+        self._child = spawn_worker(self.where, self.migrations)
+        self.sentinel = _pidfd(self._child.pid)
+        self.spawned += 1
+        log.info("started worker pid %d for %s", self._child.pid, self.where.database)
+
+    def answered(self) -> None:
+        """A worker replied: whatever failed before is over."""
+        self._failures = 0
+        self._failing_since = None
+
+    def failing_for(self) -> float:
+        """Seconds since workers started dying without answering (0 when they are not)."""
+        if self._failing_since is None:
+            return 0.0
+        return time.monotonic() - self._failing_since
+
+    def last_words(self) -> str:
+        return log_since(self.where, self._log_offset)
+
+    def reap(self) -> bool:
+        """True if no child of ours runs (any that exited is reaped); false while one runs.
+
+        Raises WorkerConfigError if it exited because it cannot start at all.
+        """
+        if self._child is None:
+            return True
+        code = self._child.poll()
+        if code is None:
+            return False
+        self._child = None
+        if self.sentinel is not None:
+            os.close(self.sentinel)
+            self.sentinel = None
+        if code == EXIT_CONFIG:
+            raise WorkerConfigError(self.last_words() or f"it exited with status {code}")
+        if code != EXIT_OWNED:
+            self._failures += 1
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+            # The first restart is immediate: a kill must cost no more than a restart.
+            pause = 0.0
+            if self._failures > 1:
+                pause = min(FIRST_BACKOFF_S * 2 ** (self._failures - 2), MAX_BACKOFF_S)
+            self._next_spawn = time.monotonic() + pause
+            log.warning("worker exited with status %s; restarting in %.1f s", code, pause)
+        return True
+
+
+def spawn_worker(where: endpoint.Endpoint, migrations: Path) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
@@ -46,7 +129,14 @@ def spawn_worker(where: Endpoint, migrations: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def log_size(where: Endpoint) -> int:
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, or a kernel before 5.3: ticks will do
+        return None
+
+
+def log_size(where: endpoint.Endpoint) -> int:
     """Where the log ends now, so that log_since() shows only what a new worker wrote."""
     try:
         return os.path.getsize(where.log_path)
@@ -54,7 +144,7 @@ def log_size(where: Endpoint) -> int:
         return 0
 
 
-def log_since(where: Endpoint, offset: int, lines: int = 3) -> str:
+def log_since(where: endpoint.Endpoint, offset: int, lines: int = 3) -> str:
     """The last lines logged after `offset`, for a node's own error message."""
     try:
         with open(where.log_path, errors="replace") as log_file:

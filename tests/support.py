@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +79,10 @@ class Workspace:
         replies = [json.loads(line) for line in completed.stdout.splitlines()]
         return replies, completed
 
+    def live(self, *args: str) -> LiveNode:
+        """Start node.py to talk to it request by request."""
+        return LiveNode(self.start(*args))
+
     def start(self, *args: str) -> subprocess.Popen:
         """Start node.py with pipes; the fixture kills it at teardown if still running."""
         process = subprocess.Popen(
@@ -87,6 +95,17 @@ class Workspace:
         )
         self.started.append(process)
         return process
+
+    def kill_worker(self, signum: int = signal.SIGKILL) -> int | None:
+        """Signal the worker that owns the database now; returns its pid (None if none)."""
+        pid = self.worker_pid()
+        if pid is None or gone(pid):
+            return None
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return None
+        return pid
 
     def worker_pid(self) -> int | None:
         """The pid in the database's lock file (the owning worker, if any still runs)."""
@@ -127,3 +146,43 @@ def _as_bytes(lines: bytes | str | list) -> bytes:
 
 def request(kind: str, msg_id: int, **body) -> dict:
     return {"src": "c1", "dest": "migrations", "body": {"type": kind, "msg_id": msg_id, **body}}
+
+
+class LiveNode:
+    """A running node.py fed request by request; replies are read by a background thread."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self._lines: queue.Queue[bytes] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line)
+
+    def send(self, *requests: dict) -> None:
+        self.process.stdin.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+        self.process.stdin.flush()
+
+    def replies(self, count: int, timeout: float = PROCESS_TIMEOUT_S) -> list[dict]:
+        """The next `count` replies; fails the test if they do not come in time."""
+        deadline = time.monotonic() + timeout
+        got = []
+        while len(got) < count:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"got {len(got)} of {count} replies in {timeout} s: {got}")
+            got.append(json.loads(line))
+        return got
+
+    def finish(self, timeout: float = PROCESS_TIMEOUT_S) -> int:
+        """Close stdin and wait for the node to exit; returns its exit status."""
+        self.process.stdin.close()
+        status = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)
+        return status
+
+    def no_more_replies(self) -> bool:
+        return self._lines.empty()

@@ -1,0 +1,282 @@
+"""Crash isolation: workers killed with real signals at chosen and random instants."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import PROJECT, gone, request, wait_until, write_migration
+
+BLOCKING_UP = """
+import os, time
+open({started!r}, "w").close()
+while os.path.exists({block!r}):
+    time.sleep(0.01)
+db.execute("CREATE TABLE {table} (id INTEGER)")
+"""
+
+
+def blocking_migration(folder: Path, filename: str, table: str) -> tuple[Path, Path]:
+    """A migration that signals it started, then waits while a block file exists."""
+    started, block = folder.parent / f"{table}.started", folder.parent / f"{table}.block"
+    write_migration(
+        folder,
+        filename,
+        BLOCKING_UP.format(started=str(started), block=str(block), table=table),
+        down=f'db.execute("DROP TABLE {table}")',
+    )
+    block.touch()
+    return started, block
+
+
+def table_migrations(folder: Path, versions: range) -> None:
+    for version in versions:
+        write_migration(folder, f"{version:04d}_t{version}.py",
+                        f'db.execute("CREATE TABLE t{version} (id INTEGER)")',
+                        down=f'db.execute("DROP TABLE t{version}")')
+
+
+@pytest.fixture
+def folder(workspace) -> Path:
+    path = workspace.root / "migrations"
+    path.mkdir()
+    return path
+
+
+def test_worker_killed_inside_a_slow_migration_loses_nothing(workspace, folder):
+    started, block = blocking_migration(folder, "0001_slow.py", "slow")
+    table_migrations(folder, range(2, 4))
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    wait_until(started.exists, what="the slow migration to start")
+    killed = workspace.kill_worker()
+    block.unlink()
+    node.send(request("health", 2))
+    migrated, health = node.replies(2)
+    assert [m["version"] for m in migrated["migrations"]] == [1, 2, 3]
+    assert health["worker_pid"] != killed and health["worker_restarts"] == 1
+    assert node.finish() == 0
+    assert workspace.recorded() == [(1, "slow"), (2, "t2"), (3, "t3")]
+    assert {"slow", "t2", "t3"} <= workspace.tables()
+
+
+def test_kill_after_commit_before_reply_gives_the_stored_answer_and_runs_nothing_twice(
+    workspace, folder
+):
+    table_migrations(folder, range(1, 4))
+    trigger = workspace.root / "crash-now"
+    workspace.env["MIGRATIONS_CRASH_AFTER_COMMIT"] = str(trigger)
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    assert node.replies(1)[0]["count"] == 3
+    trigger.touch()
+    node.send(request("rollback", 2), request("health", 3), request("status", 4))
+    rolled_back, health, status = node.replies(3)
+    assert not trigger.exists(), "the worker consumed the trigger and died"
+    assert rolled_back == {"type": "migration_rolled_back", "in_reply_to": 2, "version": 3,
+                           "name": "t3"}
+    assert health["worker_restarts"] == 1
+    assert [m["applied"] for m in status["migrations"]] == [True, True, False]
+    assert workspace.recorded() == [(1, "t1"), (2, "t2")]
+    assert node.finish() == 0
+
+
+def test_migrate_interrupted_after_a_commit_is_completed_and_reports_every_version_once(
+    workspace, folder
+):
+    table_migrations(folder, range(1, 6))
+    trigger = workspace.root / "crash-now"
+    workspace.env["MIGRATIONS_CRASH_AFTER_COMMIT"] = str(trigger)
+    trigger.touch()  # the first commit (version 1) kills the worker
+    replies, completed = workspace.run([request("migrate", 1), request("health", 2)],
+                                       "--migrations", str(folder))
+    assert completed.returncode == 0
+    assert [m["version"] for m in replies[0]["migrations"]] == [1, 2, 3, 4, 5]
+    assert replies[0]["count"] == 5
+    assert replies[1]["worker_restarts"] == 1
+    assert [version for version, _ in workspace.recorded()] == [1, 2, 3, 4, 5]
+
+
+def test_series_of_rollbacks_with_the_worker_killed_between_them(workspace, folder):
+    table_migrations(folder, range(1, 7))
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 0))
+    assert node.replies(1)[0]["count"] == 6
+    rng = random.Random(4)
+    for msg_id, version in enumerate(range(6, 0, -1), start=1):
+        node.send(request("rollback", msg_id))
+        time.sleep(rng.uniform(0, 0.01))  # fault injection at a random instant, not a wait
+        workspace.kill_worker()
+        reply = node.replies(1)[0]
+        assert reply == {"type": "migration_rolled_back", "in_reply_to": msg_id,
+                         "version": version, "name": f"t{version}"}
+        assert [v for v, _ in workspace.recorded()] == list(range(1, version))
+    assert node.finish() == 0
+    assert workspace.tables() <= {"schema_migrations", "schema_migration_replies"}
+
+
+def test_fifty_rounds_of_mixed_traffic_with_random_kills_stay_consistent(workspace, folder):
+    table_migrations(folder, range(1, 5))
+    node = workspace.live("--migrations", str(folder))
+    rng = random.Random(2026)
+    applied: list[int] = []  # the model: versions applied, in application order
+    msg_id = 0
+    for _ in range(50):
+        batch = []
+        for _ in range(rng.randint(1, 6)):
+            msg_id += 1
+            batch.append(request(rng.choice(["migrate", "rollback", "rollback", "status"]),
+                                 msg_id))
+        node.send(*batch)
+        time.sleep(rng.uniform(0, 0.03))  # fault injection at a random instant, not a wait
+        workspace.kill_worker()
+        replies = node.replies(len(batch))
+        assert [reply["in_reply_to"] for reply in replies] == [r["body"]["msg_id"] for r in batch]
+        for sent, reply in zip(batch, replies, strict=True):
+            apply_to_model(applied, sent["body"]["type"], reply)
+        msg_id += 1
+        node.send(request("status", msg_id))
+        status = node.replies(1)[0]
+        assert [m["version"] for m in status["migrations"] if m["applied"]] == sorted(applied)
+        assert [v for v, _ in workspace.recorded()] == sorted(applied)
+        assert {f"t{v}" for v in applied} == workspace.tables() & {"t1", "t2", "t3", "t4"}
+    assert node.finish() == 0
+
+
+def apply_to_model(applied: list[int], kind: str, reply: dict) -> None:
+    """Check one reply against the model of what must have happened, and update the model."""
+    if kind == "migrate":
+        assert reply["type"] == "migrations_applied", reply
+        versions = [m["version"] for m in reply["migrations"]]
+        assert versions == sorted(set(range(1, 5)) - set(applied)), (reply, applied)
+        applied.extend(versions)
+    elif kind == "rollback" and applied:
+        assert reply["type"] == "migration_rolled_back", reply
+        assert reply["version"] == applied.pop(), reply
+    elif kind == "rollback":
+        assert reply["type"] == "error" and reply["code"] == 22, reply
+    else:
+        assert [m["version"] for m in reply["migrations"] if m["applied"]] == sorted(applied)
+
+
+def test_a_migration_that_kills_its_worker_is_refused_after_three_deaths(workspace, folder):
+    table_migrations(folder, range(1, 2))
+    write_migration(folder, "0002_suicide.py",
+                    'db.execute("CREATE TABLE suicide (id INTEGER)")\nimport os\nos._exit(1)')
+    replies, completed = workspace.run(
+        [request("migrate", 1), request("status", 2), request("health", 3)],
+        "--migrations", str(folder),
+    )
+    assert completed.returncode == 0
+    refused, status, health = replies
+    assert refused["type"] == "error" and refused["code"] == 13
+    assert "migration 2 suicide" in refused["text"] and "3 times" in refused["text"]
+    assert [m["applied"] for m in status["migrations"]] == [True, False]
+    assert health["worker_restarts"] == 3
+    assert workspace.recorded() == [(1, "t1")]
+    assert "suicide" not in workspace.tables()
+
+
+def test_sigterm_during_a_slow_migration_finishes_it_answers_and_exits(workspace, folder):
+    started, block = blocking_migration(folder, "0001_slow.py", "slow")
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    wait_until(started.exists, what="the slow migration to start")
+    stopped = workspace.kill_worker(signal.SIGTERM)
+    block.unlink()
+    migrated = node.replies(1)[0]
+    assert migrated["migrations"] == [{"version": 1, "name": "slow", "status": "applied"}]
+    wait_until(lambda: gone(stopped), what="the stopped worker to exit")
+    node.send(request("health", 2))
+    health = node.replies(1)[0]
+    assert health["worker_pid"] != stopped and health["worker_restarts"] == 1
+    assert node.finish() == 0
+
+
+def test_sigterm_between_migrations_stops_and_the_next_worker_completes_the_request(
+    workspace, folder
+):
+    started, block = blocking_migration(folder, "0001_slow.py", "slow")
+    table_migrations(folder, range(2, 4))
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    wait_until(started.exists, what="the slow migration to start")
+    stopped = workspace.kill_worker(signal.SIGTERM)
+    block.unlink()
+    migrated = node.replies(1)[0]
+    assert [m["version"] for m in migrated["migrations"]] == [1, 2, 3]
+    wait_until(lambda: gone(stopped), what="the stopped worker to exit")
+    assert node.finish() == 0
+
+
+def test_a_killed_front_node_does_not_disturb_the_worker_or_other_nodes(workspace, folder):
+    started, block = blocking_migration(folder, "0001_slow.py", "slow")
+    first = workspace.live("--migrations", str(folder))
+    first.send(request("health", 1))
+    worker = first.replies(1)[0]["worker_pid"]
+    first.send(request("migrate", 2))
+    wait_until(started.exists, what="the slow migration to start")
+    first.process.kill()
+    block.unlink()
+    second = workspace.live("--migrations", str(folder))
+    second.send(request("status", 1), request("health", 2))
+    status, health = second.replies(2)
+    assert health["worker_pid"] == worker and health["worker_restarts"] == 0
+    assert status["migrations"] == [{"version": 1, "name": "slow", "applied": True}]
+    assert second.finish() == 0
+
+
+def test_a_second_worker_for_the_same_database_refuses_and_says_why(workspace):
+    command = [sys.executable, "-m", "worker", "--db", str(workspace.db)]
+    owner = subprocess.Popen(command, cwd=PROJECT, env=workspace.env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: workspace.worker_pid() == owner.pid, what="the first worker's lock")
+        second = subprocess.run(command, cwd=PROJECT, env=workspace.env, capture_output=True,
+                                timeout=30)
+        assert second.returncode == 75
+        assert b"already owned" in second.stderr and str(owner.pid).encode() in second.stderr
+        owner.send_signal(signal.SIGTERM)
+        assert owner.wait(timeout=30) == 0
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        owner.wait(timeout=30)
+        owner.stderr.close()
+
+
+def test_a_worker_that_keeps_dying_at_start_up_gets_pending_requests_error_13(workspace):
+    # sitecustomize runs in every Python process started with this PYTHONPATH: it kills
+    # the worker (started as `python -m worker`) before it can serve, and spares the node.
+    hooks = workspace.root / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, sys\nif sys.argv[:1] == ['-m']:\n    os._exit(3)\n"
+    )
+    workspace.env["PYTHONPATH"] = os.pathsep.join([str(hooks), str(PROJECT)])
+    started = time.monotonic()
+    replies, completed = workspace.run([request("status", 1), request("status", 2)])
+    assert completed.returncode == 0
+    assert [reply["code"] for reply in replies] == [13, 13]
+    assert "keeps dying" in replies[0]["text"]
+    assert time.monotonic() - started < 60
+
+
+def test_a_long_migration_is_not_mistaken_for_a_dead_worker(workspace, folder):
+    started, block = blocking_migration(folder, "0001_slow.py", "slow")
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1), request("health", 2))
+    wait_until(started.exists, what="the slow migration to start")
+    time.sleep(1.5)  # let many liveness checks pass while the migration runs; not a wait
+    block.unlink()
+    migrated, health = node.replies(2)
+    assert migrated["count"] == 1 and health["worker_restarts"] == 0
+    assert node.finish() == 0
