@@ -1,0 +1,187 @@
+"""Benchmark: `python -m tests.benchmark [--quick] [--output BENCHMARKS.md]`.
+
+Measures each figure next to its floor (what a bare program does on this machine, measured
+in the same run) and prints the table, then writes it as markdown with the machine and date.
+Machines here are shared and noisy, so every figure is a median over repeated runs (the min
+is shown too) and the ratio to its floor is what to compare between runs. `--quick` runs
+every measurement once at small sizes, so CI keeps this script working; no test asserts a
+timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+PROJECT = Path(__file__).resolve().parent.parent
+NODE = PROJECT / "node.py"
+
+
+@dataclass
+class Figure:
+    name: str
+    how: str
+    unit: str
+    samples: list[float]
+    floor_name: str
+    floor_samples: list[float]
+    aim: str
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def floor(self) -> float:
+        return statistics.median(self.floor_samples)
+
+    def row(self) -> list[str]:
+        ratio = self.median / self.floor if self.floor else float("nan")
+        return [
+            self.name,
+            f"{self.median:.1f} {self.unit} (min {min(self.samples):.1f})",
+            f"{self.floor_name}: {self.floor:.1f} {self.unit}",
+            f"{ratio:.2f}x",
+            self.aim,
+            self.how,
+        ]
+
+
+class Sandbox:
+    """A temporary database and runtime directory; workers started in it are stopped at exit."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="mnb-"))
+        self.db = self.root / "bench.db"
+        self.env = {**os.environ, "MIGRATIONS_RUNTIME_DIR": str(self.root / "run")}
+
+    def node(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, str(NODE), "--db", str(self.db), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=self.env,
+            cwd=self.root,
+        )
+
+    def worker_pid(self) -> int:
+        return int((self.root / "bench.db.lock").read_text())
+
+    def close(self) -> None:
+        lock = self.root / "bench.db.lock"
+        if lock.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(lock.read_text()), signal.SIGTERM)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def ask(node: subprocess.Popen, body: dict) -> dict:
+    node.stdin.write(json.dumps({"src": "b", "dest": "m", "body": body}).encode() + b"\n")
+    node.stdin.flush()
+    return json.loads(node.stdout.readline())
+
+
+def process_floor(runs: int) -> list[float]:
+    """A whole Python process that imports what a worker needs, in milliseconds."""
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import zmq, msgpack, sqlite3"], check=True)
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def kill_to_reply(runs: int) -> Figure:
+    """From a worker's SIGKILL to the node's next reply, a status sent right after the kill."""
+    sandbox = Sandbox()
+    node = sandbox.node()
+    samples = []
+    try:
+        for msg_id in range(runs):
+            assert ask(node, {"type": "status", "msg_id": msg_id})["type"] == "migration_status"
+            pid = sandbox.worker_pid()
+            started = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            reply = ask(node, {"type": "health", "msg_id": msg_id})
+            samples.append((time.perf_counter() - started) * 1000)
+            assert reply["worker_pid"] != pid, reply
+        node.stdin.close()
+        node.wait(timeout=30)
+    finally:
+        if node.poll() is None:
+            node.kill()
+        sandbox.close()
+    return Figure(
+        "worker killed -> next reply",
+        f"SIGKILL the worker, send `health`, time to its reply; {runs} kills",
+        "ms",
+        samples,
+        "python -c 'import zmq, msgpack, sqlite3'",
+        process_floor(max(3, runs // 4)),
+        "< 300 ms",
+    )
+
+
+FIGURES: list[Callable[[bool], Figure]] = [
+    lambda quick: kill_to_reply(2 if quick else 20),
+]
+
+
+def machine() -> str:
+    return (
+        f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
+        f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, SQLite {sqlite3.sqlite_version}"
+    )
+
+
+def markdown(figures: list[Figure], quick: bool) -> str:
+    header = ["figure", "median (min)", "floor, same run", "ratio", "aim", "how"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {datetime.date.today().isoformat()} by `python -m tests.benchmark"
+        f"{' --quick' if quick else ''}` on {machine()}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(figure.row()) + " |" for figure in figures]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="each measurement once, small")
+    parser.add_argument("--output", type=Path, help="write the markdown table here")
+    args = parser.parse_args(argv)
+    figures = []
+    for measure in FIGURES:
+        figure = measure(args.quick)
+        print(" | ".join(figure.row()), flush=True)
+        figures.append(figure)
+    table = markdown(figures, args.quick)
+    if args.output:
+        args.output.write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
