@@ -77,6 +77,7 @@ class Sandbox:
             [sys.executable, str(NODE), "--db", str(self.db), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # restarts are logged there on purpose
             env=self.env,
             cwd=self.root,
         )
