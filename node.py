@@ -18,17 +18,18 @@ from pathlib import Path
 
 import zmq
 
-from broker import endpoint
-from broker.client import WorkerClient
+from broker import endpoint, keys
+from broker.client import WorkerClient, WorkerRefused
 from broker.errors import MALFORMED_REQUEST, ReplyError
 from broker.framing import Malformed, RequestFramer
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
-from broker.spawn import WorkerConfigError
+from broker.spawn import WorkerConfigError, WorkerSupervisor
 
 READ_BYTES = 1 << 16
 DEFAULT_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 EXIT_WORKER_CANNOT_START = 2
+EXIT_REFUSED = 3
 
 log = logging.getLogger("node")
 
@@ -49,12 +50,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help='wrap every reply as {"src", "dest", "body"} from the start, as after init',
     )
+    parser.add_argument(
+        "--connect",
+        metavar="ADDRESS",
+        help="use the standalone worker at ADDRESS (tcp://HOST:PORT) and never start one",
+    )
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        help="CurveZMQ key folder (node.key_secret, worker.key); required for tcp://",
+    )
     parser.add_argument("--log-level", default="WARNING", help="stderr log level")
     args = parser.parse_args(argv)
     if not args.migrations.is_dir():
         parser.error(f"--migrations {args.migrations} is not a folder")
     args.migrations = args.migrations.resolve()
+    remote = args.connect and not args.connect.startswith("ipc://")
+    if remote and args.keys is None:
+        parser.error(f"--connect {args.connect} leaves this machine: --keys is required")
     return args
+
+
+def connect(args: argparse.Namespace) -> WorkerClient:
+    """A client for the standalone worker given by --connect, or for the database's own."""
+    if args.connect:
+        curve = keys.for_node(args.keys) if args.keys else None
+        return WorkerClient(args.connect, supervisor=None, curve=curve)
+    where = endpoint.for_database(args.db)
+    return WorkerClient(where.address, WorkerSupervisor(where, args.migrations))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,12 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s node[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
-    client = WorkerClient(endpoint.for_database(args.db), args.migrations)
+    try:
+        client = connect(args)
+    except (OSError, ValueError) as exc:
+        log.error("cannot reach a worker: %s", exc)
+        return EXIT_WORKER_CANNOT_START
     try:
         serve(client, OrderedReplies(sys.stdout.buffer, envelope=args.envelope))
     except WorkerConfigError as exc:
         log.error("the worker cannot start: %s", exc)
         return EXIT_WORKER_CANNOT_START
+    except WorkerRefused as exc:
+        log.error("%s: add this node's public key to the worker's authorized/ folder", exc)
+        return EXIT_REFUSED
     except BrokenPipeError:
         log.warning("stdout was closed; stopping")
         # Nothing more can be written there; keep the interpreter's exit flush quiet.

@@ -18,16 +18,17 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from broker import codec, endpoint
+from broker import codec
 from broker.errors import CRASH, ReplyError
+from broker.keys import CurveKeys
 from broker.spawn import WorkerSupervisor
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ WINDOW = 256  # requests in flight at once; ZeroMQ's default high-water mark is 
 TICK_MS = 100  # how often liveness is checked while requests wait on a connected worker
 WAITING_TICK_MS = 20  # ... and while no worker is connected
 RECONNECT_MS = 10  # a restarted worker is reached this soon after it binds
+HEARTBEAT_MS = 1000  # TCP only: a silent worker is declared gone after three of these
 GIVE_UP_S = 10.0  # workers dying this long without answering: pending requests get error 13
 
 
@@ -47,22 +49,35 @@ class Outstanding:
     frame: bytes
 
 
+class WorkerRefused(Exception):
+    """The worker rejected this node's key: retrying with the same key cannot help."""
+
+
 class WorkerClient:
-    def __init__(self, where: endpoint.Endpoint, migrations: Path, window: int = WINDOW) -> None:
-        self.where = where
+    def __init__(
+        self,
+        address: str,
+        supervisor: WorkerSupervisor | None,
+        curve: CurveKeys | None = None,
+        window: int = WINDOW,
+    ) -> None:
+        """Talk to the worker at `address`; `supervisor` (local workers only) starts it."""
+        self.address = address
+        self.curve = curve
         self.window = window
         self.context = zmq.Context()
         self.poller = zmq.Poller()  # the caller may register its own descriptors too
         self.in_flight: dict[bytes, Outstanding] = {}  # insertion order is sending order
         self.backlog: deque[Outstanding] = deque()
         self.connected = False
-        self.supervisor = WorkerSupervisor(where, migrations)
+        self.supervisor = supervisor
+        self._unreachable_since: float | None = None  # busy with no worker connected since
         self._sentinel: int | None = None  # the supervisor's pidfd, as registered here
         self._node_id = os.urandom(8)
         self._sequence = itertools.count()
         self._socket, self._monitor = self._open()
         self._ensure_worker()  # at once: the worker starts while the first request is read
-        self._first_spawns = self.supervisor.spawned  # spawns from here on are restarts
+        self._first_spawns = self._spawned()  # spawns from here on are restarts
 
     # -- what the front node calls ---------------------------------------------------------
 
@@ -78,7 +93,10 @@ class WorkerClient:
     @property
     def restarts(self) -> int:
         """Workers this node has started to replace one that went away."""
-        return self.supervisor.spawned - self._first_spawns
+        return self._spawned() - self._first_spawns
+
+    def _spawned(self) -> int:
+        return self.supervisor.spawned if self.supervisor else 0
 
     def busy(self) -> bool:
         return bool(self.in_flight or self.backlog)
@@ -104,9 +122,17 @@ class WorkerClient:
         replies = self._receive() if self._socket in events else []
         if self.busy() and not self.connected:
             self._ensure_worker()
-            if self.supervisor.failing_for() > GIVE_UP_S:
+            if self._failing_for() > GIVE_UP_S:
                 replies += self._give_up()
         return replies
+
+    def _failing_for(self) -> float:
+        """Seconds that requests have been waiting for a worker that is not there."""
+        if self.supervisor is not None:
+            return self.supervisor.failing_for()  # counts deaths, not only disconnections
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+        return time.monotonic() - self._unreachable_since
 
     def close(self) -> None:
         self._watch_sentinel(None)
@@ -122,8 +148,18 @@ class WorkerClient:
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
-        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        sock.connect(self.where.address)
+        if not self.address.startswith("ipc://"):
+            # Off this machine a peer can vanish without a word: heartbeats notice.
+            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MS * 3)
+        if self.curve is not None:
+            sock.curve_secretkey = self.curve.secret
+            sock.curve_publickey = self.curve.public
+            sock.curve_serverkey = self.curve.server_public
+        monitor = sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        )
+        sock.connect(self.address)
         self.poller.register(sock, zmq.POLLIN)
         self.poller.register(monitor, zmq.POLLIN)
         return sock, monitor
@@ -147,8 +183,11 @@ class WorkerClient:
             event = recv_monitor_message(self._monitor)["event"]
             if event == zmq.EVENT_CONNECTED:
                 self.connected = True
+                self._unreachable_since = None
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                raise WorkerRefused(f"the worker at {self.address} refused this node's key")
             elif event == zmq.EVENT_DISCONNECTED:
-                log.warning("worker for %s disconnected", self.where.database)
+                log.warning("worker at %s disconnected", self.address)
                 self._reopen()
                 if self.busy():
                     self._ensure_worker()
@@ -176,7 +215,8 @@ class WorkerClient:
                 continue
             if outstanding.kind == "health" and body.get("type") == "health_ok":
                 body["worker_restarts"] = self.restarts
-            self.supervisor.answered()
+            if self.supervisor is not None:
+                self.supervisor.answered()
             replies.append((outstanding.token, body))
         self._fill_window()
         return replies
@@ -191,8 +231,9 @@ class WorkerClient:
 
     def _ensure_worker(self) -> None:
         """Have the supervisor start a worker if needed, and watch the child's exit."""
-        self.supervisor.ensure()
-        self._watch_sentinel(self.supervisor.sentinel)
+        if self.supervisor is not None:
+            self.supervisor.ensure()
+            self._watch_sentinel(self.supervisor.sentinel)
 
     def _watch_sentinel(self, sentinel: int | None) -> None:
         if sentinel == self._sentinel:
@@ -205,9 +246,13 @@ class WorkerClient:
 
     def _give_up(self) -> list[tuple[Any, dict[str, Any]]]:
         """Answer every waiting request with error 13: the worker keeps dying."""
-        failing = self.supervisor.failing_for()
-        words = self.supervisor.last_words()
-        text = f"the worker keeps dying without answering (for {failing:.0f} s); not run"
+        failing = self._failing_for()
+        if self.supervisor is None:
+            text = f"the worker at {self.address} has been unreachable for {failing:.0f} s; not run"
+            words = ""
+        else:
+            text = f"the worker keeps dying without answering (for {failing:.0f} s); not run"
+            words = self.supervisor.last_words()
         if words:
             text += f"; it last logged: {words.splitlines()[-1]}"
         log.error("%s", text)

@@ -29,6 +29,7 @@ EXIT_OWNED = 75  # the worker found another owner; not a failure (see worker/__m
 EXIT_CONFIG = 78  # the worker cannot start with this configuration; restarting will not help
 FIRST_BACKOFF_S = 0.1  # after the second death in a row, restarts wait, doubling each time
 MAX_BACKOFF_S = 5.0
+OWNER_GRACE_S = 1.0  # after losing the lock race, how long to wait for the winner to listen
 
 
 class WorkerConfigError(Exception):
@@ -62,6 +63,17 @@ class WorkerSupervisor:
         self.spawned += 1
         log.info("started worker pid %d for %s", self._child.pid, self.where.database)
 
+    def _failed(self, code: int) -> None:
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        # The first restart is immediate: a kill must cost no more than a restart.
+        pause = 0.0
+        if self._failures > 1:
+            pause = min(FIRST_BACKOFF_S * 2 ** (self._failures - 2), MAX_BACKOFF_S)
+        self._next_spawn = time.monotonic() + pause
+        log.warning("worker exited with status %s; restarting in %.1f s", code, pause)
+
     def answered(self) -> None:
         """A worker replied: whatever failed before is over."""
         self._failures = 0
@@ -92,16 +104,11 @@ class WorkerSupervisor:
             self.sentinel = None
         if code == EXIT_CONFIG:
             raise WorkerConfigError(self.last_words() or f"it exited with status {code}")
-        if code != EXIT_OWNED:
-            self._failures += 1
-            if self._failing_since is None:
-                self._failing_since = time.monotonic()
-            # The first restart is immediate: a kill must cost no more than a restart.
-            pause = 0.0
-            if self._failures > 1:
-                pause = min(FIRST_BACKOFF_S * 2 ** (self._failures - 2), MAX_BACKOFF_S)
-            self._next_spawn = time.monotonic() + pause
-            log.warning("worker exited with status %s; restarting in %.1f s", code, pause)
+        if code == EXIT_OWNED:
+            # Another node's worker won the lock and is about to bind: give it time.
+            self._next_spawn = time.monotonic() + OWNER_GRACE_S
+        else:
+            self._failed(code)
         return True
 
 

@@ -154,11 +154,13 @@ class LiveNode:
     def __init__(self, process: subprocess.Popen) -> None:
         self.process = process
         self._lines: queue.Queue[bytes] = queue.Queue()
+        self.received = 0  # reply lines read so far by the background thread
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         for line in self.process.stdout:
+            self.received += 1
             self._lines.put(line)
 
     def send(self, *requests: dict) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import zmq
 
-from broker import endpoint
+from broker import endpoint, keys
 from broker.errors import ReplyError
 from broker.spawn import EXIT_CONFIG, EXIT_OWNED
 from worker.catalog import Catalog
@@ -35,7 +35,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=str(Path(__file__).resolve().parent.parent / "migrations"),
         help="folder of NNNN_name.py migrations (default: the project's migrations/)",
     )
-    parser.add_argument("--bind", help="address to serve (default: derived from --db)")
+    parser.add_argument(
+        "--bind",
+        help="address to serve, e.g. tcp://0.0.0.0:5555 (default: a unix socket derived from --db)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        help="CurveZMQ key folder (worker.key_secret, authorized/); required for tcp://",
+    )
     parser.add_argument(
         "--idle-exit",
         type=float,
@@ -63,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         count = len(catalog.migrations())
         lock = OwnerLock(where.lock_path)
         lock.acquire(wait=args.wait)
+        curve = keys.for_worker(args.keys) if args.keys else None
+        if args.bind and not args.bind.startswith("ipc://") and curve is None:
+            raise ValueError(f"--bind {args.bind} leaves this machine: --keys is required")
         store = SqliteStore(where.database)
     except AlreadyOwned as exc:
         log.warning("not starting: database %s is already owned: %s", args.db, exc)
@@ -83,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         address=args.bind or where.address,
         describe={"database": str(where.database), "migrations_dir": str(catalog.folder)},
         idle_exit_s=args.idle_exit,
+        curve=curve,
     )
     log.info("owning %s with %d migrations from %s", where.database, count, catalog.folder)
     context = zmq.Context()

@@ -20,10 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import codec
 from broker.errors import CRASH, MALFORMED_REQUEST, UNKNOWN_TYPE, ReplyError
+from broker.keys import CurveKeys
 from worker.engine import Engine, Interrupted
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,10 @@ class WorkerServer:
         address: str,
         describe: dict[str, Any],
         idle_exit_s: float | None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.engine = engine
+        self.curve = curve  # required off this machine: only authorized node keys get in
         self.address = address
         self.describe = describe  # fixed facts for health replies (database, migrations)
         self.idle_exit_s = idle_exit_s
@@ -84,6 +88,7 @@ class WorkerServer:
         router.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
         router.setsockopt(zmq.LINGER, 0)
         monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        authenticator = self._authenticate(context, router) if self.curve else None
         try:
             router.bind(self.address)
             log.info("worker %d serving %s", os.getpid(), self.address)
@@ -100,6 +105,8 @@ class WorkerServer:
                 if router in events:
                     self._serve_ready(router)
         finally:
+            if authenticator is not None:
+                authenticator.stop()
             signal.set_wakeup_fd(previous_wakeup)
             router.disable_monitor()
             monitor.close(linger=0)
@@ -107,6 +114,16 @@ class WorkerServer:
             wake_read.close()
             wake_write.close()
         log.info("worker %d stopped after %d requests", os.getpid(), self.served)
+
+    def _authenticate(self, context: zmq.Context, router: zmq.Socket) -> ThreadAuthenticator:
+        """Make `router` a CURVE server that lets in only the authorized node keys."""
+        authenticator = ThreadAuthenticator(context, log=logging.getLogger("worker.auth"))
+        authenticator.start()
+        authenticator.configure_curve(domain="*", location=str(self.curve.authorized))
+        router.curve_secretkey = self.curve.secret
+        router.curve_publickey = self.curve.public
+        router.curve_server = True
+        return authenticator
 
     def _idle_too_long(self) -> bool:
         if self.idle_exit_s is None or self.nodes:

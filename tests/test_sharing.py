@@ -1,0 +1,265 @@
+"""Many front nodes, one worker: local sharing, remote nodes over TCP with CurveZMQ keys."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from broker import endpoint
+from tests.support import PROJECT, gone, request, wait_until, write_migration
+
+
+def table_migrations(folder: Path, versions: range) -> None:
+    for version in versions:
+        write_migration(folder, f"{version:04d}_t{version}.py",
+                        f'db.execute("CREATE TABLE t{version} (id INTEGER)")',
+                        down=f'db.execute("DROP TABLE t{version}")')
+
+
+@pytest.fixture
+def folder(workspace) -> Path:
+    path = workspace.root / "migrations"
+    path.mkdir()
+    table_migrations(path, range(1, 9))
+    return path
+
+
+def test_eight_nodes_cold_started_at_once_share_one_worker_and_apply_each_migration_once(
+    workspace, folder
+):
+    nodes = [workspace.live("--migrations", str(folder)) for _ in range(8)]
+    for node in nodes:
+        node.send(request("migrate", 1), request("health", 2))
+    replies = [node.replies(2) for node in nodes]
+    assert len({health["worker_pid"] for _, health in replies}) == 1
+    applied = [m["version"] for migrated, _ in replies for m in migrated["migrations"]]
+    assert sorted(applied) == list(range(1, 9)), "each migration in exactly one reply"
+    assert all(migrated["type"] == "migrations_applied" for migrated, _ in replies)
+    assert all(node.finish() == 0 for node in nodes)
+    assert [v for v, _ in workspace.recorded()] == list(range(1, 9))
+
+
+def test_eight_nodes_with_mixed_traffic_apply_and_revert_each_migration_exactly_once(
+    workspace, folder
+):
+    rng = random.Random(8)
+    nodes = [workspace.live("--migrations", str(folder)) for _ in range(8)]
+    sent = []
+    for node in nodes:
+        kinds = [rng.choice(["migrate", "rollback", "status", "health"]) for _ in range(40)]
+        node.send(*(request(kind, i) for i, kind in enumerate(kinds)))
+        sent.append(kinds)
+    net = Counter()  # per version: times applied minus times rolled back, across all nodes
+    for node, kinds in zip(nodes, sent, strict=True):
+        replies = node.replies(len(kinds))
+        assert [reply["in_reply_to"] for reply in replies] == list(range(len(kinds)))
+        for kind, reply in zip(kinds, replies, strict=True):
+            if kind == "migrate":
+                net.update(m["version"] for m in reply["migrations"])
+            elif kind == "rollback" and reply["type"] == "migration_rolled_back":
+                net.subtract([reply["version"]])
+            elif kind == "rollback":
+                assert reply["code"] == 22
+    assert all(node.finish() == 0 for node in nodes)
+    assert set(net.values()) <= {0, 1}
+    final = sorted(version for version, count in net.items() if count == 1)
+    assert [v for v, _ in workspace.recorded()] == final
+    assert {f"t{v}" for v in final} == workspace.tables() - {
+        "schema_migrations", "schema_migration_replies"}
+
+
+def test_one_database_however_spelled_gets_one_worker(workspace):
+    link = workspace.root / "link.db"
+    link.symlink_to(workspace.db)
+    (workspace.root / "sub").mkdir()
+    spellings = [str(workspace.db), "test.db", "./sub/../test.db", str(link)]
+    pids = set()
+    for spelling in spellings:
+        completed = subprocess.run(
+            [sys.executable, str(PROJECT / "node.py"), "--db", spelling],
+            input=b'{"body": {"type": "health", "msg_id": 1}}\n', capture_output=True,
+            cwd=workspace.root, env=workspace.env, timeout=60,
+        )
+        pids.add(completed.stdout.split(b'"worker_pid": ')[1].split(b",")[0])
+    assert len(pids) == 1
+
+
+def test_a_flooding_node_does_not_starve_another(workspace):
+    flooder, other = workspace.live(), workspace.live()
+    other.send(request("health", 0))
+    other.replies(1)
+    flooder.send(*(request("status", i) for i in range(20_000)))
+    flooder.replies(1)  # the flood is being served
+    other.send(request("status", 1))
+    assert other.replies(1)[0]["in_reply_to"] == 1
+    assert flooder.received < 20_000, "the other node was served before the flood ended"
+    assert len(flooder.replies(20_000 - 1, timeout=120)) == 20_000 - 1
+    assert flooder.finish() == 0 and other.finish() == 0
+
+
+def test_a_node_killed_mid_stream_leaves_the_worker_and_other_nodes_untouched(workspace):
+    doomed, survivor = workspace.live(), workspace.live()
+    survivor.send(request("health", 1))
+    worker = survivor.replies(1)[0]["worker_pid"]
+    doomed.send(*(request("status", i) for i in range(5_000)))
+    doomed.replies(10)
+    doomed.process.kill()
+    survivor.send(request("migrate", 2), request("health", 3))
+    migrated, health = survivor.replies(2)
+    assert migrated["count"] == 2
+    assert health["worker_pid"] == worker and health["worker_restarts"] == 0
+    assert survivor.finish() == 0
+
+
+def test_a_worker_killed_with_four_nodes_attached_is_replaced_by_exactly_one(workspace):
+    nodes = [workspace.live() for _ in range(4)]
+    for node in nodes:
+        node.send(request("health", 1))
+    first = {node.replies(1)[0]["worker_pid"] for node in nodes}
+    assert len(first) == 1
+    assert first.pop() == workspace.kill_worker()
+    for node in nodes:
+        node.send(request("status", 2), request("health", 3))
+    replies = [node.replies(2) for node in nodes]
+    assert all(status["type"] == "migration_status" for status, _ in replies)
+    assert len({health["worker_pid"] for _, health in replies}) == 1
+    nodes[0].send(request("health", 4))  # every node has had an answer: all are connected
+    assert nodes[0].replies(1)[0]["nodes_connected"] == 4
+    assert all(node.finish() == 0 for node in nodes)
+
+
+def test_garbage_frames_sent_straight_to_the_worker_get_errors_and_it_carries_on(
+    workspace, monkeypatch
+):
+    workspace.run([request("health", 1)])  # a node starts the worker
+    monkeypatch.setenv("MIGRATIONS_RUNTIME_DIR", workspace.env["MIGRATIONS_RUNTIME_DIR"])
+    address = endpoint.for_database(workspace.db).address
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.RCVTIMEO, 10_000)
+    dealer.connect(address)
+    try:
+        garbage = [
+            [b"\xc1\xff not msgpack"],
+            [msgpack.packb([1, 2, 3])],
+            [msgpack.packb({"type": "status"})],
+            [msgpack.packb({"id": "text, not bytes", "type": "status"})],
+            [msgpack.packb({"id": b"x" * 100, "type": "status"})],
+            [msgpack.packb({1: 2})],
+            [msgpack.packb({"id": b"a", "type": "status"}), b"extra frame"],
+            [msgpack.packb({"id": b"b", "type": "drop table users"})],
+            [msgpack.packb({"id": b"c", "type": ["status"]})],
+        ]
+        for frames in garbage:
+            dealer.send_multipart(frames)
+            reply = msgpack.unpackb(dealer.recv(), raw=False)
+            assert reply["body"]["type"] == "error", (frames, reply)
+            assert reply["body"]["code"] in (10, 12), (frames, reply)
+        dealer.send(msgpack.packb({"id": b"ok", "type": "health"}))
+        reply = msgpack.unpackb(dealer.recv(), raw=False)
+        assert reply["id"] == b"ok" and reply["body"]["type"] == "health_ok"
+    finally:
+        dealer.close()
+        context.term()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_keys(workspace, folder: Path, name: str) -> None:
+    subprocess.run([sys.executable, "-m", "broker.keys", "create", str(folder), name],
+                   cwd=PROJECT, env=workspace.env, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def standalone(workspace):
+    """A worker serving TCP on loopback with keys, a node key it trusts, and one it does not."""
+    keys = workspace.root / "keys"
+    make_keys(workspace, keys / "worker", "worker")
+    make_keys(workspace, keys / "good", "node")
+    make_keys(workspace, keys / "bad", "node")
+    (keys / "worker" / "authorized" / "good.key").write_bytes(
+        (keys / "good" / "node.key").read_bytes())
+    for node in ("good", "bad"):
+        (keys / node / "worker.key").write_bytes((keys / "worker" / "worker.key").read_bytes())
+    address = f"tcp://127.0.0.1:{free_port()}"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker", "--db", str(workspace.db), "--bind", address,
+         "--keys", str(keys / "worker")],
+        cwd=PROJECT, env=workspace.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield address, keys, worker
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        worker.stderr.close()
+
+
+def test_key_files_are_never_readable_by_others(workspace, standalone):
+    _, keys, _ = standalone
+    for folder, name in ((keys / "worker", "worker"), (keys / "good", "node")):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        for created in (folder / f"{name}.key", folder / f"{name}.key_secret"):
+            assert stat.S_IMODE(created.stat().st_mode) & 0o077 == 0, created
+
+
+def test_a_remote_node_with_an_authorized_key_uses_the_standalone_worker(workspace, standalone):
+    address, keys, worker = standalone
+    replies, completed = workspace.run(
+        [request("migrate", 1), request("health", 2)],
+        "--connect", address, "--keys", str(keys / "good"),
+    )
+    assert completed.returncode == 0, completed.stderr
+    migrated, health = replies
+    assert migrated["count"] == 2
+    assert health["worker_pid"] == worker.pid and health["endpoint"] == address
+    assert workspace.recorded() == [(1, "create_users"), (2, "add_posts_table")]
+    assert worker.poll() is None, "a standalone worker does not exit when idle"
+
+
+def test_a_remote_node_with_an_unknown_key_is_refused_and_told_why(workspace, standalone):
+    address, keys, worker = standalone
+    replies, completed = workspace.run(
+        [request("status", 1)], "--connect", address, "--keys", str(keys / "bad"), timeout=60
+    )
+    assert completed.returncode == 3 and replies == []
+    assert b"refused this node's key" in completed.stderr
+    assert worker.poll() is None
+
+
+def test_tcp_without_keys_is_refused_on_both_sides(workspace):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    worker = subprocess.run(
+        [sys.executable, "-m", "worker", "--db", str(workspace.db), "--bind", address],
+        cwd=PROJECT, env=workspace.env, capture_output=True, timeout=30,
+    )
+    assert worker.returncode == 78 and b"--keys is required" in worker.stderr
+    _, node = workspace.run([request("status", 1)], "--connect", address)
+    assert node.returncode == 2 and b"--keys is required" in node.stderr
+
+
+def test_a_standalone_worker_stops_on_sigterm(workspace, standalone):
+    _, _, worker = standalone
+    wait_until(lambda: workspace.worker_pid() == worker.pid, what="the worker's lock")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert gone(worker.pid)
+    assert os.path.exists(workspace.db.parent / "test.db.lock")
