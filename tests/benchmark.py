@@ -23,12 +23,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+
+from broker.client import WINDOW
 
 PROJECT = Path(__file__).resolve().parent.parent
 NODE = PROJECT / "node.py"
@@ -43,6 +46,7 @@ class Figure:
     floor_name: str
     floor_samples: list[float]
     aim: str
+    higher_is_better: bool = False
 
     @property
     def median(self) -> float:
@@ -54,10 +58,12 @@ class Figure:
 
     def row(self) -> list[str]:
         ratio = self.median / self.floor if self.floor else float("nan")
+        worst = min(self.samples) if self.higher_is_better else max(self.samples)
+        best = max(self.samples) if self.higher_is_better else min(self.samples)
         return [
             self.name,
-            f"{self.median:.1f} {self.unit} (min {min(self.samples):.1f})",
-            f"{self.floor_name}: {self.floor:.1f} {self.unit}",
+            f"{self.median:,.1f} {self.unit} (best {best:,.1f}, worst {worst:,.1f})",
+            f"{self.floor_name}: {self.floor:,.1f} {self.unit}",
             f"{ratio:.2f}x",
             self.aim,
             self.how,
@@ -140,8 +146,108 @@ def kill_to_reply(runs: int) -> Figure:
     )
 
 
+ECHO_SERVER = """
+import sys, msgpack, zmq
+router = zmq.Context().socket(zmq.ROUTER)
+router.bind(sys.argv[1])
+print("ready", flush=True)
+while True:
+    peer, frame = router.recv_multipart()
+    request = msgpack.unpackb(frame, raw=False)
+    reply = {"id": request["id"], "body": {"type": "migration_status", "migrations": []}}
+    router.send_multipart([peer, msgpack.packb(reply)])
+"""
+
+
+class EchoServer:
+    """The floor for messaging: a bare ROUTER process echoing msgpack, nothing else."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="mnb-echo-"))
+        self.address = f"ipc://{self.folder}/echo.sock"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", ECHO_SERVER, self.address], stdout=subprocess.PIPE
+        )
+        assert self.process.stdout.readline() == b"ready\n"
+        self.context = zmq.Context()
+        self.dealer = self.context.socket(zmq.DEALER)
+        self.dealer.connect(self.address)
+
+    def round_trips(self, count: int, window: int) -> float:
+        """Send `count` requests keeping `window` in flight; returns the seconds taken."""
+        import msgpack
+
+        started = time.perf_counter()
+        sent = received = 0
+        while received < count:
+            while sent < count and sent - received < window:
+                self.dealer.send(msgpack.packb({"id": sent.to_bytes(8, "big"), "type": "status"}))
+                sent += 1
+            msgpack.unpackb(self.dealer.recv(), raw=False)
+            received += 1
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.dealer.close(linger=0)
+        self.context.term()
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def echo_throughput(count: int, window: int, runs: int) -> list[float]:
+    echo = EchoServer()
+    try:
+        echo.round_trips(min(count, 1000), window)  # warm up
+        return [count / echo.round_trips(count, window) for _ in range(runs)]
+    finally:
+        echo.close()
+
+
+def nodes_throughput(nodes: int, count: int, runs: int) -> Figure:
+    """`status` requests per second through `nodes` nodes sharing one worker."""
+    samples = []
+    for _ in range(runs):
+        sandbox = Sandbox()
+        started_nodes = [sandbox.node() for _ in range(nodes)]
+        try:
+            for node in started_nodes:
+                ask(node, {"type": "health", "msg_id": 0})  # warm: the worker runs, all connected
+            data = b"".join(
+                b'{"src": "b", "dest": "m", "body": {"type": "status", "msg_id": %d}}\n' % i
+                for i in range(count)
+            )
+            threads = [
+                threading.Thread(target=node.communicate, args=(data,)) for node in started_nodes
+            ]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            samples.append(nodes * count / (time.perf_counter() - started))
+        finally:
+            for node in started_nodes:
+                if node.poll() is None:
+                    node.kill()
+            sandbox.close()
+    return Figure(
+        f"throughput, {nodes} node{'s' if nodes > 1 else ''} sharing one worker",
+        f"{count:,} `status` written at once to each node; all replies read",
+        "req/s",
+        samples,
+        f"bare pyzmq msgpack echo, window {WINDOW}",
+        echo_throughput(count, WINDOW, runs),
+        "(informative)" if nodes > 1 else ">= 50% of floor",
+        higher_is_better=True,
+    )
+
+
 FIGURES: list[Callable[[bool], Figure]] = [
     lambda quick: kill_to_reply(2 if quick else 20),
+    lambda quick: nodes_throughput(1, 500 if quick else 20_000, 1 if quick else 5),
+    lambda quick: nodes_throughput(4, 200 if quick else 5_000, 1 if quick else 5),
+    lambda quick: nodes_throughput(8, 100 if quick else 2_500, 1 if quick else 5),
 ]
 
 
@@ -153,7 +259,7 @@ def machine() -> str:
 
 
 def markdown(figures: list[Figure], quick: bool) -> str:
-    header = ["figure", "median (min)", "floor, same run", "ratio", "aim", "how"]
+    header = ["figure", "median (best, worst)", "floor, same run", "ratio", "aim", "how"]
     lines = [
         "# Benchmarks",
         "",
