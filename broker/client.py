@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from broker import codec
 from broker.errors import CRASH, ReplyError
 from broker.keys import CurveKeys
+from broker.monitor import pending_events
 from broker.spawn import WorkerSupervisor
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class WorkerClient:
     def submit(self, token: Any, kind: str) -> None:
         """Queue a request of type `kind`; its reply comes back from process() with `token`."""
         request_id = self._node_id + next(self._sequence).to_bytes(8, "big")
-        frame = codec.pack({"id": request_id, "type": kind})
+        frame = codec.pack_request(request_id, kind)
         self.backlog.append(Outstanding(token, request_id, kind, frame))
         self._fill_window()
         if not self.connected:
@@ -179,8 +179,7 @@ class WorkerClient:
             log.info("resent %d requests in flight", len(self.in_flight))
 
     def _watch_connection(self) -> None:
-        while self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)["event"]
+        for event, _ in pending_events(self._monitor):
             if event == zmq.EVENT_CONNECTED:
                 self.connected = True
                 self._unreachable_since = None
@@ -197,22 +196,17 @@ class WorkerClient:
         replies = []
         while True:
             try:
-                frame = self._socket.recv(zmq.NOBLOCK)
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             try:
-                message = codec.unpack(frame)
+                request_id, body = codec.unpack_reply(frames)
             except codec.CodecError as exc:
                 log.error("dropping an unreadable reply from the worker: %s", exc)
                 continue
-            outstanding = self.in_flight.pop(message.get("id"), None)
+            outstanding = self.in_flight.pop(request_id, None)
             if outstanding is None:
                 continue  # a duplicate answer to a request that was resent
-            body = message.get("body")
-            if not isinstance(body, dict):
-                log.error("dropping a reply without a body for %s", outstanding.request_id.hex())
-                self.in_flight[outstanding.request_id] = outstanding
-                continue
             if outstanding.kind == "health" and body.get("type") == "health_ok":
                 body["worker_restarts"] = self.restarts
             if self.supervisor is not None:

@@ -1,7 +1,12 @@
 """Pack and unpack the messages exchanged between front nodes and the worker, with msgpack.
 
-Every message is a msgpack map with string keys. Unpacking is strict and bounded, and any
-failure (msgpack may raise more than ValueError on hostile input) becomes one CodecError.
+    request: one frame, a map {"id": bytes, "type": str}
+    reply:   two frames, the request id (empty when unreadable) and the body as a map
+
+The body travels in a frame of its own so that a reply body the worker answers often (a
+`status` while nothing changes) is packed once and sent as the same bytes. Unpacking is
+strict and bounded, and any failure (msgpack may raise more than ValueError on hostile
+input) becomes one CodecError.
 """
 
 from __future__ import annotations
@@ -19,6 +24,25 @@ class CodecError(ValueError):
 
 def pack(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
+
+
+def pack_request(request_id: bytes, kind: str) -> bytes:
+    return pack({"id": request_id, "type": kind})
+
+
+def pack_reply(request_id: bytes | None, body: bytes) -> list[bytes]:
+    """The frames of a reply whose body is already packed."""
+    return [request_id or b"", body]
+
+
+def unpack_reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
+    """The request id and body of a reply; raises CodecError for anything else."""
+    if len(frames) != 2:
+        raise CodecError(f"a reply has 2 frames, not {len(frames)}")
+    body = unpack(frames[1])
+    if not isinstance(body.get("type"), str):
+        raise CodecError("a reply body needs a type")
+    return frames[0], body
 
 
 def unpack(frame: bytes) -> dict[str, Any]:

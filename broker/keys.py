@@ -15,8 +15,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import zmq.auth
-
 WORKER_NAME = "worker"
 NODE_NAME = "node"
 AUTHORIZED = "authorized"  # in the worker's key folder: public keys of nodes let in
@@ -32,6 +30,8 @@ class CurveKeys:
 
 def create(folder: Path, name: str) -> tuple[Path, Path]:
     """Write NAME.key and NAME.key_secret into `folder`; returns both paths."""
+    import zmq.auth  # only remote set-ups pay for it
+
     old_umask = os.umask(0o077)
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -48,6 +48,8 @@ def for_worker(folder: Path) -> CurveKeys:
 
     Raises OSError or ValueError when a file is missing or unreadable.
     """
+    import zmq.auth  # only remote set-ups pay for it
+
     public, secret = zmq.auth.load_certificate(folder / f"{WORKER_NAME}.key_secret")
     authorized = folder / AUTHORIZED
     if not authorized.is_dir():
@@ -57,6 +59,8 @@ def for_worker(folder: Path) -> CurveKeys:
 
 def for_node(folder: Path) -> CurveKeys:
     """The node's key pair and the public key of the worker it trusts."""
+    import zmq.auth  # only remote set-ups pay for it
+
     public, secret = zmq.auth.load_certificate(folder / f"{NODE_NAME}.key_secret")
     server_public, _ = zmq.auth.load_certificate(folder / f"{WORKER_NAME}.key")
     return CurveKeys(public=public, secret=secret, server_public=server_public)

@@ -20,13 +20,12 @@ from collections import deque
 from pathlib import Path
 
 from broker import endpoint
+from broker.exits import EXIT_CONFIG, EXIT_OWNED
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 IDLE_EXIT_S = 3.0  # a spawned worker leaves this long after its last node has gone
-EXIT_OWNED = 75  # the worker found another owner; not a failure (see worker/__main__.py)
-EXIT_CONFIG = 78  # the worker cannot start with this configuration; restarting will not help
 FIRST_BACKOFF_S = 0.1  # after the second death in a row, restarts wait, doubling each time
 MAX_BACKOFF_S = 5.0
 OWNER_GRACE_S = 1.0  # after losing the lock race, how long to wait for the winner to listen

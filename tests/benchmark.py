@@ -77,8 +77,31 @@ class Sandbox:
         self.root = Path(tempfile.mkdtemp(prefix="mnb-"))
         self.db = self.root / "bench.db"
         self.env = {**os.environ, "MIGRATIONS_RUNTIME_DIR": str(self.root / "run")}
+        self.migrations: Path | None = None
+
+    def generate(self, count: int) -> Path:
+        """`count` migrations, each creating one small table, as our node's files."""
+        self.migrations = self.root / "migrations"
+        self.migrations.mkdir()
+        for version in range(1, count + 1):
+            (self.migrations / f"{version:05d}_t{version}.py").write_text(
+                f'def up(db):\n    db.execute("{create_table(version)}")\n\n\n'
+                f'def down(db):\n    db.execute("DROP TABLE t{version}")\n'
+            )
+        return self.migrations
+
+    def stop_worker(self) -> None:
+        """SIGTERM the database's worker and wait until it has gone."""
+        lock = self.root / "bench.db.lock"
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            pid = int(lock.read_text())
+            os.kill(pid, signal.SIGTERM)
+            while os.path.exists(f"/proc/{pid}") and "Z" not in _proc_state(pid):
+                time.sleep(0.005)  # waiting for another process to exit: nothing to poll on
 
     def node(self, *args: str) -> subprocess.Popen:
+        if self.migrations is not None:
+            args = ("--migrations", str(self.migrations), *args)
         return subprocess.Popen(
             [sys.executable, str(NODE), "--db", str(self.db), *args],
             stdin=subprocess.PIPE,
@@ -99,20 +122,220 @@ class Sandbox:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "Z"
+
+
+def create_table(version: int) -> str:
+    return f"CREATE TABLE t{version} (id INTEGER PRIMARY KEY, name TEXT)"
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
 def ask(node: subprocess.Popen, body: dict) -> dict:
     node.stdin.write(json.dumps({"src": "b", "dest": "m", "body": body}).encode() + b"\n")
     node.stdin.flush()
     return json.loads(node.stdout.readline())
 
 
-def process_floor(runs: int) -> list[float]:
-    """A whole Python process that imports what a worker needs, in milliseconds."""
+def process_floor(runs: int, imports: str = "zmq, msgpack, sqlite3") -> list[float]:
+    """A whole Python process that only imports `imports`, in milliseconds."""
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import zmq, msgpack, sqlite3"], check=True)
+        subprocess.run([sys.executable, "-c", f"import {imports}"], check=True)
         samples.append((time.perf_counter() - started) * 1000)
     return samples
+
+
+def cold_start(runs: int, worker_running: bool) -> Figure:
+    """From starting node.py to its first `status` reply."""
+    sandbox = Sandbox()
+    samples = []
+    try:
+        for msg_id in range(runs + 1):
+            if worker_running:
+                warm = sandbox.node()
+                ask(warm, {"type": "health", "msg_id": 0})
+                warm.stdin.close()
+                warm.wait()
+            else:
+                sandbox.stop_worker()
+            started = time.perf_counter()
+            node = sandbox.node()
+            reply = ask(node, {"type": "status", "msg_id": msg_id})
+            elapsed = (time.perf_counter() - started) * 1000
+            assert reply["type"] == "migration_status", reply
+            node.stdin.close()
+            node.wait()
+            if msg_id:  # the first run warms the disk cache
+                samples.append(elapsed)
+    finally:
+        sandbox.close()
+    return Figure(
+        f"cold start, {'worker running' if worker_running else 'no worker'}",
+        "start `python node.py`, write one `status`, time to its reply",
+        "ms",
+        samples,
+        "python -c 'import zmq, msgpack' (whole process)",
+        process_floor(runs, "zmq, msgpack"),
+        "<= 1.5x floor" if worker_running else "<= 2.5x floor",
+    )
+
+
+def sequential_latency(count: int, runs: int) -> Figure:
+    """One `status` at a time through a running node; the median of each run's round trips."""
+    sandbox = Sandbox()
+    node = sandbox.node()
+    samples = []
+    try:
+        ask(node, {"type": "status", "msg_id": 0})
+        for _ in range(runs):
+            trips = []
+            for msg_id in range(count):
+                started = time.perf_counter()
+                ask(node, {"type": "status", "msg_id": msg_id})
+                trips.append((time.perf_counter() - started) * 1000)
+            samples.append(statistics.median(trips))
+        node.stdin.close()
+        node.wait()
+    finally:
+        sandbox.close()
+    return Figure(
+        "sequential latency",
+        f"one `status` at a time through a running node, median of {count}",
+        "ms",
+        samples,
+        "bare pyzmq msgpack echo round trip",
+        echo_latency_ms(count, runs),
+        "<= 2x floor",
+    )
+
+
+def sqlite_floor(count: int) -> float:
+    """The plain sqlite3 loop: per migration BEGIN IMMEDIATE, CREATE, INSERT, COMMIT (seconds)."""
+    folder = Path(tempfile.mkdtemp(prefix="mnb-floor-"))
+    try:
+        connection = sqlite3.connect(folder / "floor.db", isolation_level=None)
+        connection.execute("PRAGMA synchronous = FULL")  # our node's setting, rollback journal
+        connection.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT,"
+            " applied_at TEXT)"
+        )
+        started = time.perf_counter()
+        for version in range(1, count + 1):
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute(create_table(version))
+            connection.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))",
+                (version, f"t{version}"),
+            )
+            connection.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+        connection.close()
+        return elapsed
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class ApplyRun:
+    seconds: float
+    node_rss_mb: float
+    worker_rss_mb: float
+    status_ms: list[float]
+
+
+def apply_once(count: int, status_trips: int) -> ApplyRun:
+    """Apply `count` generated migrations with one `migrate` through a running node."""
+    sandbox = Sandbox()
+    sandbox.generate(count)
+    node = sandbox.node()
+    try:
+        worker_pid = ask(node, {"type": "health", "msg_id": 0})["worker_pid"]
+        started = time.perf_counter()
+        reply = ask(node, {"type": "migrate", "msg_id": 1})
+        seconds = time.perf_counter() - started
+        assert reply.get("count") == count, str(reply)[:300]
+        rss = peak_rss_mb(node.pid), peak_rss_mb(worker_pid)
+        trips = []
+        for msg_id in range(status_trips):
+            started = time.perf_counter()
+            ask(node, {"type": "status", "msg_id": msg_id})
+            trips.append((time.perf_counter() - started) * 1000)
+        node.stdin.close()
+        node.wait()
+        return ApplyRun(seconds, *rss, trips)
+    finally:
+        if node.poll() is None:
+            node.kill()
+        sandbox.close()
+
+
+def apply_figures(count: int, runs: int, with_status: bool) -> list[Figure]:
+    results = [apply_once(count, 20 if with_status else 0) for _ in range(runs)]
+    figures = [
+        Figure(
+            f"apply {count:,} migrations",
+            "one `migrate` through a running node; each migration creates one table",
+            "s",
+            [run.seconds for run in results],
+            "plain sqlite3 loop, same journal and sync",
+            [sqlite_floor(count) for _ in range(runs)],
+            "<= 1.2x floor" if count >= 1000 else "(informative)",
+        )
+    ]
+    if with_status:
+        figures += [
+            Figure(
+                f"status, {count:,} migrations",
+                "warm `status` round trip, all applied; median of 20 per run",
+                "ms",
+                [statistics.median(run.status_ms) for run in results],
+                "bare pyzmq msgpack echo round trip",
+                echo_latency_ms(100, runs),
+                "<= 50 ms",
+            ),
+            Figure(
+                f"memory, node, applying {count:,}",
+                "peak RSS (VmHWM) of node.py",
+                "MiB",
+                [run.node_rss_mb for run in results],
+                "python -c 'import zmq, msgpack, sqlite3' RSS",
+                [import_rss_mb()],
+                "<= 30 MB",
+            ),
+            Figure(
+                f"memory, worker, applying {count:,}",
+                "peak RSS (VmHWM) of the worker",
+                "MiB",
+                [run.worker_rss_mb for run in results],
+                "python -c 'import zmq, msgpack, sqlite3' RSS",
+                [import_rss_mb()],
+                "<= 40 MB",
+            ),
+        ]
+    return figures
+
+
+def import_rss_mb() -> float:
+    code = (
+        "import zmq, msgpack, sqlite3\n"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    return int(output.stdout) / 1024
 
 
 def kill_to_reply(runs: int) -> Figure:
@@ -195,6 +418,15 @@ class EchoServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def echo_latency_ms(count: int, runs: int) -> list[float]:
+    echo = EchoServer()
+    try:
+        echo.round_trips(100, 1)  # warm up
+        return [echo.round_trips(count, 1) / count * 1000 for _ in range(runs)]
+    finally:
+        echo.close()
+
+
 def echo_throughput(count: int, window: int, runs: int) -> list[float]:
     echo = EchoServer()
     try:
@@ -243,11 +475,17 @@ def nodes_throughput(nodes: int, count: int, runs: int) -> Figure:
     )
 
 
-FIGURES: list[Callable[[bool], Figure]] = [
-    lambda quick: kill_to_reply(2 if quick else 20),
-    lambda quick: nodes_throughput(1, 500 if quick else 20_000, 1 if quick else 5),
-    lambda quick: nodes_throughput(4, 200 if quick else 5_000, 1 if quick else 5),
-    lambda quick: nodes_throughput(8, 100 if quick else 2_500, 1 if quick else 5),
+FIGURES: list[Callable[[bool], list[Figure]]] = [
+    lambda quick: [cold_start(1 if quick else 10, worker_running=True)],
+    lambda quick: [cold_start(1 if quick else 10, worker_running=False)],
+    lambda quick: [sequential_latency(20 if quick else 1000, 1 if quick else 5)],
+    lambda quick: [nodes_throughput(1, 500 if quick else 20_000, 1 if quick else 5)],
+    lambda quick: apply_figures(20 if quick else 100, 1 if quick else 5, with_status=False),
+    lambda quick: apply_figures(50 if quick else 1000, 1 if quick else 5, with_status=False),
+    lambda quick: apply_figures(100 if quick else 10_000, 1 if quick else 3, with_status=True),
+    lambda quick: [kill_to_reply(2 if quick else 20)],
+    lambda quick: [nodes_throughput(4, 200 if quick else 5_000, 1 if quick else 5)],
+    lambda quick: [nodes_throughput(8, 100 if quick else 2_500, 1 if quick else 5)],
 ]
 
 
@@ -280,9 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures = []
     for measure in FIGURES:
-        figure = measure(args.quick)
-        print(" | ".join(figure.row()), flush=True)
-        figures.append(figure)
+        for figure in measure(args.quick):
+            print(" | ".join(figure.row()), flush=True)
+            figures.append(figure)
     table = markdown(figures, args.quick)
     if args.output:
         args.output.write_text(table)

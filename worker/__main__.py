@@ -16,7 +16,7 @@ import zmq
 
 from broker import endpoint, keys
 from broker.errors import ReplyError
-from broker.spawn import EXIT_CONFIG, EXIT_OWNED
+from broker.exits import EXIT_CONFIG, EXIT_OWNED
 from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.journal import CrashJournal

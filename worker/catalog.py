@@ -21,11 +21,11 @@ MIGRATION_FILE = re.compile(r"^(\d+)_(.+)\.py$")
 RACY_WINDOW_NS = 2_000_000_000  # listings of a folder changed this recently are not cached
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Migration:
     version: int
     name: str
-    path: Path
+    path: str  # a plain string: a catalog holds thousands, and Path objects weigh more
 
     def entry(self, **fields: object) -> dict[str, object]:
         """The reply entry for this migration: version and name, then `fields`."""
@@ -38,9 +38,10 @@ class Migration:
         recorded is of exactly the code that ran, and no __pycache__ is written beside it.
         Raises whatever the file raises (SyntaxError, ImportError, ...).
         """
-        source = self.path.read_bytes()
+        with open(self.path, "rb") as file:
+            source = file.read()
         module = types.ModuleType(f"migration_{self.version}_{self.name}")
-        module.__file__ = str(self.path)
+        module.__file__ = self.path
         exec(compile(source, self.path, "exec"), module.__dict__)
         return module, hashlib.sha256(source).hexdigest()
 
@@ -60,6 +61,7 @@ class Catalog:
         self.folder = folder
         self._stamp: int | None = None
         self._migrations: list[Migration] = []
+        self.generation = 0  # grows each time the folder is listed anew
 
     def migrations(self) -> list[Migration]:
         """Every migration file, sorted by version; raises DuplicateVersion.
@@ -69,6 +71,7 @@ class Catalog:
         stamp = os.stat(self.folder).st_mtime_ns
         if stamp != self._stamp:
             self._migrations = scan(self.folder)
+            self.generation += 1
             # File times are coarse (a clock tick): a change within the same tick as the
             # listing would keep this stamp, so a stamp that recent is not trusted yet.
             racy = time.time_ns() - stamp < RACY_WINDOW_NS
@@ -83,10 +86,10 @@ def scan(folder: Path) -> list[Migration]:
             match = MIGRATION_FILE.match(entry.name)
             if match is None or not entry.is_file():
                 continue
-            migration = Migration(int(match[1]), match[2], Path(entry.path))
+            migration = Migration(int(match[1]), match[2], entry.path)
             other = found.get(migration.version)
             if other is not None:
-                first, second = sorted((other.path, migration.path))
+                first, second = sorted((Path(other.path), Path(migration.path)))
                 raise DuplicateVersion(migration.version, first, second)
             found[migration.version] = migration
     return [found[version] for version in sorted(found)]

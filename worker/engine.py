@@ -50,13 +50,38 @@ class Engine:
         self.catalog = catalog
         self.should_stop = should_stop
         self.journal = journal if journal is not None else NoJournal()
+        self._status: Reply = {}
+        self._status_stamp: tuple[int, int, int] | None = None
+        self._status_checked = False  # the stamp was checked in the current batch
+        self._status_commits = -1  # this store's commits when it was
 
     # -- request handlers ------------------------------------------------------------------
 
     def status(self, request_id: bytes) -> Reply:
-        """Every migration, file or recorded, in version order, with whether it is applied."""
+        """Every migration, file or recorded, in version order, with whether it is applied.
+
+        The reply is kept while neither the folder nor the database changes, and the same
+        object is returned. This store's own commits are counted; the folder and other
+        programs' commits (data_version, which costs a file lock) are checked once per batch
+        of requests received together: those are concurrent, so one snapshot answers them all.
+        """
+        if not self._status_checked or self._status_commits != self.store.commits:
+            migrations = self.catalog.migrations()
+            stamp = (self.catalog.generation, self.store.commits, self.store.data_version())
+            if stamp != self._status_stamp:
+                self._status = self._compute_status(migrations)
+                self._status_stamp = stamp
+            self._status_checked = True
+            self._status_commits = self.store.commits
+        return self._status
+
+    def new_batch(self) -> None:
+        """Requests received from here on may see changes made since the last batch."""
+        self._status_checked = False
+
+    def _compute_status(self, migrations: list[Migration]) -> Reply:
         applied = {row.version: row for row in self.store.applied()}
-        files = {migration.version: migration for migration in self.catalog.migrations()}
+        files = {migration.version: migration for migration in migrations}
         entries = []
         for version in sorted(files.keys() | applied.keys()):
             # An applied migration whose file is gone is still listed, under its recorded name.

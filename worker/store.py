@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_seq INTEGER NOT NULL,
     request_id BLOB
 );
+CREATE INDEX IF NOT EXISTS schema_migrations_applied_seq ON schema_migrations (applied_seq);
 CREATE TABLE IF NOT EXISTS schema_migration_replies (
     seq INTEGER PRIMARY KEY,
     request_id BLOB NOT NULL UNIQUE,
@@ -67,6 +68,7 @@ class SqliteStore:
         # Durability: a migration reported as applied survives a power cut.
         self.connection.execute("PRAGMA synchronous = FULL")
         self._schema_ready = False
+        self.commits = 0  # transactions this store committed; with data_version(), a change stamp
 
     def close(self) -> None:
         self.connection.close()
@@ -110,7 +112,12 @@ class SqliteStore:
                 self.connection.execute("ROLLBACK")
             raise
         self._schema_ready = True
+        self.commits += 1
         crash_if_asked()
+
+    def data_version(self) -> int:
+        """Changes when another connection commits; with `commits`, tells if anything changed."""
+        return self.connection.execute("PRAGMA data_version").fetchone()[0]
 
     def applied(self) -> list[AppliedMigration]:
         """Every recorded migration, in version order."""

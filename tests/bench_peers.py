@@ -1,0 +1,282 @@
+"""Peer figures for the benchmark: alembic and yoyo-migrations on a SQLite file.
+
+`tests/benchmark.py` imports this module to set our node next to the migration tools users
+would otherwise pick. Each tool is measured the way a user runs it: whole processes of its own
+CLI, started with `sys.executable` so the interpreter (and venv) is the one the benchmark runs
+under. For each run, in a fresh temporary directory (removed afterwards, even on error):
+
+1. N migrations are generated (outside the timing); migration i creates one small table,
+   `CREATE TABLE t{i} (id INTEGER PRIMARY KEY, name TEXT)`, and its downgrade/rollback drops it.
+2. apply: ONE CLI process applies all N to an empty SQLite file in that directory;
+   the sample is its wall time (`apply_seconds`).
+3. status: ONE cold CLI process reports the state of the fully applied database;
+   the sample is its wall time (`status_ms`).
+
+Both timings are `time.perf_counter()` around `subprocess.run(..., check=True,
+capture_output=True)`, so they include interpreter start-up and the tool's imports, as ours do.
+After the apply, the database is checked (outside the timing) to hold all N tables.
+
+How each tool is run:
+
+- alembic: `python -m alembic -c DIR/alembic.ini upgrade head`, then `... current`. The
+  environment is generated here: an `alembic.ini` (script_location, sqlalchemy.url), an
+  `env.py` doing the standard online migration (`context.configure(connection=...,
+  target_metadata=None)` then `with context.begin_transaction(): context.run_migrations()`),
+  and N revision files in `versions/` forming a linear chain, each using `op.execute`.
+- yoyo: `python -c "...yoyo.scripts.main.main()" apply --batch --no-config-file
+  --database sqlite:///... DIR`, then `... list ...` with the same options. That is exactly
+  what yoyo's console script runs, but it does not depend on finding the `yoyo` script on
+  PATH or next to the interpreter; `python -m yoyo` is avoided because its `__main__` drops
+  main()'s exit code. `--no-config-file` keeps any yoyo.ini out, read or written. Migrations are
+  `NNNN_tI.py` files holding `steps = [step("CREATE ...", "DROP ...")]`.
+
+Fairness notes (our node commits each migration in its own transaction):
+
+- alembic: its defaults are kept (`transaction_per_migration` unset). For SQLite alembic sets
+  `transactional_ddl = False`, so the `begin_transaction()` in env.py opens no outer
+  transaction and alembic instead opens one block per migration. It is NOT one transaction
+  for the whole upgrade. Under Python's sqlite3 driver in its default (legacy) transaction mode,
+  as SQLAlchemy leaves it, no BEGIN precedes the CREATE TABLE, so it autocommits on its own;
+  then BEGIN / UPDATE alembic_version / COMMIT follows: two commits per migration (seen with
+  a statement trace under alembic 1.20 / SQLAlchemy 2.1 / Python 3.11).
+- yoyo: per migration, the step runs in its own transaction on a second connection (shared
+  cache), then a `_yoyo_log` row is autocommitted and a `_yoyo_migration` row committed:
+  three commits per migration, all under a row in yoyo's lock table.
+- Durability: neither tool's SQLite settings are touched (no journal_mode or synchronous
+  pragma), so each runs with the defaults it leaves in place, as a user gets them (with this
+  Python's SQLite: journal_mode=delete, synchronous=FULL).
+- Compilation: neither tool writes `__pycache__` for its migration files (both load them with
+  their own importlib loaders), so every process, the status one too, compiles all N files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import logging
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Distribution name -> importable top-level module, for both tools.
+_TOOLS: dict[str, str] = {"alembic": "alembic", "yoyo-migrations": "yoyo"}
+
+# A hung tool must not stall the whole benchmark; generous, as 1000+ migrations take a while.
+_TIMEOUT_SECONDS = 900.0
+
+# yoyo's console script body, so `sys.executable` runs it wherever the package is installed.
+_YOYO_MAIN = "import sys; from yoyo.scripts.main import main; sys.exit(main())"
+
+
+@dataclass
+class PeerResult:
+    tool: str  # "alembic 1.x.y" / "yoyo-migrations 9.x" (name + installed version)
+    apply_seconds: list[float]  # per run: wall time of applying all N migrations, whole process
+    status_ms: list[float]  # per run: wall time of one cold status command, all N applied
+
+
+def _installed_version(dist: str, module: str) -> str | None:
+    """The installed version of `dist`, or None when it is missing or `module` can't be found.
+
+    Neither step imports the tool: the metadata lookup reads dist-info, and find_spec on a
+    top-level name only locates it.
+    """
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    # Metadata can outlive a half-removed package; the CLI needs the module itself.
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    return version if found else None
+
+
+def available() -> dict[str, str | None]:
+    """{"alembic": version or None, "yoyo-migrations": version or None}."""
+    return {dist: _installed_version(dist, module) for dist, module in _TOOLS.items()}
+
+
+def _timed_run(cmd: Sequence[str], cwd: Path) -> float:
+    """Run `cmd` to completion as a whole process; return its wall time in seconds."""
+    start = time.perf_counter()
+    try:
+        subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, timeout=_TIMEOUT_SECONDS)
+    except subprocess.CalledProcessError as exc:
+        # CalledProcessError's message omits the tool's own explanation; log it first.
+        stderr = (exc.stderr or b"").decode(errors="replace")
+        log.error("%s failed (exit %s):\n%s", " ".join(cmd), exc.returncode, stderr[-4000:])
+        raise
+    return time.perf_counter() - start
+
+
+def _check_applied(db: Path, n: int) -> None:
+    """Fail loudly if the apply did not create all N tables (a silent no-op would look fast)."""
+    # closing(): sqlite3's own context manager only commits, it would leave the file open.
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    missing = [i for i in range(1, n + 1) if f"t{i}" not in names]
+    if missing:
+        raise RuntimeError(f"{db}: {len(missing)} of {n} tables missing after apply")
+
+
+def _sqlite_url(db: Path) -> str:
+    # An absolute path after "sqlite:///" gives the four-slash form both tools read as absolute.
+    return f"sqlite:///{db}"
+
+
+_ALEMBIC_ENV = '''\
+"""Standard online migration, written by tests/bench_peers.py."""
+
+from sqlalchemy import engine_from_config, pool
+
+from alembic import context
+
+config = context.config
+connectable = engine_from_config(
+    config.get_section(config.config_ini_section, {}),
+    prefix="sqlalchemy.",
+    poolclass=pool.NullPool,
+)
+with connectable.connect() as connection:
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+'''
+
+_ALEMBIC_REVISION = '''\
+"""t{i}"""
+
+from alembic import op
+
+revision = "{rev}"
+down_revision = {down}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE t{i} (id INTEGER PRIMARY KEY, name TEXT)")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE t{i}")
+'''
+
+
+def _alembic_revision_id(i: int) -> str:
+    return f"{i:012x}"
+
+
+def _write_alembic_project(root: Path, db: Path, n: int) -> Path:
+    """Write alembic.ini, env.py and N chained revisions under `root`; return the ini path."""
+    script_dir = root / "alembic"
+    versions = script_dir / "versions"
+    versions.mkdir(parents=True)
+    (script_dir / "env.py").write_text(_ALEMBIC_ENV)
+    ini = root / "alembic.ini"
+    # configparser interpolates "%", so escape it in paths. path_separator silences a warning
+    # from alembic >= 1.16 and is ignored by older releases.
+    ini.write_text(
+        "[alembic]\n"
+        f"script_location = {str(script_dir).replace('%', '%%')}\n"
+        "path_separator = os\n"
+        f"sqlalchemy.url = {_sqlite_url(db).replace('%', '%%')}\n"
+    )
+    for i in range(1, n + 1):
+        down = repr(_alembic_revision_id(i - 1)) if i > 1 else "None"
+        rev = _alembic_revision_id(i)
+        (versions / f"{rev}_t{i}.py").write_text(_ALEMBIC_REVISION.format(i=i, rev=rev, down=down))
+    return ini
+
+
+def measure_alembic(n: int, runs: int) -> PeerResult | None:
+    """Time `alembic upgrade head` over N revisions and a cold `alembic current`; None if absent."""
+    version = available()["alembic"]
+    if version is None:
+        return None
+    result = PeerResult(tool=f"alembic {version}", apply_seconds=[], status_ms=[])
+    for _ in range(runs):
+        root = Path(tempfile.mkdtemp(prefix="mnb-alembic-"))
+        try:
+            db = root / "bench.db"
+            ini = _write_alembic_project(root, db, n)
+            base = [sys.executable, "-m", "alembic", "-c", str(ini)]
+            result.apply_seconds.append(_timed_run([*base, "upgrade", "head"], root))
+            _check_applied(db, n)
+            result.status_ms.append(_timed_run([*base, "current"], root) * 1000.0)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+_YOYO_MIGRATION = '''\
+"""t{i}"""
+
+from yoyo import step
+
+steps = [
+    step(
+        "CREATE TABLE t{i} (id INTEGER PRIMARY KEY, name TEXT)",
+        "DROP TABLE t{i}",
+    )
+]
+'''
+
+
+def _write_yoyo_migrations(directory: Path, n: int) -> None:
+    """Write N yoyo migrations; zero-padded names so file order is apply order."""
+    directory.mkdir()
+    width = max(4, len(str(n)))
+    for i in range(1, n + 1):
+        (directory / f"{i:0{width}d}_t{i}.py").write_text(_YOYO_MIGRATION.format(i=i))
+
+
+def measure_yoyo(n: int, runs: int) -> PeerResult | None:
+    """Time `yoyo apply` over N migrations and a cold `yoyo list`; None if absent."""
+    version = available()["yoyo-migrations"]
+    if version is None:
+        return None
+    result = PeerResult(tool=f"yoyo-migrations {version}", apply_seconds=[], status_ms=[])
+    for _ in range(runs):
+        root = Path(tempfile.mkdtemp(prefix="mnb-yoyo-"))
+        try:
+            db = root / "bench.db"
+            migrations = root / "migrations"
+            _write_yoyo_migrations(migrations, n)
+            options = ["--batch", "--no-config-file", "--database", _sqlite_url(db)]
+            base = [sys.executable, "-c", _YOYO_MAIN]
+            apply_cmd = [*base, "apply", *options, str(migrations)]
+            result.apply_seconds.append(_timed_run(apply_cmd, root))
+            _check_applied(db, n)
+            list_cmd = [*base, "list", *options, str(migrations)]
+            result.status_ms.append(_timed_run(list_cmd, root) * 1000.0)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def _log_result(name: str, result: PeerResult | None) -> None:
+    if result is None:
+        log.info("%s: not installed", name)
+        return
+    apply = ", ".join(f"{s:.2f}" for s in result.apply_seconds)
+    status = ", ".join(f"{s:.0f}" for s in result.status_ms)
+    log.info("%s: apply %s s; status %s ms", result.tool, apply, status)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log.info("installed: %s", available())
+    _log_result("alembic", measure_alembic(100, 1))
+    _log_result("yoyo-migrations", measure_yoyo(100, 1))
