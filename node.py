@@ -15,16 +15,17 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import zmq
-
-from broker import endpoint, keys
-from broker.client import WorkerClient, WorkerRefused
+from broker import endpoint
 from broker.errors import MALFORMED_REQUEST, ReplyError
 from broker.framing import Malformed, RequestFramer
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError, WorkerSupervisor
+
+if TYPE_CHECKING:
+    from broker.client import WorkerClient
 
 READ_BYTES = 1 << 16
 DEFAULT_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -71,15 +72,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def connect(args: argparse.Namespace) -> WorkerClient:
-    """A client for the standalone worker given by --connect, or for the database's own."""
-    if args.connect:
-        curve = keys.for_node(args.keys) if args.keys else None
-        return WorkerClient(args.connect, supervisor=None, curve=curve)
-    where = endpoint.for_database(args.db)
-    return WorkerClient(where.address, WorkerSupervisor(where, args.migrations))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -87,8 +79,25 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s node[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
+    supervisor = None
     try:
-        client = connect(args)
+        if not args.connect:
+            where = endpoint.for_database(args.db)
+            supervisor = WorkerSupervisor(where, args.migrations)
+            supervisor.ensure()  # first of all, so the worker starts while this node loads
+        # Imported only now (ZeroMQ is most of a node's start-up), so that it overlaps the
+        # worker's own start-up on another core.
+        from broker import keys
+        from broker.client import WorkerClient, WorkerRefused
+
+        if args.connect:
+            curve = keys.for_node(args.keys) if args.keys else None
+            client = WorkerClient(args.connect, supervisor=None, curve=curve)
+        else:
+            client = WorkerClient(where.address, supervisor)
+    except WorkerConfigError as exc:
+        log.error("the worker cannot start: %s", exc)
+        return EXIT_WORKER_CANNOT_START
     except (OSError, ValueError) as exc:
         log.error("cannot reach a worker: %s", exc)
         return EXIT_WORKER_CANNOT_START
@@ -118,10 +127,7 @@ def serve(client: WorkerClient, replies: OrderedReplies) -> None:
         # Stop reading while requests wait for the window, so input backs up, not memory.
         wanted = reading and client.has_room()
         if wanted != listening:
-            if wanted:
-                client.poller.register(stdin, zmq.POLLIN)
-            else:
-                client.poller.unregister(stdin)
+            client.watch(stdin, wanted)
             listening = wanted
         events = dict(client.poller.poll(client.timeout_ms()))
         for slot, body in client.process(events):

@@ -20,29 +20,29 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
 
 from broker import codec
 from broker.errors import CRASH, ReplyError
-from broker.keys import CurveKeys
 from broker.monitor import pending_events
 from broker.spawn import WorkerSupervisor
+
+if TYPE_CHECKING:
+    from broker.keys import CurveKeys
 
 log = logging.getLogger(__name__)
 
 WINDOW = 256  # requests in flight at once; ZeroMQ's default high-water mark is 1000
 TICK_MS = 100  # how often liveness is checked while requests wait on a connected worker
 WAITING_TICK_MS = 20  # ... and while no worker is connected
-RECONNECT_MS = 10  # a restarted worker is reached this soon after it binds
+RECONNECT_MS = 2  # a restarted worker is reached this soon after it binds
 HEARTBEAT_MS = 1000  # TCP only: a silent worker is declared gone after three of these
 GIVE_UP_S = 10.0  # workers dying this long without answering: pending requests get error 13
 
 
-@dataclass
-class Outstanding:
+class Outstanding(NamedTuple):
     token: Any  # the caller's handle for the reply
     request_id: bytes
     kind: str
@@ -100,6 +100,13 @@ class WorkerClient:
 
     def busy(self) -> bool:
         return bool(self.in_flight or self.backlog)
+
+    def watch(self, fd: int, readable: bool) -> None:
+        """Have poller.poll() also report when `fd` is readable (or stop reporting it)."""
+        if readable:
+            self.poller.register(fd, zmq.POLLIN)
+        else:
+            self.poller.unregister(fd)
 
     def timeout_ms(self) -> int:
         """How long the caller may poll before process() must look at the worker again."""

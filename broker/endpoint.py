@@ -12,15 +12,14 @@ import hashlib
 import os
 import socket
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 RUNTIME_DIR_ENV = "MIGRATIONS_RUNTIME_DIR"
 MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     database: Path  # the real path of the SQLite file
     address: str  # the ZeroMQ address the worker binds and nodes connect to
     lock_path: Path  # held by the owning worker for its whole life

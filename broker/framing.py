@@ -26,7 +26,7 @@ the result.
 
 import json
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_REQUEST_BYTES = 1 << 20  # 1 MiB
 
@@ -57,8 +57,7 @@ _STRING_AT_END_OF_LINE = "request ends inside a string at end of line"
 _CUT_OFF = "request is incomplete: a new request starts before it ends"
 
 
-@dataclass(frozen=True)
-class Malformed:
+class Malformed(NamedTuple):
     """A piece of input that is not a valid request; ``text`` says why."""
 
     text: str

@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 WORKER_NAME = "worker"
 NODE_NAME = "node"
 AUTHORIZED = "authorized"  # in the worker's key folder: public keys of nodes let in
 
 
-@dataclass(frozen=True)
-class CurveKeys:
+class CurveKeys(NamedTuple):
     public: bytes
     secret: bytes
     server_public: bytes | None = None  # a node's: the worker it trusts

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from broker.requests import Request
 
 
-@dataclass
 class Slot:
-    msg_id: int | None
-    envelope: tuple[str | None, str | None] | None  # (src, dest) of the reply when framed
-    line: bytes | None = field(default=None)
+    """One reply's place in the output; `line` is set when the reply is ready."""
+
+    __slots__ = ("envelope", "line", "msg_id")
+
+    def __init__(self, msg_id: int | None, envelope: tuple[str | None, str | None] | None):
+        self.msg_id = msg_id
+        self.envelope = envelope  # (src, dest) of the reply when framed, else None
+        self.line: bytes | None = None
 
 
 class OrderedReplies:

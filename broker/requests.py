@@ -9,14 +9,12 @@ Which types exist is the worker's business (it answers unknown ones with code 10
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from broker.errors import MALFORMED_REQUEST, ReplyError
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     kind: str | None
     msg_id: int | None  # None when absent or unreadable: the reply has no in_reply_to
     src: str | None

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker import endpoint
 from broker.exits import EXIT_CONFIG, EXIT_OWNED
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,8 @@ class WorkerSupervisor:
 
 
 def spawn_worker(where: endpoint.Endpoint, migrations: Path) -> subprocess.Popen[bytes]:
+    import subprocess  # only a node that starts a worker pays for it
+
     command = [
         sys.executable,
         "-m",

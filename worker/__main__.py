@@ -14,7 +14,7 @@ from pathlib import Path
 
 import zmq
 
-from broker import endpoint, keys
+from broker import endpoint
 from broker.errors import ReplyError
 from broker.exits import EXIT_CONFIG, EXIT_OWNED
 from worker.catalog import Catalog
@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         count = len(catalog.migrations())
         lock = OwnerLock(where.lock_path)
         lock.acquire(wait=args.wait)
-        curve = keys.for_worker(args.keys) if args.keys else None
+        curve = None
+        if args.keys:
+            from broker import keys  # only TCP workers pay for it
+
+            curve = keys.for_worker(args.keys)
         if args.bind and not args.bind.startswith("ipc://") and curve is None:
             raise ValueError(f"--bind {args.bind} leaves this machine: --keys is required")
         store = SqliteStore(where.database)

@@ -12,8 +12,8 @@ import os
 import re
 import time
 import types
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from broker.errors import PRECONDITION_FAILED, ReplyError
 
@@ -21,11 +21,12 @@ MIGRATION_FILE = re.compile(r"^(\d+)_(.+)\.py$")
 RACY_WINDOW_NS = 2_000_000_000  # listings of a folder changed this recently are not cached
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
+class Migration(NamedTuple):
+    """A migration file; a tuple, because a catalog may hold ten thousand of them."""
+
     version: int
     name: str
-    path: str  # a plain string: a catalog holds thousands, and Path objects weigh more
+    path: str  # a plain string: Path objects weigh several times more
 
     def entry(self, **fields: object) -> dict[str, object]:
         """The reply entry for this migration: version and name, then `fields`."""

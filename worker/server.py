@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,12 +22,13 @@ import zmq
 
 from broker import codec
 from broker.errors import CRASH, MALFORMED_REQUEST, UNKNOWN_TYPE, ReplyError
-from broker.keys import CurveKeys
 from broker.monitor import pending_events
 from worker.engine import Engine, Interrupted
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
+
+    from broker.keys import CurveKeys
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,10 @@ class WorkerServer:
 
     def run(self, context: zmq.Context) -> None:
         """Serve until stopped; the socket is closed whatever happens."""
-        wake_read, wake_write = socket.socketpair()
-        wake_write.setblocking(False)
-        previous_wakeup = signal.set_wakeup_fd(wake_write.fileno())
+        # A signal writes a byte here, which wakes the poll below at once.
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        previous_wakeup = signal.set_wakeup_fd(wake_write)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.stop)
         router = context.socket(zmq.ROUTER)
@@ -107,8 +108,8 @@ class WorkerServer:
                 events = dict(poller.poll(POLL_MS))
                 if monitor in events:
                     self._track_peers(monitor)
-                if wake_read.fileno() in events:
-                    wake_read.recv(4096)
+                if wake_read in events:
+                    os.read(wake_read, 4096)
                 if router in events:
                     self._serve_ready(router)
         finally:
@@ -118,8 +119,8 @@ class WorkerServer:
             router.disable_monitor()
             monitor.close(linger=0)
             router.close(linger=0)
-            wake_read.close()
-            wake_write.close()
+            os.close(wake_read)
+            os.close(wake_write)
         log.info("worker %d stopped after %d requests", os.getpid(), self.served)
 
     def _authenticate(self, context: zmq.Context, router: zmq.Socket) -> ThreadAuthenticator:

@@ -13,9 +13,8 @@ import signal
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from broker import codec
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
@@ -46,8 +45,7 @@ CREATE TABLE IF NOT EXISTS schema_migration_replies (
 """
 
 
-@dataclass(frozen=True)
-class AppliedMigration:
+class AppliedMigration(NamedTuple):
     version: int
     name: str
     checksum: str
