@@ -72,6 +72,8 @@ class WorkerClient:
         self.connected = False
         self.supervisor = supervisor
         self._unreachable_since: float | None = None  # busy with no worker connected since
+        self._last_frame: list[bytes] = []  # the last reply body frame, and its unpacked body
+        self._last_body: dict[str, Any] = {}
         self._sentinel: int | None = None  # the supervisor's pidfd, as registered here
         self._node_id = os.urandom(8)
         self._sequence = itertools.count()
@@ -206,16 +208,21 @@ class WorkerClient:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            try:
-                request_id, body = codec.unpack_reply(frames)
-            except codec.CodecError as exc:
-                log.error("dropping an unreadable reply from the worker: %s", exc)
-                continue
+            if frames[1:] == self._last_frame:
+                # The worker's unchanged status: the same bytes give the same body object.
+                request_id, body = frames[0], self._last_body
+            else:
+                try:
+                    request_id, body = codec.unpack_reply(frames)
+                except codec.CodecError as exc:
+                    log.error("dropping an unreadable reply from the worker: %s", exc)
+                    continue
+                self._last_frame, self._last_body = frames[1:], body
             outstanding = self.in_flight.pop(request_id, None)
             if outstanding is None:
                 continue  # a duplicate answer to a request that was resent
             if outstanding.kind == "health" and body.get("type") == "health_ok":
-                body["worker_restarts"] = self.restarts
+                body = {**body, "worker_restarts": self.restarts}
             if self.supervisor is not None:
                 self.supervisor.answered()
             replies.append((outstanding.token, body))

@@ -35,6 +35,8 @@ class OrderedReplies:
         self.envelope = envelope
         self.node_id: str | None = None  # from init; replaces each request's dest as our src
         self._slots: deque[Slot] = deque()
+        self._last_body: dict[str, Any] | None = None  # the body rendered last, and its JSON
+        self._last_rest = ""
 
     def adopt_identity(self, node_id: str) -> None:
         """What init does: take the node id and frame every reply from now on."""
@@ -53,14 +55,27 @@ class OrderedReplies:
         return slot
 
     def fill(self, slot: Slot, body: dict[str, Any]) -> None:
-        reply = {"type": body["type"]}
+        """Render the reply line for `slot`: exactly json.dumps of the reply, built faster.
+
+        json.dumps writes a dict as "{" + ", ".join('"key": value') + "}", so the line is
+        assembled from the body rendered once (after its type) and the per-request fields.
+        A body object seen again (the worker's unchanged status) is not rendered again.
+        """
+        if body is not self._last_body:
+            rest = json.dumps({key: value for key, value in body.items() if key != "type"})
+            self._last_body, self._last_rest = body, rest[1:-1]
+        parts = ['{"type": ', json.dumps(body["type"])]
         if slot.msg_id is not None:
-            reply["in_reply_to"] = slot.msg_id
-        reply.update((key, value) for key, value in body.items() if key != "type")
+            parts += [', "in_reply_to": ', json.dumps(slot.msg_id)]
+        if self._last_rest:
+            parts += [", ", self._last_rest]
+        parts.append("}")
         if slot.envelope is not None:
             src, dest = slot.envelope
-            reply = {"src": src, "dest": dest, "body": reply}
-        slot.line = (json.dumps(reply) + "\n").encode()
+            parts[:0] = ['{"src": ', json.dumps(src), ', "dest": ', json.dumps(dest), ', "body": ']
+            parts.append("}")
+        parts.append("\n")
+        slot.line = "".join(parts).encode()
 
     def waiting(self) -> int:
         """Replies reserved but not yet written."""
