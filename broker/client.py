@@ -40,6 +40,7 @@ WAITING_TICK_MS = 20  # ... and while no worker is connected
 RECONNECT_MS = 2  # a restarted worker is reached this soon after it binds
 HEARTBEAT_MS = 1000  # TCP only: a silent worker is declared gone after three of these
 GIVE_UP_S = 10.0  # workers dying this long without answering: pending requests get error 13
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class Outstanding(NamedTuple):
@@ -203,11 +204,9 @@ class WorkerClient:
 
     def _receive(self) -> list[tuple[Any, dict[str, Any]]]:
         replies = []
-        while True:
-            try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        # Asking is cheaper than the zmq.Again exception a blind recv raises at the end.
+        while self._socket.getsockopt(EVENTS) & POLLIN:
+            frames = self._socket.recv_multipart()
             if frames[1:] == self._last_frame:
                 # The worker's unchanged status: the same bytes give the same body object.
                 request_id, body = frames[0], self._last_body

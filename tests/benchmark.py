@@ -149,38 +149,48 @@ def ask(node: subprocess.Popen, body: dict) -> dict:
     return json.loads(node.stdout.readline())
 
 
-def process_floor(runs: int, imports: str = "zmq, msgpack, sqlite3") -> list[float]:
-    """A whole Python process that only imports `imports`, in milliseconds."""
-    samples = []
+def process_once(imports: str) -> float:
+    """One whole Python process that only imports `imports`, in milliseconds."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {imports}"], check=True)
+    return (time.perf_counter() - started) * 1000
+
+
+def interleaved(
+    runs: int, ours: Callable[[], float], floor: Callable[[], float]
+) -> tuple[list[float], list[float]]:
+    """Samples of a figure and of its floor, taken in turns so that both see the same noise."""
+    samples, floors = [], []
     for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", f"import {imports}"], check=True)
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
+        floors.append(floor())
+        samples.append(ours())
+    return samples, floors
 
 
 def cold_start(runs: int, worker_running: bool) -> Figure:
     """From starting node.py to its first `status` reply."""
     sandbox = Sandbox()
-    samples = []
+
+    def once() -> float:
+        if worker_running:
+            warm = sandbox.node()
+            ask(warm, {"type": "health", "msg_id": 0})
+            warm.stdin.close()
+            warm.wait()
+        else:
+            sandbox.stop_worker()
+        started = time.perf_counter()
+        node = sandbox.node()
+        reply = ask(node, {"type": "status", "msg_id": 1})
+        elapsed = (time.perf_counter() - started) * 1000
+        assert reply["type"] == "migration_status", reply
+        node.stdin.close()
+        node.wait()
+        return elapsed
+
     try:
-        for msg_id in range(runs + 1):
-            if worker_running:
-                warm = sandbox.node()
-                ask(warm, {"type": "health", "msg_id": 0})
-                warm.stdin.close()
-                warm.wait()
-            else:
-                sandbox.stop_worker()
-            started = time.perf_counter()
-            node = sandbox.node()
-            reply = ask(node, {"type": "status", "msg_id": msg_id})
-            elapsed = (time.perf_counter() - started) * 1000
-            assert reply["type"] == "migration_status", reply
-            node.stdin.close()
-            node.wait()
-            if msg_id:  # the first run warms the disk cache
-                samples.append(elapsed)
+        once()  # warms the disk cache
+        samples, floors = interleaved(runs, once, lambda: process_once("zmq, msgpack"))
     finally:
         sandbox.close()
     return Figure(
@@ -189,7 +199,7 @@ def cold_start(runs: int, worker_running: bool) -> Figure:
         "ms",
         samples,
         "python -c 'import zmq, msgpack' (whole process)",
-        process_floor(runs, "zmq, msgpack"),
+        floors,
         "<= 1.5x floor" if worker_running else "<= 2.5x floor",
     )
 
@@ -198,27 +208,31 @@ def sequential_latency(count: int, runs: int) -> Figure:
     """One `status` at a time through a running node; the median of each run's round trips."""
     sandbox = Sandbox()
     node = sandbox.node()
-    samples = []
+    echo = EchoServer()
+
+    def once() -> float:
+        trips = []
+        for msg_id in range(count):
+            started = time.perf_counter()
+            ask(node, {"type": "status", "msg_id": msg_id})
+            trips.append((time.perf_counter() - started) * 1000)
+        return statistics.median(trips)
+
     try:
-        ask(node, {"type": "status", "msg_id": 0})
-        for _ in range(runs):
-            trips = []
-            for msg_id in range(count):
-                started = time.perf_counter()
-                ask(node, {"type": "status", "msg_id": msg_id})
-                trips.append((time.perf_counter() - started) * 1000)
-            samples.append(statistics.median(trips))
+        once()
+        samples, floors = interleaved(runs, once, lambda: echo.round_trip_ms(count))
         node.stdin.close()
         node.wait()
     finally:
+        echo.close()
         sandbox.close()
     return Figure(
         "sequential latency",
         f"one `status` at a time through a running node, median of {count}",
         "ms",
         samples,
-        "bare pyzmq msgpack echo round trip",
-        echo_latency_ms(count, runs),
+        "bare pyzmq msgpack echo round trip, median",
+        floors,
         "<= 2x floor",
     )
 
@@ -284,15 +298,21 @@ def apply_once(count: int, status_trips: int) -> ApplyRun:
 
 
 def apply_figures(count: int, runs: int, with_status: bool) -> list[Figure]:
-    results = [apply_once(count, 20 if with_status else 0) for _ in range(runs)]
+    results: list[ApplyRun] = []
+
+    def once() -> float:
+        results.append(apply_once(count, 20 if with_status else 0))
+        return results[-1].seconds
+
+    samples, floors = interleaved(runs, once, lambda: sqlite_floor(count))
     figures = [
         Figure(
             f"apply {count:,} migrations",
             "one `migrate` through a running node; each migration creates one table",
             "s",
-            [run.seconds for run in results],
+            samples,
             "plain sqlite3 loop, same journal and sync",
-            [sqlite_floor(count) for _ in range(runs)],
+            floors,
             "<= 1.2x floor" if count >= 1000 else "(informative)",
         )
     ]
@@ -303,8 +323,8 @@ def apply_figures(count: int, runs: int, with_status: bool) -> list[Figure]:
                 "warm `status` round trip, all applied; median of 20 per run",
                 "ms",
                 [statistics.median(run.status_ms) for run in results],
-                "bare pyzmq msgpack echo round trip",
-                echo_latency_ms(100, runs),
+                "bare pyzmq msgpack echo round trip, median",
+                echo_latency_ms(100),
                 "<= 50 ms",
             ),
             Figure(
@@ -364,7 +384,7 @@ def kill_to_reply(runs: int) -> Figure:
         "ms",
         samples,
         "python -c 'import zmq, msgpack, sqlite3'",
-        process_floor(max(3, runs // 4)),
+        [process_once("zmq, msgpack, sqlite3") for _ in range(max(3, runs // 4))],
         "< 300 ms",
     )
 
@@ -410,6 +430,19 @@ class EchoServer:
             received += 1
         return time.perf_counter() - started
 
+    def round_trip_ms(self, count: int) -> float:
+        """The median of `count` single round trips, in milliseconds."""
+        trips = []
+        for _ in range(count):
+            started = time.perf_counter()
+            self.round_trips(1, 1)
+            trips.append((time.perf_counter() - started) * 1000)
+        return statistics.median(trips)
+
+    def throughput(self, count: int, window: int) -> float:
+        """Requests per second with `window` in flight."""
+        return count / self.round_trips(count, window)
+
     def close(self) -> None:
         self.dealer.close(linger=0)
         self.context.term()
@@ -418,37 +451,27 @@ class EchoServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def echo_latency_ms(count: int, runs: int) -> list[float]:
+def echo_latency_ms(count: int) -> list[float]:
     echo = EchoServer()
     try:
-        echo.round_trips(100, 1)  # warm up
-        return [echo.round_trips(count, 1) / count * 1000 for _ in range(runs)]
-    finally:
-        echo.close()
-
-
-def echo_throughput(count: int, window: int, runs: int) -> list[float]:
-    echo = EchoServer()
-    try:
-        echo.round_trips(min(count, 1000), window)  # warm up
-        return [count / echo.round_trips(count, window) for _ in range(runs)]
+        return [echo.round_trip_ms(count)]
     finally:
         echo.close()
 
 
 def nodes_throughput(nodes: int, count: int, runs: int) -> Figure:
     """`status` requests per second through `nodes` nodes sharing one worker."""
-    samples = []
-    for _ in range(runs):
+    data = b"".join(
+        b'{"src": "b", "dest": "m", "body": {"type": "status", "msg_id": %d}}\n' % i
+        for i in range(count)
+    )
+
+    def once() -> float:
         sandbox = Sandbox()
         started_nodes = [sandbox.node() for _ in range(nodes)]
         try:
             for node in started_nodes:
                 ask(node, {"type": "health", "msg_id": 0})  # warm: the worker runs, all connected
-            data = b"".join(
-                b'{"src": "b", "dest": "m", "body": {"type": "status", "msg_id": %d}}\n' % i
-                for i in range(count)
-            )
             threads = [
                 threading.Thread(target=node.communicate, args=(data,)) for node in started_nodes
             ]
@@ -457,22 +480,69 @@ def nodes_throughput(nodes: int, count: int, runs: int) -> Figure:
                 thread.start()
             for thread in threads:
                 thread.join()
-            samples.append(nodes * count / (time.perf_counter() - started))
+            return nodes * count / (time.perf_counter() - started)
         finally:
             for node in started_nodes:
                 if node.poll() is None:
                     node.kill()
             sandbox.close()
+
+    echo = EchoServer()
+    try:
+        echo.throughput(min(count, 1000), WINDOW)  # warm up
+        samples, floors = interleaved(runs, once, lambda: echo.throughput(nodes * count, WINDOW))
+    finally:
+        echo.close()
     return Figure(
         f"throughput, {nodes} node{'s' if nodes > 1 else ''} sharing one worker",
         f"{count:,} `status` written at once to each node; all replies read",
         "req/s",
         samples,
         f"bare pyzmq msgpack echo, window {WINDOW}",
-        echo_throughput(count, WINDOW, runs),
+        floors,
         "(informative)" if nodes > 1 else ">= 50% of floor",
         higher_is_better=True,
     )
+
+
+NOT_INSTALLED: list[str] = []  # peers the table could not include
+
+
+def peer_figures(count: int, runs: int) -> list[Figure]:
+    """The same apply and cold status work through the tools users would pick instead."""
+    from tests import bench_peers
+
+    figures = []
+    for tool, measure in (
+        ("alembic", bench_peers.measure_alembic),
+        ("yoyo-migrations", bench_peers.measure_yoyo),
+    ):
+        result = measure(count, runs)
+        if result is None:
+            print(f"{tool}: not installed (pip install '.[bench]')", flush=True)
+            NOT_INSTALLED.append(tool)
+            continue
+        figures += [
+            Figure(
+                f"peer {result.tool}: apply {count:,} migrations",
+                "its own CLI, one process applies all; each migration creates one table",
+                "s",
+                result.apply_seconds,
+                "plain sqlite3 loop, same journal and sync",
+                [sqlite_floor(count) for _ in range(runs)],
+                "(compare: apply 1,000 above)",
+            ),
+            Figure(
+                f"peer {result.tool}: cold status",
+                "its own CLI's status command as a whole process, all applied",
+                "ms",
+                result.status_ms,
+                "python -c 'import zmq, msgpack' (whole process)",
+                [process_once("zmq, msgpack") for _ in range(runs)],
+                "(compare: cold start above)",
+            ),
+        ]
+    return figures
 
 
 FIGURES: list[Callable[[bool], list[Figure]]] = [
@@ -486,6 +556,7 @@ FIGURES: list[Callable[[bool], list[Figure]]] = [
     lambda quick: [kill_to_reply(2 if quick else 20)],
     lambda quick: [nodes_throughput(4, 200 if quick else 5_000, 1 if quick else 5)],
     lambda quick: [nodes_throughput(8, 100 if quick else 2_500, 1 if quick else 5)],
+    lambda quick: peer_figures(20 if quick else 1000, 1 if quick else 3),
 ]
 
 
@@ -508,6 +579,8 @@ def markdown(figures: list[Figure], quick: bool) -> str:
         "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(figure.row()) + " |" for figure in figures]
+    if NOT_INSTALLED:
+        lines += ["", f"Not installed, so not measured: {', '.join(NOT_INSTALLED)}."]
     return "\n".join(lines) + "\n"
 
 

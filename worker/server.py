@@ -38,6 +38,7 @@ BATCH = 256  # requests taken from the socket per wake-up before looking at sign
 # Plain ints: send_multipart combines enum flags per frame, a measurable cost per reply.
 SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 SEND_LAST = int(zmq.NOBLOCK)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class WorkerServer:
@@ -155,12 +156,10 @@ class WorkerServer:
     def _serve_ready(self, router: zmq.Socket) -> None:
         self.engine.new_batch()
         for _ in range(BATCH):
-            if self.stopping:
+            # Asking is cheaper than the zmq.Again exception a blind recv raises at the end.
+            if self.stopping or not router.getsockopt(EVENTS) & POLLIN:
                 return
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+            frames = router.recv_multipart()
             peer, payload = frames[0], frames[1:]
             request_id, body = self._execute(payload)
             if body is None:
