@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WINDOW = 256  # requests in flight at once; ZeroMQ's default high-water mark is 1000
+MESSAGE_REQUESTS = 32  # requests per message at most: the worker serves nodes a message a turn
 TICK_MS = 100  # how often liveness is checked while requests wait on a connected worker
 WAITING_TICK_MS = 20  # ... and while no worker is connected
 RECONNECT_MS = 2  # a restarted worker is reached this soon after it binds
@@ -73,7 +74,7 @@ class WorkerClient:
         self.connected = False
         self.supervisor = supervisor
         self._unreachable_since: float | None = None  # busy with no worker connected since
-        self._last_frame: list[bytes] = []  # the last reply body frame, and its unpacked body
+        self._last_frame: bytes | None = None  # the last reply body frame, and its body
         self._last_body: dict[str, Any] = {}
         self._sentinel: int | None = None  # the supervisor's pidfd, as registered here
         self._node_id = os.urandom(8)
@@ -183,8 +184,7 @@ class WorkerClient:
         self._socket.close(linger=0)
         self._socket, self._monitor = self._open()
         self.connected = False
-        for outstanding in self.in_flight.values():
-            self._socket.send(outstanding.frame)
+        self._send(list(self.in_flight.values()))
         if self.in_flight:
             log.info("resent %d requests in flight", len(self.in_flight))
 
@@ -207,32 +207,49 @@ class WorkerClient:
         # Asking is cheaper than the zmq.Again exception a blind recv raises at the end.
         while self._socket.getsockopt(EVENTS) & POLLIN:
             frames = self._socket.recv_multipart()
-            if frames[1:] == self._last_frame:
-                # The worker's unchanged status: the same bytes give the same body object.
-                request_id, body = frames[0], self._last_body
-            else:
-                try:
-                    request_id, body = codec.unpack_reply(frames)
-                except codec.CodecError as exc:
-                    log.error("dropping an unreadable reply from the worker: %s", exc)
-                    continue
-                self._last_frame, self._last_body = frames[1:], body
-            outstanding = self.in_flight.pop(request_id, None)
-            if outstanding is None:
-                continue  # a duplicate answer to a request that was resent
-            if outstanding.kind == "health" and body.get("type") == "health_ok":
-                body = {**body, "worker_restarts": self.restarts}
-            if self.supervisor is not None:
-                self.supervisor.answered()
-            replies.append((outstanding.token, body))
+            for index in range(0, len(frames) - 1, 2):
+                reply = self._unpack(frames[index : index + 2])
+                if reply is not None:
+                    replies += self._complete(*reply)
         self._fill_window()
         return replies
 
+    def _unpack(self, frames: list[bytes]) -> tuple[bytes, dict[str, Any]] | None:
+        if frames[1] == self._last_frame:
+            # The worker's unchanged status: the same bytes give the same body object.
+            return frames[0], self._last_body
+        try:
+            request_id, body = codec.unpack_reply(frames)
+        except codec.CodecError as exc:
+            log.error("dropping an unreadable reply from the worker: %s", exc)
+            return None
+        self._last_frame, self._last_body = frames[1], body
+        return request_id, body
+
+    def _complete(self, request_id: bytes, body: dict[str, Any]) -> list[tuple[Any, dict]]:
+        """The caller's token and body for a reply, unless it answers nothing in flight."""
+        outstanding = self.in_flight.pop(request_id, None)
+        if outstanding is None:
+            return []  # a duplicate answer to a request that was resent
+        if outstanding.kind == "health" and body.get("type") == "health_ok":
+            body = {**body, "worker_restarts": self.restarts}
+        if self.supervisor is not None:
+            self.supervisor.answered()
+        return [(outstanding.token, body)]
+
     def _fill_window(self) -> None:
-        while self.backlog and len(self.in_flight) < self.window:
-            outstanding = self.backlog.popleft()
+        room = self.window - len(self.in_flight)
+        sending = [self.backlog.popleft() for _ in range(min(room, len(self.backlog)))]
+        for outstanding in sending:
             self.in_flight[outstanding.request_id] = outstanding
-            self._socket.send(outstanding.frame)
+        self._send(sending)
+
+    def _send(self, outstanding: list[Outstanding]) -> None:
+        """Send requests, up to MESSAGE_REQUESTS to a message: each message costs more than
+        a request in it, and the worker answers a message with one message."""
+        for start in range(0, len(outstanding), MESSAGE_REQUESTS):
+            chunk = outstanding[start : start + MESSAGE_REQUESTS]
+            self._socket.send_multipart([request.frame for request in chunk])
 
     # -- the worker process ----------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Pack and unpack the messages exchanged between front nodes and the worker, with msgpack.
 
-    request: one frame, a map {"id": bytes, "type": str}
-    reply:   two frames, the request id (empty when unreadable) and the body as a map
+    request: one frame, a map {"id": bytes, "type": str}; a message holds one or more
+    reply:   two frames, the request id (empty when unreadable) and the body as a map; the
+             replies to one message travel in one message, in the same order
 
 The body travels in a frame of its own so that a reply body the worker answers often (a
 `status` while nothing changes) is packed once and sent as the same bytes. Unpacking is

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 500  # wake-up period for the idle check when nothing happens
 MAX_REQUEST_ID_BYTES = 64
-BATCH = 256  # requests taken from the socket per wake-up before looking at signals again
+BATCH = 64  # messages taken from the socket per wake-up before looking at signals again
 # Plain ints: send_multipart combines enum flags per frame, a measurable cost per reply.
 SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 SEND_LAST = int(zmq.NOBLOCK)
@@ -154,28 +154,39 @@ class WorkerServer:
                     self.idle_since = time.monotonic()
 
     def _serve_ready(self, router: zmq.Socket) -> None:
+        """Serve the messages waiting, one node's message at a time, as ROUTER hands them out.
+
+        A message holds one or more requests (a frame each); the replies to them go back in
+        one message, two frames per reply, in the same order.
+        """
         self.engine.new_batch()
         for _ in range(BATCH):
             # Asking is cheaper than the zmq.Again exception a blind recv raises at the end.
             if self.stopping or not router.getsockopt(EVENTS) & POLLIN:
                 return
-            frames = router.recv_multipart()
-            peer, payload = frames[0], frames[1:]
-            request_id, body = self._execute(payload)
-            if body is None:
-                return  # interrupted by a stop request: the node will resend it
-            self.served += 1
-            try:
-                # Never block on one node: the others would wait. Nodes keep their window
-                # under the high-water mark, so a full queue means a node that stopped reading.
-                *reply, last = codec.pack_reply(request_id, self._packed(body))
-                for frame in (peer, *reply):
-                    router.send(frame, SEND_MORE)
-                router.send(last, SEND_LAST)
-            except zmq.ZMQError as exc:
-                # The node left (EHOSTUNREACH) or stopped reading; a resend of a migrate or
-                # rollback will find its stored reply.
-                log.warning("could not reply to node %s: %s", peer.hex(), exc)
+            peer, *requests = router.recv_multipart()
+            replies = []
+            for frame in requests or [b""]:
+                request_id, body = self._execute(frame)
+                if body is None:
+                    break  # interrupted by a stop request: the node resends what is left
+                self.served += 1
+                replies += codec.pack_reply(request_id, self._packed(body))
+            if replies:
+                self._send(router, peer, replies)
+
+    def _send(self, router: zmq.Socket, peer: bytes, frames: list[bytes]) -> None:
+        try:
+            # Never block on one node: the others would wait. Nodes keep their window under
+            # the high-water mark, so a full queue means a node that stopped reading.
+            router.send(peer, SEND_MORE)
+            for frame in frames[:-1]:
+                router.send(frame, SEND_MORE)
+            router.send(frames[-1], SEND_LAST)
+        except zmq.ZMQError as exc:
+            # The node left (EHOSTUNREACH) or stopped reading; a resend of a migrate or
+            # rollback will find its stored reply.
+            log.warning("could not reply to node %s: %s", peer.hex(), exc)
 
     def _packed(self, body: dict[str, Any]) -> bytes:
         """The body packed; the engine hands out the same body object while it is current."""
@@ -183,13 +194,13 @@ class WorkerServer:
             self._last_body, self._last_packed = body, codec.pack(body)
         return self._last_packed
 
-    def _execute(self, payload: list[bytes]) -> tuple[bytes | None, dict[str, Any] | None]:
+    def _execute(self, frame: bytes) -> tuple[bytes | None, dict[str, Any] | None]:
         """Run one request frame; return its id and reply body (None if interrupted)."""
         request_id = None
         try:
-            if len(payload) != 1:
-                raise ReplyError(MALFORMED_REQUEST, "expected exactly one frame per request")
-            request = codec.unpack(payload[0])
+            if not frame:
+                raise ReplyError(MALFORMED_REQUEST, "a message must hold at least one request")
+            request = codec.unpack(frame)
             request_id = request.get("id")
             if not isinstance(request_id, bytes) or len(request_id) > MAX_REQUEST_ID_BYTES:
                 request_id = None
