@@ -160,6 +160,13 @@ class WorkerServer:
         one message, two frames per reply, in the same order.
         """
         self.engine.new_batch()
+        try:
+            self._serve_messages(router)
+        finally:
+            for handler in logging.getLogger().handlers:
+                handler.flush()  # held log lines go out once the batch is answered
+
+    def _serve_messages(self, router: zmq.Socket) -> None:
         for _ in range(BATCH):
             # Asking is cheaper than the zmq.Again exception a blind recv raises at the end.
             if self.stopping or not router.getsockopt(EVENTS) & POLLIN:
