@@ -813,7 +813,7 @@ def test_a_rolled_back_store_transaction_leaves_neither_effect_nor_record(node: 
 
     with pytest.raises(RuntimeError, match="abandon"), store.transaction() as connection:
         connection.execute("CREATE TABLE half (x)")
-        store.record(1, "half", "0" * 64, 1.0, b"r1")
+        store.record(1, "half", "0" * 64, 1.0, 1, b"r1")
         store.store_reply(b"r1", {"type": "migrations_applied"})
         assert connection.in_transaction
         raise RuntimeError("abandon")

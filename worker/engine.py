@@ -132,6 +132,7 @@ class Engine:
             if row.request_id == request_id
         ]
         pending = [m for m in self.catalog.migrations() if m.version not in done_versions]
+        last_seq = max((row.applied_seq for row in applied), default=0)
         for index, migration in enumerate(pending):
             if self.should_stop():
                 raise Interrupted(f"stopped before migration {migration.version}")
@@ -145,7 +146,12 @@ class Engine:
                 with self.store.transaction():
                     elapsed_ms = self._run(up)
                     self.store.record(
-                        migration.version, migration.name, checksum, elapsed_ms, request_id
+                        migration.version,
+                        migration.name,
+                        checksum,
+                        elapsed_ms,
+                        last_seq + index + 1,
+                        request_id,
                     )
                     if index == len(pending) - 1:
                         reply = _applied_reply([*done, entry])

@@ -35,7 +35,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_seq INTEGER NOT NULL,
     request_id BLOB
 );
-CREATE INDEX IF NOT EXISTS schema_migrations_applied_seq ON schema_migrations (applied_seq);
 CREATE TABLE IF NOT EXISTS schema_migration_replies (
     seq INTEGER PRIMARY KEY,
     request_id BLOB NOT NULL UNIQUE,
@@ -128,15 +127,24 @@ class SqliteStore:
         return [AppliedMigration(*row) for row in rows]
 
     def record(
-        self, version: int, name: str, checksum: str, execution_ms: float, request_id: bytes
+        self,
+        version: int,
+        name: str,
+        checksum: str,
+        execution_ms: float,
+        applied_seq: int,
+        request_id: bytes,
     ) -> None:
-        """Mark a migration applied; call inside the transaction that ran its up()."""
+        """Mark a migration applied; call inside the transaction that ran its up().
+
+        `applied_seq` orders applications (one more than the highest recorded). The single
+        writer knows it, so no index or scan of the table is needed to find it.
+        """
         self.connection.execute(
             "INSERT INTO schema_migrations"
             " (version, name, checksum, applied_at, execution_ms, applied_seq, request_id)"
-            " VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?,"
-            " (SELECT COALESCE(MAX(applied_seq), 0) + 1 FROM schema_migrations), ?)",
-            (version, name, checksum, execution_ms, request_id),
+            " VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?, ?, ?)",
+            (version, name, checksum, execution_ms, applied_seq, request_id),
         )
 
     def unrecord(self, version: int) -> None:
