@@ -48,6 +48,14 @@ def write_migration(folder: Path, filename: str, up: str, down: str | None = "pa
     return path
 
 
+def table_migrations(folder: Path, versions: range) -> None:
+    """Migrations that each create (and drop) one table named t<version>."""
+    for version in versions:
+        write_migration(folder, f"{version:04d}_t{version}.py",
+                        f'db.execute("CREATE TABLE t{version} (id INTEGER)")',
+                        down=f'db.execute("DROP TABLE t{version}")')
+
+
 def _indent(body: str) -> str:
     return "".join(f"    {line}\n" for line in body.strip("\n").splitlines())
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PROJECT, gone, request, wait_until, write_migration
+from tests.support import PROJECT, gone, request, table_migrations, wait_until, write_migration
 
 BLOCKING_UP = """
 import os, time
@@ -36,11 +36,18 @@ def blocking_migration(folder: Path, filename: str, table: str) -> tuple[Path, P
     return started, block
 
 
-def table_migrations(folder: Path, versions: range) -> None:
-    for version in versions:
-        write_migration(folder, f"{version:04d}_t{version}.py",
-                        f'db.execute("CREATE TABLE t{version} (id INTEGER)")',
-                        down=f'db.execute("DROP TABLE t{version}")')
+def signal_during_slow_migrate(workspace, folder: Path, signum: int, started: Path,
+                               block: Path):
+    """Send migrate, signal the worker once the slow migration runs, then let it finish.
+
+    Returns the node, the signalled worker's pid, and the migrate reply.
+    """
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    wait_until(started.exists, what="the slow migration to start")
+    signalled = workspace.kill_worker(signum)
+    block.unlink()
+    return node, signalled, node.replies(1)[0]
 
 
 @pytest.fixture
@@ -53,13 +60,11 @@ def folder(workspace) -> Path:
 def test_worker_killed_inside_a_slow_migration_loses_nothing(workspace, folder):
     started, block = blocking_migration(folder, "0001_slow.py", "slow")
     table_migrations(folder, range(2, 4))
-    node = workspace.live("--migrations", str(folder))
-    node.send(request("migrate", 1))
-    wait_until(started.exists, what="the slow migration to start")
-    killed = workspace.kill_worker()
-    block.unlink()
+    node, killed, migrated = signal_during_slow_migrate(
+        workspace, folder, signal.SIGKILL, started, block
+    )
     node.send(request("health", 2))
-    migrated, health = node.replies(2)
+    health = node.replies(1)[0]
     assert [m["version"] for m in migrated["migrations"]] == [1, 2, 3]
     assert health["worker_pid"] != killed and health["worker_restarts"] == 1
     assert node.finish() == 0
@@ -186,12 +191,9 @@ def test_a_migration_that_kills_its_worker_is_refused_after_three_deaths(workspa
 
 def test_sigterm_during_a_slow_migration_finishes_it_answers_and_exits(workspace, folder):
     started, block = blocking_migration(folder, "0001_slow.py", "slow")
-    node = workspace.live("--migrations", str(folder))
-    node.send(request("migrate", 1))
-    wait_until(started.exists, what="the slow migration to start")
-    stopped = workspace.kill_worker(signal.SIGTERM)
-    block.unlink()
-    migrated = node.replies(1)[0]
+    node, stopped, migrated = signal_during_slow_migrate(
+        workspace, folder, signal.SIGTERM, started, block
+    )
     assert migrated["migrations"] == [{"version": 1, "name": "slow", "status": "applied"}]
     wait_until(lambda: gone(stopped), what="the stopped worker to exit")
     node.send(request("health", 2))
@@ -205,12 +207,9 @@ def test_sigterm_between_migrations_stops_and_the_next_worker_completes_the_requ
 ):
     started, block = blocking_migration(folder, "0001_slow.py", "slow")
     table_migrations(folder, range(2, 4))
-    node = workspace.live("--migrations", str(folder))
-    node.send(request("migrate", 1))
-    wait_until(started.exists, what="the slow migration to start")
-    stopped = workspace.kill_worker(signal.SIGTERM)
-    block.unlink()
-    migrated = node.replies(1)[0]
+    node, stopped, migrated = signal_during_slow_migrate(
+        workspace, folder, signal.SIGTERM, started, block
+    )
     assert [m["version"] for m in migrated["migrations"]] == [1, 2, 3]
     wait_until(lambda: gone(stopped), what="the stopped worker to exit")
     assert node.finish() == 0

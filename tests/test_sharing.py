@@ -17,14 +17,7 @@ import pytest
 import zmq
 
 from broker import endpoint
-from tests.support import PROJECT, gone, request, wait_until, write_migration
-
-
-def table_migrations(folder: Path, versions: range) -> None:
-    for version in versions:
-        write_migration(folder, f"{version:04d}_t{version}.py",
-                        f'db.execute("CREATE TABLE t{version} (id INTEGER)")',
-                        down=f'db.execute("DROP TABLE t{version}")')
+from tests.support import PROJECT, gone, request, table_migrations, wait_until
 
 
 @pytest.fixture
