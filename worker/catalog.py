@@ -7,7 +7,6 @@ does not import anything, and is cached until the folder changes, so `status` st
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -39,6 +38,8 @@ class Migration(NamedTuple):
         recorded is of exactly the code that ran, and no __pycache__ is written beside it.
         Raises whatever the file raises (SyntaxError, ImportError, ...).
         """
+        import hashlib  # only applying needs it: status and start-up do not load OpenSSL
+
         with open(self.path, "rb") as file:
             source = file.read()
         module = types.ModuleType(f"migration_{self.version}_{self.name}")
