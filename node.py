@@ -138,6 +138,7 @@ def serve(client: WorkerClient, replies: OrderedReplies) -> None:
                 reading = False
             for item in framer.feed(chunk) if chunk else framer.close():
                 accept(item, client, replies)
+            client.flush()
         replies.flush()
 
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WINDOW = 256  # requests in flight at once; ZeroMQ's default high-water mark is 1000
+READS = frozenset({"status", "health"})  # requests that change nothing; all others are writes
 MESSAGE_REQUESTS = 32  # requests per message at most: the worker serves nodes a message a turn
 TICK_MS = 100  # how often liveness is checked while requests wait on a connected worker
 WAITING_TICK_MS = 20  # ... and while no worker is connected
@@ -86,12 +87,18 @@ class WorkerClient:
     # -- what the front node calls ---------------------------------------------------------
 
     def submit(self, token: Any, kind: str) -> None:
-        """Queue a request of type `kind`; its reply comes back from process() with `token`."""
+        """Queue a request of type `kind`; its reply comes back from process() with `token`.
+
+        Nothing is sent until flush(), so that requests read together travel together.
+        """
         request_id = self._node_id + next(self._sequence).to_bytes(8, "big")
         frame = codec.pack_request(request_id, kind)
         self.backlog.append(Outstanding(token, request_id, kind, frame))
+
+    def flush(self) -> None:
+        """Send what waits, as far as the window allows."""
         self._fill_window()
-        if not self.connected:
+        if self.busy() and not self.connected:
             self._ensure_worker()
 
     @property
@@ -238,10 +245,20 @@ class WorkerClient:
         return [(outstanding.token, body)]
 
     def _fill_window(self) -> None:
-        room = self.window - len(self.in_flight)
-        sending = [self.backlog.popleft() for _ in range(min(room, len(self.backlog)))]
-        for outstanding in sending:
-            self.in_flight[outstanding.request_id] = outstanding
+        """Send from the backlog while the window has room; a write waits for its turn.
+
+        A write (anything but a read) goes out only once everything before it is answered.
+        Reads are not stored, so a read resent after a crash runs again: were a write sent
+        behind it, the read could run after the write it precedes and tell a later state.
+        """
+        sending = []
+        while self.backlog and len(self.in_flight) < self.window:
+            head = self.backlog[0]
+            if head.kind not in READS and (self.in_flight or sending):
+                break
+            self.backlog.popleft()
+            self.in_flight[head.request_id] = head
+            sending.append(head)
         self._send(sending)
 
     def _send(self, outstanding: list[Outstanding]) -> None:
