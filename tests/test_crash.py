@@ -279,3 +279,21 @@ def test_a_long_migration_is_not_mistaken_for_a_dead_worker(workspace, folder):
     migrated, health = node.replies(2)
     assert migrated["count"] == 1 and health["worker_restarts"] == 0
     assert node.finish() == 0
+
+
+def test_a_read_resent_after_a_crash_still_sees_the_state_before_a_later_write(
+    workspace, folder
+):
+    table_migrations(folder, range(1, 3))
+    trigger = workspace.root / "crash-now"
+    workspace.env["MIGRATIONS_CRASH_AFTER_COMMIT"] = str(trigger)
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    assert node.replies(1)[0]["count"] == 2
+    trigger.touch()  # the rollback's commit kills the worker before it answers anything
+    node.send(request("status", 2), request("rollback", 3))
+    status, rolled_back = node.replies(2)
+    assert [m["applied"] for m in status["migrations"]] == [True, True]
+    assert rolled_back["type"] == "migration_rolled_back" and rolled_back["version"] == 2
+    assert not trigger.exists()
+    assert node.finish() == 0
