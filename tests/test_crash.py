@@ -50,6 +50,18 @@ def signal_during_slow_migrate(workspace, folder: Path, signum: int, started: Pa
     return node, signalled, node.replies(1)[0]
 
 
+def migrated_node_with_crash_hook(workspace, folder: Path, count: int):
+    """A live node whose `count` migrations are all applied, and the crash-after-commit trigger
+    file its worker watches (touch it to make the next commit kill the worker)."""
+    table_migrations(folder, range(1, count + 1))
+    trigger = workspace.root / "crash-now"
+    workspace.env["MIGRATIONS_CRASH_AFTER_COMMIT"] = str(trigger)
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    assert node.replies(1)[0]["count"] == count
+    return node, trigger
+
+
 @pytest.fixture
 def folder(workspace) -> Path:
     path = workspace.root / "migrations"
@@ -75,12 +87,7 @@ def test_worker_killed_inside_a_slow_migration_loses_nothing(workspace, folder):
 def test_kill_after_commit_before_reply_gives_the_stored_answer_and_runs_nothing_twice(
     workspace, folder
 ):
-    table_migrations(folder, range(1, 4))
-    trigger = workspace.root / "crash-now"
-    workspace.env["MIGRATIONS_CRASH_AFTER_COMMIT"] = str(trigger)
-    node = workspace.live("--migrations", str(folder))
-    node.send(request("migrate", 1))
-    assert node.replies(1)[0]["count"] == 3
+    node, trigger = migrated_node_with_crash_hook(workspace, folder, 3)
     trigger.touch()
     node.send(request("rollback", 2), request("health", 3), request("status", 4))
     rolled_back, health, status = node.replies(3)
@@ -284,12 +291,7 @@ def test_a_long_migration_is_not_mistaken_for_a_dead_worker(workspace, folder):
 def test_a_read_resent_after_a_crash_still_sees_the_state_before_a_later_write(
     workspace, folder
 ):
-    table_migrations(folder, range(1, 3))
-    trigger = workspace.root / "crash-now"
-    workspace.env["MIGRATIONS_CRASH_AFTER_COMMIT"] = str(trigger)
-    node = workspace.live("--migrations", str(folder))
-    node.send(request("migrate", 1))
-    assert node.replies(1)[0]["count"] == 2
+    node, trigger = migrated_node_with_crash_hook(workspace, folder, 2)
     trigger.touch()  # the rollback's commit kills the worker before it answers anything
     node.send(request("status", 2), request("rollback", 3))
     status, rolled_back = node.replies(2)
