@@ -64,10 +64,16 @@ def for_database(database: str | os.PathLike[str]) -> Endpoint:
     return Endpoint(
         database=real,
         address=f"ipc://{socket_path}",
-        lock_path=real.with_name(real.name + ".lock"),
+        lock_path=lock_file(real),
         log_path=directory / f"{key}.log",
         journal_path=directory / f"{key}.running",
     )
+
+
+def lock_file(database: str | os.PathLike[str]) -> Path:
+    """The file beside the database whose lock its owning worker holds."""
+    real = Path(os.path.realpath(database))
+    return real.with_name(real.name + ".lock")
 
 
 def is_listening(address: str) -> bool:

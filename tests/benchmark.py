@@ -32,6 +32,7 @@ from pathlib import Path
 import zmq
 
 from broker.client import WINDOW
+from tests.processes import alive_owner, gone, lock_owner
 
 PROJECT = Path(__file__).resolve().parent.parent
 NODE = PROJECT / "node.py"
@@ -99,12 +100,13 @@ class Sandbox:
 
     def stop_worker(self) -> None:
         """SIGTERM the database's worker and wait until it has gone."""
-        lock = self.root / "bench.db.lock"
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            pid = int(lock.read_text())
+        pid = alive_owner(self.db)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-            while os.path.exists(f"/proc/{pid}") and "Z" not in _proc_state(pid):
-                time.sleep(0.005)  # waiting for another process to exit: nothing to poll on
+        while not gone(pid):
+            time.sleep(0.005)  # waiting for another process to exit: nothing to poll on
 
     def node(self, *args: str) -> subprocess.Popen:
         if self.migrations is not None:
@@ -119,22 +121,16 @@ class Sandbox:
         )
 
     def worker_pid(self) -> int:
-        return int((self.root / "bench.db.lock").read_text())
+        pid = lock_owner(self.db)
+        assert pid is not None, "no worker owns the database"
+        return pid
 
     def close(self) -> None:
-        lock = self.root / "bench.db.lock"
-        if lock.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(lock.read_text()), signal.SIGTERM)
+        pid = alive_owner(self.db)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "Z"
 
 
 def create_table(version: int) -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PROCESS_TIMEOUT_S, Workspace, gone
+from tests.processes import alive_owner
+from tests.support import PROCESS_TIMEOUT_S, Workspace
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
                 if pipe is not None:
                     pipe.close()
             process.wait(timeout=PROCESS_TIMEOUT_S)
-        pid = space.worker_pid()
-        if pid is not None and not gone(pid):
+        pid = alive_owner(space.db)
+        if pid is not None:
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(runtime, ignore_errors=True)

@@ -15,18 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import alive_owner, lock_owner
+
 PROJECT = Path(__file__).resolve().parent.parent
 NODE = PROJECT / "node.py"
 PROCESS_TIMEOUT_S = 60  # a stuck process fails its test instead of hanging the suite
-
-
-def gone(pid: int) -> bool:
-    """True once a process no longer runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> None:
@@ -106,8 +99,8 @@ class Workspace:
 
     def kill_worker(self, signum: int = signal.SIGKILL) -> int | None:
         """Signal the worker that owns the database now; returns its pid (None if none)."""
-        pid = self.worker_pid()
-        if pid is None or gone(pid):
+        pid = alive_owner(self.db)
+        if pid is None:
             return None
         try:
             os.kill(pid, signum)
@@ -117,11 +110,7 @@ class Workspace:
 
     def worker_pid(self) -> int | None:
         """The pid in the database's lock file (the owning worker, if any still runs)."""
-        try:
-            text = (self.db.parent / (self.db.name + ".lock")).read_text().strip()
-        except FileNotFoundError:
-            return None
-        return int(text) if text else None
+        return lock_owner(self.db)
 
     def tables(self) -> set[str]:
         import sqlite3

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PROJECT, gone, request, table_migrations, wait_until, write_migration
+from tests.processes import gone
+from tests.support import PROJECT, request, table_migrations, wait_until, write_migration
 
 BLOCKING_UP = """
 import os, time

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.support import gone, request, wait_until, write_migration
+from tests.processes import gone
+from tests.support import request, wait_until, write_migration
 
 SEED_MIGRATE = b'{"src": "admin", "dest": "migrations", "body": {"type": "migrate", "msg_id": 1}}\n'
 SEED_MIGRATE_REPLY = (

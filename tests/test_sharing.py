@@ -17,7 +17,8 @@ import pytest
 import zmq
 
 from broker import endpoint
-from tests.support import PROJECT, gone, request, table_migrations, wait_until
+from tests.processes import gone
+from tests.support import PROJECT, request, table_migrations, wait_until
 
 
 @pytest.fixture

@@ -1,0 +1,32 @@
+"""Process facts shared by the tests and the benchmark (no pytest here: the benchmark runs
+without it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from broker import endpoint
+
+
+def gone(pid: int) -> bool:
+    """True once a process no longer runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def lock_owner(database: Path) -> int | None:
+    """The pid the database's owning worker wrote into its lock file, if any."""
+    try:
+        text = endpoint.lock_file(database).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text else None
+
+
+def alive_owner(database: Path) -> int | None:
+    """The owning worker's pid while it still runs, else None."""
+    pid = lock_owner(database)
+    return None if pid is None or gone(pid) else pid
