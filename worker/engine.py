@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from broker.errors import (
     CRASH,
@@ -32,6 +32,14 @@ from worker.store import AppliedMigration, SqliteStore
 log = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
+
+
+class StatusStamp(NamedTuple):
+    """What a status reply depends on: the folder listing and the database's contents."""
+
+    folder_generation: int
+    commits: int  # by this worker's store
+    data_version: int  # moves when another program commits
 
 
 class Interrupted(Exception):
@@ -51,9 +59,8 @@ class Engine:
         self.should_stop = should_stop
         self.journal = journal if journal is not None else NoJournal()
         self._status: Reply = {}
-        self._status_stamp: tuple[int, int, int] | None = None
+        self._status_stamp = StatusStamp(-1, -1, -1)  # what the kept reply was computed from
         self._status_checked = False  # the stamp was checked in the current batch
-        self._status_commits = -1  # this store's commits when it was
 
     # -- request handlers ------------------------------------------------------------------
 
@@ -65,14 +72,15 @@ class Engine:
         programs' commits (data_version, which costs a file lock) are checked once per batch
         of requests received together: those are concurrent, so one snapshot answers them all.
         """
-        if not self._status_checked or self._status_commits != self.store.commits:
+        if not self._status_checked or self._status_stamp.commits != self.store.commits:
             migrations = self.catalog.migrations()
-            stamp = (self.catalog.generation, self.store.commits, self.store.data_version())
+            stamp = StatusStamp(
+                self.catalog.generation, self.store.commits, self.store.data_version()
+            )
             if stamp != self._status_stamp:
                 self._status = self._compute_status(migrations)
                 self._status_stamp = stamp
             self._status_checked = True
-            self._status_commits = self.store.commits
         return self._status
 
     def new_batch(self) -> None:
