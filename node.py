@@ -72,6 +72,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def connect(args: argparse.Namespace) -> WorkerClient:
+    """A client for the worker: the standalone one of --connect, or the database's own,
+    started here first of all so that it starts while this node loads ZeroMQ.
+
+    Raises WorkerConfigError, OSError or ValueError when no worker can be had.
+    """
+    supervisor = None
+    if not args.connect:
+        where = endpoint.for_database(args.db)
+        supervisor = WorkerSupervisor(where, args.migrations)
+        supervisor.ensure()
+    # Imported only now (ZeroMQ is most of a node's start-up), so that it overlaps the
+    # worker's own start-up on another core.
+    from broker import keys
+    from broker.client import WorkerClient
+
+    if args.connect:
+        curve = keys.for_node(args.keys) if args.keys else None
+        return WorkerClient(args.connect, supervisor=None, curve=curve)
+    return WorkerClient(where.address, supervisor)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -79,28 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s node[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
-    supervisor = None
     try:
-        if not args.connect:
-            where = endpoint.for_database(args.db)
-            supervisor = WorkerSupervisor(where, args.migrations)
-            supervisor.ensure()  # first of all, so the worker starts while this node loads
-        # Imported only now (ZeroMQ is most of a node's start-up), so that it overlaps the
-        # worker's own start-up on another core.
-        from broker import keys
-        from broker.client import WorkerClient, WorkerRefused
-
-        if args.connect:
-            curve = keys.for_node(args.keys) if args.keys else None
-            client = WorkerClient(args.connect, supervisor=None, curve=curve)
-        else:
-            client = WorkerClient(where.address, supervisor)
+        client = connect(args)
     except WorkerConfigError as exc:
         log.error("the worker cannot start: %s", exc)
         return EXIT_WORKER_CANNOT_START
     except (OSError, ValueError) as exc:
         log.error("cannot reach a worker: %s", exc)
         return EXIT_WORKER_CANNOT_START
+    from broker.client import WorkerRefused  # loaded by connect() already
+
     try:
         serve(client, OrderedReplies(sys.stdout.buffer, envelope=args.envelope))
     except WorkerConfigError as exc:
