@@ -61,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,22 +202,13 @@ def _write_alembic_project(root: Path, db: Path, n: int) -> Path:
 
 def measure_alembic(n: int, runs: int) -> PeerResult | None:
     """Time `alembic upgrade head` over N revisions and a cold `alembic current`; None if absent."""
-    version = available()["alembic"]
-    if version is None:
-        return None
-    result = PeerResult(tool=f"alembic {version}", apply_seconds=[], status_ms=[])
-    for _ in range(runs):
-        root = Path(tempfile.mkdtemp(prefix="mnb-alembic-"))
-        try:
-            db = root / "bench.db"
-            ini = _write_alembic_project(root, db, n)
-            base = [sys.executable, "-m", "alembic", "-c", str(ini)]
-            result.apply_seconds.append(_timed_run([*base, "upgrade", "head"], root))
-            _check_applied(db, n)
-            result.status_ms.append(_timed_run([*base, "current"], root) * 1000.0)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-    return result
+
+    def commands(root: Path, db: Path) -> tuple[list[str], list[str]]:
+        ini = _write_alembic_project(root, db, n)
+        base = [sys.executable, "-m", "alembic", "-c", str(ini)]
+        return [*base, "upgrade", "head"], [*base, "current"]
+
+    return _measure("alembic", n, runs, commands)
 
 
 _YOYO_MIGRATION = '''\
@@ -244,23 +235,38 @@ def _write_yoyo_migrations(directory: Path, n: int) -> None:
 
 def measure_yoyo(n: int, runs: int) -> PeerResult | None:
     """Time `yoyo apply` over N migrations and a cold `yoyo list`; None if absent."""
-    version = available()["yoyo-migrations"]
+
+    def commands(root: Path, db: Path) -> tuple[list[str], list[str]]:
+        migrations = root / "migrations"
+        _write_yoyo_migrations(migrations, n)
+        options = ["--batch", "--no-config-file", "--database", _sqlite_url(db)]
+        base = [sys.executable, "-c", _YOYO_MAIN]
+        apply_command = [*base, "apply", *options, str(migrations)]
+        return apply_command, [*base, "list", *options, str(migrations)]
+
+    return _measure("yoyo-migrations", n, runs, commands)
+
+
+def _measure(
+    tool: str,
+    n: int,
+    runs: int,
+    commands: Callable[[Path, Path], tuple[list[str], list[str]]],
+) -> PeerResult | None:
+    """Per run, in a fresh directory: `commands(root, db)` writes the tool's project and
+    returns its apply and status commands; both are timed as whole processes."""
+    version = available()[tool]
     if version is None:
         return None
-    result = PeerResult(tool=f"yoyo-migrations {version}", apply_seconds=[], status_ms=[])
+    result = PeerResult(tool=f"{tool} {version}", apply_seconds=[], status_ms=[])
     for _ in range(runs):
-        root = Path(tempfile.mkdtemp(prefix="mnb-yoyo-"))
+        root = Path(tempfile.mkdtemp(prefix=f"mnb-{tool}-"))
         try:
             db = root / "bench.db"
-            migrations = root / "migrations"
-            _write_yoyo_migrations(migrations, n)
-            options = ["--batch", "--no-config-file", "--database", _sqlite_url(db)]
-            base = [sys.executable, "-c", _YOYO_MAIN]
-            apply_cmd = [*base, "apply", *options, str(migrations)]
-            result.apply_seconds.append(_timed_run(apply_cmd, root))
+            apply_command, status_command = commands(root, db)
+            result.apply_seconds.append(_timed_run(apply_command, root))
             _check_applied(db, n)
-            list_cmd = [*base, "list", *options, str(migrations)]
-            result.status_ms.append(_timed_run(list_cmd, root) * 1000.0)
+            result.status_ms.append(_timed_run(status_command, root) * 1000.0)
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return result
