@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from tests.processes import alive_owner, lock_owner
 PROJECT = Path(__file__).resolve().parent.parent
 NODE = PROJECT / "node.py"
 PROCESS_TIMEOUT_S = 60  # a stuck process fails its test instead of hanging the suite
+TEST_IDLE_EXIT_S = 3600  # spawned workers live until the test's teardown kills them
 
 
 def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> None:
@@ -29,6 +31,13 @@ def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> Non
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def write_migration(folder: Path, filename: str, up: str, down: str | None = "pass") -> Path:

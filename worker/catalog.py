@@ -1,8 +1,9 @@
 """Finding migration files in a folder and loading their code.
 
 A migration is a file `NNNN_name.py` (version = the integer prefix, name = the rest) that
-defines up(db) and, to be reversible, down(db). Other files are ignored. Listing the folder
-does not import anything, and is cached until the folder changes, so `status` stays cheap.
+defines up(db) and, to be reversible, down(db); NNNN is ASCII digits. Other files are
+ignored. Listing the folder does not import anything, and is cached until the folder
+changes, so `status` stays cheap.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import NamedTuple
 
 from broker.errors import PRECONDITION_FAILED, ReplyError
 
-MIGRATION_FILE = re.compile(r"^(\d+)_(.+)\.py$")
+# [0-9] and \Z: \d takes any Unicode digit, and $ also matches before a final newline.
+MIGRATION_FILE = re.compile(r"([0-9]+)_(.+)\.py\Z")
+MAX_VERSION = 2**63 - 1  # the largest SQLite INTEGER, and msgpack's int64
 RACY_WINDOW_NS = 2_000_000_000  # listings of a folder changed this recently are not cached
 
 
@@ -56,6 +59,23 @@ class DuplicateVersion(ReplyError):
         )
 
 
+class VersionTooLarge(ReplyError):
+    def __init__(self, filename: str, digits: str) -> None:
+        super().__init__(
+            PRECONDITION_FAILED,
+            f"migration file {filename} has version {digits},"
+            f" above the largest allowed {MAX_VERSION}",
+        )
+
+
+class NameNotUtf8(ReplyError):
+    def __init__(self, filename: str) -> None:
+        shown = os.fsencode(filename).decode("utf-8", errors="backslashreplace")
+        super().__init__(
+            PRECONDITION_FAILED, f"migration file name {shown} is not valid UTF-8; rename it"
+        )
+
+
 class Catalog:
     """The migrations of one folder, in version order."""
 
@@ -66,7 +86,10 @@ class Catalog:
         self.generation = 0  # grows each time the folder is listed anew
 
     def migrations(self) -> list[Migration]:
-        """Every migration file, sorted by version; raises DuplicateVersion.
+        """Every migration file, sorted by version.
+
+        Raises DuplicateVersion, VersionTooLarge or NameNotUtf8 (all PRECONDITION_FAILED
+        replies) for a folder holding a migration file that cannot be served.
 
         Raises FileNotFoundError if the folder is missing.
         """
@@ -82,16 +105,37 @@ class Catalog:
 
 
 def scan(folder: Path) -> list[Migration]:
+    """The migration files of `folder`, sorted by version.
+
+    Raises DuplicateVersion, VersionTooLarge or NameNotUtf8, naming the file(s).
+    """
     found: dict[int, Migration] = {}
     with os.scandir(folder) as entries:
         for entry in entries:
             match = MIGRATION_FILE.match(entry.name)
             if match is None or not entry.is_file():
                 continue
-            migration = Migration(int(match[1]), match[2], entry.path)
+            migration = Migration(_parse_version(entry.name, match[1]), match[2], entry.path)
             other = found.get(migration.version)
             if other is not None:
                 first, second = sorted((Path(other.path), Path(migration.path)))
                 raise DuplicateVersion(migration.version, first, second)
             found[migration.version] = migration
     return [found[version] for version in sorted(found)]
+
+
+def _parse_version(filename: str, digits: str) -> int:
+    """The version that `digits` spell; raises NameNotUtf8 or VersionTooLarge for `filename`.
+
+    The name is checked here because os.scandir hands a name that is not UTF-8 over with
+    surrogate escapes, which no reply (msgpack, JSON for stdout) can carry.
+    """
+    try:
+        filename.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NameNotUtf8(filename) from None
+    digits = digits.lstrip("0") or "0"
+    # Counting digits first: int() refuses strings of more than 4300 digits.
+    if len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
+        raise VersionTooLarge(filename, digits)
+    return int(digits)
