@@ -31,6 +31,7 @@ READ_BYTES = 1 << 16
 DEFAULT_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 EXIT_WORKER_CANNOT_START = 2
 EXIT_REFUSED = 3
+EXIT_STDOUT_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
 
 log = logging.getLogger("node")
 
@@ -89,6 +90,8 @@ def connect(args: argparse.Namespace) -> WorkerClient:
     from broker.client import WorkerClient
 
     if args.connect:
+        if args.connect.startswith("ipc://"):
+            endpoint.check_ipc_address(args.connect)
         curve = keys.for_node(args.keys) if args.keys else None
         return WorkerClient(args.connect, supervisor=None, curve=curve)
     return WorkerClient(where.address, supervisor)
@@ -120,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: add this node's public key to the worker's authorized/ folder", exc)
         return EXIT_REFUSED
     except BrokenPipeError:
-        log.warning("stdout was closed; stopping")
+        log.error("stdout was closed before every reply was written; stopping")
         # Nothing more can be written there; keep the interpreter's exit flush quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED  # replies were lost: callers and `set -o pipefail` see it
     finally:
         client.close()
     return 0
@@ -170,4 +174,7 @@ def accept(item: dict | Malformed, client: WorkerClient, replies: OrderedReplies
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: the usual status, without a traceback
+        sys.exit(128 + 2)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = 256  # requests in flight at once; ZeroMQ's default high-water mark is 1000
 READS = frozenset({"status", "health"})  # requests that change nothing; all others are writes
-MESSAGE_REQUESTS = 32  # requests per message at most: the worker serves nodes a message a turn
+MESSAGE_REQUESTS = codec.MAX_MESSAGE_REQUESTS  # per message: the worker serves a message a turn
 TICK_MS = 100  # how often liveness is checked while requests wait on a connected worker
 WAITING_TICK_MS = 20  # ... and while no worker is connected
 RECONNECT_MS = 2  # a restarted worker is reached this soon after it binds
@@ -71,6 +71,9 @@ class WorkerClient:
         self.context = zmq.Context()
         self.poller = zmq.Poller()  # the caller may register its own descriptors too
         self.in_flight: dict[bytes, Outstanding] = {}  # insertion order is sending order
+        # Ids of requests in flight that a worker may have received: sent, or still queued,
+        # while a connection stood. Only the others can be answered "not run" when giving up.
+        self._delivered: set[bytes] = set()
         self.backlog: deque[Outstanding] = deque()
         self.connected = False
         self.supervisor = supervisor
@@ -135,9 +138,10 @@ class WorkerClient:
         if self._sentinel is not None and self._sentinel in events:
             self.supervisor.reap()  # our worker exited; a successor is started only if needed
             self._watch_sentinel(self.supervisor.sentinel)
-        if self._monitor in events:
-            self._watch_connection()
+        # Replies already received are taken before a disconnection replaces the socket.
         replies = self._receive() if self._socket in events else []
+        if self._monitor in events:
+            replies += self._watch_connection()
         if self.busy() and not self.connected:
             self._ensure_worker()
             if self._failing_for() > GIVE_UP_S:
@@ -165,6 +169,7 @@ class WorkerClient:
     def _open(self) -> tuple[zmq.Socket, zmq.Socket]:
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, codec.MAX_REPLY_BYTES)  # a bigger frame drops the peer
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
         if not self.address.startswith("ipc://"):
             # Off this machine a peer can vanish without a word: heartbeats notice.
@@ -182,8 +187,13 @@ class WorkerClient:
         self.poller.register(monitor, zmq.POLLIN)
         return sock, monitor
 
-    def _reopen(self) -> None:
-        """Replace the socket and resend every request in flight, in order."""
+    def _reopen(self) -> list[tuple[Any, dict[str, Any]]]:
+        """Replace the socket and resend every request in flight, in order.
+
+        Returns the replies that had already arrived on the old socket: those requests are
+        answered, not resent. Whatever the old socket still queued to send is discarded.
+        """
+        replies = self._drain()
         self.poller.unregister(self._socket)
         self.poller.unregister(self._monitor)
         self._socket.disable_monitor()
@@ -194,22 +204,32 @@ class WorkerClient:
         self._send(list(self.in_flight.values()))
         if self.in_flight:
             log.info("resent %d requests in flight", len(self.in_flight))
+        return replies
 
-    def _watch_connection(self) -> None:
+    def _watch_connection(self) -> list[tuple[Any, dict[str, Any]]]:
+        """Follow the socket's connection; returns replies taken from a socket replaced."""
         for event, _ in pending_events(self._monitor):
             if event == zmq.EVENT_CONNECTED:
                 self.connected = True
                 self._unreachable_since = None
+                self._delivered.update(self.in_flight)
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 raise WorkerRefused(f"the worker at {self.address} refused this node's key")
             elif event == zmq.EVENT_DISCONNECTED:
                 log.warning("worker at %s disconnected", self.address)
-                self._reopen()
+                replies = self._reopen()
                 if self.busy():
                     self._ensure_worker()
-                return  # the old monitor is closed
+                return replies  # the old monitor is closed
+        return []
 
     def _receive(self) -> list[tuple[Any, dict[str, Any]]]:
+        replies = self._drain()
+        self._fill_window()
+        return replies
+
+    def _drain(self) -> list[tuple[Any, dict[str, Any]]]:
+        """Every reply waiting on the socket, matched to what it answers."""
         replies = []
         # Asking is cheaper than the zmq.Again exception a blind recv raises at the end.
         while self._socket.getsockopt(EVENTS) & POLLIN:
@@ -218,7 +238,6 @@ class WorkerClient:
                 reply = self._unpack(frames[index : index + 2])
                 if reply is not None:
                     replies += self._complete(*reply)
-        self._fill_window()
         return replies
 
     def _unpack(self, frames: list[bytes]) -> tuple[bytes, dict[str, Any]] | None:
@@ -238,6 +257,7 @@ class WorkerClient:
         outstanding = self.in_flight.pop(request_id, None)
         if outstanding is None:
             return []  # a duplicate answer to a request that was resent
+        self._delivered.discard(request_id)
         if outstanding.kind == "health" and body.get("type") == "health_ok":
             body = {**body, "worker_restarts": self.restarts}
         if self.supervisor is not None:
@@ -258,6 +278,8 @@ class WorkerClient:
                 break
             self.backlog.popleft()
             self.in_flight[head.request_id] = head
+            if self.connected:
+                self._delivered.add(head.request_id)
             sending.append(head)
         self._send(sending)
 
@@ -286,19 +308,35 @@ class WorkerClient:
         self._sentinel = sentinel
 
     def _give_up(self) -> list[tuple[Any, dict[str, Any]]]:
-        """Answer every waiting request with error 13: the worker keeps dying."""
-        failing = self._failing_for()
-        if self.supervisor is None:
-            text = f"the worker at {self.address} has been unreachable for {failing:.0f} s; not run"
-            words = ""
-        else:
-            text = f"the worker keeps dying without answering (for {failing:.0f} s); not run"
-            words = self.supervisor.last_words()
-        if words:
-            text += f"; it last logged: {words.splitlines()[-1]}"
-        log.error("%s", text)
+        """Answer every waiting request with error 13: no worker is there to run it.
+
+        The socket is replaced first, so that nothing it still queues can reach a worker
+        that appears later: a request answered "not run" never runs. One that a worker may
+        have received before it went says so instead. The clock starts anew for the next.
+        """
+        replies = self._drain()  # answers that came at the last moment are the true ones
         waiting = [*self.in_flight.values(), *self.backlog]
         self.in_flight.clear()
         self.backlog.clear()
-        body = ReplyError(CRASH, text).body()
-        return [(outstanding.token, dict(body)) for outstanding in waiting]
+        replies += self._reopen()  # with nothing in flight, nothing is sent again
+        failing = self._failing_for()
+        if self.supervisor is None:
+            text = f"the worker at {self.address} has been unreachable for {failing:.0f} s"
+            words = ""
+            self._unreachable_since = None
+        else:
+            text = f"the worker keeps dying without answering (for {failing:.0f} s)"
+            words = self.supervisor.last_words()
+            self.supervisor.restart_clock()
+        if words:
+            words = f"; it last logged: {words.splitlines()[-1]}"
+        log.error("%s; answering %d requests with error 13", text, len(waiting))
+        for outstanding in waiting:
+            if outstanding.request_id in self._delivered:
+                outcome = "; a worker may have received it before it went: check status"
+            else:
+                outcome = "; not run"
+            body = ReplyError(CRASH, text + outcome + words).body()
+            replies.append((outstanding.token, body))
+        self._delivered.clear()
+        return replies

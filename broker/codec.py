@@ -16,7 +16,14 @@ from typing import Any
 
 import msgpack
 
-MAX_FRAME_BYTES = 4 << 20  # a request is at most 1 MiB of JSON; replies for 10,000 migrations fit
+# Bounds of the wire, one place for both ends. A request is at most 1 MiB of JSON, so 4 MiB
+# of msgpack is ample. A reply lists every migration (10,000 take about 0.5 MB); the worker
+# never sends a bigger reply than a node accepts, and answers with an error instead.
+MAX_REQUEST_BYTES = 4 << 20
+MAX_REPLY_BYTES = 64 << 20
+MAX_REQUEST_ID_BYTES = 64
+MAX_MESSAGE_REQUESTS = 32  # requests in one message: a node sends no more, the worker serves
+# no more of one message (the worker serves nodes a message a turn, so this is also fairness)
 
 
 class CodecError(ValueError):
@@ -40,16 +47,16 @@ def unpack_reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
     """The request id and body of a reply; raises CodecError for anything else."""
     if len(frames) != 2:
         raise CodecError(f"a reply has 2 frames, not {len(frames)}")
-    body = unpack(frames[1])
+    body = unpack(frames[1], MAX_REPLY_BYTES)
     if not isinstance(body.get("type"), str):
         raise CodecError("a reply body needs a type")
     return frames[0], body
 
 
-def unpack(frame: bytes) -> dict[str, Any]:
-    """Decode one frame into a dict; raise CodecError for anything else."""
-    if len(frame) > MAX_FRAME_BYTES:
-        raise CodecError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+def unpack(frame: bytes, limit: int = MAX_REQUEST_BYTES) -> dict[str, Any]:
+    """Decode one frame of at most `limit` bytes into a dict; raise CodecError otherwise."""
+    if len(frame) > limit:
+        raise CodecError(f"frame of {len(frame)} bytes exceeds {limit}")
     try:
         message = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack documents that more than ValueError can escape

@@ -46,12 +46,34 @@ def runtime_dir() -> Path:
     else:
         path = Path("/tmp") / f"migrations-node-{os.getuid()}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private_dir(path)
+    return path
+
+
+def check_private_dir(path: Path) -> None:
+    """Raise PermissionError unless `path` is a real directory of this user's that nobody
+    else can enter: whoever can reach a socket there can send the worker requests."""
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise PermissionError(f"{path} is not a directory owned by this user")
     if info.st_mode & 0o077:
         raise PermissionError(f"{path} is open to other users (mode {info.st_mode & 0o777:o})")
-    return path
+
+
+def check_ipc_address(address: str) -> None:
+    """Hold an ipc:// address given by hand to the checks of the default runtime directory.
+
+    Raises PermissionError for an abstract socket (no file, so no permissions: any local
+    user could connect) or one whose directory others can enter; FileNotFoundError if the
+    directory does not exist.
+    """
+    path = address.removeprefix("ipc://")
+    if path.startswith("@"):
+        raise PermissionError(
+            f"{address} is an abstract unix socket, which any local user can reach;"
+            " use a path in a directory only you can enter"
+        )
+    check_private_dir(Path(os.path.abspath(path)).parent)
 
 
 def for_database(database: str | os.PathLike[str]) -> Endpoint:

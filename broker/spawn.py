@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from broker import endpoint
 from broker.exits import EXIT_CONFIG, EXIT_OWNED
+from broker.files import open_private
 
 if TYPE_CHECKING:
     import subprocess
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-IDLE_EXIT_S = 3.0  # a spawned worker leaves this long after its last node has gone
+IDLE_EXIT_S = 3.0  # a spawned worker leaves this long after its last node has gone...
+IDLE_EXIT_ENV = "MIGRATIONS_IDLE_EXIT_S"  # ... unless this says how many seconds instead
 FIRST_BACKOFF_S = 0.1  # after the second death in a row, restarts wait, doubling each time
 MAX_BACKOFF_S = 5.0
 OWNER_GRACE_S = 1.0  # after losing the lock race, how long to wait for the winner to listen
@@ -81,6 +83,10 @@ class WorkerSupervisor:
         self._failures = 0
         self._failing_since = None
 
+    def restart_clock(self) -> None:
+        """The waiting requests were answered: the next ones get a full GIVE_UP_S of their own."""
+        self._failing_since = None
+
     def failing_for(self) -> float:
         """Seconds since workers started dying without answering (0 when they are not)."""
         if self._failing_since is None:
@@ -126,10 +132,10 @@ def spawn_worker(where: endpoint.Endpoint, migrations: Path) -> subprocess.Popen
         "--migrations",
         str(migrations),
         "--idle-exit",
-        str(IDLE_EXIT_S),
+        str(idle_exit_s()),
     ]
-    with open(where.log_path, "ab") as log_file:
-        os.chmod(where.log_path, 0o600)
+    log_fd = open_private(where.log_path, os.O_WRONLY | os.O_APPEND, "worker log")
+    with os.fdopen(log_fd, "ab") as log_file:
         return subprocess.Popen(
             command,
             cwd=PROJECT_ROOT,  # so `-m worker` finds this project's worker package
@@ -138,6 +144,20 @@ def spawn_worker(where: endpoint.Endpoint, migrations: Path) -> subprocess.Popen
             stderr=log_file,
             start_new_session=True,
         )
+
+
+def idle_exit_s() -> float:
+    """How long a spawned worker outlives its last node: IDLE_EXIT_ENV, else IDLE_EXIT_S."""
+    configured = os.environ.get(IDLE_EXIT_ENV)
+    if configured:
+        try:
+            seconds = float(configured)
+        except ValueError:
+            seconds = -1.0
+        if seconds >= 0:
+            return seconds
+        log.warning("ignoring %s=%r: not a number of seconds", IDLE_EXIT_ENV, configured)
+    return IDLE_EXIT_S
 
 
 def _pidfd(pid: int) -> int | None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from broker.spawn import IDLE_EXIT_ENV
 from tests.processes import alive_owner
-from tests.support import PROCESS_TIMEOUT_S, Workspace
+from tests.support import PROCESS_TIMEOUT_S, TEST_IDLE_EXIT_S, Workspace
 
 
 @pytest.fixture
@@ -20,7 +21,10 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
     # A short runtime directory: unix socket paths hold about 100 bytes.
     runtime = Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
     env = {**os.environ, "MIGRATIONS_RUNTIME_DIR": str(runtime)}
-    env.pop("MIGRATIONS_CRASH_AFTER_COMMIT", None)
+    env.pop("MIGRATIONS_TEST_CRASH_AFTER_COMMIT", None)
+    # A spawned worker outlives its nodes until teardown kills it, so that no test depends
+    # on a next node arriving within the 3 s idle exit, however busy the machine is.
+    env[IDLE_EXIT_ENV] = str(TEST_IDLE_EXIT_S)
     space = Workspace(root=tmp_path, runtime=runtime, db=tmp_path / "test.db", env=env)
     try:
         yield space

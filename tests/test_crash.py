@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import gone
+from tests.processes import alive_owner, gone
 from tests.support import PROJECT, request, table_migrations, wait_until, write_migration
 
 BLOCKING_UP = """
@@ -56,7 +56,7 @@ def migrated_node_with_crash_hook(workspace, folder: Path, count: int):
     file its worker watches (touch it to make the next commit kill the worker)."""
     table_migrations(folder, range(1, count + 1))
     trigger = workspace.root / "crash-now"
-    workspace.env["MIGRATIONS_CRASH_AFTER_COMMIT"] = str(trigger)
+    workspace.env["MIGRATIONS_TEST_CRASH_AFTER_COMMIT"] = str(trigger)
     node = workspace.live("--migrations", str(folder))
     node.send(request("migrate", 1))
     assert node.replies(1)[0]["count"] == count
@@ -106,7 +106,7 @@ def test_migrate_interrupted_after_a_commit_is_completed_and_reports_every_versi
 ):
     table_migrations(folder, range(1, 6))
     trigger = workspace.root / "crash-now"
-    workspace.env["MIGRATIONS_CRASH_AFTER_COMMIT"] = str(trigger)
+    workspace.env["MIGRATIONS_TEST_CRASH_AFTER_COMMIT"] = str(trigger)
     trigger.touch()  # the first commit (version 1) kills the worker
     replies, completed = workspace.run([request("migrate", 1), request("health", 2)],
                                        "--migrations", str(folder))
@@ -123,16 +123,26 @@ def test_series_of_rollbacks_with_the_worker_killed_between_them(workspace, fold
     node.send(request("migrate", 0))
     assert node.replies(1)[0]["count"] == 6
     rng = random.Random(4)
+    kills = 0
     for msg_id, version in enumerate(range(6, 0, -1), start=1):
         node.send(request("rollback", msg_id))
         time.sleep(rng.uniform(0, 0.01))  # fault injection at a random instant, not a wait
-        workspace.kill_worker()
+        kills += kill_live_worker(workspace)
         reply = node.replies(1)[0]
         assert reply == {"type": "migration_rolled_back", "in_reply_to": msg_id,
                          "version": version, "name": f"t{version}"}
         assert [v for v, _ in workspace.recorded()] == list(range(1, version))
+    assert kills == 6, "every round killed a live worker"
     assert node.finish() == 0
     assert workspace.tables() <= {"schema_migrations", "schema_migration_replies"}
+
+
+def kill_live_worker(workspace) -> int:
+    """SIGKILL the database's worker once one runs (a restart may still be starting it);
+    returns 1, the kill that landed, so that a test can count its kills."""
+    wait_until(lambda: alive_owner(workspace.db) is not None, what="a live worker to kill")
+    assert workspace.kill_worker() is not None
+    return 1
 
 
 def test_fifty_rounds_of_mixed_traffic_with_random_kills_stay_consistent(workspace, folder):
@@ -141,6 +151,7 @@ def test_fifty_rounds_of_mixed_traffic_with_random_kills_stay_consistent(workspa
     rng = random.Random(2026)
     applied: list[int] = []  # the model: versions applied, in application order
     msg_id = 0
+    kills = 0
     for _ in range(50):
         batch = []
         for _ in range(rng.randint(1, 6)):
@@ -149,7 +160,7 @@ def test_fifty_rounds_of_mixed_traffic_with_random_kills_stay_consistent(workspa
                                  msg_id))
         node.send(*batch)
         time.sleep(rng.uniform(0, 0.03))  # fault injection at a random instant, not a wait
-        workspace.kill_worker()
+        kills += kill_live_worker(workspace)
         replies = node.replies(len(batch))
         assert [reply["in_reply_to"] for reply in replies] == [r["body"]["msg_id"] for r in batch]
         for sent, reply in zip(batch, replies, strict=True):
@@ -160,6 +171,7 @@ def test_fifty_rounds_of_mixed_traffic_with_random_kills_stay_consistent(workspa
         assert [m["version"] for m in status["migrations"] if m["applied"]] == sorted(applied)
         assert [v for v, _ in workspace.recorded()] == sorted(applied)
         assert {f"t{v}" for v in applied} == workspace.tables() & {"t1", "t2", "t3", "t4"}
+    assert kills == 50, "every round killed a live worker"
     assert node.finish() == 0
 
 
@@ -263,18 +275,53 @@ def test_a_second_worker_for_the_same_database_refuses_and_says_why(workspace):
 def test_a_worker_that_keeps_dying_at_start_up_gets_pending_requests_error_13(workspace):
     # sitecustomize runs in every Python process started with this PYTHONPATH: it kills
     # the worker (started as `python -m worker`) before it can serve, and spares the node.
-    hooks = workspace.root / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(
-        "import os, sys\nif sys.argv[:1] == ['-m']:\n    os._exit(3)\n"
-    )
-    workspace.env["PYTHONPATH"] = os.pathsep.join([str(hooks), str(PROJECT)])
-    started = time.monotonic()
+    dying_at_start_up(workspace)
     replies, completed = workspace.run([request("status", 1), request("status", 2)])
     assert completed.returncode == 0
     assert [reply["code"] for reply in replies] == [13, 13]
-    assert "keeps dying" in replies[0]["text"]
-    assert time.monotonic() - started < 60
+    assert "keeps dying" in replies[0]["text"] and "; not run;" in replies[0]["text"]
+    assert "it last logged: dying at start-up on purpose" in replies[0]["text"]
+
+
+def test_a_request_answered_not_run_never_runs_when_a_worker_comes_at_last(workspace, folder):
+    table_migrations(folder, range(1, 3))
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    assert node.replies(1)[0]["count"] == 2
+    pid = workspace.kill_worker()
+    wait_until(lambda: gone(pid), what="the worker to die")
+    armed = dying_at_start_up(workspace)
+    node = workspace.live("--migrations", str(folder))  # its workers inherit the hook
+    node.send(request("rollback", 2))
+    refused = node.replies(1)[0]
+    assert refused["code"] == 13 and "; not run" in refused["text"]
+    armed.unlink()
+    node.send(request("status", 3), request("rollback", 4))
+    status, rolled_back = node.replies(2)
+    assert [m["applied"] for m in status["migrations"]] == [True, True]
+    assert rolled_back["type"] == "migration_rolled_back" and rolled_back["version"] == 2
+    assert node.finish() == 0
+    assert workspace.recorded() == [(1, "t1")]
+
+
+def dying_at_start_up(workspace) -> Path:
+    """Make every worker started from now on die at start-up, while the returned file exists.
+
+    sitecustomize runs in every Python process started with this PYTHONPATH: it kills the
+    worker (started as `python -m worker`) before it can serve, and spares the node.
+    """
+    hooks = workspace.root / "hooks"
+    hooks.mkdir()
+    armed = workspace.root / "dying"
+    armed.touch()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        f"if sys.argv[:1] == ['-m'] and os.path.exists({str(armed)!r}):\n"
+        "    print('dying at start-up on purpose', file=sys.stderr, flush=True)\n"
+        "    os._exit(3)\n"
+    )
+    workspace.env["PYTHONPATH"] = os.pathsep.join([str(hooks), str(PROJECT)])
+    return armed
 
 
 def test_a_long_migration_is_not_mistaken_for_a_dead_worker(workspace, folder):
@@ -282,11 +329,23 @@ def test_a_long_migration_is_not_mistaken_for_a_dead_worker(workspace, folder):
     node = workspace.live("--migrations", str(folder))
     node.send(request("migrate", 1), request("health", 2))
     wait_until(started.exists, what="the slow migration to start")
-    time.sleep(1.5)  # let many liveness checks pass while the migration runs; not a wait
+    # Let the node check its worker's liveness many times (each check is a wake-up of its
+    # poll, a voluntary context switch) while the migration runs.
+    woken = wake_ups(node.process.pid)
+    wait_until(lambda: wake_ups(node.process.pid) >= woken + 20, what="20 liveness checks")
     block.unlink()
     migrated, health = node.replies(2)
     assert migrated["count"] == 1 and health["worker_restarts"] == 0
     assert node.finish() == 0
+
+
+def wake_ups(pid: int) -> int:
+    """How often the process's main thread has gone to sleep and woken up again."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc status")
 
 
 def test_a_read_resent_after_a_crash_still_sees_the_state_before_a_later_write(

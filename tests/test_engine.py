@@ -26,6 +26,7 @@ from broker.errors import (
 )
 from worker.catalog import Catalog, DuplicateVersion
 from worker.engine import Engine, Interrupted
+from worker.journal import NoJournal
 from worker.store import SqliteStore
 
 Reply = dict[str, Any]
@@ -921,3 +922,106 @@ def test_a_locked_database_fails_rollback_with_temporarily_unavailable(
     assert body["code"] == TEMPORARILY_UNAVAILABLE
     assert node.versions() == [1]
     assert node.tables() == {"one"}
+
+
+class LockBefore(NoJournal):
+    """A crash journal that lets another program take the write lock just before the
+    migration named `victim` begins, as a concurrent writer would."""
+
+    def __init__(self, db: Path, victim: str) -> None:
+        super().__init__()
+        self.victim = victim
+        self.other: sqlite3.Connection | None = None
+        self._db = db
+
+    def running(self, request_id: bytes, what: str) -> None:
+        if self.victim in what and self.other is None:
+            self.other = sqlite3.connect(self._db, isolation_level=None)
+            self.other.execute("BEGIN IMMEDIATE")
+
+
+def test_a_lock_taken_between_two_migrations_answers_11_with_what_was_applied(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker.store, "BUSY_TIMEOUT_S", 0.1)
+    node.table_migration("0001_one.py", "one")
+    node.table_migration("0002_two.py", "two")
+    journal = LockBefore(node.db, "migration 2 ")
+    engine = Engine(SqliteStore(node.db), Catalog(node.folder), journal=journal)
+
+    body = outcome(lambda: engine.migrate(b"busy"))
+    journal.other.close()
+
+    assert body["code"] == TEMPORARILY_UNAVAILABLE
+    assert body["applied"] == [entry(1, "one")]
+    assert list(body) == ["type", "code", "text", "applied"]
+    assert node.versions() == [1]
+    engine.store.close()
+
+
+def test_a_database_that_refuses_writes_is_reported_as_such_not_as_locked(node: Node) -> None:
+    node.table_migration("0001_one.py", "one")
+    engine = node.engine()
+    engine.store.connection.execute("PRAGMA query_only = ON")  # BEGIN IMMEDIATE: READONLY
+
+    body = outcome(lambda: engine.migrate(b"ro"))
+
+    assert body["code"] == MIGRATION_FAILED
+    assert body["failed"] == {"version": 1, "name": "one",
+                              "error": "OperationalError: attempt to write a readonly database"}
+    assert "locked" not in body["text"]
+    assert node.versions() == []
+
+
+@pytest.mark.parametrize(
+    ("raising", "cause"),
+    [
+        ("import sys; sys.exit(78)", "SystemExit: 78"),
+        ("raise SystemExit", "SystemExit"),
+        ("raise KeyboardInterrupt", "KeyboardInterrupt"),
+    ],
+)
+def test_a_migration_that_exits_fails_like_any_other_and_is_rolled_back(
+    node: Node, raising: str, cause: str
+) -> None:
+    node.table_migration("0001_one.py", "one")
+    node.write(
+        "0002_leaves.py",
+        f"""
+        def up(db):
+            db.execute("CREATE TABLE leaves (x)")
+            {raising}
+        """,
+    )
+    node.table_migration("0003_three.py", "three")
+    engine = node.engine()
+
+    body = outcome(lambda: engine.migrate(b"exit"))
+
+    assert body["code"] == MIGRATION_FAILED
+    assert body["applied"] == [entry(1, "one")]
+    assert body["failed"] == {"version": 2, "name": "leaves", "error": cause}
+    assert node.versions() == [1]
+    assert node.tables() == {"one"}
+
+
+def test_a_down_that_exits_leaves_the_migration_applied(node: Node) -> None:
+    node.write(
+        "0001_stays.py",
+        """
+        def up(db):
+            db.execute("CREATE TABLE stays (x)")
+
+        def down(db):
+            db.execute("DROP TABLE stays")
+            raise SystemExit(3)
+        """,
+    )
+    engine = node.engine()
+    engine.migrate(b"m")
+
+    body = outcome(lambda: engine.rollback(b"r"))
+
+    assert body["code"] == MIGRATION_FAILED
+    assert body["failed"] == {"version": 1, "name": "stays", "error": "SystemExit: 3"}
+    assert node.versions() == [1] and node.tables() == {"stays"}

@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,14 @@ import zmq
 
 from broker import endpoint
 from tests.processes import gone
-from tests.support import PROJECT, request, table_migrations, wait_until
+from tests.support import (
+    PROCESS_TIMEOUT_S,
+    PROJECT,
+    free_port,
+    request,
+    table_migrations,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -93,12 +101,28 @@ def test_a_flooding_node_does_not_starve_another(workspace):
     flooder, other = workspace.live(), workspace.live()
     other.send(request("health", 0))
     other.replies(1)
-    flooder.send(*(request("status", i) for i in range(20_000)))
-    flooder.replies(1)  # the flood is being served
-    other.send(request("status", 1))
-    assert other.replies(1)[0]["in_reply_to"] == 1
-    assert flooder.received < 20_000, "the other node was served before the flood ended"
-    assert len(flooder.replies(20_000 - 1, timeout=120)) == 20_000 - 1
+    flooding = threading.Event()
+    flooding.set()
+    sent = 0
+
+    def flood() -> None:
+        # Writes block while the flooder's window is full, so the flood lasts exactly until
+        # the other node has been answered: without fair turns, that would be never.
+        nonlocal sent
+        while flooding.is_set():
+            flooder.send(*(request("status", sent + i) for i in range(100)))
+            sent += 100
+
+    feeder = threading.Thread(target=flood)
+    feeder.start()
+    try:
+        flooder.replies(1)  # the flood is being served
+        other.send(request("status", 1))
+        assert other.replies(1)[0]["in_reply_to"] == 1
+    finally:
+        flooding.clear()
+        feeder.join(timeout=PROCESS_TIMEOUT_S)
+    assert len(flooder.replies(sent - 1, timeout=120)) == sent - 1
     assert flooder.finish() == 0 and other.finish() == 0
 
 
@@ -174,10 +198,11 @@ def test_garbage_frames_sent_straight_to_the_worker_get_errors_and_it_carries_on
         context.term()
 
 
-def free_port() -> int:
+def accepts(address: str) -> bool:
+    """True once something listens at a tcp:// address."""
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return probe.connect_ex((host, int(port))) == 0
 
 
 def make_keys(workspace, folder: Path, name: str) -> None:
@@ -197,19 +222,27 @@ def standalone(workspace):
     for node in ("good", "bad"):
         (keys / node / "worker.key").write_bytes((keys / "worker" / "worker.key").read_bytes())
     address = f"tcp://127.0.0.1:{free_port()}"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "worker", "--db", str(workspace.db), "--bind", address,
-         "--keys", str(keys / "worker")],
-        cwd=PROJECT, env=workspace.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    worker = start_standalone(workspace, keys / "worker", address)
     try:
         yield address, keys, worker
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
-        worker.stderr.close()
+        stop_standalone(worker)
+
+
+def start_standalone(workspace, keys: Path, address: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker", "--db", str(workspace.db), "--bind", address,
+         "--keys", str(keys)],
+        cwd=PROJECT, env=workspace.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def stop_standalone(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=30)
+    worker.stderr.close()
 
 
 def test_key_files_are_never_readable_by_others(workspace, standalone):
@@ -262,3 +295,30 @@ def test_a_standalone_worker_stops_on_sigterm(workspace, standalone):
     assert worker.wait(timeout=30) == 0
     assert gone(worker.pid)
     assert os.path.exists(workspace.db.parent / "test.db.lock")
+
+
+def test_a_request_answered_not_run_never_runs_when_the_worker_appears_later(workspace):
+    keys = workspace.root / "keys"
+    make_keys(workspace, keys / "worker", "worker")
+    make_keys(workspace, keys / "node", "node")
+    (keys / "worker" / "authorized" / "node.key").write_bytes(
+        (keys / "node" / "node.key").read_bytes())
+    (keys / "node" / "worker.key").write_bytes((keys / "worker" / "worker.key").read_bytes())
+    workspace.run([request("migrate", 1)])  # versions 1 and 2, through a local worker
+    local = workspace.kill_worker(signal.SIGTERM)
+    wait_until(lambda: gone(local), what="the local worker to stop")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    node = workspace.live("--connect", address, "--keys", str(keys / "node"))
+    node.send(request("rollback", 2))
+    refused = node.replies(1)[0]
+    assert refused["code"] == 13 and refused["text"].endswith("unreachable for 10 s; not run")
+    worker = start_standalone(workspace, keys / "worker", address)
+    try:
+        wait_until(lambda: accepts(address), what="the standalone worker to listen")
+        node.send(request("rollback", 3))  # gets its own 10 s: not answered 13 at once
+        rolled_back = node.replies(1)[0]
+        assert rolled_back["type"] == "migration_rolled_back" and rolled_back["version"] == 2
+        assert node.finish() == 0
+        assert workspace.recorded() == [(1, "create_users")]
+    finally:
+        stop_standalone(worker)

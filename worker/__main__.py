@@ -23,6 +23,7 @@ from worker.engine import Engine
 from worker.journal import CrashJournal
 from worker.lock import AlreadyOwned, OwnerLock
 from worker.server import WorkerServer
+from worker.stopping import Stopped, StopRequest
 from worker.store import SqliteStore
 
 log = logging.getLogger("worker")
@@ -102,15 +103,21 @@ class HeldLinesHandler(logging.StreamHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all: from here on a SIGTERM is a clean stop, never the default kill.
+    stop = StopRequest()
+    stop.install()
     args = parse_args(argv)
     configure_logging(args.log_level)
     catalog = Catalog(Path(args.migrations).resolve())
     lock: OwnerLock | None = None
     try:
         where = endpoint.for_database(args.db)
+        if args.bind and args.bind.startswith("ipc://"):
+            endpoint.check_ipc_address(args.bind)
         count = len(catalog.migrations())
         lock = OwnerLock(where.lock_path)
-        lock.acquire(wait=args.wait)
+        with stop.interruptible():
+            lock.acquire(wait=args.wait)
         curve = None
         if args.keys:
             from broker import keys  # only TCP workers pay for it
@@ -119,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.bind and not args.bind.startswith("ipc://") and curve is None:
             raise ValueError(f"--bind {args.bind} leaves this machine: --keys is required")
         store = SqliteStore(where.database)
+        journal = CrashJournal(where.journal_path)  # read by the owner only
+    except Stopped:
+        log.info("stopped while waiting for the owner lock of %s", args.db)
+        return 0
     except AlreadyOwned as exc:
         log.warning("not starting: database %s is already owned: %s", args.db, exc)
         return EXIT_OWNED
@@ -132,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         Engine(
             store,
             catalog,
-            should_stop=lambda: server.stopping,
-            journal=CrashJournal(where.journal_path),
+            should_stop=lambda: stop.requested,
+            journal=journal,
         ),
         address=args.bind or where.address,
         describe={"database": str(where.database), "migrations_dir": str(catalog.folder)},
         idle_exit_s=args.idle_exit,
+        stop=stop,
         curve=curve,
     )
     log.info("owning %s with %d migrations from %s", where.database, count, catalog.folder)

@@ -32,6 +32,10 @@ from worker.store import AppliedMigration, SqliteStore
 log = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
+# What migration code may raise and still be only a failed migration: sys.exit() and a
+# KeyboardInterrupt raised by hand must not take the worker down (a real SIGINT only sets the
+# stop flag, so it never arrives as KeyboardInterrupt).
+MIGRATION_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 
 
 class StatusStamp(NamedTuple):
@@ -123,12 +127,23 @@ class Engine:
             return action(request_id)
         except ReplyError as error:
             if error.code != TEMPORARILY_UNAVAILABLE:
-                # A resent request must get this same answer, not a second attempt.
-                with self.store.transaction():
-                    self.store.store_reply(request_id, error.body())
+                self._store_error(request_id, error)
             raise
         finally:
             self.journal.finished(request_id)
+
+    def _store_error(self, request_id: bytes, error: ReplyError) -> None:
+        """Keep an error answer, so a resent request gets it, not a second attempt.
+
+        When even that write fails (the failure was the database itself: read-only, full),
+        the answer still goes out; a resend then tries again, which is safe because the
+        failed step left nothing behind.
+        """
+        try:
+            with self.store.transaction():
+                self.store.store_reply(request_id, error.body())
+        except Exception as exc:
+            log.warning("could not keep the error reply of %s: %s", request_id.hex(), exc)
 
     def _migrate(self, request_id: bytes) -> Reply:
         applied = self.store.applied()
@@ -164,9 +179,12 @@ class Engine:
                     if index == len(pending) - 1:
                         reply = _applied_reply([*done, entry])
                         self.store.store_reply(request_id, reply)
-            except ReplyError:
+            except ReplyError as error:
+                if error.code == TEMPORARILY_UNAVAILABLE and done:
+                    # Those before it committed: say so, a retry (a new request) will not list them.
+                    error.extra = {"applied": done, **error.extra}
                 raise
-            except Exception as exc:
+            except MIGRATION_ERRORS as exc:
                 cause = _describe(exc)
                 log.error("migration %s %s failed: %s", migration.version, migration.name, cause)
                 raise ReplyError(
@@ -191,7 +209,7 @@ class Engine:
         )
         try:
             module, _ = migration.load()
-        except Exception as exc:
+        except MIGRATION_ERRORS as exc:
             raise self._down_failed(latest, exc) from exc
         down = _function(module, "down")
         if down is None:
@@ -208,7 +226,7 @@ class Engine:
                 self.store.store_reply(request_id, reply)
         except ReplyError:
             raise
-        except Exception as exc:
+        except MIGRATION_ERRORS as exc:
             raise self._down_failed(latest, exc) from exc
         log.info("rolled back %s %s in %.1f ms", latest.version, latest.name, elapsed_ms)
         return reply
@@ -257,4 +275,6 @@ def _function(module: object, name: str) -> Callable[[Any], object] | None:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """The cause as people read it: `ValueError: boom`, `SystemExit: 78`, `SystemExit`."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -11,6 +11,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from broker.files import open_private
+
 
 class AlreadyOwned(Exception):
     """Another live process holds the database's owner lock."""
@@ -25,15 +27,20 @@ class OwnerLock:
         """Take the lock and write our pid into the file.
 
         Raises AlreadyOwned (naming the owner's pid when known) if `wait` is false and
-        another process holds it; with `wait`, blocks until the owner goes.
+        another process holds it; with `wait`, blocks until the owner goes. Raises
+        PermissionError if the path is a symlink or not a regular file of this user's.
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Not truncated here: until the lock is ours, the pid in it is the owner's.
+        fd = open_private(self.path, os.O_RDWR, "owner lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise AlreadyOwned(f"{self.path} is held by worker pid {owner}") from None
+        except BaseException:  # a stop ending the wait, say
+            os.close(fd)
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -42,3 +49,4 @@ class OwnerLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+

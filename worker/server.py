@@ -24,6 +24,7 @@ from broker import codec
 from broker.errors import CRASH, MALFORMED_REQUEST, UNKNOWN_TYPE, ReplyError
 from broker.monitor import pending_events
 from worker.engine import Engine, Interrupted
+from worker.stopping import StopRequest
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_MS = 500  # wake-up period for the idle check when nothing happens
-MAX_REQUEST_ID_BYTES = 64
 BATCH = 64  # messages taken from the socket per wake-up before looking at signals again
 # Plain ints: send_multipart combines enum flags per frame, a measurable cost per reply.
 SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -48,6 +48,7 @@ class WorkerServer:
         address: str,
         describe: dict[str, Any],
         idle_exit_s: float | None,
+        stop: StopRequest,
         curve: CurveKeys | None = None,
     ) -> None:
         self.engine = engine
@@ -57,7 +58,7 @@ class WorkerServer:
         self.idle_exit_s = idle_exit_s
         self.started = time.monotonic()
         self.served = 0
-        self.stopping = False
+        self.stop = stop  # set by SIGTERM or SIGINT, whenever they came
         self.nodes: set[int] = set()  # file descriptors of connected peers, from the monitor
         self.idle_since = time.monotonic()
         self._last_body: dict[str, Any] | None = None
@@ -68,10 +69,6 @@ class WorkerServer:
             "status": engine.status,
             "health": self.health,
         }
-
-    def stop(self, *_: object) -> None:
-        """Signal handler: finish the request in progress, then leave the loop."""
-        self.stopping = True
 
     def health(self, request_id: bytes) -> dict[str, Any]:
         return {
@@ -86,26 +83,30 @@ class WorkerServer:
 
     def run(self, context: zmq.Context) -> None:
         """Serve until stopped; the socket is closed whatever happens."""
-        # A signal writes a byte here, which wakes the poll below at once.
+        # A signal writes a byte here, which wakes the poll below at once. One that came
+        # earlier has set the stop flag already, which the loop reads before it waits.
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
         previous_wakeup = signal.set_wakeup_fd(wake_write)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self.stop)
         router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable reply raises, never vanishes
-        router.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
+        router.setsockopt(zmq.MAXMSGSIZE, codec.MAX_REQUEST_BYTES)
         router.setsockopt(zmq.LINGER, 0)
         monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         authenticator = self._authenticate(context, router) if self.curve else None
         try:
-            router.bind(self.address)
+            # The socket file gets its final mode as it is made: nobody else may connect.
+            old_umask = os.umask(0o077)
+            try:
+                router.bind(self.address)
+            finally:
+                os.umask(old_umask)
             log.info("worker %d serving %s", os.getpid(), self.address)
             poller = zmq.Poller()
             poller.register(router, zmq.POLLIN)
             poller.register(monitor, zmq.POLLIN)
             poller.register(wake_read, zmq.POLLIN)
-            while not self.stopping and not self._idle_too_long():
+            while not self.stop.requested and not self._idle_too_long():
                 events = dict(poller.poll(POLL_MS))
                 if monitor in events:
                     self._track_peers(monitor)
@@ -169,18 +170,30 @@ class WorkerServer:
     def _serve_messages(self, router: zmq.Socket) -> None:
         for _ in range(BATCH):
             # Asking is cheaper than the zmq.Again exception a blind recv raises at the end.
-            if self.stopping or not router.getsockopt(EVENTS) & POLLIN:
+            if self.stop.requested or not router.getsockopt(EVENTS) & POLLIN:
                 return
             peer, *requests = router.recv_multipart()
             replies = []
-            for frame in requests or [b""]:
-                request_id, body = self._execute(frame)
-                if body is None:
+            for frame in requests[: codec.MAX_MESSAGE_REQUESTS] or [b""]:
+                request_id, packed = self._execute(frame)
+                if packed is None:
                     break  # interrupted by a stop request: the node resends what is left
                 self.served += 1
-                replies += codec.pack_reply(request_id, self._packed(body))
+                replies += codec.pack_reply(request_id, packed)
+            else:
+                if len(requests) > codec.MAX_MESSAGE_REQUESTS:
+                    replies += codec.pack_reply(None, self._too_many(len(requests)))
             if replies:
                 self._send(router, peer, replies)
+
+    def _too_many(self, count: int) -> bytes:
+        """One error for the requests of a message beyond the bound: none of them ran."""
+        limit = codec.MAX_MESSAGE_REQUESTS
+        text = (
+            f"a message holds {count} requests and at most {limit} are served;"
+            f" the last {count - limit} were not run"
+        )
+        return codec.pack(ReplyError(MALFORMED_REQUEST, text).body())
 
     def _send(self, router: zmq.Socket, peer: bytes, frames: list[bytes]) -> None:
         try:
@@ -196,12 +209,33 @@ class WorkerServer:
             log.warning("could not reply to node %s: %s", peer.hex(), exc)
 
     def _packed(self, body: dict[str, Any]) -> bytes:
-        """The body packed; the engine hands out the same body object while it is current."""
+        """The body packed; the engine hands out the same body object while it is current.
+
+        A body that cannot be packed, or is larger than a node accepts, is answered with
+        error 13 instead: whatever a reply holds, the worker answers and goes on.
+        """
         if body is not self._last_body:
-            self._last_body, self._last_packed = body, codec.pack(body)
+            try:
+                packed = codec.pack(body)
+                if len(packed) > codec.MAX_REPLY_BYTES:
+                    raise ValueError(
+                        f"the reply is {len(packed)} bytes, more than the"
+                        f" {codec.MAX_REPLY_BYTES} a node accepts"
+                    )
+            except Exception as exc:
+                log.exception("cannot send a %s reply", body.get("type"))
+                cause = str(exc).encode("utf-8", "backslashreplace").decode()
+                text = f"the worker could not send its reply: {cause}"
+                packed = codec.pack(ReplyError(CRASH, text).body())
+            self._last_body, self._last_packed = body, packed
         return self._last_packed
 
-    def _execute(self, frame: bytes) -> tuple[bytes | None, dict[str, Any] | None]:
+    def _execute(self, frame: bytes) -> tuple[bytes | None, bytes | None]:
+        """Run one request frame; return its id and packed reply (None if interrupted)."""
+        request_id, body = self._run(frame)
+        return request_id, None if body is None else self._packed(body)
+
+    def _run(self, frame: bytes) -> tuple[bytes | None, dict[str, Any] | None]:
         """Run one request frame; return its id and reply body (None if interrupted)."""
         request_id = None
         try:
@@ -209,7 +243,7 @@ class WorkerServer:
                 raise ReplyError(MALFORMED_REQUEST, "a message must hold at least one request")
             request = codec.unpack(frame)
             request_id = request.get("id")
-            if not isinstance(request_id, bytes) or len(request_id) > MAX_REQUEST_ID_BYTES:
+            if not isinstance(request_id, bytes) or len(request_id) > codec.MAX_REQUEST_ID_BYTES:
                 request_id = None
                 raise ReplyError(MALFORMED_REQUEST, "request id must be bytes of at most 64")
             kind = request.get("type")

@@ -22,8 +22,9 @@ from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 5.0  # how long BEGIN IMMEDIATE waits for another program's write lock
+BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes): worth a retry
 KEEP_REPLIES = 10_000  # stored replies kept for resent requests; older ones are pruned
-CRASH_AFTER_COMMIT_ENV = "MIGRATIONS_CRASH_AFTER_COMMIT"  # test hook, see crash_if_asked()
+CRASH_AFTER_COMMIT_ENV = "MIGRATIONS_TEST_CRASH_AFTER_COMMIT"  # test hook, see CrashHook
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -66,6 +67,7 @@ class SqliteStore:
         self.connection.execute("PRAGMA synchronous = FULL")
         self._schema_ready = False
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
+        self._crash_hook = CrashHook.from_environment()
 
     def close(self) -> None:
         self.connection.close()
@@ -91,11 +93,14 @@ class SqliteStore:
 
         BEGIN IMMEDIATE takes the write lock up front, so a migration never fails halfway
         because another program started writing. Raises ReplyError(TEMPORARILY_UNAVAILABLE)
-        when the database stays locked for BUSY_TIMEOUT_S.
+        when the database stays busy or locked for BUSY_TIMEOUT_S; any other failure to
+        begin (a read-only or broken file) is raised as the sqlite3 error it is.
         """
         try:
             self.connection.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in BUSY_CODES:
+                raise
             raise ReplyError(
                 TEMPORARILY_UNAVAILABLE,
                 f"the database is locked by another program ({exc}); try again later",
@@ -110,7 +115,8 @@ class SqliteStore:
             raise
         self._schema_ready = True
         self.commits += 1
-        crash_if_asked()
+        if self._crash_hook is not None:
+            self._crash_hook.fire_if_armed()
 
     def data_version(self) -> int:
         """Changes when another connection commits; with `commits`, tells if anything changed."""
@@ -158,7 +164,7 @@ class SqliteStore:
         row = self.connection.execute(
             "SELECT reply FROM schema_migration_replies WHERE request_id = ?", (request_id,)
         ).fetchone()
-        return None if row is None else codec.unpack(row[0])
+        return None if row is None else codec.unpack(row[0], codec.MAX_REPLY_BYTES)
 
     def store_reply(self, request_id: bytes, reply: dict[str, Any]) -> None:
         """Keep a reply for resends; call inside the transaction whose effect it reports."""
@@ -173,19 +179,35 @@ class SqliteStore:
         )
 
 
-def crash_if_asked() -> None:
-    """Test hook: die right after a commit, before any reply, when asked through a file.
+class CrashHook:
+    """Test hook: die right after a commit, before any reply, when a trigger file exists.
 
-    When MIGRATIONS_CRASH_AFTER_COMMIT names a file and that file exists, the file is
-    removed (so the next worker survives) and this process SIGKILLs itself.
+    Two things must both be true for it to fire, so it never does by accident: the worker
+    was started with MIGRATIONS_TEST_CRASH_AFTER_COMMIT holding an absolute path (the
+    crash tests set it; a worker that has it logs a warning at start), and a file exists
+    at that path at the moment of a commit. The file is removed first, so the next worker
+    survives, then this process SIGKILLs itself.
     """
-    trigger = os.environ.get(CRASH_AFTER_COMMIT_ENV)
-    if not trigger:
-        return
-    try:
-        os.unlink(trigger)
-    except FileNotFoundError:
-        return
-    log.warning("crashing after commit, as %s asked", CRASH_AFTER_COMMIT_ENV)
-    logging.shutdown()
-    os.kill(os.getpid(), signal.SIGKILL)
+
+    def __init__(self, trigger: str) -> None:
+        self.trigger = trigger
+
+    @classmethod
+    def from_environment(cls) -> CrashHook | None:
+        trigger = os.environ.get(CRASH_AFTER_COMMIT_ENV, "")
+        if not trigger:
+            return None
+        if not os.path.isabs(trigger):
+            log.warning("ignoring %s=%r: not an absolute path", CRASH_AFTER_COMMIT_ENV, trigger)
+            return None
+        log.warning("test hook on: a commit kills this worker while %s exists", trigger)
+        return cls(trigger)
+
+    def fire_if_armed(self) -> None:
+        try:
+            os.unlink(self.trigger)
+        except FileNotFoundError:
+            return
+        log.warning("crashing after commit, as %s asked", CRASH_AFTER_COMMIT_ENV)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,46 @@
+"""SIGTERM and SIGINT as a request to stop, installed before the worker owns anything.
+
+The handlers are installed first thing in main(), before the owner lock is taken or a socket
+bound, so a stop that arrives at any instant after that gives a clean exit (status 0, lock
+released) instead of the signal's default action. The handler only sets a flag that the
+loops read, except inside `interruptible()`, where it raises `Stopped` to end a blocking wait
+(the owner lock with --wait) that would otherwise resume after the handler.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Stopped(Exception):
+    """A stop arrived during a blocking wait."""
+
+
+class StopRequest:
+    def __init__(self) -> None:
+        self.requested = False
+        self._raise = False
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.requested = True
+        if self._raise:
+            raise Stopped(signal.Signals(signum).name)
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Run a blocking call that a stop ends at once by raising Stopped."""
+        self._raise = True
+        try:
+            if self.requested:
+                raise Stopped("stop requested before the wait")
+            yield
+        finally:
+            self._raise = False
