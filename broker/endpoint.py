@@ -98,6 +98,30 @@ def lock_file(database: str | os.PathLike[str]) -> Path:
     return real.with_name(real.name + ".lock")
 
 
+class Owner(NamedTuple):
+    """What the owning worker wrote into the lock file: who it is and what it serves."""
+
+    pid: int | None
+    migrations: str | None  # the real path of its migrations folder
+
+
+def owner_note(pid: int, migrations: Path) -> bytes:
+    """The lock file's contents for an owner: its pid, then its migrations folder."""
+    return os.fsencode(f"{pid}\n{migrations}\n")
+
+
+def read_owner(database: str | os.PathLike[str]) -> Owner:
+    """The owner the lock file names (fields None when absent or unreadable)."""
+    try:
+        with open(lock_file(database), "rb") as lock:
+            lines = lock.read(8192).split(b"\n")
+    except OSError:
+        return Owner(None, None)
+    pid = int(lines[0]) if lines[0].isdigit() else None
+    folder = os.fsdecode(lines[1]) if len(lines) > 2 and lines[1] else None
+    return Owner(pid, folder)
+
+
 def is_listening(address: str) -> bool:
     """True if a worker is accepting connections at an ipc:// address right now.
 

@@ -59,13 +59,26 @@ class WorkerSupervisor:
         """
         if self._child is not None and not self.reap():
             return  # ours is alive: starting, or serving and about to be connected to
-        if endpoint.is_listening(self.where.address) or time.monotonic() < self._next_spawn:
+        if endpoint.is_listening(self.where.address):
+            self._check_folder()
+            return
+        if time.monotonic() < self._next_spawn:
             return
         self._log_offset = log_size(self.where)
         self._child = spawn_worker(self.where, self.migrations)
         self.sentinel = _pidfd(self._child.pid)
         self.spawned += 1
         log.info("started worker pid %d for %s", self._child.pid, self.where.database)
+
+    def _check_folder(self) -> None:
+        """Raise WorkerConfigError if the running worker serves another migrations folder:
+        one database has one worker, and requests from here would run that folder's files."""
+        owner = endpoint.read_owner(self.where.database)
+        if owner.migrations is not None and owner.migrations != str(self.migrations):
+            raise WorkerConfigError(
+                f"the worker of {self.where.database} (pid {owner.pid}) serves the migrations"
+                f" in {owner.migrations}, not {self.migrations}: stop it, or use that folder"
+            )
 
     def _failed(self, code: int) -> None:
         self._failures += 1

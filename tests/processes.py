@@ -19,11 +19,7 @@ def gone(pid: int) -> bool:
 
 def lock_owner(database: Path) -> int | None:
     """The pid the database's owning worker wrote into its lock file, if any."""
-    try:
-        text = endpoint.lock_file(database).read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None  # a test may plant something else there
+    return endpoint.read_owner(database).pid
 
 
 def alive_owner(database: Path) -> int | None:

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.processes import alive_owner, gone
-from tests.support import PROJECT, request, table_migrations, wait_until, write_migration
+from tests.support import (
+    PROCESS_TIMEOUT_S,
+    PROJECT,
+    request,
+    table_migrations,
+    wait_until,
+    write_migration,
+)
 
 BLOCKING_UP = """
 import os, time
@@ -260,15 +267,15 @@ def test_a_second_worker_for_the_same_database_refuses_and_says_why(workspace):
     try:
         wait_until(lambda: workspace.worker_pid() == owner.pid, what="the first worker's lock")
         second = subprocess.run(command, cwd=PROJECT, env=workspace.env, capture_output=True,
-                                timeout=30)
+                                timeout=PROCESS_TIMEOUT_S)
         assert second.returncode == 75
         assert b"already owned" in second.stderr and str(owner.pid).encode() in second.stderr
         owner.send_signal(signal.SIGTERM)
-        assert owner.wait(timeout=30) == 0
+        assert owner.wait(timeout=PROCESS_TIMEOUT_S) == 0
     finally:
         if owner.poll() is None:
             owner.kill()
-        owner.wait(timeout=30)
+        owner.wait(timeout=PROCESS_TIMEOUT_S)
         owner.stderr.close()
 
 

@@ -183,6 +183,23 @@ def test_an_abstract_ipc_address_is_refused(workspace):
     assert node.returncode == 2 and b"abstract unix socket" in node.stderr
 
 
+def test_a_node_with_another_migrations_folder_than_the_running_worker_is_refused(
+    workspace, folder
+):
+    table_migrations(folder, range(1, 2))
+    other = workspace.root / "other"
+    other.mkdir()
+    table_migrations(other, range(1, 3))
+    first = workspace.live("--migrations", str(folder))
+    first.send(request("health", 1))
+    worker = first.replies(1)[0]["worker_pid"]
+    replies, completed = workspace.run([request("migrate", 1)], "--migrations", str(other))
+    assert completed.returncode == 2 and replies == []
+    assert f"(pid {worker}) serves the migrations in {folder}".encode() in completed.stderr
+    assert "t2" not in workspace.tables()
+    assert first.finish() == 0
+
+
 # -- 5. bounded input everywhere ----------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from broker import keys
-from tests.support import PROJECT, free_port
+from tests.support import PROCESS_TIMEOUT_S, PROJECT, free_port
 
 OTHER_UID = 65534  # "nobody": a user that is not the one running the tests
 
@@ -21,7 +21,7 @@ def run_create(folder: Path, name: str, *flags: str) -> subprocess.CompletedProc
     """`python -m broker.keys create FOLDER NAME FLAGS...` as a real process."""
     return subprocess.run(
         [sys.executable, "-m", "broker.keys", "create", str(folder), name, *flags],
-        cwd=PROJECT, capture_output=True, text=True, timeout=30,
+        cwd=PROJECT, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
     )
 
 
@@ -67,7 +67,7 @@ def test_a_worker_with_a_group_readable_secret_key_exits_78_saying_so(workspace,
         [sys.executable, "-m", "worker", "--db", str(workspace.db),
          "--bind", f"tcp://127.0.0.1:{free_port()}", "--keys", str(worker_keys)],
         cwd=PROJECT, env=workspace.env, stdin=subprocess.DEVNULL, capture_output=True,
-        text=True, timeout=30,
+        text=True, timeout=PROCESS_TIMEOUT_S,
     )
     assert worker.returncode == 78, worker.stderr
     assert f"{secret} is readable by group or others (mode 0640)" in worker.stderr

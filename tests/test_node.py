@@ -291,7 +291,7 @@ def test_other_programs_can_read_the_database_while_the_worker_runs(workspace):
     finally:
         reader.close()
     node.stdin.close()
-    assert node.wait(timeout=10) == 0
+    assert node.wait(timeout=PROCESS_TIMEOUT_S) == 0
 
 
 def test_stdout_carries_only_protocol_lines(workspace):
@@ -304,7 +304,7 @@ def test_stdout_carries_only_protocol_lines(workspace):
 def test_missing_migrations_folder_is_a_usage_error(workspace):
     completed = subprocess.run(
         workspace.node_command("--migrations", str(workspace.root / "nope")),
-        input=b"", capture_output=True, env=workspace.env, timeout=30,
+        input=b"", capture_output=True, env=workspace.env, timeout=PROCESS_TIMEOUT_S,
     )
     assert completed.returncode == 2 and b"not a folder" in completed.stderr
 

@@ -91,7 +91,7 @@ def test_one_database_however_spelled_gets_one_worker(workspace):
         completed = subprocess.run(
             [sys.executable, str(PROJECT / "node.py"), "--db", spelling],
             input=b'{"body": {"type": "health", "msg_id": 1}}\n', capture_output=True,
-            cwd=workspace.root, env=workspace.env, timeout=60,
+            cwd=workspace.root, env=workspace.env, timeout=PROCESS_TIMEOUT_S,
         )
         pids.add(completed.stdout.split(b'"worker_pid": ')[1].split(b",")[0])
     assert len(pids) == 1
@@ -207,7 +207,8 @@ def accepts(address: str) -> bool:
 
 def make_keys(workspace, folder: Path, name: str) -> None:
     subprocess.run([sys.executable, "-m", "broker.keys", "create", str(folder), name],
-                   cwd=PROJECT, env=workspace.env, check=True, capture_output=True, timeout=30)
+                   cwd=PROJECT, env=workspace.env, check=True, capture_output=True,
+                   timeout=PROCESS_TIMEOUT_S)
 
 
 @pytest.fixture
@@ -241,7 +242,7 @@ def start_standalone(workspace, keys: Path, address: str) -> subprocess.Popen:
 def stop_standalone(worker: subprocess.Popen) -> None:
     if worker.poll() is None:
         worker.send_signal(signal.SIGTERM)
-    worker.wait(timeout=30)
+    worker.wait(timeout=PROCESS_TIMEOUT_S)
     worker.stderr.close()
 
 
@@ -281,7 +282,7 @@ def test_tcp_without_keys_is_refused_on_both_sides(workspace):
     address = f"tcp://127.0.0.1:{free_port()}"
     worker = subprocess.run(
         [sys.executable, "-m", "worker", "--db", str(workspace.db), "--bind", address],
-        cwd=PROJECT, env=workspace.env, capture_output=True, timeout=30,
+        cwd=PROJECT, env=workspace.env, capture_output=True, timeout=PROCESS_TIMEOUT_S,
     )
     assert worker.returncode == 78 and b"--keys is required" in worker.stderr
     _, node = workspace.run([request("status", 1)], "--connect", address)
@@ -292,7 +293,7 @@ def test_a_standalone_worker_stops_on_sigterm(workspace, standalone):
     _, _, worker = standalone
     wait_until(lambda: workspace.worker_pid() == worker.pid, what="the worker's lock")
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == 0
+    assert worker.wait(timeout=PROCESS_TIMEOUT_S) == 0
     assert gone(worker.pid)
     assert os.path.exists(workspace.db.parent / "test.db.lock")
 

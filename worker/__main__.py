@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         count = len(catalog.migrations())
         lock = OwnerLock(where.lock_path)
         with stop.interruptible():
-            lock.acquire(wait=args.wait)
+            lock.acquire(endpoint.owner_note(os.getpid(), catalog.folder), wait=args.wait)
         curve = None
         if args.keys:
             from broker import keys  # only TCP workers pay for it

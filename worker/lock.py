@@ -23,8 +23,8 @@ class OwnerLock:
         self.path = path
         self._fd: int | None = None
 
-    def acquire(self, wait: bool = False) -> None:
-        """Take the lock and write our pid into the file.
+    def acquire(self, note: bytes, wait: bool = False) -> None:
+        """Take the lock and write `note` (our pid first, see endpoint.owner_note) into it.
 
         Raises AlreadyOwned (naming the owner's pid when known) if `wait` is false and
         another process holds it; with `wait`, blocks until the owner goes. Raises
@@ -35,14 +35,14 @@ class OwnerLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            owner = os.pread(fd, 32, 0).split(b"\n")[0].decode(errors="replace") or "unknown"
             os.close(fd)
             raise AlreadyOwned(f"{self.path} is held by worker pid {owner}") from None
         except BaseException:  # a stop ending the wait, say
             os.close(fd)
             raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, note, 0)
         self._fd = fd
 
     def release(self) -> None:
