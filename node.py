@@ -23,6 +23,7 @@ from broker.framing import Malformed, RequestFramer
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError, WorkerSupervisor
+from broker.stopping import StopRequest
 
 if TYPE_CHECKING:
     from broker.client import WorkerClient
@@ -98,6 +99,9 @@ def connect(args: argparse.Namespace) -> WorkerClient:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all: SIGINT (Ctrl-C) and SIGTERM stop the node between two steps of its loop.
+    stop = StopRequest()
+    stop.install()
     args = parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from broker.client import WorkerRefused  # loaded by connect() already
 
     try:
-        serve(client, OrderedReplies(sys.stdout.buffer, envelope=args.envelope))
+        serve(client, OrderedReplies(sys.stdout.buffer, envelope=args.envelope), stop)
     except WorkerConfigError as exc:
         log.error("the worker cannot start: %s", exc)
         return EXIT_WORKER_CANNOT_START
@@ -129,15 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STDOUT_CLOSED  # replies were lost: callers and `set -o pipefail` see it
     finally:
         client.close()
+    if stop.requested:
+        log.warning("stopped by signal %s", stop.signum)
+        return 128 + stop.signum  # as a shell reports a program the signal ended
     return 0
 
 
-def serve(client: WorkerClient, replies: OrderedReplies) -> None:
-    """Answer everything on stdin, then return once every reply is written."""
+def serve(client: WorkerClient, replies: OrderedReplies, stop: StopRequest) -> None:
+    """Answer everything on stdin, then return once every reply is written, or at once
+    when a stop is requested (the worker finishes what it has, atomically, alone)."""
     stdin = sys.stdin.fileno()
     framer = RequestFramer()
     reading, listening = True, False
-    while reading or replies.waiting():
+    while (reading or replies.waiting()) and not stop.requested:
         # Stop reading while requests wait for the window, so input backs up, not memory.
         wanted = reading and client.has_room()
         if wanted != listening:
@@ -174,7 +182,4 @@ def accept(item: dict | Malformed, client: WorkerClient, replies: OrderedReplies
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C: the usual status, without a traceback
-        sys.exit(128 + 2)
+    sys.exit(main())

@@ -116,13 +116,16 @@ def test_sigterm_the_instant_a_tcp_worker_owns_its_database_is_a_clean_exit(work
         assert gone(worker.pid)
 
 
-def test_ctrl_c_stops_a_node_with_status_130_and_no_traceback(workspace):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signalled_node_stops_with_128_plus_the_signal_and_no_traceback(workspace, signum):
     node = workspace.live()
     node.send(request("health", 1))
-    node.replies(1)
-    node.process.send_signal(signal.SIGINT)
-    assert node.process.wait(timeout=PROCESS_TIMEOUT_S) == 130
-    assert b"Traceback" not in node.process.stderr.read()
+    worker = node.replies(1)[0]["worker_pid"]
+    node.process.send_signal(signum)
+    assert node.process.wait(timeout=PROCESS_TIMEOUT_S) == 128 + signum
+    err = node.process.stderr.read()
+    assert b"Traceback" not in err and f"stopped by signal {signum}".encode() in err
+    assert not gone(worker), "the worker is not the node's to stop"
 
 
 # -- 3. files opened as a careful daemon opens them ---------------------------------------

@@ -19,12 +19,12 @@ import zmq
 from broker import endpoint
 from broker.errors import ReplyError
 from broker.exits import EXIT_CONFIG, EXIT_OWNED
+from broker.stopping import Stopped, StopRequest
 from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.journal import CrashJournal
 from worker.lock import AlreadyOwned, OwnerLock
 from worker.server import WorkerServer
-from worker.stopping import Stopped, StopRequest
 from worker.store import SqliteStore
 
 log = logging.getLogger("worker")

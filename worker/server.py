@@ -23,8 +23,8 @@ import zmq
 from broker import codec
 from broker.errors import CRASH, MALFORMED_REQUEST, UNKNOWN_TYPE, ReplyError
 from broker.monitor import pending_events
+from broker.stopping import StopRequest
 from worker.engine import Engine, Interrupted
-from worker.stopping import StopRequest
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator

@@ -1,10 +1,11 @@
-"""SIGTERM and SIGINT as a request to stop, installed before the worker owns anything.
+"""SIGTERM and SIGINT as a request to stop, for the worker and the front node alike.
 
-The handlers are installed first thing in main(), before the owner lock is taken or a socket
-bound, so a stop that arrives at any instant after that gives a clean exit (status 0, lock
-released) instead of the signal's default action. The handler only sets a flag that the
-loops read, except inside `interruptible()`, where it raises `Stopped` to end a blocking wait
-(the owner lock with --wait) that would otherwise resume after the handler.
+Both install the handlers first thing in main(), before the worker takes its owner lock or
+binds a socket and before the node starts a worker, so a stop at any instant after that is
+a clean exit instead of the signal's default action or an exception raised wherever the
+program happened to be. The handler only sets a flag that the loops read, except inside
+`interruptible()`, where it raises `Stopped` to end a blocking wait (the owner lock with
+--wait) that would otherwise resume after the handler.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Stopped(Exception):
 class StopRequest:
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the signal that asked, for an exit status 128 + it
         self._raise = False
 
     def install(self) -> None:
@@ -31,6 +33,7 @@ class StopRequest:
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.requested = True
+        self.signum = signum
         if self._raise:
             raise Stopped(signal.Signals(signum).name)
 
