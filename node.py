@@ -33,6 +33,7 @@ DEFAULT_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 EXIT_WORKER_CANNOT_START = 2
 EXIT_REFUSED = 3
 EXIT_STDOUT_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
+ENVELOPE_FIELDS = frozenset({"type", "msg_id"})  # the body's own; the rest are the request's
 
 log = logging.getLogger("node")
 
@@ -178,7 +179,11 @@ def accept(item: dict | Malformed, client: WorkerClient, replies: OrderedReplies
     elif request.kind == "init":
         replies.fill(slot, {"type": "init_ok"})
     else:
-        client.submit(slot, request.kind)
+        params = {k: v for k, v in request.body.items() if k not in ENVELOPE_FIELDS}
+        try:
+            client.submit(slot, request.kind, params, request.src)
+        except ValueError as exc:  # codec.CodecError: a field that cannot travel
+            replies.fill(slot, ReplyError(MALFORMED_REQUEST, str(exc)).body())
 
 
 if __name__ == "__main__":

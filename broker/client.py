@@ -26,6 +26,7 @@ import zmq
 
 from broker import codec
 from broker.errors import CRASH, ReplyError
+from broker.kinds import READS
 from broker.monitor import pending_events
 from broker.spawn import WorkerSupervisor
 
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WINDOW = 256  # requests in flight at once; ZeroMQ's default high-water mark is 1000
-READS = frozenset({"status", "health"})  # requests that change nothing; all others are writes
 MESSAGE_REQUESTS = codec.MAX_MESSAGE_REQUESTS  # per message: the worker serves a message a turn
 TICK_MS = 100  # how often liveness is checked while requests wait on a connected worker
 WAITING_TICK_MS = 20  # ... and while no worker is connected
@@ -89,13 +89,17 @@ class WorkerClient:
 
     # -- what the front node calls ---------------------------------------------------------
 
-    def submit(self, token: Any, kind: str) -> None:
-        """Queue a request of type `kind`; its reply comes back from process() with `token`.
+    def submit(
+        self, token: Any, kind: str, params: dict[str, Any] | None = None, src: str | None = None
+    ) -> None:
+        """Queue a request of type `kind` with its fields; its reply comes back from
+        process() with `token`. Nothing is sent until flush(), so that requests read
+        together travel together.
 
-        Nothing is sent until flush(), so that requests read together travel together.
+        Raises CodecError, naming the field, for a value that cannot travel.
         """
         request_id = self._node_id + next(self._sequence).to_bytes(8, "big")
-        frame = codec.pack_request(request_id, kind)
+        frame = codec.pack_request(request_id, kind, params, src)
         self.backlog.append(Outstanding(token, request_id, kind, frame))
 
     def flush(self) -> None:

@@ -1,6 +1,7 @@
 """Pack and unpack the messages exchanged between front nodes and the worker, with msgpack.
 
-    request: one frame, a map {"id": bytes, "type": str}; a message holds one or more
+    request: one frame, a map {"id": bytes, "type": str, "src"?: str, "params"?: map of the
+             body's other fields}; a message holds one or more
     reply:   two frames, the request id (empty when unreadable) and the body as a map; the
              replies to one message travel in one message, in the same order
 
@@ -34,8 +35,33 @@ def pack(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
 
-def pack_request(request_id: bytes, kind: str) -> bytes:
-    return pack({"id": request_id, "type": kind})
+def pack_request(
+    request_id: bytes, kind: str, params: dict[str, Any] | None = None, src: str | None = None
+) -> bytes:
+    """The frame of one request: its id, type, and (when present) its fields and sender.
+
+    Raises CodecError naming the field when a value cannot travel (an integer beyond 64
+    bits, a string with a lone surrogate).
+    """
+    request: dict[str, Any] = {"id": request_id, "type": kind}
+    if src is not None:
+        request["src"] = src
+    if params:
+        request["params"] = params
+    try:
+        return pack(request)
+    except Exception as exc:  # msgpack raises OverflowError, UnicodeEncodeError, ValueError...
+        raise CodecError(f"{_culprit(request)} cannot be sent to the worker: {exc}") from exc
+
+
+def _culprit(request: dict[str, Any]) -> str:
+    """Which field of a request made packing fail, for the error text."""
+    for name, value in [("src", request.get("src")), *request.get("params", {}).items()]:
+        try:
+            pack({"v": value})
+        except Exception:
+            return name
+    return "the request"
 
 
 def pack_reply(request_id: bytes | None, body: bytes) -> list[bytes]:

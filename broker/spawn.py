@@ -167,9 +167,9 @@ def idle_exit_s() -> float:
             seconds = float(configured)
         except ValueError:
             seconds = -1.0
-        if seconds >= 0:
+        if seconds > 0:  # 0 would let a worker leave before its first node connects
             return seconds
-        log.warning("ignoring %s=%r: not a number of seconds", IDLE_EXIT_ENV, configured)
+        log.warning("ignoring %s=%r: not a positive number of seconds", IDLE_EXIT_ENV, configured)
     return IDLE_EXIT_S
 
 

@@ -87,13 +87,16 @@ class Sandbox:
         self.env = {**os.environ, "MIGRATIONS_RUNTIME_DIR": str(self.root / "run")}
         self.migrations: Path | None = None
 
-    def generate(self, count: int) -> Path:
-        """`count` migrations, each creating one small table, as our node's files."""
+    def generate(self, count: int, kind: str = "py") -> Path:
+        """`count` migrations, each creating one small table, as our node's .py or .sql files."""
         self.migrations = self.root / "migrations"
         self.migrations.mkdir()
         for version in range(1, count + 1):
-            (self.migrations / f"{version:05d}_t{version}.py").write_text(
-                f'def up(db):\n    db.execute("{create_table(version)}")\n\n\n'
+            migration_path(self.migrations, version, kind).write_text(
+                f"-- migrate:up\nCREATE TABLE t{version} (id INTEGER);\n"
+                f"-- migrate:down\nDROP TABLE t{version};\n"
+                if kind == "sql"
+                else f'def up(db):\n    db.execute("{create_table(version)}")\n\n\n'
                 f'def down(db):\n    db.execute("DROP TABLE t{version}")\n'
             )
         return self.migrations
@@ -135,6 +138,16 @@ class Sandbox:
 
 def create_table(version: int) -> str:
     return f"CREATE TABLE t{version} (id INTEGER PRIMARY KEY, name TEXT)"
+
+
+def migration_path(folder: Path, version: int, kind: str) -> Path:
+    return folder / f"{version:05d}_t{version}.{kind}"
+
+
+def up_statements(path: Path) -> list[str]:
+    """A .sql file's up section split at `;`, as a plain loop would read the generated files."""
+    up = path.read_text().split("-- migrate:down")[0].split("-- migrate:up")[1]
+    return [statement for statement in up.split(";") if statement.strip()]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -212,6 +225,16 @@ def cold_start(runs: int, worker_running: bool) -> Figure:
     )
 
 
+def round_trips_ms(node: subprocess.Popen, kind: str, count: int) -> list[float]:
+    """`count` requests of type `kind`, one at a time; each round trip in milliseconds."""
+    trips = []
+    for msg_id in range(count):
+        started = time.perf_counter()
+        ask(node, {"type": kind, "msg_id": msg_id})
+        trips.append((time.perf_counter() - started) * 1000)
+    return trips
+
+
 def sequential_latency(count: int, runs: int) -> Figure:
     """One `status` at a time through a running node; the median of each run's round trips."""
     sandbox = Sandbox()
@@ -219,12 +242,7 @@ def sequential_latency(count: int, runs: int) -> Figure:
     echo = EchoServer()
 
     def once() -> float:
-        trips = []
-        for msg_id in range(count):
-            started = time.perf_counter()
-            ask(node, {"type": "status", "msg_id": msg_id})
-            trips.append((time.perf_counter() - started) * 1000)
-        return statistics.median(trips)
+        return statistics.median(round_trips_ms(node, "status", count))
 
     try:
         once()
@@ -245,11 +263,18 @@ def sequential_latency(count: int, runs: int) -> Figure:
     )
 
 
-def sqlite_floor(count: int) -> float:
-    """The plain sqlite3 loop: per migration BEGIN IMMEDIATE, CREATE, INSERT, COMMIT (seconds)."""
-    folder = Path(tempfile.mkdtemp(prefix="mnb-floor-"))
+def sqlite_floor(count: int, kind: str = "py") -> float:
+    """The plain sqlite3 loop: per migration BEGIN IMMEDIATE, CREATE, INSERT, COMMIT (seconds).
+
+    With kind "sql" the loop reads each migration's statements from the same generated .sql
+    files the node gets, splitting each file's up section at `;`.
+    """
+    sandbox = Sandbox()
+    files = sandbox.generate(count, kind) if kind == "sql" else None
+    if files:
+        os.sync()  # writing the generated files is set-up, as in apply_once
     try:
-        connection = sqlite3.connect(folder / "floor.db", isolation_level=None)
+        connection = sqlite3.connect(sandbox.db, isolation_level=None)
         connection.execute("PRAGMA synchronous = FULL")  # our node's setting, rollback journal
         connection.execute(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT,"
@@ -257,8 +282,14 @@ def sqlite_floor(count: int) -> float:
         )
         started = time.perf_counter()
         for version in range(1, count + 1):
+            statements = (
+                up_statements(migration_path(files, version, kind))
+                if files
+                else [create_table(version)]
+            )
             connection.execute("BEGIN IMMEDIATE")
-            connection.execute(create_table(version))
+            for statement in statements:
+                connection.execute(statement)
             connection.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))",
                 (version, f"t{version}"),
@@ -268,7 +299,7 @@ def sqlite_floor(count: int) -> float:
         connection.close()
         return elapsed
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        sandbox.close()
 
 
 @dataclass
@@ -277,55 +308,69 @@ class ApplyRun:
     node_rss_mb: float
     worker_rss_mb: float
     status_ms: list[float]
+    validate_ms: list[float]
 
 
-def apply_once(count: int, status_trips: int) -> ApplyRun:
-    """Apply `count` generated migrations with one `migrate` through a running node."""
+def apply_once(count: int, read_trips: int, kind: str = "py", dry_run: bool = False) -> ApplyRun:
+    """Apply `count` generated migrations with one `migrate` through a running node, then time
+    `read_trips` warm `status` and `validate` round trips. A dry run must leave all pending."""
     sandbox = Sandbox()
-    sandbox.generate(count)
+    sandbox.generate(count, kind)
     os.sync()  # writing the generated files is set-up: its disk work is not the apply's
     node = sandbox.node()
     try:
         worker_pid = ask(node, {"type": "health", "msg_id": 0})["worker_pid"]
+        migrate = {"type": "migrate", "msg_id": 1} | ({"dry_run": True} if dry_run else {})
         started = time.perf_counter()
-        reply = ask(node, {"type": "migrate", "msg_id": 1})
+        reply = ask(node, migrate)
         seconds = time.perf_counter() - started
         assert reply.get("count") == count, str(reply)[:300]
+        assert reply.get("dry_run", False) is dry_run, str(reply)[:300]
         rss = peak_rss_mb(node.pid), peak_rss_mb(worker_pid)
-        trips = []
-        for msg_id in range(status_trips):
-            started = time.perf_counter()
-            ask(node, {"type": "status", "msg_id": msg_id})
-            trips.append((time.perf_counter() - started) * 1000)
+        applied = [m["applied"] for m in ask(node, {"type": "status", "msg_id": 2})["migrations"]]
+        assert applied == [not dry_run] * count, f"{sum(applied)} of {count} applied"
+        status_trips = round_trips_ms(node, "status", read_trips)
+        if read_trips:
+            reply = ask(node, {"type": "validate", "msg_id": 3})  # warms its checksum cache
+            assert reply.get("ok") is True, str(reply)[:300]
+        validate_trips = round_trips_ms(node, "validate", read_trips)
         node.stdin.close()
         node.wait()
-        return ApplyRun(seconds, *rss, trips)
+        return ApplyRun(seconds, *rss, status_trips, validate_trips)
     finally:
         if node.poll() is None:
             node.kill()
         sandbox.close()
 
 
-def apply_figures(count: int, runs: int, with_status: bool) -> list[Figure]:
+def apply_figures(
+    count: int, runs: int, with_status: bool = False, kind: str = "py"
+) -> list[Figure]:
+    """Applying `count` generated .py (or .sql) migrations; `with_status`: then the warm
+    reads of all of them applied, and the peak memory of node and worker."""
     results: list[ApplyRun] = []
+    sql = kind == "sql"
 
     def once() -> float:
-        results.append(apply_once(count, 20 if with_status else 0))
+        results.append(apply_once(count, 20 if with_status else 0, kind))
         return results[-1].seconds
 
-    samples, floors = interleaved(runs, once, lambda: sqlite_floor(count))
+    samples, floors = interleaved(runs, once, lambda: sqlite_floor(count, kind))
     figures = [
         Figure(
-            f"apply {count:,} migrations",
-            "one `migrate` through a running node; each migration creates one table",
+            f"apply {count:,} {'.sql ' if sql else ''}migrations",
+            f"one `migrate` through a running node; each {'.sql file' if sql else 'migration'}"
+            " creates one table",
             "s",
             samples,
-            "plain sqlite3 loop, same journal and sync",
+            f"plain sqlite3 loop{' reading the same .sql files' if sql else ''},"
+            " same journal and sync",
             floors,
-            "<= 1.2x floor" if count >= 1000 else "(informative)",
+            ("<= 1.15x floor" if sql else "<= 1.2x floor") if count >= 1000 else "(informative)",
         )
     ]
     if with_status:
+        echo = echo_latency_ms(100)
         figures += [
             Figure(
                 f"status, {count:,} migrations",
@@ -333,8 +378,17 @@ def apply_figures(count: int, runs: int, with_status: bool) -> list[Figure]:
                 "ms",
                 [statistics.median(run.status_ms) for run in results],
                 "bare pyzmq msgpack echo round trip, median",
-                echo_latency_ms(100),
+                echo,
                 "<= 50 ms",
+            ),
+            Figure(
+                f"validate, {count:,} applied migrations",
+                "warm `validate` round trip, all checksums match; median of 20 per run",
+                "ms",
+                [statistics.median(run.validate_ms) for run in results],
+                "bare pyzmq msgpack echo round trip, median",
+                echo,
+                "<= 100 ms",
             ),
             Figure(
                 f"memory, node, applying {count:,}",
@@ -356,6 +410,24 @@ def apply_figures(count: int, runs: int, with_status: bool) -> list[Figure]:
             ),
         ]
     return figures
+
+
+def dry_run_figure(count: int, runs: int) -> Figure:
+    """A dry run of `count` pending migrations beside the real apply of the same ones."""
+    samples, floors = interleaved(
+        runs,
+        lambda: apply_once(count, 0, dry_run=True).seconds,
+        lambda: apply_once(count, 0).seconds,
+    )
+    return Figure(
+        f"dry run, {count:,} migrations",
+        "one `migrate` with `dry_run` through a running node, rolled back; all left pending",
+        "s",
+        samples,
+        "the real `migrate` of the same migrations",
+        floors,
+        "<= 0.5x floor",
+    )
 
 
 def import_rss_mb() -> float:
@@ -561,7 +633,9 @@ FIGURES: list[Callable[[bool], list[Figure]]] = [
     lambda quick: [nodes_throughput(1, 500 if quick else 20_000, 1 if quick else 5)],
     lambda quick: apply_figures(20 if quick else 100, 1 if quick else 5, with_status=False),
     lambda quick: apply_figures(50 if quick else 1000, 1 if quick else 5, with_status=False),
+    lambda quick: apply_figures(50 if quick else 1000, 1 if quick else 5, kind="sql"),
     lambda quick: apply_figures(100 if quick else 10_000, 1 if quick else 3, with_status=True),
+    lambda quick: [dry_run_figure(50 if quick else 1000, 1 if quick else 5)],
     lambda quick: [kill_to_reply(2 if quick else 20)],
     lambda quick: [nodes_throughput(4, 200 if quick else 5_000, 1 if quick else 5)],
     lambda quick: [nodes_throughput(8, 100 if quick else 2_500, 1 if quick else 5)],

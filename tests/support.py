@@ -21,6 +21,8 @@ from tests.processes import alive_owner, lock_owner
 PROJECT = Path(__file__).resolve().parent.parent
 NODE = PROJECT / "node.py"
 PROCESS_TIMEOUT_S = 60  # a stuck process fails its test instead of hanging the suite
+TRACKING_TABLES = frozenset({"schema_migrations", "schema_migration_replies",
+                             "schema_migration_history"})
 TEST_IDLE_EXIT_S = 3600  # spawned workers live until the test's teardown kills them
 
 

@@ -16,6 +16,7 @@ from tests.processes import alive_owner, gone
 from tests.support import (
     PROCESS_TIMEOUT_S,
     PROJECT,
+    TRACKING_TABLES,
     request,
     table_migrations,
     wait_until,
@@ -141,7 +142,7 @@ def test_series_of_rollbacks_with_the_worker_killed_between_them(workspace, fold
         assert [v for v, _ in workspace.recorded()] == list(range(1, version))
     assert kills == 6, "every round killed a live worker"
     assert node.finish() == 0
-    assert workspace.tables() <= {"schema_migrations", "schema_migration_replies"}
+    assert workspace.tables() <= TRACKING_TABLES
 
 
 def kill_live_worker(workspace) -> int:

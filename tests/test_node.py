@@ -266,7 +266,7 @@ def test_eof_answers_everything_then_exits_at_once_leaving_stdout_closed(workspa
 
 
 def test_worker_exits_on_its_own_after_its_last_node_has_gone(workspace):
-    workspace.env[IDLE_EXIT_ENV] = "0.2"
+    workspace.env[IDLE_EXIT_ENV] = "1"
     replies, _ = workspace.run([request("health", 1)])
     worker = replies[0]["worker_pid"]
     assert replies[0]["database"] == str(workspace.db.resolve())

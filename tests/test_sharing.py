@@ -22,6 +22,7 @@ from tests.processes import gone
 from tests.support import (
     PROCESS_TIMEOUT_S,
     PROJECT,
+    TRACKING_TABLES,
     free_port,
     request,
     table_migrations,
@@ -77,8 +78,7 @@ def test_eight_nodes_with_mixed_traffic_apply_and_revert_each_migration_exactly_
     assert set(net.values()) <= {0, 1}
     final = sorted(version for version, count in net.items() if count == 1)
     assert [v for v, _ in workspace.recorded()] == final
-    assert {f"t{v}" for v in final} == workspace.tables() - {
-        "schema_migrations", "schema_migration_replies"}
+    assert {f"t{v}" for v in final} == workspace.tables() - TRACKING_TABLES
 
 
 def test_one_database_however_spelled_gets_one_worker(workspace):

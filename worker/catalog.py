@@ -1,9 +1,13 @@
-"""Finding migration files in a folder and loading their code.
+"""Finding migration files in a folder, loading them, and checking their checksums.
 
-A migration is a file `NNNN_name.py` (version = the integer prefix, name = the rest) that
-defines up(db) and, to be reversible, down(db); NNNN is ASCII digits. Other files are
-ignored. Listing the folder does not import anything, and is cached until the folder
-changes, so `status` stays cheap.
+A migration is a file `NNNN_name.py` that defines up(db) and, to be reversible, down(db),
+or a file `NNNN_name.sql` with `-- migrate:up` and `-- migrate:down` sections (see
+worker/sql_file.py); NNNN is ASCII digits, the version (1 to 2^63 - 1), and name is the
+rest. Other files are ignored. Listing the folder does not read any file, and is cached
+until the folder changes, so `status` stays cheap.
+
+    Migration.load() -> Loaded(up, down, foreign_keys, checksum)    to apply or revert it
+    Catalog.source_checksum_matches(migration, recorded) -> bool      to validate it
 """
 
 from __future__ import annotations
@@ -12,15 +16,29 @@ import os
 import re
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from broker.errors import PRECONDITION_FAILED, ReplyError
+from worker import sql_file
 
 # [0-9] and \Z: \d takes any Unicode digit, and $ also matches before a final newline.
-MIGRATION_FILE = re.compile(r"([0-9]+)_(.+)\.py\Z")
+MIGRATION_FILE = re.compile(r"([0-9]+)_(.+)\.(py|sql)\Z")
 MAX_VERSION = 2**63 - 1  # the largest SQLite INTEGER, and msgpack's int64
-RACY_WINDOW_NS = 2_000_000_000  # listings of a folder changed this recently are not cached
+RACY_WINDOW_NS = 2_000_000_000  # what changed this recently is not cached (listings, checksums)
+NORMALIZED_CHECKSUM = "norm-sha256:"  # prefix of checksum_of(); older rows hold a bare sha256
+RAW_CHECKSUM = re.compile(r"[0-9a-f]{64}\Z")
+
+
+class Loaded(NamedTuple):
+    """A migration file made runnable: what apply and revert call, and what to record."""
+
+    up: Callable[[Any], object] | None
+    down: Callable[[Any], object] | None  # None: it cannot be reverted
+    foreign_keys: bool  # False: it must run with foreign keys off
+    checksum: str  # checksum_of() the bytes that were loaded
+    transaction: bool = True  # False: its statements run outside a transaction
 
 
 class Migration(NamedTuple):
@@ -34,21 +52,122 @@ class Migration(NamedTuple):
         """The reply entry for this migration: version and name, then `fields`."""
         return {"version": self.version, "name": self.name, **fields}
 
-    def load(self) -> tuple[types.ModuleType, str]:
-        """Execute the file as a fresh module; return it with the sha256 of the bytes run.
+    @property
+    def kind(self) -> str:
+        """The file's kind, from its suffix: "py" or "sql"."""
+        return self.path.rpartition(".")[2]
 
-        Compiling the bytes we hashed (rather than importing by path) means the checksum
-        recorded is of exactly the code that ran, and no __pycache__ is written beside it.
-        Raises whatever the file raises (SyntaxError, ImportError, ...).
-        """
-        import hashlib  # only applying needs it: status and start-up do not load OpenSSL
-
+    def source(self) -> bytes:
+        """The file's bytes; raises OSError (FileNotFoundError if it is gone)."""
         with open(self.path, "rb") as file:
-            source = file.read()
+            return file.read()
+
+    def load(self) -> Loaded:
+        """Read the file once and make it runnable, with the checksum of the bytes read.
+
+        A .py file is executed as a fresh module: compiling the bytes we hashed (rather than
+        importing by path) means the checksum recorded is of exactly the code that ran, and
+        no __pycache__ is written beside it. Raises whatever it raises (SyntaxError,
+        ImportError, ...), or TypeError if it sets FOREIGN_KEYS to anything but a bool.
+
+        A .sql file is parsed, never executed here; raises sql_file.SqlFileError (a
+        ValueError) naming the file and line if it is malformed or not UTF-8.
+        Raises OSError if the file cannot be read.
+        """
+        source = self.source()
+        filename = os.path.basename(self.path)
+        if self.kind == "sql":
+            parsed = sql_file.parse(sql_file.decode(source, filename), filename)
+            return Loaded(
+                _statements_runner(parsed.up, "up", filename),
+                _statements_runner(parsed.down, "down", filename) if parsed.down else None,
+                parsed.foreign_keys,
+                checksum_of(source),
+                parsed.transaction,
+            )
         module = types.ModuleType(f"migration_{self.version}_{self.name}")
         module.__file__ = self.path
         exec(compile(source, self.path, "exec"), module.__dict__)
-        return module, hashlib.sha256(source).hexdigest()
+        foreign_keys, transaction = (
+            _declared(module, name, filename) for name in ("FOREIGN_KEYS", "TRANSACTION")
+        )
+        return Loaded(
+            _callable(module, "up"),
+            _callable(module, "down"),
+            foreign_keys,
+            checksum_of(source),
+            transaction,
+        )
+
+
+def _declared(module: types.ModuleType, name: str, filename: str) -> bool:
+    """A module's True/False declaration (`FOREIGN_KEYS`, `TRANSACTION`), True by default;
+    raises TypeError naming the file for anything but a bool."""
+    value = module.__dict__.get(name, True)
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{filename} sets {name} to a {type(value).__name__}; it must be True or False"
+        )
+    return value
+
+
+def _callable(module: types.ModuleType, name: str) -> Callable[[Any], object] | None:
+    function = getattr(module, name, None)
+    return function if callable(function) else None
+
+
+def _statements_runner(
+    statements: list[str], section: str, filename: str
+) -> Callable[[Any], object]:
+    """A function of `db` that executes `statements` in order, each as written.
+
+    Whatever a statement raises propagates unchanged (the store reads sqlite3 error codes
+    from it), with a note saying which statement it was.
+    """
+
+    def run(db: Any) -> None:
+        for number, statement in enumerate(statements, 1):
+            try:
+                db.execute(statement)
+            except Exception as exc:
+                exc.add_note(
+                    f"in statement {number} of {len(statements)} of the {section} section"
+                    f" of {filename}: {statement.strip()[: sql_file.SHOWN_CHARS]!r}"
+                )
+                raise
+
+    return run
+
+
+def checksum_of(source: bytes) -> str:
+    """The checksum recorded for a migration file whose bytes are `source`.
+
+    It is "norm-sha256:" and the sha256 of the text with line endings made `\\n`, spaces and
+    tabs at the end of each line removed, and empty lines at the end removed, so that a
+    checkout on another operating system or an editor's whitespace does not change it.
+    """
+    import hashlib  # only applying and validating need it: status and start-up do not
+
+    lines = [line.rstrip(b" \t") for line in source.splitlines()]  # bytes: \n, \r\n, \r only
+    while lines and not lines[-1]:
+        lines.pop()
+    return NORMALIZED_CHECKSUM + hashlib.sha256(b"\n".join(lines)).hexdigest()
+
+
+def checksum_matches(recorded: str, source: bytes) -> bool:
+    """Whether `source` has the checksum `recorded`, under the rule it was recorded with.
+
+    A value starting with "norm-sha256:" compares with checksum_of(source); a bare sha256
+    (64 hex digits, written before checksums were normalized) with the sha256 of the exact
+    bytes. Any other value matches nothing.
+    """
+    if recorded.startswith(NORMALIZED_CHECKSUM):
+        return recorded == checksum_of(source)
+    if RAW_CHECKSUM.match(recorded):
+        import hashlib
+
+        return recorded == hashlib.sha256(source).hexdigest()
+    return False
 
 
 class DuplicateVersion(ReplyError):
@@ -56,6 +175,14 @@ class DuplicateVersion(ReplyError):
         super().__init__(
             PRECONDITION_FAILED,
             f"migration version {version} is defined twice: {first.name} and {second.name}",
+        )
+
+
+class VersionZero(ReplyError):
+    def __init__(self, filename: str) -> None:
+        super().__init__(
+            PRECONDITION_FAILED,
+            f"migration file {filename} has version 0, below the smallest allowed 1",
         )
 
 
@@ -84,12 +211,14 @@ class Catalog:
         self._stamp: int | None = None
         self._migrations: list[Migration] = []
         self.generation = 0  # grows each time the folder is listed anew
+        self._verdicts: dict[str, _Verdict] = {}  # path -> the last checksum comparison
 
     def migrations(self) -> list[Migration]:
         """Every migration file, sorted by version.
 
-        Raises DuplicateVersion, VersionTooLarge or NameNotUtf8 (all PRECONDITION_FAILED
-        replies) for a folder holding a migration file that cannot be served.
+        Raises DuplicateVersion, VersionZero, VersionTooLarge or NameNotUtf8 (all
+        PRECONDITION_FAILED replies) for a folder holding a migration file that cannot be
+        served.
 
         Raises FileNotFoundError if the folder is missing.
         """
@@ -97,17 +226,43 @@ class Catalog:
         if stamp != self._stamp:
             self._migrations = scan(self.folder)
             self.generation += 1
+            paths = {migration.path for migration in self._migrations}
+            self._verdicts = {p: v for p, v in self._verdicts.items() if p in paths}
             # File times are coarse (a clock tick): a change within the same tick as the
             # listing would keep this stamp, so a stamp that recent is not trusted yet.
             racy = time.time_ns() - stamp < RACY_WINDOW_NS
             self._stamp = None if racy else stamp
         return self._migrations
 
+    def source_checksum_matches(self, migration: Migration, recorded: str) -> bool:
+        """Whether `migration`'s file still has the checksum `recorded` (see checksum_matches).
+
+        The answer is kept until the file's mtime, size, inode or ctime change, so checking
+        ten thousand unchanged files reads none of them (a stat each).
+        Raises OSError if the file cannot be read (FileNotFoundError if it is gone).
+        """
+        info = os.stat(migration.path)
+        stamp = (info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns)
+        verdict = self._verdicts.get(migration.path)
+        if verdict is not None and verdict.stamp == stamp and verdict.recorded == recorded:
+            return verdict.matches
+        matches = checksum_matches(recorded, migration.source())
+        # As for listings: a write within the same clock tick as this stat keeps the stamp.
+        if time.time_ns() - info.st_mtime_ns >= RACY_WINDOW_NS:
+            self._verdicts[migration.path] = _Verdict(stamp, recorded, matches)
+        return matches
+
+
+class _Verdict(NamedTuple):
+    stamp: tuple[int, int, int, int]  # the file's st_mtime_ns, st_size, st_ino, st_ctime_ns
+    recorded: str
+    matches: bool
+
 
 def scan(folder: Path) -> list[Migration]:
     """The migration files of `folder`, sorted by version.
 
-    Raises DuplicateVersion, VersionTooLarge or NameNotUtf8, naming the file(s).
+    Raises DuplicateVersion, VersionZero, VersionTooLarge or NameNotUtf8, naming the file(s).
     """
     found: dict[int, Migration] = {}
     with os.scandir(folder) as entries:
@@ -125,7 +280,9 @@ def scan(folder: Path) -> list[Migration]:
 
 
 def _parse_version(filename: str, digits: str) -> int:
-    """The version that `digits` spell; raises NameNotUtf8 or VersionTooLarge for `filename`.
+    """The version that `digits` spell, 1 to MAX_VERSION.
+
+    Raises NameNotUtf8, VersionZero or VersionTooLarge for `filename`.
 
     The name is checked here because os.scandir hands a name that is not UTF-8 over with
     surrogate escapes, which no reply (msgpack, JSON for stdout) can carry.
@@ -138,4 +295,6 @@ def _parse_version(filename: str, digits: str) -> int:
     # Counting digits first: int() refuses strings of more than 4300 digits.
     if len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
         raise VersionTooLarge(filename, digits)
+    if digits == "0":  # `rollback to 0` means reverting every migration
+        raise VersionZero(filename)
     return int(digits)

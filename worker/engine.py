@@ -1,41 +1,50 @@
-"""The migration engine: plan and run migrate, rollback and status against a store.
+"""The migration engine: plan and run every request against a store and a catalog.
 
-Pure logic: no sockets, no processes. Each handler takes the request id and returns the
-reply body (without in_reply_to), or raises ReplyError. A request id that already has a
-stored reply gets that reply again and nothing runs twice, which makes resending a request
-after a worker crash safe.
+Pure logic: no sockets, no processes, no connection: the store owns that. Each handler takes
+the request id and the request's fields and returns the reply body (without in_reply_to), or
+raises ReplyError. A request id that already has a stored reply gets that reply again and
+nothing runs twice, which makes resending a request after a worker crash safe.
 
     migrate(R):   for each pending migration, in version order, one transaction:
-                  BEGIN IMMEDIATE; up(db); record(version, by R); [store reply]; COMMIT
-    rollback(R):  one transaction: BEGIN IMMEDIATE; down(db); unrecord; store reply; COMMIT
+                  BEGIN IMMEDIATE; up(db); record(version, by R); history; [reply]; COMMIT
+    rollback(R):  for each step, newest first, one transaction:
+                  BEGIN IMMEDIATE; down(db); unrecord; history; [reply]; COMMIT
+    dry run:      the same statements in ONE transaction, rolled back at the end
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from broker.errors import (
     CRASH,
+    MALFORMED_REQUEST,
     MIGRATION_FAILED,
     PRECONDITION_FAILED,
     TEMPORARILY_UNAVAILABLE,
     ReplyError,
 )
-from worker.catalog import Catalog, Migration
+from worker.catalog import Catalog, Loaded, Migration, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
-from worker.migration_db import guarded
-from worker.store import AppliedMigration, SqliteStore
+from worker.params import Params
+from worker.store import AppliedMigration, Event, SqliteStore
 
 log = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
+Entry = dict[str, Any]
+NO_PARAMS = Params({})
 # What migration code may raise and still be only a failed migration: sys.exit() and a
 # KeyboardInterrupt raised by hand must not take the worker down (a real SIGINT only sets the
 # stop flag, so it never arrives as KeyboardInterrupt).
 MIGRATION_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+PROBLEM_KINDS = ("changed", "missing", "out_of_order")
+MAY_BE_ALLOWED = frozenset({"out_of_order"})  # changed and missing are never accepted
 
 
 class StatusStamp(NamedTuple):
@@ -48,6 +57,13 @@ class StatusStamp(NamedTuple):
 
 class Interrupted(Exception):
     """The worker was asked to stop between two migrations; the request gets no reply here."""
+
+
+class Step(NamedTuple):
+    """One migration to apply or revert, with its code loaded."""
+
+    migration: Migration
+    loaded: Loaded
 
 
 class Engine:
@@ -66,9 +82,9 @@ class Engine:
         self._status_stamp = StatusStamp(-1, -1, -1)  # what the kept reply was computed from
         self._status_checked = False  # the stamp was checked in the current batch
 
-    # -- request handlers ------------------------------------------------------------------
+    # -- reads -----------------------------------------------------------------------------
 
-    def status(self, request_id: bytes) -> Reply:
+    def status(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
         """Every migration, file or recorded, in version order, with whether it is applied.
 
         The reply is kept while neither the folder nor the database changes, and the same
@@ -101,18 +117,74 @@ class Engine:
             entries.append({"version": version, "name": name, "applied": version in applied})
         return {"type": "migration_status", "migrations": entries}
 
-    def migrate(self, request_id: bytes) -> Reply:
-        """Apply every pending migration in version order, each in its own transaction."""
-        return self._once(request_id, self._migrate)
+    def validate(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """Drift: applied files edited since (`changed`), applied versions without a file
+        (`missing`), pending versions below the newest applied one (`out_of_order`)."""
+        problems = self._problems(self.catalog.migrations(), self.store.applied())
+        return {"type": "validation", "ok": not problems, "problems": problems}
 
-    def rollback(self, request_id: bytes) -> Reply:
-        """Revert the most recently applied migration and delete its record, atomically."""
-        return self._once(request_id, self._rollback)
+    def history(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """Every apply, rollback and baseline ever recorded, oldest first (or the last N)."""
+        limit = params.integer("limit", minimum=1)
+        events = [
+            {
+                "version": event.version,
+                "name": event.name,
+                "action": event.action,
+                "checksum": event.checksum,
+                "started_at": event.started_at,
+                "duration_ms": round(event.duration_ms, 3),
+                "src": event.src,
+            }
+            for event in self.store.history(limit)
+        ]
+        return {"type": "migration_history", "events": events}
 
-    # -- implementation --------------------------------------------------------------------
+    # -- writes ----------------------------------------------------------------------------
 
-    def _once(self, request_id: bytes, action: Callable[[bytes], Reply]) -> Reply:
-        stored = self.store.stored_reply(request_id)
+    def migrate(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """Apply every pending migration (up to `to`) in version order, each in its own
+        transaction; refused while validation finds a problem not allowed."""
+        to = params.integer("to", minimum=1)
+        dry_run = params.flag("dry_run")
+        allowed = MAY_BE_ALLOWED if params.flag("allow_out_of_order") else frozenset()
+        return self._once(
+            request_id,
+            lambda: self._migrate(request_id, params.src, to, allowed, dry_run),
+            keep=not dry_run,
+        )
+
+    def rollback(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """Revert the most recently applied migration, or `steps` of them, or all above `to`,
+        newest first, each step in its own transaction."""
+        params.at_most_one("steps", "to")
+        steps = params.integer("steps", minimum=1)
+        to = params.integer("to", minimum=0)
+        dry_run = params.flag("dry_run")
+
+        return self._once(
+            request_id,
+            lambda: self._rollback(request_id, params.src, steps, to, dry_run),
+            keep=not dry_run,
+        )
+
+    def baseline(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """Record every migration up to `to` as applied without running it, for a database
+        that already has that schema; refused when anything is recorded."""
+        to = params.integer("to", minimum=1)
+        if to is None:
+            raise ReplyError(MALFORMED_REQUEST, "baseline needs to: the version to record up to")
+        return self._once(request_id, lambda: self._baseline(request_id, params.src, to))
+
+    # -- exactly once ----------------------------------------------------------------------
+
+    def _once(self, request_id: bytes, action: Callable[[], Reply], keep: bool = True) -> Reply:
+        """Run a write at most once per request id, unless it killed the worker 3 times.
+
+        With `keep` (every write but a dry run, which changes nothing) its answer is stored
+        in the transaction of its last step, and a resend gets that answer.
+        """
+        stored = self.store.stored_reply(request_id) if keep else None
         if stored is not None:
             log.info("request %s was answered before; sending the stored reply", request_id.hex())
             return stored
@@ -124,9 +196,9 @@ class Engine:
                     f"{culprit} killed the worker {deaths} times, so the request was skipped;"
                     f" {culprit} is not applied",
                 )
-            return action(request_id)
+            return action()
         except ReplyError as error:
-            if error.code != TEMPORARILY_UNAVAILABLE:
+            if keep and error.code != TEMPORARILY_UNAVAILABLE:
                 self._store_error(request_id, error)
             raise
         finally:
@@ -145,8 +217,22 @@ class Engine:
         except Exception as exc:
             log.warning("could not keep the error reply of %s: %s", request_id.hex(), exc)
 
-    def _migrate(self, request_id: bytes) -> Reply:
+    # -- migrate ---------------------------------------------------------------------------
+
+    def _migrate(
+        self,
+        request_id: bytes,
+        src: str | None,
+        to: int | None,
+        allowed: frozenset[str],
+        dry_run: bool,
+    ) -> Reply:
         applied = self.store.applied()
+        migrations = self.catalog.migrations()
+        self._check_target(to, migrations, applied, allow_zero=False)
+        refused = [p for p in self._problems(migrations, applied) if p["kind"] not in allowed]
+        if refused:
+            raise _with_dry_run(_refusal(refused), dry_run)
         done_versions = {row.version for row in applied}
         # Migrations this same request applied before a crash are part of its answer.
         done = [
@@ -154,124 +240,368 @@ class Engine:
             for row in applied
             if row.request_id == request_id
         ]
-        pending = [m for m in self.catalog.migrations() if m.version not in done_versions]
+        pending = [
+            m
+            for m in migrations
+            if m.version not in done_versions and (to is None or m.version <= to)
+        ]
         last_seq = max((row.applied_seq for row in applied), default=0)
-        for index, migration in enumerate(pending):
-            if self.should_stop():
-                raise Interrupted(f"stopped before migration {migration.version}")
-            entry = migration.entry(status="applied")
-            self.journal.running(request_id, f"migration {migration.version} {migration.name}")
-            try:
-                module, checksum = migration.load()
-                up = _function(module, "up")
-                if up is None:
-                    raise LookupError("the file defines no up(db) function")
-                with self.store.transaction():
-                    elapsed_ms = self._run(up)
-                    self.store.record(
-                        migration.version,
-                        migration.name,
-                        checksum,
-                        elapsed_ms,
-                        last_seq + index + 1,
-                        request_id,
-                    )
-                    if index == len(pending) - 1:
-                        reply = _applied_reply([*done, entry])
-                        self.store.store_reply(request_id, reply)
-            except ReplyError as error:
-                if error.code == TEMPORARILY_UNAVAILABLE and done:
-                    # Those before it committed: say so, a retry (a new request) will not list them.
-                    error.extra = {"applied": done, **error.extra}
-                raise
-            except MIGRATION_ERRORS as exc:
-                cause = _describe(exc)
-                log.error("migration %s %s failed: %s", migration.version, migration.name, cause)
-                raise ReplyError(
-                    MIGRATION_FAILED,
-                    f"migration {migration.version} {migration.name} failed and was rolled back,"
-                    f" so it is not applied: {cause}",
-                    applied=done,
-                    failed=migration.entry(error=cause),
-                ) from exc
-            log.info("applied %s %s in %.1f ms", migration.version, migration.name, elapsed_ms)
-            done.append(entry)
-        return _applied_reply(done)
+        run = _Run(self, request_id, src, "apply", done, dry_run, plain=False)
+        for seq, migration in enumerate(run.each(pending), start=last_seq + 1):
 
-    def _rollback(self, request_id: bytes) -> Reply:
+            def record(step: Step, elapsed_ms: float, seq: int = seq) -> None:
+                self.store.record(
+                    step.migration.version,
+                    step.migration.name,
+                    step.loaded.checksum,
+                    elapsed_ms,
+                    seq,
+                    request_id,
+                )
+                run.record_event(step, elapsed_ms)
+                if not dry_run and step.migration is pending[-1]:
+                    entry = step.migration.entry(status="applied")
+                    self.store.store_reply(request_id, _applied_reply([*done, entry]))
+
+            run.take(migration, record)
+            log.info("applied %s %s", migration.version, migration.name)
+        return _with_dry_run(_applied_reply(done), dry_run)
+
+    # -- rollback --------------------------------------------------------------------------
+
+    def _rollback(
+        self,
+        request_id: bytes,
+        src: str | None,
+        steps: int | None,
+        to: int | None,
+        dry_run: bool,
+    ) -> Reply:
         applied = self.store.applied()
-        if not applied:
-            raise ReplyError(PRECONDITION_FAILED, "nothing to roll back: no migration is applied")
-        latest = max(applied, key=lambda row: row.applied_seq)
-        migration = self._file_of(latest)
-        self.journal.running(
-            request_id, f"the rollback of migration {latest.version} {latest.name}"
-        )
-        try:
-            module, _ = migration.load()
-        except MIGRATION_ERRORS as exc:
-            raise self._down_failed(latest, exc) from exc
-        down = _function(module, "down")
-        if down is None:
-            raise ReplyError(
-                PRECONDITION_FAILED,
-                f"migration {latest.version} {latest.name} has no down() function,"
-                " so it cannot be rolled back",
-            )
-        reply = {"type": "migration_rolled_back", "version": latest.version, "name": latest.name}
-        try:
-            with self.store.transaction():
-                elapsed_ms = self._run(down)
-                self.store.unrecord(latest.version)
-                self.store.store_reply(request_id, reply)
-        except ReplyError:
-            raise
-        except MIGRATION_ERRORS as exc:
-            raise self._down_failed(latest, exc) from exc
-        log.info("rolled back %s %s in %.1f ms", latest.version, latest.name, elapsed_ms)
-        return reply
+        plain = steps is None and to is None
+        # Steps this same request took before a crash are part of its answer.
+        done = [
+            {"version": event.version, "name": event.name, "status": "rolled_back"}
+            for event in self.store.events_of(request_id, "rollback")
+        ]
+        newest_first = sorted(applied, key=lambda row: row.applied_seq, reverse=True)
+        if to is not None:
+            self._check_target(to, self.catalog.migrations(), applied, allow_zero=True)
+            targets = [row for row in newest_first if row.version > to]
+        else:
+            wanted = (steps or 1) - len(done)
+            if not newest_first and not done:
+                raise _with_dry_run(
+                    ReplyError(
+                        PRECONDITION_FAILED, "nothing to roll back: no migration is applied"
+                    ),
+                    dry_run,
+                )
+            if wanted > len(newest_first):
+                raise _with_dry_run(
+                    ReplyError(
+                        PRECONDITION_FAILED,
+                        f"cannot roll back {steps} migrations: only"
+                        f" {len(newest_first) + len(done)} are applied",
+                    ),
+                    dry_run,
+                )
+            targets = newest_first[:wanted]
+        migrations = [self._file_of(row, done, dry_run) for row in targets]
+        run = _Run(self, request_id, src, "rollback", done, dry_run, plain)
 
-    def _file_of(self, row: AppliedMigration) -> Migration:
+        def unrecord(step: Step, elapsed_ms: float) -> None:
+            self.store.unrecord(step.migration.version)
+            run.record_event(step, elapsed_ms)
+            if not dry_run and step.migration is migrations[-1]:
+                entry = step.migration.entry(status="rolled_back")
+                self.store.store_reply(request_id, _reply_of(plain, [*done, entry]))
+
+        for migration in run.each(migrations):
+            run.take(migration, unrecord)
+            log.info("rolled back %s %s", migration.version, migration.name)
+        return _with_dry_run(_reply_of(plain, done), dry_run)
+
+    def _file_of(self, row: AppliedMigration, done: list[Entry], dry_run: bool) -> Migration:
         for migration in self.catalog.migrations():
             if migration.version == row.version:
                 return migration
-        raise ReplyError(
-            PRECONDITION_FAILED,
-            f"migration {row.version} {row.name} is applied but its file is missing,"
-            " so it cannot be rolled back",
+        raise _with_dry_run(
+            ReplyError(
+                PRECONDITION_FAILED,
+                f"migration {row.version} {row.name} is applied but its file is missing,"
+                " so it cannot be rolled back",
+                **({"rolled_back": done} if done else {}),
+            ),
+            dry_run,
         )
 
-    def _down_failed(self, row: AppliedMigration, exc: BaseException) -> ReplyError:
-        cause = _describe(exc)
-        log.error("rollback of %s %s failed: %s", row.version, row.name, cause)
-        return ReplyError(
-            MIGRATION_FAILED,
-            f"rollback of migration {row.version} {row.name} failed, so it stays applied"
-            f" and unchanged: {cause}",
-            failed={"version": row.version, "name": row.name, "error": cause},
-        )
+    # -- baseline --------------------------------------------------------------------------
 
-    def _run(self, function: Callable[[Any], object]) -> float:
-        """Call up() or down() with a guarded db; return its duration in milliseconds.
+    def _baseline(self, request_id: bytes, src: str | None, to: int) -> Reply:
+        recorded = self.store.applied()
+        if recorded:
+            raise ReplyError(
+                PRECONDITION_FAILED,
+                f"baseline is for a database with nothing recorded, and {len(recorded)}"
+                " migrations are recorded here",
+            )
+        migrations = self.catalog.migrations()
+        if to not in {m.version for m in migrations}:
+            raise ReplyError(PRECONDITION_FAILED, f"no migration file has version {to}")
+        chosen = [m for m in migrations if m.version <= to]
+        entries = [m.entry(status="baselined") for m in chosen]
+        reply = {"type": "migrations_baselined", "count": len(entries), "migrations": entries}
+        started_at = _utc_now()
+        with self.store.transaction():
+            for seq, migration in enumerate(chosen, start=1):
+                checksum = checksum_of(migration.source())
+                self.store.record(
+                    migration.version, migration.name, checksum, 0.0, seq, request_id
+                )
+                self.store.record_event(
+                    Event(migration.version, migration.name, "baseline", checksum,
+                          started_at, 0.0, src, request_id)
+                )
+            self.store.store_reply(request_id, reply)
+        log.info("baselined %d migrations up to %s", len(chosen), to)
+        return reply
 
-        Raises RuntimeError if the migration ended the transaction itself.
+    # -- shared ----------------------------------------------------------------------------
+
+    def _problems(
+        self, migrations: list[Migration], applied: list[AppliedMigration]
+    ) -> list[Entry]:
+        files = {m.version: m for m in migrations}
+        recorded = {row.version: row for row in applied}
+        newest = max(recorded, default=0)
+        found = []
+        for row in applied:
+            migration = files.get(row.version)
+            if migration is None:
+                found.append({"version": row.version, "name": row.name, "kind": "missing"})
+            elif not self.catalog.source_checksum_matches(migration, row.checksum):
+                found.append(migration.entry(kind="changed"))
+        for migration in migrations:
+            if migration.version not in recorded and migration.version < newest:
+                found.append(migration.entry(kind="out_of_order"))
+        return sorted(found, key=lambda problem: problem["version"])
+
+    def _check_target(
+        self,
+        to: int | None,
+        migrations: list[Migration],
+        applied: list[AppliedMigration],
+        allow_zero: bool,
+    ) -> None:
+        if to is None or (allow_zero and to == 0):
+            return
+        known = {m.version for m in migrations} | {row.version for row in applied}
+        if to not in known:
+            raise ReplyError(PRECONDITION_FAILED, f"no migration has version {to}")
+
+
+class _Run:
+    """One request's series of steps (applies or reverts) and how each one fails.
+
+    A real run gives every step its own transaction. A dry run loads every step first, then
+    runs them all in one transaction that is rolled back at the end, so each step sees the
+    ones before it and nothing reaches the disk.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        request_id: bytes,
+        src: str | None,
+        action: str,
+        done: list[Entry],
+        dry_run: bool,
+        plain: bool,
+    ) -> None:
+        self.engine = engine
+        self.plain = plain  # a plain rollback: its reply and errors list no steps
+        self.store = engine.store
+        self.request_id = request_id
+        self.src = src
+        self.action = action  # "apply" or "rollback"
+        self.status = "applied" if action == "apply" else "rolled_back"
+        self.done = done  # entries of the steps taken so far; the reply lists them
+        self.dry_run = dry_run
+        self._loaded: dict[int, Loaded] = {}
+        self._dry_foreign_keys = True
+        self._started_at = ""
+        self._current: Loaded | None = None  # the real run's step in progress
+
+    def each(self, migrations: list[Migration]) -> Iterator[Migration]:
+        """Yield the migrations to take, one by one, inside the dry run's one transaction."""
+        if not self.dry_run:
+            for migration in migrations:
+                if self.engine.should_stop():
+                    raise Interrupted(f"stopped before migration {migration.version}")
+                yield migration
+            return
+        to_run, failure = [], None
+        for migration in migrations:
+            try:
+                self._loaded[migration.version] = migration.load()
+            except MIGRATION_ERRORS as exc:
+                failure = migration, exc  # the steps before it still run, as for real
+                break
+            to_run.append(migration)
+        # Foreign keys cannot be switched inside a transaction: off for the whole dry run
+        # if one step needs them off, and then checked after every step instead.
+        self._dry_foreign_keys = all(loaded.foreign_keys for loaded in self._loaded.values())
+        with self.store.transaction(commit=False, foreign_keys=self._dry_foreign_keys):
+            yield from to_run
+            if failure is not None:
+                with self._failing_as(failure[0]):
+                    raise failure[1]
+
+    def take(self, migration: Migration, finish: Callable[[Step, float], None]) -> None:
+        """Take one step: run up() or down(), then `finish` it (its tracking row, history
+        and, for the last, the stored reply) in the same transaction; raise error 14
+        naming the migration when anything in it fails.
+
+        A migration that declares it cannot run in a transaction (`transaction:false`,
+        `TRANSACTION = False`) runs in autocommit mode and is finished in a transaction
+        of its own right after: if it fails halfway, its earlier statements stay.
         """
-        connection = self.store.connection
+        what = "migration" if self.action == "apply" else "the rollback of migration"
+        self.engine.journal.running(self.request_id, f"{what} {migration.version} {migration.name}")
+        self._current = None
+        with self._failing_as(migration):
+            self._started_at = _utc_now()
+            if self.dry_run:
+                step = Step(migration, self._loaded[migration.version])
+                finish(step, self._call(step))
+                if not self._dry_foreign_keys:
+                    self.store.check_foreign_keys()
+            else:
+                step = Step(migration, migration.load())
+                self._current = step.loaded  # what a failure's text describes
+                if step.loaded.transaction:
+                    with self.store.transaction(foreign_keys=step.loaded.foreign_keys):
+                        finish(step, self._call(step))
+                else:
+                    if not step.loaded.foreign_keys:
+                        raise ValueError("foreign keys off needs a transaction to check them")
+                    elapsed_ms = self._call(step, in_transaction=False)
+                    with self.store.transaction():
+                        finish(step, elapsed_ms)
+        self.done.append(migration.entry(status=self.status))
+
+    def _call(self, step: Step, in_transaction: bool = True) -> float:
+        """Run the step's up() or down() with the guarded db; return its milliseconds.
+
+        Raises LookupError for a file without up, ReplyError 22 for one without down, and
+        RuntimeError if the migration ended its transaction itself.
+        """
+        function = step.loaded.up if self.action == "apply" else step.loaded.down
+        if function is None and self.action == "apply":
+            raise LookupError("the file defines no up(db) function")
+        if function is None:
+            migration = step.migration
+            raise ReplyError(
+                PRECONDITION_FAILED,
+                f"migration {migration.version} {migration.name} has no"
+                f" {_DOWN_OF[migration.kind]}, so it cannot be rolled back",
+            )
         started = time.perf_counter()
-        with guarded(connection) as db:
+        with self.store.migration_db(in_transaction) as db:
             function(db)
-        if not connection.in_transaction:
-            raise RuntimeError("the migration ended the transaction itself")
         return (time.perf_counter() - started) * 1000
 
+    def _done_field(self) -> dict[str, Any]:
+        """The steps already taken, as an error reply lists them: `applied` for a migrate,
+        `rolled_back` for a series of rollbacks; a plain rollback has no such field."""
+        if self.status == "applied":
+            return {"applied": self.done}
+        return {} if self.plain else {"rolled_back": self.done}
 
-def _applied_reply(entries: list[dict[str, Any]]) -> Reply:
+    def record_event(self, step: Step, elapsed_ms: float) -> None:
+        self.store.record_event(
+            Event(step.migration.version, step.migration.name, self.action,
+                  step.loaded.checksum, self._started_at, elapsed_ms, self.src,
+                  self.request_id)
+        )
+
+    @contextmanager
+    def _failing_as(self, migration: Migration) -> Iterator[None]:
+        """Turn what a step raises into its reply: error 14 naming the migration, with the
+        steps done before it; an 11 keeps them too; a dry run says it was one."""
+        try:
+            yield
+        except ReplyError as error:
+            # An 11 lists what was applied only when something was (as before dry runs).
+            if error.code != TEMPORARILY_UNAVAILABLE or self.done:
+                error.extra = {**self._done_field(), **error.extra}
+            raise _with_dry_run(error, self.dry_run) from None
+        except MIGRATION_ERRORS as exc:
+            cause = _describe(exc)
+            log.error("%s of %s %s failed: %s", self.action, migration.version, migration.name,
+                      cause)
+            loaded = self._current
+            if loaded is not None and not loaded.transaction and not self.dry_run:
+                text = (f"migration {migration.version} {migration.name} failed outside a"
+                        " transaction (it says transaction:false), so it is not recorded,"
+                        f" and statements before the failing one stay: {cause}")
+            elif self.action == "apply":
+                text = (f"migration {migration.version} {migration.name} failed and was"
+                        f" rolled back, so it is not applied: {cause}")
+            else:
+                text = (f"rollback of migration {migration.version} {migration.name} failed,"
+                        f" so it stays applied and unchanged: {cause}")
+            error = ReplyError(
+                MIGRATION_FAILED, text, **self._done_field(), failed=migration.entry(error=cause)
+            )
+            raise _with_dry_run(error, self.dry_run) from exc
+
+
+_DOWN_OF = {"py": "down() function", "sql": "-- migrate:down section"}  # by file kind
+
+
+def _reply_of(plain: bool, entries: list[Entry]) -> Reply:
+    """A rollback's reply: the seed's shape for a plain one, the list for a series."""
+    if plain:
+        (only,) = entries
+        return {"type": "migration_rolled_back", "version": only["version"],
+                "name": only["name"]}
+    return _rolled_back_reply(entries)
+
+
+def _refusal(problems: list[Entry]) -> ReplyError:
+    said = "; ".join(
+        f"migration {p['version']} {p['name']} is {p['kind'].replace('_', ' ')}"
+        for p in problems
+    )
+    return ReplyError(
+        PRECONDITION_FAILED,
+        f"validation found problems, so nothing was applied: {said}",
+        problems=problems,
+    )
+
+
+def _with_dry_run(reply: Any, dry_run: bool) -> Any:
+    """A reply body or ReplyError, marked as the outcome of a dry run when it was one."""
+    if not dry_run:
+        return reply
+    if isinstance(reply, ReplyError):
+        reply.extra = {**reply.extra, "dry_run": True}
+        return reply
+    return {**reply, "dry_run": True}
+
+
+def _applied_reply(entries: list[Entry]) -> Reply:
     return {"type": "migrations_applied", "count": len(entries), "migrations": entries}
 
 
-def _function(module: object, name: str) -> Callable[[Any], object] | None:
-    function = getattr(module, name, None)
-    return function if callable(function) else None
+def _rolled_back_reply(entries: list[Entry]) -> Reply:
+    return {"type": "migrations_rolled_back", "count": len(entries), "migrations": entries}
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from worker.sql_file import split_statements
+
 
 class MigrationDB:
     def __init__(self, connection: sqlite3.Connection) -> None:
@@ -26,28 +28,19 @@ class MigrationDB:
         return self._connection.executemany(sql, rows)
 
     def executescript(self, script: str) -> None:
-        """Run several `;`-separated statements in the current transaction, in order."""
-        for statement in split_statements(script):
+        """Run several `;`-separated statements in the current transaction, in order.
+
+        Each runs as written (see sql_file.split_statements). Raises sqlite3.Error from the
+        first statement that fails, and sql_file.IncompleteStatement (a
+        sqlite3.ProgrammingError) before running anything if the script ends inside one.
+        """
+        statements = list(split_statements(script))
+        for statement in statements:
             self._connection.execute(statement)
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple]:
         """Run one statement and return all its rows."""
         return self._connection.execute(sql, params).fetchall()
-
-
-def split_statements(script: str) -> Iterator[str]:
-    """Yield each complete statement of a script (semicolons in strings and triggers kept)."""
-    pending = ""
-    pieces = script.split(";")
-    for index, piece in enumerate(pieces):
-        # The last piece has no `;` of its own; a newline first ends a trailing `--` comment.
-        pending += piece + (";" if index < len(pieces) - 1 else "\n;")
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \t\r\n;"):
-                yield pending  # comment-only statements run as harmless no-ops
-            pending = ""
-    if pending.strip(" \t\r\n;"):
-        raise sqlite3.ProgrammingError(f"incomplete SQL statement: {pending.strip()[:80]!r}")
 
 
 def _refuse_transaction_control(action: int, *_: Any) -> int:

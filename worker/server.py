@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from broker import codec
+from broker import codec, kinds
 from broker.errors import CRASH, MALFORMED_REQUEST, UNKNOWN_TYPE, ReplyError
 from broker.monitor import pending_events
 from broker.stopping import StopRequest
 from worker.engine import Engine, Interrupted
+from worker.params import Params
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
@@ -63,14 +64,18 @@ class WorkerServer:
         self.idle_since = time.monotonic()
         self._last_body: dict[str, Any] | None = None
         self._last_packed = b""
-        self.handlers: dict[str, Callable[[bytes], dict[str, Any]]] = {
+        self.handlers: dict[str, Callable[[bytes, Params], dict[str, Any]]] = {
             "migrate": engine.migrate,
             "rollback": engine.rollback,
+            "baseline": engine.baseline,
             "status": engine.status,
+            "validate": engine.validate,
+            "history": engine.history,
             "health": self.health,
         }
+        assert self.handlers.keys() == kinds.WORKER_KINDS, "broker/kinds.py lists them all"
 
-    def health(self, request_id: bytes) -> dict[str, Any]:
+    def health(self, request_id: bytes, params: Params) -> dict[str, Any]:
         return {
             "type": "health_ok",
             "worker_pid": os.getpid(),
@@ -252,7 +257,7 @@ class WorkerServer:
                 known = ", ".join(["init", *self.handlers])
                 raise ReplyError(UNKNOWN_TYPE, f"unknown request type {kind!r}; known: {known}")
             log.debug("request %s: %s", request_id.hex(), kind)
-            body = handler(request_id)
+            body = handler(request_id, _params(request))
         except Interrupted as stop:
             log.info("request %s not finished: %s", request_id and request_id.hex(), stop)
             return request_id, None
@@ -264,3 +269,14 @@ class WorkerServer:
             log.exception("request failed unexpectedly")
             body = ReplyError(CRASH, f"the worker failed unexpectedly: {exc}").body()
         return request_id, body
+
+
+def _params(request: dict[str, Any]) -> Params:
+    """The request's fields and sender; raises error 12 when they are not shaped as sent."""
+    fields = request.get("params", {})
+    src = request.get("src")
+    if not isinstance(fields, dict):
+        raise ReplyError(MALFORMED_REQUEST, "params must be a map of the request's fields")
+    if src is not None and not isinstance(src, str):
+        raise ReplyError(MALFORMED_REQUEST, "src must be a string")
+    return Params(fields, src)

@@ -1,4 +1,4 @@
-"""SQLite storage: the connection, explicit transactions, the tracking table and stored replies.
+"""SQLite storage: the connection, transactions, tracking rows, history and stored replies.
 
 This is the store interface the engine talks to; a PostgreSQL store will offer the same
 methods. Python's sqlite3 implicit transactions are off (autocommit mode): every write goes
@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from broker import codec
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
+from worker.migration_db import MigrationDB, guarded
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,19 @@ CREATE TABLE IF NOT EXISTS schema_migration_replies (
     reply BLOB NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schema_migration_history (
+    seq INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    duration_ms REAL NOT NULL,
+    src TEXT,
+    request_id BLOB
+);
 """
+TABLES = ("schema_migrations", "schema_migration_replies", "schema_migration_history")
 
 
 class AppliedMigration(NamedTuple):
@@ -51,6 +64,30 @@ class AppliedMigration(NamedTuple):
     checksum: str
     applied_seq: int  # order of application: rollback reverts the highest
     request_id: bytes | None  # the request that applied it, so a resent request can tell
+
+
+class Event(NamedTuple):
+    """One apply, rollback or baseline in the history, as recorded in its transaction."""
+
+    version: int
+    name: str
+    action: str  # "apply", "rollback" or "baseline"
+    checksum: str
+    started_at: str  # ISO 8601, UTC
+    duration_ms: float
+    src: str | None  # who sent the request
+    request_id: bytes | None
+
+
+class ForeignKeyViolation(Exception):
+    """Rows that reference missing rows, found before a commit with foreign keys off."""
+
+    def __init__(self, tables: list[str]) -> None:
+        super().__init__(
+            "PRAGMA foreign_key_check found rows without their parent in "
+            + ", ".join(tables)
+        )
+        self.tables = tables
 
 
 class SqliteStore:
@@ -65,7 +102,7 @@ class SqliteStore:
         self.connection.execute("PRAGMA foreign_keys = ON")
         # Durability: a migration reported as applied survives a power cut.
         self.connection.execute("PRAGMA synchronous = FULL")
-        self._schema_ready = False
+        self._schema_ready = False  # every tracking table exists
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
 
@@ -79,23 +116,55 @@ class SqliteStore:
                 if statement.strip():
                     self.connection.execute(statement)
 
-    def _has_schema(self) -> bool:
-        if not self._schema_ready:
-            row = self.connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-            ).fetchone()
-            self._schema_ready = row is not None
-        return self._schema_ready
+    def _has(self, table: str) -> bool:
+        """True if the tracking table exists (they all do once this store has written)."""
+        if self._schema_ready:
+            return True
+        row = self.connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        return row is not None
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, commit: bool = True, foreign_keys: bool = True) -> Iterator[None]:
         """One write transaction: all of its statements reach the disk, or none do.
 
         BEGIN IMMEDIATE takes the write lock up front, so a migration never fails halfway
-        because another program started writing. Raises ReplyError(TEMPORARILY_UNAVAILABLE)
-        when the database stays busy or locked for BUSY_TIMEOUT_S; any other failure to
-        begin (a read-only or broken file) is raised as the sqlite3 error it is.
+        because another program started writing. With `commit` false (a dry run) the
+        transaction is rolled back at the end instead, whatever happened in it. With
+        `foreign_keys` false, foreign keys are off for the transaction (SQLite ignores the
+        pragma inside one, so it is set before BEGIN) and checked before the end: raises
+        ForeignKeyViolation, after rolling back, when rows lost their parent.
+
+        Raises ReplyError(TEMPORARILY_UNAVAILABLE) when the database stays busy or locked
+        for BUSY_TIMEOUT_S; any other failure to begin (a read-only or broken file) is
+        raised as the sqlite3 error it is.
         """
+        if not foreign_keys:
+            self.connection.execute("PRAGMA foreign_keys = OFF")
+        try:
+            self._begin()
+            try:
+                self._ensure_schema()
+                yield
+                if not foreign_keys:
+                    self.check_foreign_keys()
+                self.connection.execute("COMMIT" if commit else "ROLLBACK")
+            except BaseException:
+                if self.connection.in_transaction:
+                    self.connection.execute("ROLLBACK")
+                raise
+        finally:
+            if not foreign_keys:
+                self.connection.execute("PRAGMA foreign_keys = ON")
+        if not commit:
+            return
+        self._schema_ready = True
+        self.commits += 1
+        if self._crash_hook is not None:
+            self._crash_hook.fire_if_armed()
+
+    def _begin(self) -> None:
         try:
             self.connection.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -105,18 +174,32 @@ class SqliteStore:
                 TEMPORARILY_UNAVAILABLE,
                 f"the database is locked by another program ({exc}); try again later",
             ) from exc
-        try:
-            self._ensure_schema()
-            yield self.connection
-            self.connection.execute("COMMIT")
-        except BaseException:
+
+    @contextmanager
+    def migration_db(self, in_transaction: bool = True) -> Iterator[MigrationDB]:
+        """The `db` that migration code gets: inside the open transaction, or (for a
+        migration that cannot run in one) in autocommit mode.
+
+        Raises RuntimeError afterwards if the migration ended the transaction itself, or
+        left one open when it had none.
+        """
+        if not in_transaction:
+            # Nothing of ours to protect (VACUUM, say, runs its own transaction inside).
+            yield MigrationDB(self.connection)
             if self.connection.in_transaction:
                 self.connection.execute("ROLLBACK")
-            raise
-        self._schema_ready = True
-        self.commits += 1
-        if self._crash_hook is not None:
-            self._crash_hook.fire_if_armed()
+                raise RuntimeError("the migration left a transaction open")
+            return
+        with guarded(self.connection) as db:
+            yield db
+        if not self.connection.in_transaction:
+            raise RuntimeError("the migration ended the transaction itself")
+
+    def check_foreign_keys(self) -> None:
+        """Raise ForeignKeyViolation if rows reference missing rows (foreign keys off)."""
+        rows = self.connection.execute("PRAGMA foreign_key_check").fetchall()
+        if rows:
+            raise ForeignKeyViolation(sorted({row[0] for row in rows}))
 
     def data_version(self) -> int:
         """Changes when another connection commits; with `commits`, tells if anything changed."""
@@ -124,7 +207,7 @@ class SqliteStore:
 
     def applied(self) -> list[AppliedMigration]:
         """Every recorded migration, in version order."""
-        if not self._has_schema():
+        if not self._has("schema_migrations"):
             return []
         rows = self.connection.execute(
             "SELECT version, name, checksum, applied_seq, request_id"
@@ -157,9 +240,44 @@ class SqliteStore:
         """Mark a migration not applied; call inside the transaction that ran its down()."""
         self.connection.execute("DELETE FROM schema_migrations WHERE version = ?", (version,))
 
+    def record_event(self, event: Event) -> None:
+        """Add an apply, rollback or baseline to the history, inside its own transaction."""
+        self.connection.execute(
+            "INSERT INTO schema_migration_history (version, name, action, checksum,"
+            " started_at, duration_ms, src, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            event,
+        )
+
+    def history(self, limit: int | None = None) -> list[Event]:
+        """The history, oldest first: every event, or the `limit` most recent."""
+        if not self._has("schema_migration_history"):
+            return []
+        columns = "version, name, action, checksum, started_at, duration_ms, src, request_id"
+        if limit is None:
+            query = f"SELECT {columns} FROM schema_migration_history ORDER BY seq"
+            rows = self.connection.execute(query)
+        else:
+            query = (
+                f"SELECT {columns} FROM (SELECT seq, {columns} FROM schema_migration_history"
+                " ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+            )
+            rows = self.connection.execute(query, (limit,))
+        return [Event(*row) for row in rows]
+
+    def events_of(self, request_id: bytes, action: str) -> list[Event]:
+        """What one request did of `action`, oldest first (to resume it after a crash)."""
+        if not self._has("schema_migration_history"):
+            return []
+        rows = self.connection.execute(
+            "SELECT version, name, action, checksum, started_at, duration_ms, src, request_id"
+            " FROM schema_migration_history WHERE request_id = ? AND action = ? ORDER BY seq",
+            (request_id, action),
+        )
+        return [Event(*row) for row in rows]
+
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
         """The reply already given to this request id, if it was stored."""
-        if not self._has_schema():
+        if not self._has("schema_migration_replies"):
             return None
         row = self.connection.execute(
             "SELECT reply FROM schema_migration_replies WHERE request_id = ?", (request_id,)

@@ -1,0 +1,15 @@
+"""The request types of the wire contract, and which of them only read.
+
+Said once, here, for both ends: the worker serves exactly these (its handler table is
+checked against them at start), and the node uses READS to order requests: a read changes
+nothing and is not stored, so it may run again after a crash and is pipelined freely, while
+every other request waits until everything before it is answered (broker/client.py).
+`init` is the front node's own and never reaches the worker.
+"""
+
+from __future__ import annotations
+
+READS = frozenset({"status", "health", "validate", "history"})
+WRITES = frozenset({"migrate", "rollback", "baseline"})
+WORKER_KINDS = READS | WRITES
+NODE_KINDS = frozenset({"init"})

@@ -1,0 +1,54 @@
+"""A request's fields as the worker received them, each read with its type checked.
+
+Every handler reads the fields it takes through one of these, so a field of the wrong type
+is always the same error 12 naming it; fields a handler does not take are ignored, as
+Maelstrom bodies may carry more.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.errors import MALFORMED_REQUEST, ReplyError
+
+JSON_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+              list: "an array", dict: "an object", type(None): "null"}
+
+
+class Params:
+    def __init__(self, fields: dict[str, Any], src: str | None = None) -> None:
+        self.fields = fields
+        self.src = src  # who sent the request (the envelope's src), for the history
+
+    def integer(self, name: str, minimum: int) -> int | None:
+        """The integer field `name` (None when absent); raises error 12 unless it is an
+        integer of at least `minimum`."""
+        if name not in self.fields:
+            return None
+        value = self.fields[name]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _wrong(name, f"an integer, not {_json_name(value)}")
+        if value < minimum:
+            raise _wrong(name, f"at least {minimum}, not {value}")
+        return value
+
+    def flag(self, name: str) -> bool:
+        """The boolean field `name` (False when absent); raises error 12 for another type."""
+        value = self.fields.get(name, False)
+        if not isinstance(value, bool):
+            raise _wrong(name, f"true or false, not {_json_name(value)}")
+        return value
+
+    def at_most_one(self, *names: str) -> None:
+        """Raise error 12 when more than one of `names` is given: they are alternatives."""
+        given = [name for name in names if name in self.fields]
+        if len(given) > 1:
+            raise ReplyError(MALFORMED_REQUEST, f"give {' or '.join(given)}, not both")
+
+
+def _wrong(name: str, expected: str) -> ReplyError:
+    return ReplyError(MALFORMED_REQUEST, f"{name} must be {expected}")
+
+
+def _json_name(value: object) -> str:
+    return JSON_NAMES.get(type(value), type(value).__name__)

@@ -1,0 +1,221 @@
+"""Reading SQL migration files (dbmate's format) into their sections' statements.
+
+    -- migrate:foreign_keys off           optional, on any line       -> SqlFile.foreign_keys
+    -- migrate:up transaction:false       options optional            -> SqlFile.transaction
+    CREATE TABLE users (...);             one string per statement,   -> SqlFile.up
+    CREATE TRIGGER ... BEGIN ...; END;      exactly as written
+    -- migrate:down
+    DROP TABLE users;                     no such section: None       -> SqlFile.down
+
+Directive lines are found line by line before any SQL is read, as dbmate finds them: a line
+inside a multi-line string or block comment that looks like a directive is read as one.
+Statements are never rewritten, because SQLite keeps a CREATE statement's text (its comments
+included) in its schema.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from typing import NamedTuple
+
+# `--` at the very start of a line, then `migrate:` and a name; the rest are options.
+DIRECTIVE = re.compile(r"^--[ \t]*migrate:(\S*)(.*)$", re.MULTILINE)
+# Whitespace (SQLite's set), `;` and complete comments: nothing that executes.
+NOISE = re.compile(r"(?:[ \t\n\v\f\r;]+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
+SHOWN_CHARS = 80  # of a statement or a name quoted in an error
+
+
+class SqlFile(NamedTuple):
+    """A parsed SQL migration: the statements of its sections and what it declares."""
+
+    up: list[str]
+    down: list[str] | None  # None: the file has no `-- migrate:down` section
+    foreign_keys: bool  # False: the file declares `-- migrate:foreign_keys off`
+    transaction: bool  # False: a section marker says `transaction:false`
+
+
+class SqlFileError(ValueError):
+    """A SQL migration file that cannot be read as one; the text names the file and line."""
+
+
+class IncompleteStatement(sqlite3.ProgrammingError):
+    """The script ends inside a statement: an unclosed quote, comment or BEGIN ... END."""
+
+    def __init__(self, statement: str, offset: int) -> None:
+        super().__init__(f"incomplete SQL statement: {statement.strip()[:SHOWN_CHARS]!r}")
+        self.statement = statement
+        self.offset = offset  # where it starts in the script
+
+
+class _Marker(NamedTuple):
+    line: int
+    start: int  # offset of the marker line
+    body: int  # offset just past it, where the section's text begins
+
+
+def decode(source: bytes, filename: str) -> str:
+    """The text of a SQL file's bytes (a leading UTF-8 byte order mark is dropped).
+
+    Raises SqlFileError naming the line of the first byte that is not UTF-8.
+    """
+    try:
+        return source.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = source.count(b"\n", 0, exc.start) + 1
+        raise SqlFileError(
+            f"{filename} line {line}: byte {exc.start} is not valid UTF-8; save the file as UTF-8"
+        ) from None
+
+
+def parse(text: str, filename: str) -> SqlFile:
+    """The sections of a SQL migration file, each split into its statements as written.
+
+    Raises SqlFileError, naming `filename` and the line, for a file without a
+    `-- migrate:up` line, a second up or down marker, a down marker before the up one,
+    SQL before the up marker, an unknown directive or option, or a section that ends
+    inside a statement.
+    """
+    markers: dict[str, _Marker] = {}
+    foreign_keys, foreign_keys_line = True, 0
+    transaction = True
+    for match in DIRECTIVE.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        name, options = match[1], match[2].split()
+        where = f"{filename} line {line}"
+        if name in ("up", "down"):
+            if name in markers:
+                raise SqlFileError(
+                    f"{where}: a second '-- migrate:{name}'"
+                    f" (the first is on line {markers[name].line})"
+                )
+            if name == "down" and "up" not in markers:
+                raise SqlFileError(f"{where}: '-- migrate:down' comes before '-- migrate:up'")
+            transaction = _transaction_option(options, name, where) and transaction
+            markers[name] = _Marker(line, match.start(), match.end() + 1)
+        elif name == "foreign_keys":
+            if foreign_keys_line:
+                raise SqlFileError(
+                    f"{where}: a second '-- migrate:foreign_keys'"
+                    f" (the first is on line {foreign_keys_line})"
+                )
+            foreign_keys, foreign_keys_line = _foreign_keys_option(options, where), line
+        else:
+            raise SqlFileError(
+                f"{where}: unknown directive {_shown('-- migrate:' + name)}"
+                " (known: up, down, foreign_keys)"
+            )
+    up = markers.get("up")
+    if up is None:
+        raise SqlFileError(f"{filename} has no '-- migrate:up' line, so it has nothing to apply")
+    _refuse_sql_before(text[: up.start], filename)
+    down = markers.get("down")
+    up_end = len(text) if down is None else down.start
+    up_statements = _statements(text[up.body : up_end], "up", up.line + 1, filename)
+    down_statements = (
+        None if down is None else _statements(text[down.body :], "down", down.line + 1, filename)
+    )
+    return SqlFile(up_statements, down_statements, foreign_keys, transaction)
+
+
+def split_statements(script: str) -> Iterator[str]:
+    """Yield each statement of `script` in order, exactly as written.
+
+    A statement ends at a `;` that sqlite3.complete_statement accepts, so one inside a
+    string, a comment or a trigger's BEGIN ... END does not end it; the last statement may
+    lack its `;`. Text holding only comments, whitespace and `;` yields nothing.
+
+    Raises IncompleteStatement (a sqlite3.ProgrammingError) if the script ends inside a
+    statement or a block comment.
+    """
+    start = 0
+    end = script.find(";")
+    while end != -1:
+        candidate = script[start : end + 1]
+        if sqlite3.complete_statement(candidate):
+            if has_code(candidate):
+                yield candidate
+            start = end + 1
+        end = script.find(";", end + 1)
+    tail = script[start:]
+    if has_code(tail):
+        # The newline ends a trailing `--` comment, which would otherwise swallow the `;`.
+        if not sqlite3.complete_statement(tail + "\n;"):
+            raise IncompleteStatement(tail, start)
+        yield tail
+
+
+def has_code(sql: str) -> bool:
+    """Whether `sql` holds anything but whitespace, comments and `;` (an unclosed
+    block comment counts as code, so that it is reported rather than ignored)."""
+    return _code_start(sql) < len(sql)
+
+
+def _code_start(sql: str) -> int:
+    """The offset of the first character of `sql` that is not noise; len(sql) if none."""
+    match = NOISE.match(sql)
+    return match.end() if match else 0  # NOISE matches the empty string: always a match
+
+
+def _transaction_option(options: list[str], marker: str, where: str) -> bool:
+    """The `transaction:` option of a section marker (True when absent).
+
+    Raises SqlFileError for any other option, a value other than true or false, or a
+    repeated option.
+    """
+    transaction: bool | None = None
+    for option in options:
+        key, _, value = option.partition(":")
+        if key != "transaction":
+            raise SqlFileError(
+                f"{where}: unknown option {_shown(option)} after '-- migrate:{marker}'"
+                " (known: transaction:true, transaction:false)"
+            )
+        if value not in ("true", "false"):
+            raise SqlFileError(
+                f"{where}: option transaction takes true or false, not {_shown(value)}"
+            )
+        if transaction is not None:
+            raise SqlFileError(f"{where}: option transaction is given twice")
+        transaction = value == "true"
+    return transaction is not False
+
+
+def _foreign_keys_option(options: list[str], where: str) -> bool:
+    """What `-- migrate:foreign_keys` declares; raises SqlFileError unless it is off or on."""
+    if options not in (["off"], ["on"]):
+        raise SqlFileError(
+            f"{where}: '-- migrate:foreign_keys' takes 'off' or 'on',"
+            f" not {_shown(' '.join(options))}"
+        )
+    return options == ["on"]
+
+
+def _refuse_sql_before(prologue: str, filename: str) -> None:
+    """Raises SqlFileError if the text before `-- migrate:up` holds more than comments."""
+    if has_code(prologue):
+        first = _code_start(prologue)
+        line = prologue.count("\n", 0, first) + 1
+        raise SqlFileError(
+            f"{filename} line {line}: SQL before '-- migrate:up' belongs to no section:"
+            f" {_shown(prologue[first:].strip())}"
+        )
+
+
+def _statements(section: str, name: str, first_line: int, filename: str) -> list[str]:
+    """The statements of one section; raises SqlFileError if it ends inside one."""
+    try:
+        return list(split_statements(section))
+    except IncompleteStatement as exc:
+        begins = exc.offset + _code_start(exc.statement)
+        line = first_line + section.count("\n", 0, begins)
+        raise SqlFileError(
+            f"{filename} line {line}: the {name} section ends inside this statement"
+            f" (an unclosed quote, comment or BEGIN ... END?): {_shown(section[begins:])}"
+        ) from None
+
+
+def _shown(text: str) -> str:
+    """`text` quoted for an error, cut to its first SHOWN_CHARS characters."""
+    return repr(text.rstrip()[:SHOWN_CHARS])
