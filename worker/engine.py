@@ -247,24 +247,27 @@ class Engine:
         ]
         last_seq = max((row.applied_seq for row in applied), default=0)
         run = _Run(self, request_id, src, "apply", done, dry_run, plain=False)
-        for seq, migration in enumerate(run.each(pending), start=last_seq + 1):
+        seq = last_seq
 
-            def record(step: Step, elapsed_ms: float, seq: int = seq) -> None:
-                self.store.record(
-                    step.migration.version,
-                    step.migration.name,
-                    step.loaded.checksum,
-                    elapsed_ms,
-                    seq,
-                    request_id,
-                )
-                run.record_event(step, elapsed_ms)
-                if not dry_run and step.migration is pending[-1]:
-                    entry = step.migration.entry(status="applied")
-                    self.store.store_reply(request_id, _applied_reply([*done, entry]))
+        def record(step: Step, elapsed_ms: float) -> None:
+            self.store.record(
+                step.migration.version,
+                step.migration.name,
+                step.loaded.checksum,
+                elapsed_ms,
+                seq,
+                request_id,
+            )
+            run.record_event(step, elapsed_ms)
+            if not dry_run and step.migration is pending[-1]:
+                entry = step.migration.entry(status="applied")
+                self.store.store_reply(request_id, _applied_reply([*done, entry]))
 
-            run.take(migration, record)
-            log.info("applied %s %s", migration.version, migration.name)
+        with run.series(pending) as steps:
+            for migration in steps:
+                seq += 1
+                run.take(migration, record)
+                log.info("applied %s %s", migration.version, migration.name)
         return _with_dry_run(_applied_reply(done), dry_run)
 
     # -- rollback --------------------------------------------------------------------------
@@ -317,9 +320,10 @@ class Engine:
                 entry = step.migration.entry(status="rolled_back")
                 self.store.store_reply(request_id, _reply_of(plain, [*done, entry]))
 
-        for migration in run.each(migrations):
-            run.take(migration, unrecord)
-            log.info("rolled back %s %s", migration.version, migration.name)
+        with run.series(migrations) as steps:
+            for migration in steps:
+                run.take(migration, unrecord)
+                log.info("rolled back %s %s", migration.version, migration.name)
         return _with_dry_run(_reply_of(plain, done), dry_run)
 
     def _file_of(self, row: AppliedMigration, done: list[Entry], dry_run: bool) -> Migration:
@@ -433,13 +437,12 @@ class _Run:
         self._started_at = ""
         self._current: Loaded | None = None  # the real run's step in progress
 
-    def each(self, migrations: list[Migration]) -> Iterator[Migration]:
-        """Yield the migrations to take, one by one, inside the dry run's one transaction."""
+    @contextmanager
+    def series(self, migrations: list[Migration]) -> Iterator[Iterator[Migration]]:
+        """The migrations to take, one by one; for a dry run, inside its one transaction,
+        which is rolled back however the series ends."""
         if not self.dry_run:
-            for migration in migrations:
-                if self.engine.should_stop():
-                    raise Interrupted(f"stopped before migration {migration.version}")
-                yield migration
+            yield self._until_stopped(migrations)
             return
         to_run, failure = [], None
         for migration in migrations:
@@ -453,10 +456,16 @@ class _Run:
         # if one step needs them off, and then checked after every step instead.
         self._dry_foreign_keys = all(loaded.foreign_keys for loaded in self._loaded.values())
         with self.store.transaction(commit=False, foreign_keys=self._dry_foreign_keys):
-            yield from to_run
+            yield iter(to_run)
             if failure is not None:
                 with self._failing_as(failure[0]):
                     raise failure[1]
+
+    def _until_stopped(self, migrations: list[Migration]) -> Iterator[Migration]:
+        for migration in migrations:
+            if self.engine.should_stop():
+                raise Interrupted(f"stopped before migration {migration.version}")
+            yield migration
 
     def take(self, migration: Migration, finish: Callable[[Step, float], None]) -> None:
         """Take one step: run up() or down(), then `finish` it (its tracking row, history
