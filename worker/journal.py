@@ -169,6 +169,8 @@ def _cut(what: str) -> str:
     """`what` with lone surrogates replaced, cut at a character to MAX_WHAT_BYTES as encoded."""
     # Undecodable file names reach us as lone surrogates, which UTF-8 cannot encode.
     text = what.encode(errors="replace").decode()
+    if len(json.dumps(text, ensure_ascii=False).encode()) - 2 <= MAX_WHAT_BYTES:
+        return text  # the usual case, on the hot path: one dumps, not one per character
     size = 0
     for index, char in enumerate(text):
         # Costs add up per character: ensure_ascii=False escapes each one on its own.
