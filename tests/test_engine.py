@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import worker.store
+import worker.sqlite_store
 from broker.errors import (
     MIGRATION_FAILED,
     PRECONDITION_FAILED,
@@ -27,7 +27,7 @@ from worker.catalog import Catalog, DuplicateVersion, checksum_of
 from worker.engine import Engine, Interrupted
 from worker.journal import NoJournal
 from worker.params import Params
-from worker.store import SqliteStore
+from worker.sqlite_store import SqliteStore
 
 Reply = dict[str, Any]
 
@@ -888,7 +888,7 @@ def test_a_down_whose_record_cannot_be_deleted_leaves_everything(node: Node) -> 
 def test_a_locked_database_answers_temporarily_unavailable_and_runs_nothing(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker.store, "BUSY_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(worker.sqlite_store, "BUSY_TIMEOUT_S", 0.1)
     marker = node.folder.parent / "marker.log"
     marker_migration(node, "0001_marked.py", marker, fail=False)
     engine = node.engine()
@@ -911,7 +911,7 @@ def test_a_locked_database_answers_temporarily_unavailable_and_runs_nothing(
 def test_a_locked_database_fails_rollback_with_temporarily_unavailable(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker.store, "BUSY_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(worker.sqlite_store, "BUSY_TIMEOUT_S", 0.1)
     node.table_migration("0001_one.py", "one")
     engine = node.engine()
     engine.migrate(b"m1")
@@ -945,7 +945,7 @@ class LockBefore(NoJournal):
 def test_a_lock_taken_between_two_migrations_answers_11_with_what_was_applied(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker.store, "BUSY_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(worker.sqlite_store, "BUSY_TIMEOUT_S", 0.1)
     node.table_migration("0001_one.py", "one")
     node.table_migration("0002_two.py", "two")
     journal = LockBefore(node.db, "migration 2 ")

@@ -23,9 +23,8 @@ from broker.stopping import Stopped, StopRequest
 from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.journal import CrashJournal
-from worker.lock import AlreadyOwned, OwnerLock
 from worker.server import WorkerServer
-from worker.store import SqliteStore
+from worker.store import AlreadyOwned, Store, open_store
 
 log = logging.getLogger("worker")
 LOG_BUFFER_LINES = 1000  # info lines held before they are written anyway
@@ -110,15 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level)
     catalog = Catalog(Path(args.migrations).resolve())
-    lock: OwnerLock | None = None
+    store: Store | None = None
     try:
         where = endpoint.for_database(args.db)
         if args.bind and args.bind.startswith("ipc://"):
             endpoint.check_ipc_address(args.bind)
         count = len(catalog.migrations())
-        lock = OwnerLock(where.lock_path)
+        store = open_store(str(where.database))
         with stop.interruptible():
-            lock.acquire(endpoint.owner_note(os.getpid(), catalog.folder), wait=args.wait)
+            store.acquire_owner(endpoint.owner_note(os.getpid(), catalog.folder), args.wait)
         curve = None
         if args.keys:
             from broker import keys  # only TCP workers pay for it
@@ -126,19 +125,19 @@ def main(argv: list[str] | None = None) -> int:
             curve = keys.for_worker(args.keys)
         if args.bind and not args.bind.startswith("ipc://") and curve is None:
             raise ValueError(f"--bind {args.bind} leaves this machine: --keys is required")
-        store = SqliteStore(where.database)
         journal = CrashJournal(where.journal_path)  # read by the owner only
     except Stopped:
         log.info("stopped while waiting for the owner lock of %s", args.db)
+        _close(store)
         return 0
     except AlreadyOwned as exc:
         log.warning("not starting: database %s is already owned: %s", args.db, exc)
+        _close(store)
         return EXIT_OWNED
     except (ReplyError, OSError, ValueError, sqlite3.Error) as exc:
         # A start-up error: say why once, with an exit status that stops restarts.
         log.error("cannot start: %s", getattr(exc, "text", exc))
-        if lock is not None:
-            lock.release()
+        _close(store)
         return EXIT_CONFIG
     server = WorkerServer(
         Engine(
@@ -158,10 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.run(context)
     finally:
-        store.close()
+        _close(store)
         context.term()
-        lock.release()
     return 0
+
+
+def _close(store: Store | None) -> None:
+    """Let go of the database: the owner lock, then the connection."""
+    if store is not None:
+        store.release_owner()
+        store.close()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from broker.errors import (
 from worker.catalog import Catalog, Loaded, Migration, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
-from worker.store import AppliedMigration, Event, SqliteStore
+from worker.store import AppliedMigration, Event, Store
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Step(NamedTuple):
 class Engine:
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         catalog: Catalog,
         should_stop: Callable[[], bool] = lambda: False,
         journal: CrashJournal | None = None,

@@ -1,0 +1,278 @@
+"""The SQLite store: one connection, explicit transactions, the owner lock beside the file.
+
+Python's sqlite3 implicit transactions are off (autocommit mode): every write goes through
+`transaction()`, which issues BEGIN IMMEDIATE / COMMIT / ROLLBACK itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from broker import codec, endpoint
+from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
+from worker.lock import OwnerLock
+from worker.migration_db import MigrationDB, guarded
+from worker.store import (
+    KEEP_REPLIES,
+    AppliedMigration,
+    CrashHook,
+    Event,
+    ForeignKeyViolation,
+    Store,
+)
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 5.0  # how long BEGIN IMMEDIATE waits for another program's write lock
+BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes): worth a retry
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at TEXT NOT NULL,
+    execution_ms REAL NOT NULL,
+    applied_seq INTEGER NOT NULL,
+    request_id BLOB
+);
+CREATE TABLE IF NOT EXISTS schema_migration_replies (
+    seq INTEGER PRIMARY KEY,
+    request_id BLOB NOT NULL UNIQUE,
+    reply BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schema_migration_history (
+    seq INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    duration_ms REAL NOT NULL,
+    src TEXT,
+    request_id BLOB
+);
+"""
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._owner = OwnerLock(endpoint.lock_file(path))
+        # Autocommit mode: sqlite3 must never open or commit a transaction behind our back.
+        self.connection = sqlite3.connect(
+            path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
+        )
+        # Reading the header now makes a file that is not a database a start-up error.
+        self.connection.execute("PRAGMA schema_version")
+        self.connection.execute("PRAGMA foreign_keys = ON")
+        # Durability: a migration reported as applied survives a power cut.
+        self.connection.execute("PRAGMA synchronous = FULL")
+        self._schema_ready = False  # every tracking table exists
+        self.commits = 0  # transactions this store committed; with data_version(), a change stamp
+        self._crash_hook = CrashHook.from_environment()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def acquire_owner(self, note: bytes, wait: bool = False) -> None:
+        """flock() on `<db>.lock` beside the file; the kernel drops it when we die."""
+        self._owner.acquire(note, wait=wait)
+
+    def release_owner(self) -> None:
+        self._owner.release()
+
+    def _ensure_schema(self) -> None:
+        """Create the tracking tables in the first write, so read-only work never writes."""
+        if not self._schema_ready:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.connection.execute(statement)
+
+    def _has(self, table: str) -> bool:
+        """True if the tracking table exists (they all do once this store has written)."""
+        if self._schema_ready:
+            return True
+        row = self.connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        return row is not None
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True, foreign_keys: bool = True) -> Iterator[None]:
+        """One write transaction: all of its statements reach the disk, or none do.
+
+        BEGIN IMMEDIATE takes the write lock up front, so a migration never fails halfway
+        because another program started writing. With `commit` false (a dry run) the
+        transaction is rolled back at the end instead, whatever happened in it. With
+        `foreign_keys` false, foreign keys are off for the transaction (SQLite ignores the
+        pragma inside one, so it is set before BEGIN) and checked before the end: raises
+        ForeignKeyViolation, after rolling back, when rows lost their parent.
+
+        Raises ReplyError(TEMPORARILY_UNAVAILABLE) when the database stays busy or locked
+        for BUSY_TIMEOUT_S; any other failure to begin (a read-only or broken file) is
+        raised as the sqlite3 error it is.
+        """
+        if not foreign_keys:
+            self.connection.execute("PRAGMA foreign_keys = OFF")
+        try:
+            self._begin()
+            try:
+                self._ensure_schema()
+                yield
+                if not foreign_keys:
+                    self.check_foreign_keys()
+                self.connection.execute("COMMIT" if commit else "ROLLBACK")
+            except BaseException:
+                if self.connection.in_transaction:
+                    self.connection.execute("ROLLBACK")
+                raise
+        finally:
+            if not foreign_keys:
+                self.connection.execute("PRAGMA foreign_keys = ON")
+        if not commit:
+            return
+        self._schema_ready = True
+        self.commits += 1
+        if self._crash_hook is not None:
+            self._crash_hook.fire_if_armed()
+
+    def _begin(self) -> None:
+        try:
+            self.connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in BUSY_CODES:
+                raise
+            raise ReplyError(
+                TEMPORARILY_UNAVAILABLE,
+                f"the database is locked by another program ({exc}); try again later",
+            ) from exc
+
+    @contextmanager
+    def migration_db(self, in_transaction: bool = True) -> Iterator[MigrationDB]:
+        """The `db` that migration code gets: inside the open transaction, or (for a
+        migration that cannot run in one) in autocommit mode.
+
+        Raises RuntimeError afterwards if the migration ended the transaction itself, or
+        left one open when it had none.
+        """
+        if not in_transaction:
+            # Nothing of ours to protect (VACUUM, say, runs its own transaction inside).
+            yield MigrationDB(self.connection)
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+                raise RuntimeError("the migration left a transaction open")
+            return
+        with guarded(self.connection) as db:
+            yield db
+        if not self.connection.in_transaction:
+            raise RuntimeError("the migration ended the transaction itself")
+
+    def check_foreign_keys(self) -> None:
+        """Raise ForeignKeyViolation if rows reference missing rows (foreign keys off)."""
+        rows = self.connection.execute("PRAGMA foreign_key_check").fetchall()
+        if rows:
+            raise ForeignKeyViolation(sorted({row[0] for row in rows}))
+
+    def data_version(self) -> int:
+        """Changes when another connection commits; with `commits`, tells if anything changed."""
+        return self.connection.execute("PRAGMA data_version").fetchone()[0]
+
+    def applied(self) -> list[AppliedMigration]:
+        """Every recorded migration, in version order."""
+        if not self._has("schema_migrations"):
+            return []
+        rows = self.connection.execute(
+            "SELECT version, name, checksum, applied_seq, request_id"
+            " FROM schema_migrations ORDER BY version"
+        )
+        return [AppliedMigration(*row) for row in rows]
+
+    def record(
+        self,
+        version: int,
+        name: str,
+        checksum: str,
+        execution_ms: float,
+        applied_seq: int,
+        request_id: bytes,
+    ) -> None:
+        """Mark a migration applied; call inside the transaction that ran its up().
+
+        `applied_seq` orders applications (one more than the highest recorded). The single
+        writer knows it, so no index or scan of the table is needed to find it.
+        """
+        self.connection.execute(
+            "INSERT INTO schema_migrations"
+            " (version, name, checksum, applied_at, execution_ms, applied_seq, request_id)"
+            " VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?, ?, ?)",
+            (version, name, checksum, execution_ms, applied_seq, request_id),
+        )
+
+    def unrecord(self, version: int) -> None:
+        """Mark a migration not applied; call inside the transaction that ran its down()."""
+        self.connection.execute("DELETE FROM schema_migrations WHERE version = ?", (version,))
+
+    def record_event(self, event: Event) -> None:
+        """Add an apply, rollback or baseline to the history, inside its own transaction."""
+        self.connection.execute(
+            "INSERT INTO schema_migration_history (version, name, action, checksum,"
+            " started_at, duration_ms, src, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            event,
+        )
+
+    def history(self, limit: int | None = None) -> list[Event]:
+        """The history, oldest first: every event, or the `limit` most recent."""
+        if not self._has("schema_migration_history"):
+            return []
+        columns = "version, name, action, checksum, started_at, duration_ms, src, request_id"
+        if limit is None:
+            query = f"SELECT {columns} FROM schema_migration_history ORDER BY seq"
+            rows = self.connection.execute(query)
+        else:
+            query = (
+                f"SELECT {columns} FROM (SELECT seq, {columns} FROM schema_migration_history"
+                " ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+            )
+            rows = self.connection.execute(query, (limit,))
+        return [Event(*row) for row in rows]
+
+    def events_of(self, request_id: bytes, action: str) -> list[Event]:
+        """What one request did of `action`, oldest first (to resume it after a crash)."""
+        if not self._has("schema_migration_history"):
+            return []
+        rows = self.connection.execute(
+            "SELECT version, name, action, checksum, started_at, duration_ms, src, request_id"
+            " FROM schema_migration_history WHERE request_id = ? AND action = ? ORDER BY seq",
+            (request_id, action),
+        )
+        return [Event(*row) for row in rows]
+
+    def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
+        """The reply already given to this request id, if it was stored."""
+        if not self._has("schema_migration_replies"):
+            return None
+        row = self.connection.execute(
+            "SELECT reply FROM schema_migration_replies WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else codec.unpack(row[0], codec.MAX_REPLY_BYTES)
+
+    def store_reply(self, request_id: bytes, reply: dict[str, Any]) -> None:
+        """Keep a reply for resends; call inside the transaction whose effect it reports."""
+        cursor = self.connection.execute(
+            "INSERT OR REPLACE INTO schema_migration_replies (request_id, reply, created_at)"
+            " VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            (request_id, codec.pack(reply)),
+        )
+        self.connection.execute(
+            "DELETE FROM schema_migration_replies WHERE seq <= ?",
+            (cursor.lastrowid - KEEP_REPLIES,),
+        )
+
+
