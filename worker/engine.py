@@ -90,7 +90,7 @@ class Engine:
         The reply is kept while neither the folder nor the database changes, and the same
         object is returned. This store's own commits are counted; the folder and other
         programs' commits (data_version, which costs a file lock) are checked once per batch
-        of requests received together: those are concurrent, so one snapshot answers them all.
+        (the requests of one message, sent together): one snapshot answers them all.
         """
         if not self._status_checked or self._status_stamp.commits != self.store.commits:
             migrations = self.catalog.migrations()

@@ -165,7 +165,6 @@ class WorkerServer:
         A message holds one or more requests (a frame each); the replies to them go back in
         one message, two frames per reply, in the same order.
         """
-        self.engine.new_batch()
         try:
             self._serve_messages(router)
         finally:
@@ -178,6 +177,9 @@ class WorkerServer:
             if self.stop.requested or not router.getsockopt(EVENTS) & POLLIN:
                 return
             peer, *requests = router.recv_multipart()
+            # The requests of one message were sent together, so one snapshot of the folder
+            # and database answers them; a later message may follow a reply already sent.
+            self.engine.new_batch()
             replies = []
             for frame in requests[: codec.MAX_MESSAGE_REQUESTS] or [b""]:
                 request_id, packed = self._execute(frame)
