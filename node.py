@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker import endpoint
+from broker import database_url, endpoint
 from broker.errors import MALFORMED_REQUEST, ReplyError
 from broker.framing import Malformed, RequestFramer
 from broker.replies import OrderedReplies
@@ -41,7 +41,9 @@ log = logging.getLogger("node")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--db", default="migrations.db", help="SQLite file (default: ./migrations.db)"
+        "--db",
+        default="migrations.db",
+        help="SQLite file (default: ./migrations.db) or postgresql://user@host:port/dbname",
     )
     parser.add_argument(
         "--migrations",
@@ -84,7 +86,10 @@ def connect(args: argparse.Namespace) -> WorkerClient:
     supervisor = None
     if not args.connect:
         where = endpoint.for_database(args.db)
-        supervisor = WorkerSupervisor(where, args.migrations)
+        password = None
+        if database_url.is_url(args.db):
+            password = database_url.split_password(args.db)[1]
+        supervisor = WorkerSupervisor(where, args.migrations, password)
         supervisor.ensure()
     # Imported only now (ZeroMQ is most of a node's start-up), so that it overlaps the
     # worker's own start-up on another core.

@@ -14,6 +14,8 @@ import stat
 from pathlib import Path
 from typing import NamedTuple
 
+from broker import database_url
+
 try:
     # The built-in BLAKE2, as hashlib.blake2b, without hashlib's OpenSSL: loading that costs a
     # front node almost 4 MB of memory for this one hash.
@@ -26,7 +28,7 @@ MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
 
 class Endpoint(NamedTuple):
-    database: Path  # the real path of the SQLite file
+    database: Path | str  # the real path of the SQLite file, or the URL without its password
     address: str  # the ZeroMQ address the worker binds and nodes connect to
     lock_path: Path  # held by the owning worker for its whole life
     log_path: Path  # stderr of workers spawned by a node
@@ -77,16 +79,26 @@ def check_ipc_address(address: str) -> None:
 
 
 def for_database(database: str | os.PathLike[str]) -> Endpoint:
+    """Where the worker of `database` (a SQLite file, or a PostgreSQL URL) lives."""
+    if database_url.is_url(str(database)):
+        public, _ = database_url.split_password(str(database))
+        key = blake2b(database_url.identity(public).encode(), digest_size=12).hexdigest()
+        # A server's worker keeps its local owner lock in the runtime directory.
+        return _endpoint(public, key, runtime_dir() / f"{key}.lock")
     real = Path(os.path.realpath(database))
     key = blake2b(os.fsencode(real), digest_size=12).hexdigest()
+    return _endpoint(real, key, lock_file(real))
+
+
+def _endpoint(database: Path | str, key: str, lock_path: Path) -> Endpoint:
     directory = runtime_dir()
     socket_path = directory / f"{key}.sock"
     if len(os.fsencode(socket_path)) > MAX_UNIX_PATH:
         raise ValueError(f"socket path {socket_path} is too long; set {RUNTIME_DIR_ENV} shorter")
     return Endpoint(
-        database=real,
+        database=database,
         address=f"ipc://{socket_path}",
-        lock_path=lock_file(real),
+        lock_path=lock_path,
         log_path=directory / f"{key}.log",
         journal_path=directory / f"{key}.running",
     )
@@ -110,10 +122,10 @@ def owner_note(pid: int, migrations: Path) -> bytes:
     return os.fsencode(f"{pid}\n{migrations}\n")
 
 
-def read_owner(database: str | os.PathLike[str]) -> Owner:
-    """The owner the lock file names (fields None when absent or unreadable)."""
+def read_owner(lock_path: Path) -> Owner:
+    """The owner a lock file names (fields None when absent or unreadable)."""
     try:
-        with open(lock_file(database), "rb") as lock:
+        with open(lock_path, "rb") as lock:
             lines = lock.read(8192).split(b"\n")
     except OSError:
         return Owner(None, None)

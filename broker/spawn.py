@@ -41,9 +41,12 @@ class WorkerConfigError(Exception):
 
 
 class WorkerSupervisor:
-    def __init__(self, where: endpoint.Endpoint, migrations: Path) -> None:
+    def __init__(
+        self, where: endpoint.Endpoint, migrations: Path, password: str | None = None
+    ) -> None:
         self.where = where
         self.migrations = migrations
+        self.password = password  # a server's, for the worker's environment, never its argv
         self.spawned = 0
         self.sentinel: int | None = None  # pidfd of our live child, readable once it exits
         self._child: subprocess.Popen[bytes] | None = None
@@ -65,7 +68,7 @@ class WorkerSupervisor:
         if time.monotonic() < self._next_spawn:
             return
         self._log_offset = log_size(self.where)
-        self._child = spawn_worker(self.where, self.migrations)
+        self._child = spawn_worker(self.where, self.migrations, self.password)
         self.sentinel = _pidfd(self._child.pid)
         self.spawned += 1
         log.info("started worker pid %d for %s", self._child.pid, self.where.database)
@@ -73,7 +76,7 @@ class WorkerSupervisor:
     def _check_folder(self) -> None:
         """Raise WorkerConfigError if the running worker serves another migrations folder:
         one database has one worker, and requests from here would run that folder's files."""
-        owner = endpoint.read_owner(self.where.database)
+        owner = endpoint.read_owner(self.where.lock_path)
         if owner.migrations is not None and owner.migrations != str(self.migrations):
             raise WorkerConfigError(
                 f"the worker of {self.where.database} (pid {owner.pid}) serves the migrations"
@@ -133,9 +136,14 @@ class WorkerSupervisor:
         return True
 
 
-def spawn_worker(where: endpoint.Endpoint, migrations: Path) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    where: endpoint.Endpoint, migrations: Path, password: str | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a detached worker for `where`; a server's password travels in its environment
+    (PGPASSWORD, read by libpq), where other users cannot read it, not in its argv."""
     import subprocess  # only a node that starts a worker pays for it
 
+    env = {**os.environ, "PGPASSWORD": password} if password is not None else None
     command = [
         sys.executable,
         "-m",
@@ -155,6 +163,7 @@ def spawn_worker(where: endpoint.Endpoint, migrations: Path) -> subprocess.Popen
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log_file,
+            env=env,
             start_new_session=True,
         )
 

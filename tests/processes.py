@@ -19,7 +19,7 @@ def gone(pid: int) -> bool:
 
 def lock_owner(database: Path) -> int | None:
     """The pid the database's owning worker wrote into its lock file, if any."""
-    return endpoint.read_owner(database).pid
+    return endpoint.read_owner(endpoint.lock_file(database)).pid
 
 
 def alive_owner(database: Path) -> int | None:

@@ -16,13 +16,14 @@ from typing import TextIO
 
 import zmq
 
-from broker import endpoint
+from broker import database_url, endpoint
 from broker.errors import ReplyError
 from broker.exits import EXIT_CONFIG, EXIT_OWNED
 from broker.stopping import Stopped, StopRequest
 from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.journal import CrashJournal
+from worker.lock import OwnerLock
 from worker.server import WorkerServer
 from worker.store import AlreadyOwned, Store, open_store
 
@@ -111,13 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     catalog = Catalog(Path(args.migrations).resolve())
     store: Store | None = None
     try:
+        if database_url.is_url(args.db):
+            # A password given in the URL goes where libpq finds it, and nowhere else.
+            _, password = database_url.split_password(args.db)
+            if password is not None:
+                os.environ["PGPASSWORD"] = password
         where = endpoint.for_database(args.db)
         if args.bind and args.bind.startswith("ipc://"):
             endpoint.check_ipc_address(args.bind)
         count = len(catalog.migrations())
-        store = open_store(str(where.database))
+        store = open_store(where)
+        note = endpoint.owner_note(os.getpid(), catalog.folder)
         with stop.interruptible():
-            store.acquire_owner(endpoint.owner_note(os.getpid(), catalog.folder), args.wait)
+            if isinstance(where.database, str):
+                # A server's worker also owns a local lock, which nodes here read.
+                local = OwnerLock(where.lock_path)
+                local.acquire(note, wait=args.wait)
+            store.acquire_owner(note, args.wait)
         curve = None
         if args.keys:
             from broker import keys  # only TCP workers pay for it

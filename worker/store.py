@@ -16,9 +16,9 @@ import os
 import signal
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any, NamedTuple
 
+from broker.endpoint import Endpoint
 from worker.lock import AlreadyOwned
 
 __all__ = ["AlreadyOwned", "AppliedMigration", "CrashHook", "Event", "ForeignKeyViolation",
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 KEEP_REPLIES = 10_000  # stored replies kept for resent requests; older ones are pruned
 CRASH_AFTER_COMMIT_ENV = "MIGRATIONS_TEST_CRASH_AFTER_COMMIT"  # test hook, see CrashHook
-URL_SCHEMES = ("postgresql://", "postgres://")
 
 
 class AppliedMigration(NamedTuple):
@@ -146,19 +145,15 @@ class Store(ABC):
         effect it reports."""
 
 
-def is_url(db: str) -> bool:
-    return db.startswith(URL_SCHEMES)
-
-
-def open_store(db: str) -> Store:
-    """The store for `--db`: a PostgreSQL URL, or else the path of a SQLite file."""
-    if is_url(db):
+def open_store(where: Endpoint) -> Store:
+    """The store for a worker's endpoint: a PostgreSQL URL's, or a SQLite file's."""
+    if isinstance(where.database, str):
         from worker.postgres_store import PostgresStore  # only a PostgreSQL worker loads psycopg
 
-        return PostgresStore(db)
+        return PostgresStore(where.database)
     from worker.sqlite_store import SqliteStore
 
-    return SqliteStore(Path(db))
+    return SqliteStore(where.database)
 
 
 class CrashHook:

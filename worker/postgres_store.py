@@ -1,0 +1,823 @@
+"""The PostgreSQL store: one psycopg connection, explicit transactions, an advisory owner lock.
+
+    PostgresStore(url, table="schema_migrations", schema="public")
+        <schema>.<table>            tracking rows    (SQLite: schema_migrations)
+        <schema>.<table>_replies    stored replies   (SQLite: schema_migration_replies)
+        <schema>.<table>_history    history          (SQLite: schema_migration_history)
+
+The connection is in autocommit mode: every write goes through `transaction()`, which issues
+BEGIN / COMMIT / ROLLBACK itself, as the SQLite store does. The tracking tables are created
+in the first write, so read-only work never writes. Their `seq` columns take the highest
+value plus one (no sequence), so a dry run, rolled back, leaves no trace in them at all.
+
+Migration code gets a `db` with SQLite's methods and parameter style: `?` with a sequence,
+`:name` with a mapping, translated to psycopg's outside strings, quoted identifiers,
+comments and dollar quotes (see `to_psycopg`). Unqualified names in migrations follow the
+connection's search_path (set it in the URL: `?options=-csearch_path%3Dapp`); `schema`
+places only the tracking tables.
+
+Where PostgreSQL differs from SQLite, and what this store does about it:
+- Foreign keys off (`-- migrate:foreign_keys off`, `FOREIGN_KEYS = False`) is `SET
+  CONSTRAINTS ALL DEFERRED`: it defers only constraints declared DEFERRABLE (others stay
+  checked per statement), and the check before COMMIT names the first table PostgreSQL
+  finds, not every one.
+- A statement that waits for a lock longer than the session's lock_timeout (LOCK_TIMEOUT_S
+  unless the URL or the server sets one), a serialization failure and a deadlock are
+  ReplyError(TEMPORARILY_UNAVAILABLE), like SQLite's busy database: the step is rolled back.
+- PostgreSQL aborts a transaction at its first failing statement, so a migration that
+  catches a database error and carries on fails (SQLite would let it continue).
+- The owner lock is a session-level advisory lock: it needs a real session (not a
+  transaction-pooling proxy such as PgBouncer in transaction mode) and dies with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors, sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
+
+from broker import codec
+from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
+from worker.lock import AlreadyOwned
+from worker.store import KEEP_REPLIES, AppliedMigration, CrashHook, Event, ForeignKeyViolation
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT_S = 5  # how long a statement waits for a lock (SQLite's busy timeout), if unset
+CONNECT_TIMEOUT_S = 10  # libpq waits for the system's TCP timeout otherwise, if unset
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL cuts longer names silently (NAMEDATALEN - 1)
+SUFFIXES = ("", "_replies", "_history")  # the tracking tables: <table><suffix>
+# Worth a retry, like SQLite's busy and locked: nothing of the step stays.
+RETRY_ERRORS = (errors.LockNotAvailable, errors.SerializationFailure, errors.DeadlockDetected)
+SECRET_OPTIONS = ("password", "sslpassword")  # never in a log line or an error text
+APPLICATION_NAME = "migrations worker pid {pid} on {host}"  # how pg_stat_activity shows us
+OUR_APPLICATION = re.compile(r"migrations worker pid (\d+) on (.*)\Z")
+OWNER_ATTEMPTS = 3  # tries of the owner lock while its holder is seen to let go
+LOCK_KEY_PREFIX = "migrations-node owner of "  # keeps our advisory keys apart from others'
+UTC_NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS {migrations} (
+        version bigint PRIMARY KEY,
+        name text NOT NULL,
+        checksum text NOT NULL,
+        applied_at text NOT NULL,
+        execution_ms double precision NOT NULL,
+        applied_seq bigint NOT NULL,
+        request_id bytea
+    )""",
+    """CREATE TABLE IF NOT EXISTS {replies} (
+        seq bigint PRIMARY KEY,
+        request_id bytea NOT NULL UNIQUE,
+        reply bytea NOT NULL,
+        created_at text NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS {history} (
+        seq bigint PRIMARY KEY,
+        version bigint NOT NULL,
+        name text NOT NULL,
+        action text NOT NULL,
+        checksum text NOT NULL,
+        started_at text NOT NULL,
+        duration_ms double precision NOT NULL,
+        src text,
+        request_id bytea
+    )""",
+)
+
+STATEMENTS = {
+    "applied": "SELECT version, name, checksum, applied_seq, request_id"
+    " FROM {migrations} ORDER BY version",
+    "record": "INSERT INTO {migrations}"
+    " (version, name, checksum, applied_at, execution_ms, applied_seq, request_id)"
+    f" VALUES (%s, %s, %s, {UTC_NOW}, %s, %s, %s)",
+    "unrecord": "DELETE FROM {migrations} WHERE version = %s",
+    "record_event": f"INSERT INTO {{history}} (seq, {EVENT_COLUMNS})"
+    " SELECT coalesce(max(seq), 0) + 1, %s::bigint, %s::text, %s::text, %s::text, %s::text,"
+    " %s::double precision, %s::text, %s::bytea FROM {history}",
+    "history": f"SELECT {EVENT_COLUMNS} FROM {{history}} ORDER BY seq",
+    "recent_history": f"SELECT {EVENT_COLUMNS} FROM (SELECT seq, {EVENT_COLUMNS}"
+    " FROM {history} ORDER BY seq DESC LIMIT %s) AS recent ORDER BY seq",
+    "events_of": f"SELECT {EVENT_COLUMNS} FROM {{history}}"
+    " WHERE request_id = %s AND action = %s ORDER BY seq",
+    "stored_reply": "SELECT reply FROM {replies} WHERE request_id = %s",
+    # INSERT OR REPLACE, as on SQLite: a replaced reply moves to the end of the order.
+    "store_reply": "INSERT INTO {replies} (seq, request_id, reply, created_at)"
+    f" SELECT coalesce(max(seq), 0) + 1, %s::bytea, %s::bytea, {UTC_NOW} FROM {{replies}}"
+    " ON CONFLICT (request_id) DO UPDATE SET seq = excluded.seq, reply = excluded.reply,"
+    " created_at = excluded.created_at RETURNING seq",
+    "prune_replies": "DELETE FROM {replies} WHERE seq <= %s",
+    "data_version": "SELECT (SELECT coalesce(max(seq), 0) FROM {history}),"
+    " (SELECT count(*) FROM {migrations})",
+}
+
+EXISTING_TABLES = (
+    "SELECT c.relname FROM pg_catalog.pg_class c"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')"
+)
+SCHEMA_EXISTS = "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s"
+# Who holds a bigint advisory key: pg_locks splits it into classid (high) and objid (low).
+LOCK_HOLDER = (
+    "SELECT l.pid, a.application_name, host(a.client_addr), a.client_hostname"
+    " FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    " AND l.database = (SELECT oid FROM pg_catalog.pg_database"
+    " WHERE datname = current_database())"
+    " AND ((l.classid::bigint << 32) | l.objid::bigint) = %s"
+)
+
+
+class TransactionControlRefused(psycopg.ProgrammingError):
+    """Migration code tried to begin, end or prepare the transaction the engine owns."""
+
+
+class PostgresStore:
+    def __init__(self, url: str, table: str = "schema_migrations", schema: str = "public") -> None:
+        """Connect to the database at `url` (a libpq URL or key=value string).
+
+        Raises ValueError for a malformed URL or a table or schema name PostgreSQL would
+        cut, and ConnectionError (an OSError) when the server cannot be reached or refuses
+        us; neither text holds the password.
+        """
+        _check_names(table, schema)
+        self.database = describe(url)  # for logs and errors: no password in it
+        self.schema = schema
+        self.table = table
+        self.tracking = f"{schema}.{table}"
+        self.connection = _connect(url, self.database)
+        try:
+            self._configure()
+            names = {
+                key: sql.Identifier(schema, table + suffix)
+                for key, suffix in zip(("migrations", "replies", "history"), SUFFIXES, strict=True)
+            }
+            self._schema = [
+                sql.SQL(statement).format(**names).as_string(self.connection)
+                for statement in SCHEMA
+            ]
+            self._sql = {
+                key: sql.SQL(statement).format(**names).as_string(self.connection)
+                for key, statement in STATEMENTS.items()
+            }
+        except BaseException:
+            self.connection.close()
+            raise
+        self._tables = {key: table + suffix for key, suffix in zip(
+            ("migrations", "replies", "history"), SUFFIXES, strict=True)}
+        self._lock_key = owner_lock_key(schema, table)
+        self._owner = False  # this session holds the advisory owner lock
+        self._deferred = False  # inside a transaction with foreign keys off
+        self._schema_ready = False  # every tracking table exists
+        self._existing: set[str] = set()  # tracking tables seen to exist, outside transactions
+        self.commits = 0  # transactions this store committed; with data_version(), a change stamp
+        self._crash_hook = CrashHook.from_environment()
+        log.debug("connected to %s, tracking in %s", self.database, self.tracking)
+
+    def _configure(self) -> None:
+        """A lock wait ends like SQLite's busy timeout, unless the URL or server chose."""
+        (lock_timeout,) = self.connection.execute("SHOW lock_timeout").fetchone()
+        if lock_timeout == "0":
+            self.connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+
+    def close(self) -> None:
+        """Close the connection; the owner lock, if held, goes with it."""
+        self.connection.close()
+
+    # -- the owner lock --------------------------------------------------------------------
+
+    def acquire_owner(self, note: bytes = b"", wait: bool = False) -> None:
+        """Become the only worker of this tracking table: a session-level advisory lock on
+        a key derived from its schema-qualified name (see owner_lock_key), held until
+        release_owner() or the end of the connection, however the process ends.
+
+        Raises AlreadyOwned naming the holder (its worker pid and host when it is one of
+        ours, its backend pid and client address when visible) if `wait` is false. With
+        `wait`, blocks until the holder goes (lock_timeout does not end that wait); an
+        exception raised during the wait (a stop signal's) cancels it and closes the
+        connection. `note` is not kept: PostgreSQL knows us by the application_name
+        set at connect.
+        """
+        if self._owner:
+            return
+        if wait:
+            self._wait_for_owner_lock()
+        else:
+            self._try_owner_lock()
+        self._owner = True
+
+    def _try_owner_lock(self) -> None:
+        for _ in range(OWNER_ATTEMPTS):
+            (taken,) = self._run(
+                "SELECT pg_try_advisory_lock(%s)", (self._lock_key,)
+            ).fetchone()
+            if taken:
+                return
+            holder = self._holder()
+            if holder is not None:
+                raise AlreadyOwned(holder)
+            # The holder let go between the two queries (a session ends a moment after
+            # its client closes): worth another try.
+        raise AlreadyOwned(
+            f"{self.tracking} in {self.database} is taken and let go by other sessions"
+            " again and again; try again"
+        )
+
+    def _wait_for_owner_lock(self) -> None:
+        connection = self.connection
+        try:
+            connection.execute("BEGIN")
+            connection.execute("SET LOCAL lock_timeout = 0")
+            connection.execute("SELECT pg_advisory_lock(%s)", (self._lock_key,))
+            connection.execute("COMMIT")
+        except BaseException:
+            # psycopg cancels only on KeyboardInterrupt; a server-side lock wait does not
+            # notice a closed socket, so it is cancelled first, then the session ended.
+            if connection.info.transaction_status == TransactionStatus.ACTIVE:
+                try:
+                    getattr(connection, "cancel_safe", connection.cancel)()
+                except Exception as exc:
+                    log.warning("could not cancel the wait for the owner lock: %s", exc)
+            connection.close()
+            raise
+
+    def _holder(self) -> str | None:
+        """Who holds the owner lock, for AlreadyOwned; None if nobody does any more."""
+        row = self._run(LOCK_HOLDER, (self._lock_key,)).fetchone()
+        if row is None:
+            return None
+        where = f"{self.tracking} in {self.database}"
+        pid, application, address, hostname = row
+        seen = [f"PostgreSQL backend pid {pid}"]
+        client = hostname or address
+        if client:
+            seen.append(f"client {client}")
+        ours = OUR_APPLICATION.match(application or "")
+        if ours is not None:
+            return f"{where} is held by worker pid {ours[1]} on {ours[2]} ({', '.join(seen)})"
+        if application:
+            seen.append(f"application {application!r}")
+        return f"{where} is held by {', '.join(seen)}"
+
+    def release_owner(self) -> None:
+        if self._owner and not (self.connection.closed or self.connection.broken):
+            self._run("SELECT pg_advisory_unlock(%s)", (self._lock_key,))
+        self._owner = False
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def _run(self, query: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
+        with _retryable_as_unavailable():
+            return self.connection.execute(query, params)  # type: ignore[arg-type]
+
+    def _in_transaction(self) -> bool:
+        status = self.connection.info.transaction_status
+        return status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+    def _ensure_schema(self) -> None:
+        """Create what is missing of the tracking tables in the first write, so read-only
+        work never writes (and needs no right to create)."""
+        if self._schema_ready:
+            return
+        names = list(self._tables.values())
+        existing = {row[0] for row in self._run(EXISTING_TABLES, (self.schema, names))}
+        if len(existing) == len(names):
+            return
+        if self._run(SCHEMA_EXISTS, (self.schema,)).fetchone() is None:
+            self._run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(self.schema)).as_string(self.connection))
+        for name, statement in zip(names, self._schema, strict=True):
+            if name not in existing:
+                self._run(statement)
+
+    def _has(self, key: str) -> bool:
+        """True if the tracking table exists (they all do once this store has written).
+
+        A table seen outside a transaction is remembered: a server is a round trip away.
+        """
+        table = self._tables[key]
+        if self._schema_ready or table in self._existing:
+            return True
+        found = self._run(EXISTING_TABLES, (self.schema, [table])).fetchone() is not None
+        if found and not self._in_transaction():
+            self._existing.add(table)
+        return found
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True, foreign_keys: bool = True) -> Iterator[None]:
+        """One write transaction: all of its statements commit, or none do.
+
+        With `commit` false (a dry run) the transaction is rolled back at the end instead,
+        whatever happened in it. With `foreign_keys` false, deferrable constraints are
+        deferred for the transaction and checked before the end: raises
+        ForeignKeyViolation, after rolling back, when rows lost their parent.
+
+        Raises ReplyError(TEMPORARILY_UNAVAILABLE) when a statement waited for a lock past
+        lock_timeout, or hit a serialization failure or deadlock; any other failure is
+        raised as the psycopg error it is.
+        """
+        self._run("BEGIN")
+        try:
+            if not foreign_keys:
+                self._run("SET CONSTRAINTS ALL DEFERRED")
+                self._deferred = True
+            self._ensure_schema()
+            yield
+            if not foreign_keys:
+                self.check_foreign_keys()
+            if commit:
+                self._commit(foreign_keys)
+            else:
+                self._run("ROLLBACK")
+        except BaseException:
+            if self._in_transaction():
+                self.connection.execute("ROLLBACK")
+            raise
+        finally:
+            self._deferred = False
+        if not commit:
+            return
+        self._schema_ready = True
+        self.commits += 1
+        if self._crash_hook is not None:
+            self._crash_hook.fire_if_armed()
+
+    def _commit(self, foreign_keys: bool) -> None:
+        try:
+            self._run("COMMIT")
+        except errors.ForeignKeyViolation as exc:
+            if foreign_keys:
+                raise
+            raise ForeignKeyViolation([_table_of(exc)]) from exc
+
+    @contextmanager
+    def migration_db(self, in_transaction: bool = True) -> Iterator[PostgresMigrationDB]:
+        """The `db` that migration code gets: inside the open transaction, refusing
+        transaction control, or (for a migration that cannot run in one) in autocommit.
+
+        Raises RuntimeError afterwards if the migration ended the transaction itself, went
+        on after a failed statement (PostgreSQL then aborts the transaction), or left one
+        open when it had none.
+        """
+        if not in_transaction:
+            yield PostgresMigrationDB(self.connection, guarded=False)
+            if self._in_transaction():
+                self.connection.execute("ROLLBACK")
+                raise RuntimeError("the migration left a transaction open")
+            return
+        yield PostgresMigrationDB(self.connection, guarded=True)
+        status = self.connection.info.transaction_status
+        if status == TransactionStatus.IDLE:
+            raise RuntimeError("the migration ended the transaction itself")
+        if status == TransactionStatus.INERROR:
+            raise RuntimeError(
+                "a statement of the migration failed and the migration went on, so"
+                " PostgreSQL aborted its transaction"
+            )
+
+    def check_foreign_keys(self) -> None:
+        """Raise ForeignKeyViolation if rows reference missing rows: checks every deferred
+        constraint now (SET CONSTRAINTS ALL IMMEDIATE), then defers them again when the
+        transaction has foreign keys off. The transaction is aborted when it raises."""
+        try:
+            self._run("SET CONSTRAINTS ALL IMMEDIATE")
+        except errors.ForeignKeyViolation as exc:
+            raise ForeignKeyViolation([_table_of(exc)]) from exc
+        if self._deferred:
+            self._run("SET CONSTRAINTS ALL DEFERRED")
+
+    def data_version(self) -> int:
+        """A stamp that changes when any connection commits a change to the tracking rows.
+
+        PostgreSQL has no PRAGMA data_version; this is the newest history seq (every apply,
+        rollback and baseline adds one) combined with the number of tracking rows (a row
+        added or deleted by hand), one indexed max and one count. It misses a change that
+        does neither (an UPDATE of a row by hand). It moves for this store's commits too.
+        """
+        if not (self._has("migrations") and self._has("history")):
+            return 0
+        newest, count = self._run(self._sql["data_version"]).fetchone()
+        return newest << 32 | count
+
+    # -- tracking rows, history, stored replies --------------------------------------------
+
+    def applied(self) -> list[AppliedMigration]:
+        """Every recorded migration, in version order."""
+        if not self._has("migrations"):
+            return []
+        return [AppliedMigration(*row) for row in self._run(self._sql["applied"])]
+
+    def record(
+        self,
+        version: int,
+        name: str,
+        checksum: str,
+        execution_ms: float,
+        applied_seq: int,
+        request_id: bytes,
+    ) -> None:
+        """Mark a migration applied; call inside the transaction that ran its up()."""
+        self._run(
+            self._sql["record"],
+            (version, name, checksum, execution_ms, applied_seq, request_id),
+        )
+
+    def unrecord(self, version: int) -> None:
+        """Mark a migration not applied; call inside the transaction that ran its down()."""
+        self._run(self._sql["unrecord"], (version,))
+
+    def record_event(self, event: Event) -> None:
+        """Add an apply, rollback or baseline to the history, inside its own transaction."""
+        self._run(self._sql["record_event"], tuple(event))
+
+    def history(self, limit: int | None = None) -> list[Event]:
+        """The history, oldest first: every event, or the `limit` most recent."""
+        if not self._has("history"):
+            return []
+        if limit is None:
+            rows = self._run(self._sql["history"])
+        else:
+            rows = self._run(self._sql["recent_history"], (limit,))
+        return [Event(*row) for row in rows]
+
+    def events_of(self, request_id: bytes, action: str) -> list[Event]:
+        """What one request did of `action`, oldest first (to resume it after a crash)."""
+        if not self._has("history"):
+            return []
+        rows = self._run(self._sql["events_of"], (request_id, action))
+        return [Event(*row) for row in rows]
+
+    def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
+        """The reply already given to this request id, if it was stored."""
+        if not self._has("replies"):
+            return None
+        row = self._run(self._sql["stored_reply"], (request_id,)).fetchone()
+        return None if row is None else codec.unpack(row[0], codec.MAX_REPLY_BYTES)
+
+    def store_reply(self, request_id: bytes, reply: dict[str, Any]) -> None:
+        """Keep a reply for resends (the last KEEP_REPLIES); call inside the transaction
+        whose effect it reports."""
+        (seq,) = self._run(
+            self._sql["store_reply"], (request_id, codec.pack(reply))
+        ).fetchone()
+        self._run(self._sql["prune_replies"], (seq - KEEP_REPLIES,))
+
+
+class PostgresMigrationDB:
+    """The `db` a migration's up(db) and down(db) receive on PostgreSQL.
+
+    The same methods and parameter style as on SQLite (see to_psycopg). While guarded (the
+    migration runs in the engine's transaction), a statement that begins, ends or prepares
+    a transaction is refused with TransactionControlRefused before it is sent. The check
+    reads the leading keywords of each statement (see transaction_control); what runs
+    inside a function or procedure is not seen, but PostgreSQL itself refuses COMMIT and
+    ROLLBACK there while a transaction block is open.
+    """
+
+    def __init__(self, connection: psycopg.Connection[Any], guarded: bool) -> None:
+        self._connection = connection
+        self._guarded = guarded
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
+        """Run one statement with parameters (without, several `;`-separated ones may run,
+        exactly as written); returns its rows."""
+        self._refuse_transaction_control(sql)
+        query, values = to_psycopg(sql, params)
+        with _retryable_as_unavailable():
+            # Never prepared: a migration's DDL may change what a prepared plan returns.
+            return Rows(self._connection.execute(query, values, prepare=False))  # type: ignore[arg-type]
+
+    def executemany(
+        self, sql: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]
+    ) -> Rows:
+        """Run one statement once per row of parameters."""
+        self._refuse_transaction_control(sql)
+        rows = iter(rows)
+        first = next(rows, None)
+        cursor = self._connection.cursor()
+        if first is not None:
+            query = translate(sql, named=isinstance(first, Mapping))
+            with _retryable_as_unavailable():
+                cursor.executemany(query, itertools.chain([first], rows))  # type: ignore[arg-type]
+        return Rows(cursor)
+
+    def executescript(self, script: str) -> None:
+        """Run several `;`-separated statements in the current transaction, in order, in one
+        round trip. Raises the psycopg error of the first statement that fails."""
+        self._refuse_transaction_control(script)
+        with _retryable_as_unavailable():
+            self._connection.execute(script, prepare=False)  # type: ignore[arg-type]
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
+        """Run one statement and return all its rows ([] for one that returns none)."""
+        return self.execute(sql, params).fetchall()
+
+    def _refuse_transaction_control(self, sql: str) -> None:
+        if not self._guarded:
+            return
+        refused = transaction_control(sql)
+        if refused is not None:
+            raise TransactionControlRefused(
+                f"{refused} is refused: a migration runs inside the engine's transaction"
+                " and cannot begin, end or prepare one (SAVEPOINT is fine)"
+            )
+
+
+class Rows:
+    """What db.execute() returns: its rows, read as from a sqlite3 cursor, and nothing
+    that reaches the connection behind it."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._cursor = cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    def fetchone(self) -> tuple | None:
+        return self._cursor.fetchone() if self._cursor.description is not None else None
+
+    def fetchmany(self, size: int = 1) -> list[tuple]:
+        return self._cursor.fetchmany(size) if self._cursor.description is not None else []
+
+    def fetchall(self) -> list[tuple]:
+        return self._cursor.fetchall() if self._cursor.description is not None else []
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self.fetchall())
+
+
+# -- SQL text: quotes, comments, placeholders ----------------------------------------------
+
+OPENER = re.compile(r"['\"]|--|/\*|\$")
+DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")  # $$ or $tag$; $1 is a parameter
+BLOCK_COMMENT_PART = re.compile(r"/\*|\*/")
+QMARK = re.compile(r"[?%]")
+NAMED = re.compile(r"%|(?<!:):([^\W\d]\w*)")
+WORD_OR_END = re.compile(r"\w+|;")
+
+
+def _is_identifier_char(char: str) -> bool:
+    return char.isalnum() or char in "_$"
+
+
+def split_sql(text: str) -> Iterator[tuple[bool, str]]:
+    """Cut SQL into pieces, in order, each (is_code, piece): code, or one whole string
+    literal ('...', E'...' with backslash escapes), quoted identifier ("..."), comment
+    (-- to the end of the line, nested /* */) or dollar-quoted string ($$...$$,
+    $tag$...$tag$), delimiters included. An unclosed one runs to the end of the text
+    (PostgreSQL reports it). Assumes standard_conforming_strings on, the default.
+    """
+    code_start = position = 0
+    while (match := OPENER.search(text, position)) is not None:
+        start = opener = match.start()
+        token = match.group()
+        if token == "'":
+            escapes = (
+                start > 0 and text[start - 1] in "eE"
+                and not (start > 1 and _is_identifier_char(text[start - 2]))
+            )
+            end = _quote_end(text, start + 1, "'", escapes)
+        elif token == '"':
+            end = _quote_end(text, start + 1, '"', False)
+        elif token == "--":
+            newline = text.find("\n", start)
+            end = len(text) if newline == -1 else newline + 1
+        elif token == "/*":
+            end = _block_comment_end(text, start + 2)
+        else:
+            tag = DOLLAR_TAG.match(text, start)
+            if tag is None or (start > 0 and _is_identifier_char(text[start - 1])):
+                position = start + 1  # $1, or a $ inside a name such as a$b
+                continue
+            close = text.find(tag.group(), tag.end())
+            end = len(text) if close == -1 else close + len(tag.group())
+        if opener > code_start:
+            yield True, text[code_start:opener]
+        yield False, text[start:end]
+        code_start = position = end
+    if code_start < len(text):
+        yield True, text[code_start:]
+
+
+def _quote_end(text: str, position: int, quote: str, escapes: bool) -> int:
+    """The offset just past the quote closing one opened before `position`."""
+    while position < len(text):
+        char = text[position]
+        if escapes and char == "\\":
+            position += 2
+        elif char == quote:
+            if text.startswith(quote, position + 1):  # doubled: part of the text
+                position += 2
+            else:
+                return position + 1
+        else:
+            position += 1
+    return len(text)
+
+
+def _block_comment_end(text: str, position: int) -> int:
+    depth = 1  # PostgreSQL's block comments nest
+    for part in BLOCK_COMMENT_PART.finditer(text, position):
+        depth += 1 if part.group() == "/*" else -1
+        if depth == 0:
+            return part.end()
+    return len(text)
+
+
+def translate(text: str, named: bool = False) -> str:
+    """SQLite's placeholders made psycopg's: `?` becomes `%s` (or, with `named`, `:name`
+    becomes `%(name)s`, `::` casts untouched) in code only, and every `%` becomes `%%`,
+    everywhere, because psycopg reads `%` in strings and comments too."""
+    pattern = NAMED if named else QMARK
+    pieces = []
+    for is_code, piece in split_sql(text):
+        if is_code:
+            pieces.append(pattern.sub(_placeholder, piece))
+        else:
+            pieces.append(piece.replace("%", "%%"))
+    return "".join(pieces)
+
+
+def _placeholder(match: re.Match[str]) -> str:
+    if match.group() == "%":
+        return "%%"
+    if match.group() == "?":
+        return "%s"
+    return f"%({match[1]})s"
+
+
+def to_psycopg(
+    text: str, params: Sequence[Any] | Mapping[str, Any] | None
+) -> tuple[str, Sequence[Any] | Mapping[str, Any] | None]:
+    """The query and parameters to hand psycopg for SQLite-style `text` and `params`.
+
+    Without parameters the text goes as written (psycopg then reads no placeholder, so
+    `%`, `?` operators and `$1` in function bodies need nothing). With a sequence, `?` are
+    the placeholders; with a mapping, `:name`. Limits: with parameters, every `?` in code
+    is a placeholder, so PostgreSQL's `?`, `?|` and `?&` jsonb operators must be written
+    as jsonb_exists(), jsonb_exists_any(), jsonb_exists_all(); with a mapping, an array
+    slice `a[1:n]` reads `:n` as a name (write `a[1: n]`); SQLite's `?NNN`, `@name` and
+    `$name` forms are not offered.
+    """
+    if not params:
+        return text, None
+    return translate(text, named=isinstance(params, Mapping)), params
+
+
+def transaction_control(text: str) -> str | None:
+    """The leading words of the first statement in `text` that begins, ends or prepares a
+    transaction (BEGIN, START TRANSACTION, COMMIT, END, ROLLBACK, ABORT, PREPARE
+    TRANSACTION), or None. SAVEPOINT, RELEASE and ROLLBACK TO are allowed; words in
+    strings and comments, and the `;` of a BEGIN ATOMIC ... END function body, do not
+    count.
+    """
+    skeleton = "".join(
+        piece if is_code else (" " if piece[:2] in ("--", "/*") else " ' ")
+        for is_code, piece in split_sql(text)
+    )
+    leading: list[str] = []  # the first words of the statement being read
+    atomic_depth = 0  # inside BEGIN ATOMIC ... END, counting CASE ... END within
+    previous = ""
+    for match in WORD_OR_END.finditer(skeleton):
+        word = match.group().upper()
+        if word == ";":
+            if atomic_depth == 0:
+                if _controls_transaction(leading):
+                    return " ".join(leading)
+                leading = []
+            previous = word
+            continue
+        if len(leading) < 3:
+            leading.append(word)
+        if word == "ATOMIC" and previous == "BEGIN" and len(leading) > 2:
+            atomic_depth = 1
+        elif atomic_depth and word == "CASE":
+            atomic_depth += 1
+        elif atomic_depth and word == "END":
+            atomic_depth -= 1
+        previous = word
+    return " ".join(leading) if _controls_transaction(leading) else None
+
+
+def _controls_transaction(words: list[str]) -> bool:
+    if not words:
+        return False
+    first, rest = words[0], words[1:]
+    if first in ("BEGIN", "COMMIT", "END", "ABORT"):
+        return True
+    if first == "START":
+        return rest[:1] == ["TRANSACTION"]
+    if first == "PREPARE":
+        return rest[:1] == ["TRANSACTION"]
+    if first == "ROLLBACK":
+        if rest[:1] in (["WORK"], ["TRANSACTION"]):
+            rest = rest[1:]
+        return rest[:1] != ["TO"]
+    return False
+
+
+# -- connecting ----------------------------------------------------------------------------
+
+
+def describe(url: str) -> str:
+    """`postgresql://user@host:port/dbname` for a connection string, without its password.
+
+    Raises ValueError for a malformed one, without echoing it (libpq's message may quote
+    the password).
+    """
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        raise ValueError(
+            "the PostgreSQL connection string is malformed (not shown: it may hold a password)"
+        ) from None
+    user = params.get("user", "")
+    host = params.get("host", "")
+    port = params.get("port", "")
+    text = "postgresql://"
+    if user:
+        text += f"{user}@"
+    text += host if host and not host.startswith("/") else ""
+    if port:
+        text += f":{port}"
+    text += f"/{params.get('dbname', '')}"
+    if host.startswith("/"):
+        text += f" (socket in {host})"
+    return text
+
+
+def _connect(url: str, where: str) -> psycopg.Connection[Any]:
+    params = conninfo_to_dict(url)  # describe() has checked that it parses
+    extra: dict[str, Any] = {}
+    if "application_name" not in params and "PGAPPNAME" not in os.environ:
+        name = APPLICATION_NAME.format(pid=os.getpid(), host=socket.gethostname())
+        extra["application_name"] = name.encode()[:MAX_IDENTIFIER_BYTES].decode(errors="ignore")
+    if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
+        extra["connect_timeout"] = CONNECT_TIMEOUT_S
+    try:
+        return psycopg.connect(url, autocommit=True, **extra)
+    except psycopg.Error as exc:
+        text = str(exc)
+        for option in SECRET_OPTIONS:
+            secret = params.get(option)
+            if secret:
+                text = text.replace(str(secret), "***")
+        raise ConnectionError(f"cannot connect to {where}: {text.strip()}") from None
+
+
+def _check_names(table: str, schema: str) -> None:
+    """Raise ValueError for a name PostgreSQL would cut or refuse."""
+    if not table:
+        raise ValueError("the table name must not be empty")
+    longest = max(SUFFIXES, key=len)
+    for what, name in (("table", table + longest), ("schema", schema)):
+        if not name or "\x00" in name or len(name.encode()) > MAX_IDENTIFIER_BYTES:
+            raise ValueError(
+                f"the {what} name {name!r} must be 1 to {MAX_IDENTIFIER_BYTES} bytes without"
+                f" NUL{' (suffix included)' if what == 'table' else ''}"
+            )
+
+
+def owner_lock_key(schema: str, table: str) -> int:
+    """The advisory lock key of a tracking table: 64 bits of BLAKE2b of its quoted,
+    schema-qualified name, the same in every process and server version (hashtext()
+    promises neither). Advisory keys are per database, so one server serves many."""
+    qualified = ".".join('"' + name.replace('"', '""') + '"' for name in (schema, table))
+    digest = hashlib.blake2b((LOCK_KEY_PREFIX + qualified).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _table_of(exc: psycopg.Error) -> str:
+    return exc.diag.table_name or "an unnamed table"
+
+
+@contextmanager
+def _retryable_as_unavailable() -> Iterator[None]:
+    """Lock timeouts, serialization failures and deadlocks as error 11, like SQLite's busy."""
+    try:
+        yield
+    except RETRY_ERRORS as exc:
+        cause = exc.diag.message_primary or str(exc)
+        raise ReplyError(
+            TEMPORARILY_UNAVAILABLE,
+            f"the database is locked by another program ({cause}); try again later",
+        ) from exc
