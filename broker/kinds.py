@@ -12,4 +12,3 @@ from __future__ import annotations
 READS = frozenset({"status", "health", "validate", "history"})
 WRITES = frozenset({"migrate", "rollback", "baseline"})
 WORKER_KINDS = READS | WRITES
-NODE_KINDS = frozenset({"init"})

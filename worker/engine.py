@@ -310,7 +310,8 @@ class Engine:
                     dry_run,
                 )
             targets = newest_first[:wanted]
-        migrations = [self._file_of(row, done, dry_run) for row in targets]
+        files = {m.version: m for m in self.catalog.migrations()}
+        migrations = [self._file_of(row, files, done, dry_run) for row in targets]
         run = _Run(self, request_id, src, "rollback", done, dry_run, plain)
 
         def unrecord(step: Step, elapsed_ms: float) -> None:
@@ -326,10 +327,11 @@ class Engine:
                 log.info("rolled back %s %s", migration.version, migration.name)
         return _with_dry_run(_reply_of(plain, done), dry_run)
 
-    def _file_of(self, row: AppliedMigration, done: list[Entry], dry_run: bool) -> Migration:
-        for migration in self.catalog.migrations():
-            if migration.version == row.version:
-                return migration
+    def _file_of(
+        self, row: AppliedMigration, files: dict[int, Migration], done: list[Entry], dry_run: bool
+    ) -> Migration:
+        if row.version in files:
+            return files[row.version]
         raise _with_dry_run(
             ReplyError(
                 PRECONDITION_FAILED,
