@@ -23,7 +23,6 @@ from broker.stopping import Stopped, StopRequest
 from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.journal import CrashJournal
-from worker.lock import OwnerLock
 from worker.server import WorkerServer
 from worker.store import AlreadyOwned, Store, open_store
 
@@ -122,13 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             endpoint.check_ipc_address(args.bind)
         count = len(catalog.migrations())
         store = open_store(where)
-        note = endpoint.owner_note(os.getpid(), catalog.folder)
         with stop.interruptible():
-            if isinstance(where.database, str):
-                # A server's worker also owns a local lock, which nodes here read.
-                local = OwnerLock(where.lock_path)
-                local.acquire(note, wait=args.wait)
-            store.acquire_owner(note, args.wait)
+            store.acquire_owner(endpoint.owner_note(os.getpid(), catalog.folder), args.wait)
         curve = None
         if args.keys:
             from broker import keys  # only TCP workers pay for it

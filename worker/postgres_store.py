@@ -49,7 +49,7 @@ from psycopg.pq import TransactionStatus
 
 from broker import codec
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
-from worker.lock import AlreadyOwned
+from worker.lock import AlreadyOwned, OwnerLock
 from worker.store import KEEP_REPLIES, AppliedMigration, CrashHook, Event, ForeignKeyViolation
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,13 @@ class TransactionControlRefused(psycopg.ProgrammingError):
 
 
 class PostgresStore:
-    def __init__(self, url: str, table: str = "schema_migrations", schema: str = "public") -> None:
+    def __init__(
+        self,
+        url: str,
+        table: str = "schema_migrations",
+        schema: str = "public",
+        local_lock: OwnerLock | None = None,
+    ) -> None:
         """Connect to the database at `url` (a libpq URL or key=value string).
 
         Raises ValueError for a malformed URL or a table or schema name PostgreSQL would
@@ -179,6 +185,7 @@ class PostgresStore:
             ("migrations", "replies", "history"), SUFFIXES, strict=True)}
         self._lock_key = owner_lock_key(schema, table)
         self._owner = False  # this session holds the advisory owner lock
+        self._local_lock = local_lock  # the owner lock file on this machine, if any
         self._deferred = False  # inside a transaction with foreign keys off
         self._schema_ready = False  # every tracking table exists
         self._existing: set[str] = set()  # tracking tables seen to exist, outside transactions
@@ -212,6 +219,9 @@ class PostgresStore:
         """
         if self._owner:
             return
+        if self._local_lock is not None:
+            # Nodes on this machine read who owns the database from the local lock file.
+            self._local_lock.acquire(note, wait=wait)
         if wait:
             self._wait_for_owner_lock()
         else:
@@ -275,6 +285,8 @@ class PostgresStore:
         if self._owner and not (self.connection.closed or self.connection.broken):
             self._run("SELECT pg_advisory_unlock(%s)", (self._lock_key,))
         self._owner = False
+        if self._local_lock is not None:
+            self._local_lock.release()
 
     # -- transactions ----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 from broker.endpoint import Endpoint
-from worker.lock import AlreadyOwned
+from worker.lock import AlreadyOwned, OwnerLock
 
 __all__ = ["AlreadyOwned", "AppliedMigration", "CrashHook", "Event", "ForeignKeyViolation",
            "Store", "open_store"]
@@ -150,7 +150,7 @@ def open_store(where: Endpoint) -> Store:
     if isinstance(where.database, str):
         from worker.postgres_store import PostgresStore  # only a PostgreSQL worker loads psycopg
 
-        return PostgresStore(where.database)
+        return PostgresStore(where.database, local_lock=OwnerLock(where.lock_path))
     from worker.sqlite_store import SqliteStore
 
     return SqliteStore(where.database)
