@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker.spawn import IDLE_EXIT_ENV
-from tests.processes import alive_owner
+from tests.processes import alive_owner, started_with
 from tests.support import PROCESS_TIMEOUT_S, TEST_IDLE_EXIT_S, Workspace
 
 
@@ -36,7 +37,13 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
                 if pipe is not None:
                     pipe.close()
             process.wait(timeout=PROCESS_TIMEOUT_S)
-        pid = alive_owner(space.db)
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
+        # Every worker this test's nodes started, whether or not it got as far as its lock
+        # (one still starting when the test ended would otherwise idle for an hour).
+        leftovers = set(started_with("MIGRATIONS_RUNTIME_DIR", str(runtime)))
+        owner = alive_owner(space.db)
+        if owner is not None:
+            leftovers.add(owner)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(runtime, ignore_errors=True)

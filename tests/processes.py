@@ -3,6 +3,7 @@ without it)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from broker import endpoint
@@ -26,3 +27,20 @@ def alive_owner(database: Path) -> int | None:
     """The owning worker's pid while it still runs, else None."""
     pid = lock_owner(database)
     return None if pid is None or gone(pid) else pid
+
+
+def started_with(name: str, value: str) -> list[int]:
+    """Pids of this user's processes whose environment holds `name=value` (the workers a
+    test's nodes spawned carry its runtime directory so), found even before they own a lock."""
+    wanted = f"{name}={value}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if wanted in environ.read().split(b"\0"):
+                    pids.append(int(entry))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
