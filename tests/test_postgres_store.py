@@ -35,12 +35,8 @@ from worker.catalog import Catalog  # noqa: E402
 from worker.engine import Engine  # noqa: E402
 from worker.lock import AlreadyOwned  # noqa: E402
 from worker.params import Params  # noqa: E402
-from worker.postgres_store import (  # noqa: E402
-    PostgresStore,
-    to_psycopg,
-    transaction_control,
-    translate,
-)
+from worker.pg_sql import to_psycopg, transaction_control, translate  # noqa: E402
+from worker.postgres_store import PostgresStore  # noqa: E402
 from worker.sqlite_store import SqliteStore  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
