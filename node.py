@@ -22,7 +22,7 @@ from broker.errors import MALFORMED_REQUEST, ReplyError
 from broker.framing import Malformed, RequestFramer
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
-from broker.spawn import WorkerConfigError, WorkerSupervisor
+from broker.spawn import WorkerConfigError, WorkerSettings, WorkerSupervisor
 from broker.stopping import StopRequest
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ READ_BYTES = 1 << 16
 DEFAULT_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 EXIT_WORKER_CANNOT_START = 2
 EXIT_REFUSED = 3
+OWNER_WAIT_S = 30.0  # PostgreSQL: a write waits this long for another host's worker to go
 EXIT_STDOUT_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
 ENVELOPE_FIELDS = frozenset({"type", "msg_id"})  # the body's own; the rest are the request's
 
@@ -50,6 +51,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=DEFAULT_MIGRATIONS,
         help="folder of NNNN_name.py migrations (default: migrations/ beside node.py)",
+    )
+    parser.add_argument(
+        "--table",
+        default=endpoint.DEFAULT_TABLE,
+        help="tracking table, created on first use (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--schema",
+        help="PostgreSQL schema of the tracking tables, created on first use (default: public)",
+    )
+    parser.add_argument(
+        "--owner-wait",
+        type=float,
+        default=OWNER_WAIT_S,
+        metavar="SECONDS",
+        help="PostgreSQL: how long a write waits while a worker on another host owns the"
+        " database before error 11 names it (default: %(default)g)",
     )
     parser.add_argument(
         "--envelope",
@@ -71,6 +89,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.migrations.is_dir():
         parser.error(f"--migrations {args.migrations} is not a folder")
     args.migrations = args.migrations.resolve()
+    if args.schema is not None and not database_url.is_url(args.db):
+        parser.error("--schema is for a PostgreSQL database; a SQLite file has no schemas")
+    if not args.table or "\x00" in args.table:
+        parser.error("--table must be a non-empty name")
+    if args.owner_wait < 0:
+        parser.error("--owner-wait must be 0 or more seconds")
     remote = args.connect and not args.connect.startswith("ipc://")
     if remote and args.keys is None:
         parser.error(f"--connect {args.connect} leaves this machine: --keys is required")
@@ -89,7 +113,8 @@ def connect(args: argparse.Namespace) -> WorkerClient:
         password = None
         if database_url.is_url(args.db):
             password = database_url.split_password(args.db)[1]
-        supervisor = WorkerSupervisor(where, args.migrations, password)
+        settings = WorkerSettings(args.migrations, args.table, args.schema, args.owner_wait)
+        supervisor = WorkerSupervisor(where, settings, password)
         supervisor.ensure()
     # Imported only now (ZeroMQ is most of a node's start-up), so that it overlaps the
     # worker's own start-up on another core.

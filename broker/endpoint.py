@@ -24,6 +24,7 @@ except ImportError:  # another Python implementation
     from hashlib import blake2b
 
 RUNTIME_DIR_ENV = "MIGRATIONS_RUNTIME_DIR"
+DEFAULT_TABLE = "schema_migrations"  # --table: the tracking table's name
 MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
 
@@ -115,11 +116,20 @@ class Owner(NamedTuple):
 
     pid: int | None
     migrations: str | None  # the real path of its migrations folder
+    tracking: str | None  # its tracking table, see tracking_label
 
 
-def owner_note(pid: int, migrations: Path) -> bytes:
-    """The lock file's contents for an owner: its pid, then its migrations folder."""
-    return os.fsencode(f"{pid}\n{migrations}\n")
+def tracking_label(database: str, table: str, schema: str | None) -> str:
+    """How a worker's tracking table is named in its lock file and in messages: `table` for
+    a SQLite file, `schema.table` on a server (schema `public` unless given)."""
+    if database_url.is_url(database):
+        return f"{schema or 'public'}.{table}"
+    return table
+
+
+def owner_note(pid: int, migrations: Path, tracking: str) -> bytes:
+    """The lock file's contents for an owner: its pid, its migrations folder, its table."""
+    return os.fsencode(f"{pid}\n{migrations}\n{tracking}\n")
 
 
 def read_owner(lock_path: Path) -> Owner:
@@ -128,10 +138,11 @@ def read_owner(lock_path: Path) -> Owner:
         with open(lock_path, "rb") as lock:
             lines = lock.read(8192).split(b"\n")
     except OSError:
-        return Owner(None, None)
+        return Owner(None, None, None)
     pid = int(lines[0]) if lines[0].isdigit() else None
     folder = os.fsdecode(lines[1]) if len(lines) > 2 and lines[1] else None
-    return Owner(pid, folder)
+    tracking = os.fsdecode(lines[2]) if len(lines) > 3 and lines[2] else None
+    return Owner(pid, folder, tracking)
 
 
 def is_listening(address: str) -> bool:

@@ -17,7 +17,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from broker import endpoint
 from broker.exits import EXIT_CONFIG, EXIT_OWNED
@@ -36,16 +36,33 @@ MAX_BACKOFF_S = 5.0
 OWNER_GRACE_S = 1.0  # after losing the lock race, how long to wait for the winner to listen
 
 
+class WorkerSettings(NamedTuple):
+    """What a node tells the worker it spawns, besides the database (python -m worker --help)."""
+
+    migrations: Path  # the real path of the migrations folder
+    table: str = endpoint.DEFAULT_TABLE  # the tracking table
+    schema: str | None = None  # PostgreSQL: the tracking tables' schema (None: public)
+    owner_wait_s: float | None = None  # PostgreSQL: how long a write waits for another owner
+
+    def argv(self) -> list[str]:
+        args = ["--migrations", str(self.migrations), "--table", self.table]
+        if self.schema is not None:
+            args += ["--schema", self.schema]
+        if self.owner_wait_s is not None:
+            args += ["--owner-wait", str(self.owner_wait_s)]
+        return args
+
+
 class WorkerConfigError(Exception):
     """The worker refuses to start with this configuration; restarting would not help."""
 
 
 class WorkerSupervisor:
     def __init__(
-        self, where: endpoint.Endpoint, migrations: Path, password: str | None = None
+        self, where: endpoint.Endpoint, settings: WorkerSettings, password: str | None = None
     ) -> None:
         self.where = where
-        self.migrations = migrations
+        self.settings = settings
         self.password = password  # a server's, for the worker's environment, never its argv
         self.spawned = 0
         self.sentinel: int | None = None  # pidfd of our live child, readable once it exits
@@ -63,24 +80,35 @@ class WorkerSupervisor:
         if self._child is not None and not self.reap():
             return  # ours is alive: starting, or serving and about to be connected to
         if endpoint.is_listening(self.where.address):
-            self._check_folder()
+            self._check_owner()
             return
         if time.monotonic() < self._next_spawn:
             return
         self._log_offset = log_size(self.where)
-        self._child = spawn_worker(self.where, self.migrations, self.password)
+        self._child = spawn_worker(self.where, self.settings, self.password)
         self.sentinel = _pidfd(self._child.pid)
         self.spawned += 1
         log.info("started worker pid %d for %s", self._child.pid, self.where.database)
 
-    def _check_folder(self) -> None:
-        """Raise WorkerConfigError if the running worker serves another migrations folder:
-        one database has one worker, and requests from here would run that folder's files."""
+    def _check_owner(self) -> None:
+        """Raise WorkerConfigError if the running worker serves another migrations folder or
+        tracking table: one database has one worker, and requests from here would run that
+        folder's files, or read and write that table."""
         owner = endpoint.read_owner(self.where.lock_path)
-        if owner.migrations is not None and owner.migrations != str(self.migrations):
+        worker = f"the worker of {self.where.database} (pid {owner.pid})"
+        folder = str(self.settings.migrations)
+        if owner.migrations is not None and owner.migrations != folder:
             raise WorkerConfigError(
-                f"the worker of {self.where.database} (pid {owner.pid}) serves the migrations"
-                f" in {owner.migrations}, not {self.migrations}: stop it, or use that folder"
+                f"{worker} serves the migrations in {owner.migrations}, not {folder}:"
+                " stop it, or use that folder"
+            )
+        tracking = endpoint.tracking_label(
+            str(self.where.database), self.settings.table, self.settings.schema
+        )
+        if owner.tracking is not None and owner.tracking != tracking:
+            raise WorkerConfigError(
+                f"{worker} tracks migrations in the table {owner.tracking}, not {tracking}:"
+                " stop it, or use that table"
             )
 
     def _failed(self, code: int) -> None:
@@ -137,7 +165,7 @@ class WorkerSupervisor:
 
 
 def spawn_worker(
-    where: endpoint.Endpoint, migrations: Path, password: str | None = None
+    where: endpoint.Endpoint, settings: WorkerSettings, password: str | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a detached worker for `where`; a server's password travels in its environment
     (PGPASSWORD, read by libpq), where other users cannot read it, not in its argv."""
@@ -150,8 +178,7 @@ def spawn_worker(
         "worker",
         "--db",
         str(where.database),
-        "--migrations",
-        str(migrations),
+        *settings.argv(),
         "--idle-exit",
         str(idle_exit_s()),
     ]

@@ -1,9 +1,11 @@
-"""Shared fixtures: real node processes on a temporary database, cleaned up whatever happens."""
+"""Shared fixtures: real node processes on a temporary database, and the databases the
+engine tests run on (SQLite, PostgreSQL), cleaned up whatever happens."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -13,6 +15,15 @@ from pathlib import Path
 import pytest
 
 from broker.spawn import IDLE_EXIT_ENV
+from tests.backends import (
+    PG_HOST,
+    PG_PORT,
+    PG_SERVER,
+    Backend,
+    PostgresBackend,
+    SqliteBackend,
+    postgres_answers,
+)
 from tests.processes import alive_owner, started_with
 from tests.support import PROCESS_TIMEOUT_S, TEST_IDLE_EXIT_S, Workspace
 
@@ -47,3 +58,35 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """The URL of a fresh database on the machine's PostgreSQL server, one per test module,
+    dropped (sessions and all) after it. Skips only when no server answers; a server that
+    answers but refuses us is an error."""
+    psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (extra: postgres)")
+    if not postgres_answers():
+        pytest.skip(f"no PostgreSQL server answers at {PG_HOST}:{PG_PORT}")
+    admin = psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=5)
+    name = f"mn_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        admin.execute(f"CREATE DATABASE {name}")
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The test's database, once on SQLite (a file in tmp_path) and once on PostgreSQL (a
+    schema of its own in the module's database)."""
+    if request.param == "sqlite":
+        db: Backend = SqliteBackend(tmp_path / "db.sqlite")
+    else:
+        db = PostgresBackend(request.getfixturevalue("pg_database"))
+    try:
+        yield db
+    finally:
+        db.close()

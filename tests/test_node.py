@@ -314,3 +314,17 @@ def test_a_file_that_is_not_a_database_stops_the_node_with_the_reason(workspace)
     replies, completed = workspace.run([request("status", 1)])
     assert completed.returncode == 2 and replies == []
     assert b"file is not a database" in completed.stderr
+
+
+def test_the_tracking_table_is_named_by_the_node_and_a_schema_needs_a_server(workspace):
+    replies, completed = workspace.run([request("migrate", 1)], "--table", "app migrations")
+    assert completed.returncode == 0 and replies[0]["count"] == 2, completed.stderr
+    assert workspace.tables() == {
+        "users", "posts", "app migrations", "app migrations_replies", "app migrations_history"}
+
+    _, other = workspace.run([request("status", 1)])  # the running worker serves that table
+    assert other.returncode == 2
+    assert b"tracks migrations in the table app migrations, not schema_migrations" in other.stderr
+
+    _, schema = workspace.run([request("status", 1)], "--schema", "deploy")
+    assert schema.returncode == 2 and b"--schema is for a PostgreSQL database" in schema.stderr

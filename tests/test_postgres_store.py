@@ -1,16 +1,20 @@
-"""Tests for worker.postgres_store: the real engine and catalog on a real PostgreSQL server.
+"""Tests for worker.postgres_store: what only PostgreSQL has, and the same replies as SQLite.
 
-The module creates one fresh database on the server at 127.0.0.1:5432 and drops it at the
-end; each test works in a schema of its own (its tracking tables and, through the URL's
-search_path, its migrations' tables), looked into through a separate connection, as another
-program would. Without a server answering there, the tests that need one are skipped; the
-SQL text functions are tested either way.
+The engine tests that make sense on both backends are in tests/test_engine.py, which runs
+each on both. Here: the SQL text functions (no server needed), replies compared byte for
+byte with SQLite's, SQL files with dollar quotes, aborted transactions, deferred
+constraints, lock timeouts, the advisory owner lock, table names and connection errors.
+
+The module gets one fresh database on the server at 127.0.0.1:5432 (`pg_database` in
+tests/conftest.py), dropped at the end; each test works in a schema of its own (its
+tracking tables and, through the URL's search_path, its migrations' tables), looked into
+through a separate connection, as another program would (tests/backends.py). Without a
+server answering there, the tests that need one are skipped.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 import signal
 import textwrap
 import time
@@ -30,7 +34,7 @@ from broker.errors import (  # noqa: E402
     TEMPORARILY_UNAVAILABLE,
     ReplyError,
 )
-from worker import postgres_store  # noqa: E402
+from tests.backends import PostgresBackend  # noqa: E402
 from worker.catalog import Catalog  # noqa: E402
 from worker.engine import Engine  # noqa: E402
 from worker.lock import AlreadyOwned  # noqa: E402
@@ -39,9 +43,7 @@ from worker.pg_sql import to_psycopg, transaction_control, translate  # noqa: E4
 from worker.postgres_store import PostgresStore  # noqa: E402
 from worker.sqlite_store import SqliteStore  # noqa: E402
 
-SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 SEED = Path(__file__).resolve().parent.parent / "migrations"
-TRACKING = ("schema_migrations", "schema_migrations_replies", "schema_migrations_history")
 Reply = dict[str, Any]
 Script = list[tuple[str, bytes, dict[str, Any]]]  # (handler, request id, fields)
 
@@ -49,52 +51,21 @@ Script = list[tuple[str, bytes, dict[str, Any]]]  # (handler, request id, fields
 # -- fixtures and helpers ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    """The URL of a fresh database, dropped (connections and all) after the module."""
-    try:
-        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server at 127.0.0.1:5432: {exc}")
-    name = f"mn_test_{secrets.token_hex(6)}"
-    try:
-        admin.execute(f"CREATE DATABASE {name}")
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
-class Pg:
-    """One test's schema and migrations folder, with every store on them closed at teardown."""
+class Pg(PostgresBackend):
+    """One test's schema (see PostgresBackend) and migrations folder."""
 
     def __init__(self, database: str, root: Path) -> None:
-        self.schema = f"s_{secrets.token_hex(6)}"
-        self.base = database
-        self.url = self.url_with(f"search_path={self.schema}")
+        super().__init__(database)
         self.folder = root / "migrations"
         self.folder.mkdir()
         self.root = root
-        self.stores: list[Any] = []
-        self.admin = psycopg.connect(database, autocommit=True)
-
-    def url_with(self, *settings: str) -> str:
-        options = "%20".join("-c" + setting.replace("=", "%3D") for setting in settings)
-        return f"{self.base}?options={options}"
-
-    def store(self, **kwargs: Any) -> PostgresStore:
-        kwargs.setdefault("schema", self.schema)
-        store = PostgresStore(kwargs.pop("url", self.url), **kwargs)
-        self.stores.append(store)
-        return store
 
     def engine(self, folder: Path | None = None, **kwargs: Any) -> Engine:
         """A fresh store and catalog, like a newly started worker."""
         return Engine(self.store(**kwargs), Catalog(folder or self.folder))
 
     def sqlite_engine(self, folder: Path | None = None) -> Engine:
-        store = SqliteStore(self.root / "db.sqlite")
-        self.stores.append(store)
+        store = self.keep(SqliteStore(self.root / "db.sqlite"))
         return Engine(store, Catalog(folder or self.folder))
 
     def write(self, filename: str, source: str) -> Path:
@@ -114,58 +85,10 @@ class Pg:
             """,
         )
 
-    def close(self) -> None:
-        for store in self.stores:
-            store.close()
-        self.admin.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
-        self.admin.close()
-
-    # What another program connected to the database sees.
-
-    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with psycopg.connect(self.url, autocommit=True) as connection:
-            cursor = connection.execute(sql, params or None)
-            return cursor.fetchall() if cursor.description is not None else []
-
-    def relations(self, schema: str | None = None) -> set[str]:
-        """Every table, index, view and sequence in the schema."""
-        rows = self.query(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s",
-            (schema or self.schema,),
-        )
-        return {name for (name,) in rows}
-
-    def tables(self) -> set[str]:
-        """The migrations' tables: everything but the tracking tables."""
-        rows = self.query(
-            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (self.schema,)
-        )
-        return {name for (name,) in rows if not name.startswith("schema_migrations")}
-
-    def schema_exists(self) -> bool:
-        return bool(self.query("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)))
-
-    def versions(self, table: str = "schema_migrations") -> list[int]:
-        if table not in self.relations():
-            return []
-        return [v for (v,) in self.query(f"SELECT version FROM {table} ORDER BY version")]
-
-    def snapshot(self) -> tuple:
-        """Everything a dry run could leave behind: relations and every tracking row."""
-        if not self.schema_exists():
-            return ()
-        rows = tuple(
-            tuple(self.query(f"SELECT * FROM {table} ORDER BY 1"))
-            for table in TRACKING
-            if table in self.relations()
-        )
-        return (self.relations(), rows)
-
 
 @pytest.fixture
-def pg(database: str, tmp_path: Path) -> Iterator[Pg]:
-    space = Pg(database, tmp_path)
+def pg(pg_database: str, tmp_path: Path) -> Iterator[Pg]:
+    space = Pg(pg_database, tmp_path)
     try:
         yield space
     finally:
@@ -200,23 +123,6 @@ def run_both(pg: Pg, script: Script, folder: Path | None = None) -> list[Reply]:
 
 def entries(status: str, *versions: int) -> list[dict[str, Any]]:
     return [{"version": v, "name": f"t{v}", "status": status} for v in versions]
-
-
-def marker_migration(pg: Pg, filename: str, marker: Path, *, fail: bool) -> None:
-    """A migration that appends a line to `marker` (outside any transaction) when up() runs."""
-    failure = '    raise RuntimeError("marked migration fails")\n' if fail else ""
-    pg.write(
-        filename,
-        "def up(db):\n"
-        f"    with open({str(marker)!r}, 'a') as marker:\n"
-        "        marker.write('ran\\n')\n"
-        "    db.execute('CREATE TABLE marked (x integer)')\n"
-        f"{failure}",
-    )
-
-
-def runs(marker: Path) -> int:
-    return len(marker.read_text().splitlines()) if marker.exists() else 0
 
 
 # -- 1. SQL text: placeholders and transaction control, no server needed -------------------
@@ -334,38 +240,7 @@ def test_the_seed_migrations_get_the_replies_sqlite_gives_byte_for_byte(pg: Pg) 
     assert pg.versions() == [1, 2]
 
 
-def test_status_on_a_new_database_writes_nothing_not_even_the_schema(pg: Pg) -> None:
-    pg.table_migration(1)
-    engine = pg.engine()
-    assert engine.status(b"s")["migrations"] == [{"version": 1, "name": "t1", "applied": False}]
-    assert engine.history(b"h") == {"type": "migration_history", "events": []}
-    assert engine.store.data_version() == 0
-    assert not pg.schema_exists()
-
-
 # -- 3. failures leave nothing -------------------------------------------------------------
-
-
-def test_a_failing_migration_leaves_no_table_and_no_record(pg: Pg) -> None:
-    pg.table_migration(1)
-    pg.write(
-        "0002_broken.py",
-        """
-        def up(db):
-            db.execute("CREATE TABLE half (x integer)")
-            db.execute("INSERT INTO nowhere VALUES (1)")
-        """,
-    )
-
-    failed = outcome(lambda: pg.engine().migrate(b"m1"))
-
-    assert failed["code"] == MIGRATION_FAILED
-    assert failed["applied"] == entries("applied", 1)
-    assert failed["failed"]["version"] == 2
-    assert failed["failed"]["error"].startswith("UndefinedTable: ")
-    assert "nowhere" in failed["failed"]["error"]
-    assert pg.tables() == {"t1"}
-    assert pg.versions() == [1]
 
 
 def test_a_migration_that_swallows_a_database_error_fails_because_postgres_aborted_it(
@@ -454,20 +329,48 @@ def test_a_plpgsql_function_and_trigger_from_python_apply_in_one_statement(pg: P
     assert pg.query("SELECT account, what FROM audit") == [(7, "created; ok?")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/sql_file.split_statements ends statements where sqlite3.complete_statement"
-    " does, which knows no dollar quotes: a plpgsql body's ';' splits it (needs a fix there)",
-)
 def test_a_sql_file_with_a_plpgsql_body_holding_semicolons_applies(pg: Pg) -> None:
+    from worker.pg_sql import split_statements  # what a PostgreSQL worker's catalog splits by
+
     pg.write(
         "0001_plpgsql.sql",
         "-- migrate:up\n"
         "CREATE FUNCTION one() RETURNS integer AS $$ BEGIN RETURN 1; END; $$ LANGUAGE plpgsql;\n"
         "-- migrate:down\nDROP FUNCTION one();\n",
     )
+    pg.write(
+        "0002_tagged_notes.sql",
+        "-- migrate:up\n"
+        "CREATE TABLE notes (body text, tag text);\n"
+        "CREATE FUNCTION tag_note() RETURNS trigger AS $body$\n"
+        "BEGIN\n"
+        "    -- a comment; in the body\n"
+        "    NEW.tag := 'tagged; ' || one() || E' \\'ok\\'' || $$;$$;\n"
+        "    RETURN NEW;\n"
+        "END\n"
+        "$body$ LANGUAGE plpgsql;\n"
+        "CREATE TRIGGER notes_tag BEFORE INSERT ON notes\n"
+        "    FOR EACH ROW EXECUTE FUNCTION tag_note();\n"
+        "-- migrate:down\n"
+        "DROP TRIGGER notes_tag ON notes;\n"
+        "DROP FUNCTION tag_note();\n"
+        "DROP TABLE notes;\n",
+    )
+    engine = Engine(pg.store(), Catalog(pg.folder, split_statements=split_statements))
+    functions = (
+        "SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = %s ORDER BY proname"
+    )
 
-    assert pg.engine().migrate(b"m1")["count"] == 1
+    assert engine.migrate(b"m1")["count"] == 2
+    pg.query("INSERT INTO notes (body) VALUES ('hello')")
+    assert pg.query("SELECT body, tag FROM notes") == [("hello", "tagged; 1 'ok';")]
+    assert pg.query(functions, (pg.schema,)) == [("one",), ("tag_note",)]
+
+    assert engine.rollback(b"r1", Params({"to": 0}))["count"] == 2
+    assert pg.tables() == set()
+    assert pg.query(functions, (pg.schema,)) == []
+    assert pg.versions() == []
 
 
 def test_a_sql_migration_marked_transaction_false_runs_outside_one(pg: Pg) -> None:
@@ -488,7 +391,7 @@ def test_a_sql_migration_marked_transaction_false_runs_outside_one(pg: Pg) -> No
     assert pg.versions() == [1]
 
 
-# -- 5. targets, dry runs, validate, baseline, history -------------------------------------
+# -- 5. targets, validate, baseline: the replies SQLite gives ------------------------------
 
 
 def test_migrate_to_a_version_and_rollbacks_of_several_steps_move_both_ways(pg: Pg) -> None:
@@ -513,32 +416,6 @@ def test_migrate_to_a_version_and_rollbacks_of_several_steps_move_both_ways(pg: 
     assert all_of_it["migrations"] == entries("rolled_back", 1)
     assert pg.tables() == set()
     assert pg.versions() == []
-
-
-def test_a_dry_run_runs_everything_and_leaves_nothing_behind(pg: Pg) -> None:
-    pg.table_migration(1)
-    pg.table_migration(2)
-    engine = pg.engine()
-
-    first = engine.migrate(b"d1", Params({"dry_run": True}))
-    assert first == {"type": "migrations_applied", "count": 2,
-                     "migrations": entries("applied", 1, 2), "dry_run": True}
-    assert not pg.schema_exists()  # the tracking tables' schema was created and rolled back
-
-    engine.migrate(b"m1")
-    pg.table_migration(3)
-    pg.write("0004_broken.py", "def up(db):\n    db.execute('SELECT * FROM nowhere')\n")
-    before = pg.snapshot()
-
-    failed = outcome(lambda: engine.migrate(b"d2", Params({"dry_run": True})))
-    rolled_back = engine.rollback(b"d3", Params({"steps": 2, "dry_run": True}))
-
-    assert failed["code"] == MIGRATION_FAILED and failed["dry_run"] is True
-    assert failed["applied"] == entries("applied", 3)
-    assert rolled_back["migrations"] == entries("rolled_back", 2, 1)
-    assert rolled_back["dry_run"] is True
-    assert pg.snapshot() == before
-    assert engine.store.stored_reply(b"d3") is None  # dry runs are not kept for resends
 
 
 def test_validate_reports_an_edited_file_and_migrate_refuses_as_on_sqlite(pg: Pg) -> None:
@@ -583,82 +460,7 @@ def test_baseline_records_without_running_and_is_refused_once_anything_is_record
     assert pg.versions() == [1, 2, 3]
 
 
-def test_history_lists_every_apply_rollback_and_baseline_with_src_and_times(pg: Pg) -> None:
-    pg.table_migration(1)
-    pg.table_migration(2)
-    engine = pg.engine()
-    run(engine, [("migrate", b"m1", {}), ("rollback", b"r1", {}), ("migrate", b"m2", {})],
-        src="c1")
-
-    events = engine.history(b"h1")["events"]
-    last_two = engine.history(b"h2", Params({"limit": 2}))["events"]
-
-    assert [(e["version"], e["action"]) for e in events] == [
-        (1, "apply"), (2, "apply"), (2, "rollback"), (2, "apply")]
-    assert all(e["src"] == "c1" and e["name"] == f"t{e['version']}" for e in events)
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["started_at"])
-               for e in events)
-    assert all(e["checksum"].startswith("norm-sha256:") and e["duration_ms"] >= 0
-               for e in events)
-    assert last_two == events[-2:]
-    applied_at = pg.query("SELECT applied_at FROM schema_migrations")
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", t) for (t,) in applied_at)
-
-
-# -- 6. exactly once -----------------------------------------------------------------------
-
-
-def test_the_same_request_id_twice_gets_the_stored_reply_and_nothing_runs_twice(
-    pg: Pg,
-) -> None:
-    marker = pg.root / "marker.log"
-    marker_migration(pg, "0001_marked.py", marker, fail=False)
-    engine = pg.engine()
-    first = engine.migrate(b"same")
-    pg.table_migration(2)
-
-    again = engine.migrate(b"same")
-    from_new_worker = pg.engine().migrate(b"same")
-
-    assert first == {"type": "migrations_applied", "count": 1,
-                     "migrations": [{"version": 1, "name": "marked", "status": "applied"}]}
-    assert codec.pack(again) == codec.pack(first)
-    assert codec.pack(from_new_worker) == codec.pack(first)
-    assert runs(marker) == 1
-    assert pg.versions() == [1]
-    assert engine.migrate(b"new")["migrations"] == entries("applied", 2)
-
-
-def test_an_error_reply_is_stored_and_given_again_without_running_the_migration(pg: Pg) -> None:
-    marker = pg.root / "marker.log"
-    marker_migration(pg, "0001_marked.py", marker, fail=True)
-
-    first = outcome(lambda: pg.engine().migrate(b"same"))
-    again = outcome(lambda: pg.engine().migrate(b"same"))
-
-    assert first["code"] == MIGRATION_FAILED
-    assert first["failed"]["error"] == "RuntimeError: marked migration fails"
-    assert again == first
-    assert runs(marker) == 1
-    assert "marked" not in pg.tables()
-
-
-def test_only_the_most_recent_replies_are_kept(pg: Pg, monkeypatch) -> None:
-    monkeypatch.setattr(postgres_store, "KEEP_REPLIES", 3)
-    store = pg.store()
-    for number in range(5):
-        with store.transaction():
-            store.store_reply(b"r%d" % number, {"type": "x", "n": number})
-    with store.transaction():
-        store.store_reply(b"r2", {"type": "x", "n": 22})  # replaced: now the newest
-
-    assert [store.stored_reply(b"r%d" % n) for n in range(5)] == [
-        None, None, {"type": "x", "n": 22}, {"type": "x", "n": 3}, {"type": "x", "n": 4}]
-    assert [r for (r,) in pg.query(
-        "SELECT request_id FROM schema_migrations_replies ORDER BY seq")] == [b"r3", b"r4", b"r2"]
-
-
-# -- 7. the db object: parameters and transaction control ----------------------------------
+# -- 6. the db object: parameters and transaction control ----------------------------------
 
 
 def test_qmark_and_named_parameters_and_literal_question_marks_and_percents_arrive_intact(
@@ -693,12 +495,9 @@ def test_qmark_and_named_parameters_and_literal_question_marks_and_percents_arri
     assert pg.query("SELECT n FROM total") == [(45,)]
 
 
-@pytest.mark.parametrize(
-    "statement",
-    ["COMMIT", "BEGIN", "ROLLBACK", "END", "commit", "START TRANSACTION",
-     "SELECT 1; COMMIT"],
-)
-def test_a_migration_that_controls_the_transaction_fails_and_leaves_nothing(
+# COMMIT, BEGIN, ROLLBACK and END: test_engine.py, on both backends.
+@pytest.mark.parametrize("statement", ["START TRANSACTION", "SELECT 1; COMMIT"])
+def test_start_transaction_and_a_commit_after_another_statement_are_refused_too(
     pg: Pg, statement: str
 ) -> None:
     pg.table_migration(1)
@@ -721,79 +520,7 @@ def test_a_migration_that_controls_the_transaction_fails_and_leaves_nothing(
     assert pg.versions() == [1]
 
 
-def test_executescript_runs_every_statement_in_the_transaction_and_cannot_commit(
-    pg: Pg,
-) -> None:
-    pg.write(
-        "0001_script.py",
-        """
-        def up(db):
-            db.executescript('''
-                CREATE TABLE a (x integer); -- a comment; with ;
-                INSERT INTO a VALUES (1), (2);
-                /* a block; comment */ CREATE TABLE b (s text DEFAULT 'c;d');
-                INSERT INTO b DEFAULT VALUES
-            ''')
-        """,
-    )
-    pg.write(
-        "0002_commit.py",
-        """
-        def up(db):
-            db.executescript("CREATE TABLE c (x integer); COMMIT;")
-        """,
-    )
-
-    failed = outcome(lambda: pg.engine().migrate(b"m1"))
-
-    assert failed["applied"] == [{"version": 1, "name": "script", "status": "applied"}]
-    assert failed["failed"]["error"].startswith("TransactionControlRefused: ")
-    assert pg.query("SELECT x FROM a ORDER BY x") == [(1,), (2,)]
-    assert pg.query("SELECT s FROM b") == [("c;d",)]
-    assert pg.tables() == {"a", "b"}
-
-
-def test_savepoints_are_allowed_inside_a_migration(pg: Pg) -> None:
-    pg.write(
-        "0001_savepoint.py",
-        """
-        import psycopg
-
-        def up(db):
-            db.execute("CREATE TABLE kept (x integer)")
-            db.execute("SAVEPOINT attempt")
-            try:
-                db.execute("INSERT INTO nowhere VALUES (1)")
-            except psycopg.Error:
-                db.execute("ROLLBACK TO SAVEPOINT attempt")
-            db.execute("RELEASE SAVEPOINT attempt")
-            db.execute("INSERT INTO kept VALUES (1)")
-        """,
-    )
-
-    assert pg.engine().migrate(b"m1")["count"] == 1
-    assert pg.query("SELECT x FROM kept") == [(1,)]
-
-
-def test_a_migration_that_ends_the_transaction_anyway_is_reported_failed(pg: Pg) -> None:
-    # Bypassing the guard through the private connection: the store must notice.
-    pg.write(
-        "0001_bypass.py",
-        """
-        def up(db):
-            db.execute("CREATE TABLE bypass (x integer)")
-            db._connection.execute("COMMIT")
-        """,
-    )
-
-    failed = outcome(lambda: pg.engine().migrate(b"m1"))
-
-    assert failed["code"] == MIGRATION_FAILED
-    assert "ended the transaction" in failed["failed"]["error"]
-    assert pg.versions() == []
-
-
-# -- 8. foreign keys off, locks held by others ---------------------------------------------
+# -- 7. foreign keys off, locks held by others ---------------------------------------------
 
 PARENTS_SQL = """-- migrate:up
 CREATE TABLE parent (id integer PRIMARY KEY);
@@ -863,7 +590,7 @@ def test_a_lock_wait_ends_after_five_seconds_unless_the_url_says_otherwise(pg: P
     assert pg.store().connection.execute("SHOW lock_timeout").fetchone() == ("5s",)
 
 
-# -- 9. the owner lock, tables, change stamp, connection errors ----------------------------
+# -- 8. the owner lock, tables, change stamp, connection errors ----------------------------
 
 
 def test_a_second_store_on_the_same_table_cannot_own_it_until_the_first_closes(pg: Pg) -> None:
@@ -909,7 +636,6 @@ def test_a_stop_during_the_wait_for_the_owner_lock_cancels_it_and_closes_the_con
 
     previous = signal.signal(signal.SIGALRM, stop)
     signal.setitimer(signal.ITIMER_REAL, 0.5)
-    started = time.monotonic()
     try:
         with pytest.raises(Stop):
             second.acquire_owner(b"2\n", wait=True)
@@ -917,8 +643,7 @@ def test_a_stop_during_the_wait_for_the_owner_lock_cancels_it_and_closes_the_con
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
-    assert time.monotonic() - started < 5
-    assert second.connection.closed
+    assert second.connection is None  # the session that waited is closed and forgotten
     second.release_owner()  # a closed store lets go quietly
     deadline = time.monotonic() + 5
     while pg.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
@@ -944,7 +669,8 @@ def test_a_different_table_name_gives_independent_tracking_and_owner_lock(pg: Pg
     assert other.status(b"s1")["migrations"] == [{"version": 1, "name": "o1", "applied": False}]
     assert other.migrate(b"m1")["migrations"] == [
         {"version": 1, "name": "o1", "status": "applied"}]
-    assert pg.versions("schema_migrations") == [1] and pg.versions("other_migrations") == [1]
+    assert pg.versions() == [1]
+    assert pg.query("SELECT version FROM other_migrations") == [(1,)]
     assert {"other_migrations_replies", "other_migrations_history"} <= pg.relations()
     assert pg.tables() >= {"t1", "o1"}
 
@@ -953,6 +679,7 @@ def test_data_version_moves_when_another_connection_commits(pg: Pg) -> None:
     pg.table_migration(1)
     pg.table_migration(2)
     watcher, writer = pg.store(), pg.engine()
+    assert watcher.data_version() == 0  # nothing written yet, not even the tracking tables
     writer.migrate(b"m1", Params({"to": 1}))
     stamp = watcher.data_version()
     assert watcher.data_version() == stamp
@@ -968,10 +695,12 @@ def test_data_version_moves_when_another_connection_commits(pg: Pg) -> None:
 
 
 def test_a_password_never_appears_in_a_connection_error(pg: Pg) -> None:
-    with pytest.raises(ConnectionError) as raised:
-        PostgresStore("postgresql://postgres:s3cr3t-pw@127.0.0.1:1/nowhere")
-    assert "s3cr3t-pw" not in str(raised.value)
-    assert "postgresql://postgres@127.0.0.1:1/nowhere" in str(raised.value)
+    unreachable = PostgresStore("postgresql://postgres:s3cr3t-pw@127.0.0.1:1/nowhere")
+    with pytest.raises(ReplyError) as raised:
+        unreachable.applied()
+    assert raised.value.code == TEMPORARILY_UNAVAILABLE
+    assert "s3cr3t-pw" not in raised.value.text
+    assert "cannot connect to postgresql://postgres@127.0.0.1:1/nowhere" in raised.value.text
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
 
     with pytest.raises(ValueError) as malformed:
@@ -979,7 +708,7 @@ def test_a_password_never_appears_in_a_connection_error(pg: Pg) -> None:
     assert "s3" not in str(malformed.value)
 
     store = PostgresStore(pg.url.replace("postgres@", "postgres:s3cr3t-pw@"), schema=pg.schema)
-    pg.stores.append(store)
+    pg.keep(store)
     assert "s3cr3t-pw" not in store.database and "s3cr3t-pw" not in store.connection.info.dsn
 
 

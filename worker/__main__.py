@@ -24,7 +24,7 @@ from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.journal import CrashJournal
 from worker.server import WorkerServer
-from worker.store import AlreadyOwned, Store, open_store
+from worker.store import DEFAULT_TABLE, AlreadyOwned, Store, open_store
 
 log = logging.getLogger("worker")
 LOG_BUFFER_LINES = 1000  # info lines held before they are written anyway
@@ -32,7 +32,28 @@ LOG_BUFFER_LINES = 1000  # info lines held before they are written anyway
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--db", default="migrations.db", help="SQLite file to own")
+    parser.add_argument(
+        "--db",
+        default="migrations.db",
+        help="SQLite file, or postgresql://user@host:port/dbname (password in PGPASSWORD)",
+    )
+    parser.add_argument(
+        "--table",
+        default=DEFAULT_TABLE,
+        help="tracking table, created on first use (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--schema", help="PostgreSQL schema of the tracking tables, created on first use"
+        " (default: public)"
+    )
+    parser.add_argument(
+        "--owner-wait",
+        type=float,
+        metavar="SECONDS",
+        help="PostgreSQL: when another worker (another host) owns the database, serve"
+        " anyway and let each write wait this long for it to go, then answer error 11"
+        " naming it (default: exit with status 75 naming it)",
+    )
     parser.add_argument(
         "--migrations",
         default=str(Path(__file__).resolve().parent.parent / "migrations"),
@@ -108,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()
     args = parse_args(argv)
     configure_logging(args.log_level)
-    catalog = Catalog(Path(args.migrations).resolve())
     store: Store | None = None
     try:
         if database_url.is_url(args.db):
@@ -119,10 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         where = endpoint.for_database(args.db)
         if args.bind and args.bind.startswith("ipc://"):
             endpoint.check_ipc_address(args.bind)
+        store = open_store(where, args.table, args.schema, args.owner_wait)
+        # .sql files are cut into statements by the rules of the database they run on.
+        catalog = Catalog(
+            Path(args.migrations).resolve(), split_statements=store.split_statements
+        )
         count = len(catalog.migrations())
-        store = open_store(where)
+        tracking = endpoint.tracking_label(args.db, args.table, args.schema)
         with stop.interruptible():
-            store.acquire_owner(endpoint.owner_note(os.getpid(), catalog.folder), args.wait)
+            store.acquire_owner(
+                endpoint.owner_note(os.getpid(), catalog.folder, tracking), args.wait
+            )
         curve = None
         if args.keys:
             from broker import keys  # only TCP workers pay for it

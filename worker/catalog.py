@@ -16,7 +16,7 @@ import os
 import re
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,6 +47,8 @@ class Migration(NamedTuple):
     version: int
     name: str
     path: str  # a plain string: Path objects weigh several times more
+    # How a .sql file's sections are cut into statements: the database's rules.
+    split_statements: Callable[[str], Iterator[str]] = sql_file.split_statements
 
     def entry(self, **fields: object) -> dict[str, object]:
         """The reply entry for this migration: version and name, then `fields`."""
@@ -77,7 +79,8 @@ class Migration(NamedTuple):
         source = self.source()
         filename = os.path.basename(self.path)
         if self.kind == "sql":
-            parsed = sql_file.parse(sql_file.decode(source, filename), filename)
+            text = sql_file.decode(source, filename)
+            parsed = sql_file.parse(text, filename, self.split_statements)
             return Loaded(
                 _statements_runner(parsed.up, "up", filename),
                 _statements_runner(parsed.down, "down", filename) if parsed.down else None,
@@ -204,10 +207,21 @@ class NameNotUtf8(ReplyError):
 
 
 class Catalog:
-    """The migrations of one folder, in version order."""
+    """The migrations of one folder, in version order.
 
-    def __init__(self, folder: Path) -> None:
+    `split_statements` cuts a .sql file's sections into statements by the rules of the
+    database they run on: SQLite's by default, pg_sql.split_statements for PostgreSQL
+    (see sql_file.split_statements for what it must yield and raise).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        split_statements: Callable[[str], Iterator[str]] = sql_file.split_statements,
+    ) -> None:
         self.folder = folder
+        self._split_statements = split_statements
         self._stamp: int | None = None
         self._migrations: list[Migration] = []
         self.generation = 0  # grows each time the folder is listed anew
@@ -224,7 +238,7 @@ class Catalog:
         """
         stamp = os.stat(self.folder).st_mtime_ns
         if stamp != self._stamp:
-            self._migrations = scan(self.folder)
+            self._migrations = scan(self.folder, self._split_statements)
             self.generation += 1
             paths = {migration.path for migration in self._migrations}
             self._verdicts = {p: v for p, v in self._verdicts.items() if p in paths}
@@ -259,8 +273,12 @@ class _Verdict(NamedTuple):
     matches: bool
 
 
-def scan(folder: Path) -> list[Migration]:
-    """The migration files of `folder`, sorted by version.
+def scan(
+    folder: Path,
+    split_statements: Callable[[str], Iterator[str]] = sql_file.split_statements,
+) -> list[Migration]:
+    """The migration files of `folder`, sorted by version, their .sql files to be cut
+    into statements by `split_statements`.
 
     Raises DuplicateVersion, VersionZero, VersionTooLarge or NameNotUtf8, naming the file(s).
     """
@@ -270,7 +288,8 @@ def scan(folder: Path) -> list[Migration]:
             match = MIGRATION_FILE.match(entry.name)
             if match is None or not entry.is_file():
                 continue
-            migration = Migration(_parse_version(entry.name, match[1]), match[2], entry.path)
+            version = _parse_version(entry.name, match[1])
+            migration = Migration(version, match[2], entry.path, split_statements)
             other = found.get(migration.version)
             if other is not None:
                 first, second = sorted((Path(other.path), Path(migration.path)))

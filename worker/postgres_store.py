@@ -1,9 +1,12 @@
 """The PostgreSQL store: one psycopg connection, explicit transactions, an advisory owner lock.
 
     PostgresStore(url, table="schema_migrations", schema="public")
-        <schema>.<table>            tracking rows    (SQLite: schema_migrations)
-        <schema>.<table>_replies    stored replies   (SQLite: schema_migration_replies)
-        <schema>.<table>_history    history          (SQLite: schema_migration_history)
+        <schema>.schema_migrations           tracking rows     (--table T: T)
+        <schema>.schema_migration_replies    stored replies    (T_replies)
+        <schema>.schema_migration_history    history           (T_history)
+
+The names are SQLite's (store.tracking_tables). A session that dies is replaced at the next
+request (see _live); the one lost mid-request ends that request with error 11.
 
 The connection is in autocommit mode: every write goes through `transaction()`, which issues
 BEGIN / COMMIT / ROLLBACK itself, as the SQLite store does. The tracking tables are created
@@ -38,8 +41,8 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -49,16 +52,27 @@ from psycopg.pq import TransactionStatus
 
 from broker import codec
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
+from worker import pg_sql
 from worker.lock import AlreadyOwned, OwnerLock
 from worker.pg_sql import to_psycopg, transaction_control, translate
-from worker.store import KEEP_REPLIES, AppliedMigration, CrashHook, Event, ForeignKeyViolation
+from worker.store import (
+    DEFAULT_TABLE,
+    KEEP_REPLIES,
+    AppliedMigration,
+    CrashHook,
+    Event,
+    ForeignKeyViolation,
+    Store,
+    TrackingTables,
+    tracking_tables,
+)
 
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 5  # how long a statement waits for a lock (SQLite's busy timeout), if unset
 CONNECT_TIMEOUT_S = 10  # libpq waits for the system's TCP timeout otherwise, if unset
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL cuts longer names silently (NAMEDATALEN - 1)
-SUFFIXES = ("", "_replies", "_history")  # the tracking tables: <table><suffix>
+OWNER_WAIT_S = 30.0  # how long a write waits for another worker's owner lock, if not told
 # Worth a retry, like SQLite's busy and locked: nothing of the step stays.
 RETRY_ERRORS = (errors.LockNotAvailable, errors.SerializationFailure, errors.DeadlockDetected)
 SECRET_OPTIONS = ("password", "sslpassword")  # never in a log line or an error text
@@ -141,93 +155,189 @@ LOCK_HOLDER = (
 )
 
 
+class SessionLost(ReplyError):
+    """Error 11 for a session that died in the middle of a request (see PostgresStore._lost)."""
+
+
 class TransactionControlRefused(psycopg.ProgrammingError):
     """Migration code tried to begin, end or prepare the transaction the engine owns."""
 
 
-class PostgresStore:
+class PostgresStore(Store):
+    split_statements = staticmethod(pg_sql.split_statements)
+
     def __init__(
         self,
         url: str,
-        table: str = "schema_migrations",
+        table: str = DEFAULT_TABLE,
         schema: str = "public",
         local_lock: OwnerLock | None = None,
+        owner_wait_s: float | None = None,
     ) -> None:
-        """Connect to the database at `url` (a libpq URL or key=value string).
+        """A store for the database at `url` (a libpq URL or key=value string), tracking in
+        `schema`.`table`; connects now if the server answers, else at the first request.
+
+        A server that cannot be reached, or refuses us, is not a start-up error: every
+        request is answered with error 11 saying why until it answers, and a connection
+        lost later is replaced the same way (see _live). `owner_wait_s` is how long a write
+        waits for the advisory owner lock held by another session before error 11 names
+        the holder (None: a worker that found it held at start exits instead, see
+        acquire_owner; writes after a lost connection then wait OWNER_WAIT_S).
 
         Raises ValueError for a malformed URL or a table or schema name PostgreSQL would
-        cut, and ConnectionError (an OSError) when the server cannot be reached or refuses
-        us; neither text holds the password.
+        cut; its text never holds the password.
         """
-        _check_names(table, schema)
+        self.tables = tracking_tables(table)
+        _check_names(self.tables, schema)
         self.database = describe(url)  # for logs and errors: no password in it
+        self._url = url
         self.schema = schema
         self.table = table
         self.tracking = f"{schema}.{table}"
-        self.connection = _connect(url, self.database)
-        try:
-            self._configure()
-            names = {
-                key: sql.Identifier(schema, table + suffix)
-                for key, suffix in zip(("migrations", "replies", "history"), SUFFIXES, strict=True)
-            }
-            self._schema = [
-                sql.SQL(statement).format(**names).as_string(self.connection)
-                for statement in SCHEMA
-            ]
-            self._sql = {
-                key: sql.SQL(statement).format(**names).as_string(self.connection)
-                for key, statement in STATEMENTS.items()
-            }
-        except BaseException:
-            self.connection.close()
-            raise
-        self._tables = {key: table + suffix for key, suffix in zip(
-            ("migrations", "replies", "history"), SUFFIXES, strict=True)}
+        names = {key: sql.Identifier(schema, name) for key, name in self.tables._asdict().items()}
+        self._schema = [sql.SQL(statement).format(**names).as_string() for statement in SCHEMA]
+        self._sql = {
+            key: sql.SQL(statement).format(**names).as_string()
+            for key, statement in STATEMENTS.items()
+        }
         self._lock_key = owner_lock_key(schema, table)
-        self._owner = False  # this session holds the advisory owner lock
+        self._owner_wait_s = owner_wait_s
+        self._owner = False  # we are the database's worker (the local lock, if any, is ours)
+        self._advisory = False  # the current session holds the advisory owner lock
         self._local_lock = local_lock  # the owner lock file on this machine, if any
+        self._in_block = False  # inside transaction(): a lost connection ends the step
+        self._committing = False  # COMMIT sent: a lost connection leaves the outcome unknown
+        self._regaining = False  # replacing a session found dead; a second loss is final
         self._deferred = False  # inside a transaction with foreign keys off
         self._schema_ready = False  # every tracking table exists
         self._existing: set[str] = set()  # tracking tables seen to exist, outside transactions
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
-        log.debug("connected to %s, tracking in %s", self.database, self.tracking)
+        self.connection: psycopg.Connection[Any] | None = None
+        try:
+            self._live()
+        except ReplyError as exc:
+            log.warning("%s; requests get error 11 until it answers", exc.text)
 
-    def _configure(self) -> None:
-        """A lock wait ends like SQLite's busy timeout, unless the URL or server chose."""
-        (lock_timeout,) = self.connection.execute("SHOW lock_timeout").fetchone()
-        if lock_timeout == "0":
-            self.connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+    # -- the connection --------------------------------------------------------------------
+
+    def _live(self) -> psycopg.Connection[Any]:
+        """The session, replaced first if psycopg has seen it die (never inside a
+        transaction, whose loss must end its step: see _lost).
+
+        Raises ReplyError(TEMPORARILY_UNAVAILABLE) when no session can be had; nothing has
+        run then.
+        """
+        if _usable(self.connection):
+            return self.connection
+        if self._in_block:
+            raise self._lost(psycopg.OperationalError("the server closed the connection"))
+        self._drop()
+        try:
+            connection = _connect(self._url, self.database)
+        except ConnectionError as exc:
+            raise ReplyError(
+                TEMPORARILY_UNAVAILABLE, f"{exc}; nothing ran, try again"
+            ) from None
+        try:
+            _configure(connection)
+        except psycopg.Error as exc:
+            connection.close()
+            raise ReplyError(
+                TEMPORARILY_UNAVAILABLE,
+                f"cannot set up the session with {self.database}: {exc}; nothing ran, try again",
+            ) from None
+        self.connection = connection
+        log.info("connected to %s, tracking in %s", self.database, self.tracking)
+        return connection
+
+    def _drop(self) -> None:
+        """Forget a dead session, and the advisory lock that died with it."""
+        if self.connection is not None:
+            if self._advisory:
+                log.warning("lost the session holding the owner lock of %s", self.tracking)
+            self.connection.close()
+        self.connection = None
+        self._advisory = False
+
+    def _lost(self, exc: psycopg.Error) -> SessionLost:
+        """The error 11 for a session lost in the middle of a request, saying what became
+        of the step in progress; the dead session is dropped (the next request connects)."""
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"the connection to {self.database} was lost ({cause})"
+        if self._committing:
+            text = (f"{where} during COMMIT, so whether the step in progress committed is"
+                    " unknown: ask for status before retrying")
+        elif self._in_block:
+            text = f"{where}; the server rolled back the step in progress; try again"
+        else:
+            text = f"{where}; try again"
+        self._drop()
+        return SessionLost(TEMPORARILY_UNAVAILABLE, text)
 
     def close(self) -> None:
         """Close the connection; the owner lock, if held, goes with it."""
-        self.connection.close()
+        if self.connection is not None:
+            self.connection.close()
 
     # -- the owner lock --------------------------------------------------------------------
 
     def acquire_owner(self, note: bytes = b"", wait: bool = False) -> None:
-        """Become the only worker of this tracking table: a session-level advisory lock on
-        a key derived from its schema-qualified name (see owner_lock_key), held until
-        release_owner() or the end of the connection, however the process ends.
+        """Become the only worker of this tracking table: the local lock file (nodes on
+        this machine read who owns the database there), then a session-level advisory
+        lock on a key derived from the table's schema-qualified name (see owner_lock_key),
+        held until release_owner() or the end of the session, however the process ends.
 
         Raises AlreadyOwned naming the holder (its worker pid and host when it is one of
-        ours, its backend pid and client address when visible) if `wait` is false. With
+        ours, its backend pid and client address when visible) if the local lock is held,
+        or if the advisory lock is and neither `wait` nor owner_wait_s was given. With
         `wait`, blocks until the holder goes (lock_timeout does not end that wait); an
         exception raised during the wait (a stop signal's) cancels it and closes the
-        connection. `note` is not kept: PostgreSQL knows us by the application_name
-        set at connect.
+        session. With owner_wait_s, a held advisory lock is logged and left to each write
+        to wait for (see transaction). A server that does not answer yet defers the
+        advisory lock to the first write. `note` goes into the local lock file.
         """
         if self._owner:
             return
         if self._local_lock is not None:
-            # Nodes on this machine read who owns the database from the local lock file.
             self._local_lock.acquire(note, wait=wait)
-        if wait:
-            self._wait_for_owner_lock()
-        else:
-            self._try_owner_lock()
         self._owner = True
+        try:
+            self._live()
+        except ReplyError:
+            return  # the first write takes it, once the server answers
+        try:
+            if wait:
+                self._wait_for_owner_lock()
+            else:
+                self._try_owner_lock()
+        except AlreadyOwned as exc:
+            if self._owner_wait_s is None:
+                self.release_owner()
+                raise
+            log.warning("%s; writes wait up to %g s for it to go", exc, self._owner_wait_s)
+
+    def _ensure_owner(self) -> None:
+        """Hold the advisory lock on the current session before a write: taken again after
+        a lost session, waiting up to owner_wait_s (OWNER_WAIT_S if unset) for another
+        holder to go. Raises ReplyError(TEMPORARILY_UNAVAILABLE) naming the holder when it
+        does not, or when no session can be had; nothing has run then."""
+        self._live()
+        if self._advisory or not self._owner:
+            return  # a store that never asked to own the database (tests, tools) just writes
+        wait_s = OWNER_WAIT_S if self._owner_wait_s is None else self._owner_wait_s
+        try:
+            if wait_s <= 0:
+                self._try_owner_lock()
+            else:
+                self._wait_for_owner_lock(timeout_s=wait_s)
+        except (AlreadyOwned, errors.LockNotAvailable) as exc:
+            holder = self._holder() if isinstance(exc, errors.LockNotAvailable) else str(exc)
+            raise ReplyError(
+                TEMPORARILY_UNAVAILABLE,
+                f"{holder or f'{self.tracking} in {self.database} is owned by another worker'};"
+                f" waited {wait_s:g} s for it to go, so nothing ran; try again",
+            ) from None
 
     def _try_owner_lock(self) -> None:
         for _ in range(OWNER_ATTEMPTS):
@@ -235,6 +345,7 @@ class PostgresStore:
                 "SELECT pg_try_advisory_lock(%s)", (self._lock_key,)
             ).fetchone()
             if taken:
+                self._advisory = True
                 return
             holder = self._holder()
             if holder is not None:
@@ -246,13 +357,19 @@ class PostgresStore:
             " again and again; try again"
         )
 
-    def _wait_for_owner_lock(self) -> None:
-        connection = self.connection
+    def _wait_for_owner_lock(self, timeout_s: float = 0) -> None:
+        """Block until the advisory lock is ours, or `timeout_s` has passed (0: forever);
+        raises errors.LockNotAvailable when it passed."""
+        connection = self._live()
         try:
-            connection.execute("BEGIN")
-            connection.execute("SET LOCAL lock_timeout = 0")
-            connection.execute("SELECT pg_advisory_lock(%s)", (self._lock_key,))
-            connection.execute("COMMIT")
+            with self._session_errors():
+                connection.execute("BEGIN")
+                connection.execute(f"SET LOCAL lock_timeout = {round(timeout_s * 1000)}")
+                connection.execute("SELECT pg_advisory_lock(%s)", (self._lock_key,))
+                connection.execute("COMMIT")
+        except errors.LockNotAvailable:
+            connection.execute("ROLLBACK")
+            raise
         except BaseException:
             # psycopg cancels only on KeyboardInterrupt; a server-side lock wait does not
             # notice a closed socket, so it is cancelled first, then the session ended.
@@ -261,8 +378,9 @@ class PostgresStore:
                     getattr(connection, "cancel_safe", connection.cancel)()
                 except Exception as exc:
                     log.warning("could not cancel the wait for the owner lock: %s", exc)
-            connection.close()
+            self._drop()
             raise
+        self._advisory = True
 
     def _holder(self) -> str | None:
         """Who holds the owner lock, for AlreadyOwned; None if nobody does any more."""
@@ -283,8 +401,13 @@ class PostgresStore:
         return f"{where} is held by {', '.join(seen)}"
 
     def release_owner(self) -> None:
-        if self._owner and not (self.connection.closed or self.connection.broken):
-            self._run("SELECT pg_advisory_unlock(%s)", (self._lock_key,))
+        connection = self.connection
+        if self._advisory and _usable(connection):
+            try:
+                connection.execute("SELECT pg_advisory_unlock(%s)", (self._lock_key,))
+            except psycopg.Error as exc:  # the session ends with the process anyway
+                log.warning("could not release the owner lock: %s", exc)
+        self._advisory = False
         self._owner = False
         if self._local_lock is not None:
             self._local_lock.release()
@@ -292,10 +415,47 @@ class PostgresStore:
     # -- transactions ----------------------------------------------------------------------
 
     def _run(self, query: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
-        with _retryable_as_unavailable():
-            return self.connection.execute(query, params)  # type: ignore[arg-type]
+        """Execute on the session. Outside a transaction, a session found dead (it died
+        while idle: a server restart, pg_terminate_backend) is replaced and the statement
+        sent again, once, after taking the owner lock again if the dead one held it:
+        nothing had run. Inside one, its loss is the step's end (SessionLost)."""
+        try:
+            return self._execute(query, params)
+        except SessionLost:
+            if self._in_block or self._regaining:
+                raise
+        self._regaining = True
+        try:
+            self._ensure_owner()
+            return self._execute(query, params)
+        finally:
+            self._regaining = False
+
+    def _execute(self, query: str, params: Sequence[Any] | None) -> psycopg.Cursor[Any]:
+        connection = self._live()
+        with self._translated():
+            return connection.execute(query, params)  # type: ignore[arg-type]
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """What is worth a retry as error 11 (see _retryable_as_unavailable), and a lost
+        session too (see _lost)."""
+        with self._session_errors(), _retryable_as_unavailable():
+            yield
+
+    @contextmanager
+    def _session_errors(self) -> Iterator[None]:
+        """A session that dies under a statement as SessionLost, error 11."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            if not _usable(self.connection):
+                raise self._lost(exc) from exc
+            raise
 
     def _in_transaction(self) -> bool:
+        if self.connection is None:
+            return False
         status = self.connection.info.transaction_status
         return status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
@@ -304,13 +464,13 @@ class PostgresStore:
         work never writes (and needs no right to create)."""
         if self._schema_ready:
             return
-        names = list(self._tables.values())
+        names = list(self.tables)
         existing = {row[0] for row in self._run(EXISTING_TABLES, (self.schema, names))}
         if len(existing) == len(names):
             return
         if self._run(SCHEMA_EXISTS, (self.schema,)).fetchone() is None:
             self._run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                sql.Identifier(self.schema)).as_string(self.connection))
+                sql.Identifier(self.schema)).as_string())
         for name, statement in zip(names, self._schema, strict=True):
             if name not in existing:
                 self._run(statement)
@@ -320,7 +480,7 @@ class PostgresStore:
 
         A table seen outside a transaction is remembered: a server is a round trip away.
         """
-        table = self._tables[key]
+        table = getattr(self.tables, key)
         if self._schema_ready or table in self._existing:
             return True
         found = self._run(EXISTING_TABLES, (self.schema, [table])).fetchone() is not None
@@ -341,7 +501,9 @@ class PostgresStore:
         lock_timeout, or hit a serialization failure or deadlock; any other failure is
         raised as the psycopg error it is.
         """
+        self._ensure_owner()
         self._run("BEGIN")
+        self._in_block = True
         try:
             if not foreign_keys:
                 self._run("SET CONSTRAINTS ALL DEFERRED")
@@ -359,7 +521,7 @@ class PostgresStore:
                 self.connection.execute("ROLLBACK")
             raise
         finally:
-            self._deferred = False
+            self._deferred = self._in_block = self._committing = False
         if not commit:
             return
         self._schema_ready = True
@@ -368,6 +530,7 @@ class PostgresStore:
             self._crash_hook.fire_if_armed()
 
     def _commit(self, foreign_keys: bool) -> None:
+        self._committing = True
         try:
             self._run("COMMIT")
         except errors.ForeignKeyViolation as exc:
@@ -385,12 +548,13 @@ class PostgresStore:
         open when it had none.
         """
         if not in_transaction:
-            yield PostgresMigrationDB(self.connection, guarded=False)
+            self._ensure_owner()  # a write, even outside a transaction
+            yield PostgresMigrationDB(self._live(), guarded=False, translated=self._translated)
             if self._in_transaction():
                 self.connection.execute("ROLLBACK")
                 raise RuntimeError("the migration left a transaction open")
             return
-        yield PostgresMigrationDB(self.connection, guarded=True)
+        yield PostgresMigrationDB(self._live(), guarded=True, translated=self._translated)
         status = self.connection.info.transaction_status
         if status == TransactionStatus.IDLE:
             raise RuntimeError("the migration ended the transaction itself")
@@ -499,16 +663,22 @@ class PostgresMigrationDB:
     ROLLBACK there while a transaction block is open.
     """
 
-    def __init__(self, connection: psycopg.Connection[Any], guarded: bool) -> None:
+    def __init__(
+        self,
+        connection: psycopg.Connection[Any],
+        guarded: bool,
+        translated: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
         self._connection = connection
         self._guarded = guarded
+        self._translated = translated  # the store's: a lost session is error 11, not a failure
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
         """Run one statement with parameters (without, several `;`-separated ones may run,
         exactly as written); returns its rows."""
         self._refuse_transaction_control(sql)
         query, values = to_psycopg(sql, params)
-        with _retryable_as_unavailable():
+        with self._translated():
             # Never prepared: a migration's DDL may change what a prepared plan returns.
             return Rows(self._connection.execute(query, values, prepare=False))  # type: ignore[arg-type]
 
@@ -522,7 +692,7 @@ class PostgresMigrationDB:
         cursor = self._connection.cursor()
         if first is not None:
             query = translate(sql, named=isinstance(first, Mapping))
-            with _retryable_as_unavailable():
+            with self._translated():
                 cursor.executemany(query, itertools.chain([first], rows))  # type: ignore[arg-type]
         return Rows(cursor)
 
@@ -530,7 +700,7 @@ class PostgresMigrationDB:
         """Run several `;`-separated statements in the current transaction, in order, in one
         round trip. Raises the psycopg error of the first statement that fails."""
         self._refuse_transaction_control(script)
-        with _retryable_as_unavailable():
+        with self._translated():
             self._connection.execute(script, prepare=False)  # type: ignore[arg-type]
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
@@ -627,17 +797,26 @@ def _connect(url: str, where: str) -> psycopg.Connection[Any]:
         raise ConnectionError(f"cannot connect to {where}: {text.strip()}") from None
 
 
-def _check_names(table: str, schema: str) -> None:
+def _check_names(tables: TrackingTables, schema: str) -> None:
     """Raise ValueError for a name PostgreSQL would cut or refuse."""
-    if not table:
-        raise ValueError("the table name must not be empty")
-    longest = max(SUFFIXES, key=len)
-    for what, name in (("table", table + longest), ("schema", schema)):
+    named = [("table", name) for name in tables] + [("schema", schema)]
+    for what, name in named:
         if not name or "\x00" in name or len(name.encode()) > MAX_IDENTIFIER_BYTES:
             raise ValueError(
-                f"the {what} name {name!r} must be 1 to {MAX_IDENTIFIER_BYTES} bytes without"
-                f" NUL{' (suffix included)' if what == 'table' else ''}"
+                f"the {what} name {name!r} must be 1 to {MAX_IDENTIFIER_BYTES} bytes without NUL"
             )
+
+
+def _configure(connection: psycopg.Connection[Any]) -> None:
+    """A lock wait ends like SQLite's busy timeout, unless the URL or server chose."""
+    (lock_timeout,) = connection.execute("SHOW lock_timeout").fetchone()
+    if lock_timeout == "0":
+        connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+
+
+def _usable(connection: psycopg.Connection[Any] | None) -> bool:
+    """True for a session that psycopg has not seen die."""
+    return connection is not None and not (connection.closed or connection.broken)
 
 
 def owner_lock_key(schema: str, table: str) -> int:

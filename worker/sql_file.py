@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 # `--` at the very start of a line, then `migrate:` and a name; the rest are options.
@@ -69,13 +69,46 @@ def decode(source: bytes, filename: str) -> str:
         ) from None
 
 
-def parse(text: str, filename: str) -> SqlFile:
+def split_statements(script: str) -> Iterator[str]:
+    """Yield each statement of `script` in order, exactly as written.
+
+    A statement ends at a `;` that sqlite3.complete_statement accepts, so one inside a
+    string, a comment or a trigger's BEGIN ... END does not end it; the last statement may
+    lack its `;`. Text holding only comments, whitespace and `;` yields nothing.
+
+    Raises IncompleteStatement (a sqlite3.ProgrammingError) if the script ends inside a
+    statement or a block comment.
+    """
+    start = 0
+    end = script.find(";")
+    while end != -1:
+        candidate = script[start : end + 1]
+        if sqlite3.complete_statement(candidate):
+            if has_code(candidate):
+                yield candidate
+            start = end + 1
+        end = script.find(";", end + 1)
+    tail = script[start:]
+    if has_code(tail):
+        # The newline ends a trailing `--` comment, which would otherwise swallow the `;`.
+        if not sqlite3.complete_statement(tail + "\n;"):
+            raise IncompleteStatement(tail, start)
+        yield tail
+
+
+def parse(
+    text: str,
+    filename: str,
+    split_statements: Callable[[str], Iterator[str]] = split_statements,
+) -> SqlFile:
     """The sections of a SQL migration file, each split into its statements as written.
 
     Raises SqlFileError, naming `filename` and the line, for a file without a
     `-- migrate:up` line, a second up or down marker, a down marker before the up one,
     SQL before the up marker, an unknown directive or option, or a section that ends
-    inside a statement.
+    inside a statement. Each section is cut into statements by `split_statements`
+    (SQLite's rules unless told otherwise; pg_sql.split_statements has PostgreSQL's),
+    which must raise IncompleteStatement for a section that ends inside one.
     """
     markers: dict[str, _Marker] = {}
     foreign_keys, foreign_keys_line = True, 0
@@ -112,38 +145,15 @@ def parse(text: str, filename: str) -> SqlFile:
     _refuse_sql_before(text[: up.start], filename)
     down = markers.get("down")
     up_end = len(text) if down is None else down.start
-    up_statements = _statements(text[up.body : up_end], "up", up.line + 1, filename)
+    up_statements = _statements(
+        split_statements, text[up.body : up_end], "up", up.line + 1, filename
+    )
     down_statements = (
-        None if down is None else _statements(text[down.body :], "down", down.line + 1, filename)
+        None
+        if down is None
+        else _statements(split_statements, text[down.body :], "down", down.line + 1, filename)
     )
     return SqlFile(up_statements, down_statements, foreign_keys, transaction)
-
-
-def split_statements(script: str) -> Iterator[str]:
-    """Yield each statement of `script` in order, exactly as written.
-
-    A statement ends at a `;` that sqlite3.complete_statement accepts, so one inside a
-    string, a comment or a trigger's BEGIN ... END does not end it; the last statement may
-    lack its `;`. Text holding only comments, whitespace and `;` yields nothing.
-
-    Raises IncompleteStatement (a sqlite3.ProgrammingError) if the script ends inside a
-    statement or a block comment.
-    """
-    start = 0
-    end = script.find(";")
-    while end != -1:
-        candidate = script[start : end + 1]
-        if sqlite3.complete_statement(candidate):
-            if has_code(candidate):
-                yield candidate
-            start = end + 1
-        end = script.find(";", end + 1)
-    tail = script[start:]
-    if has_code(tail):
-        # The newline ends a trailing `--` comment, which would otherwise swallow the `;`.
-        if not sqlite3.complete_statement(tail + "\n;"):
-            raise IncompleteStatement(tail, start)
-        yield tail
 
 
 def has_code(sql: str) -> bool:
@@ -203,7 +213,13 @@ def _refuse_sql_before(prologue: str, filename: str) -> None:
         )
 
 
-def _statements(section: str, name: str, first_line: int, filename: str) -> list[str]:
+def _statements(
+    split_statements: Callable[[str], Iterator[str]],
+    section: str,
+    name: str,
+    first_line: int,
+    filename: str,
+) -> list[str]:
     """The statements of one section; raises SqlFileError if it ends inside one."""
     try:
         return list(split_statements(section))

@@ -15,15 +15,18 @@ from typing import Any
 
 from broker import codec, endpoint
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
+from worker import sql_file
 from worker.lock import OwnerLock
 from worker.migration_db import MigrationDB, guarded
 from worker.store import (
+    DEFAULT_TABLE,
     KEEP_REPLIES,
     AppliedMigration,
     CrashHook,
     Event,
     ForeignKeyViolation,
     Store,
+    tracking_tables,
 )
 
 log = logging.getLogger(__name__)
@@ -31,8 +34,8 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_S = 5.0  # how long BEGIN IMMEDIATE waits for another program's write lock
 BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes): worth a retry
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS {migrations} (
     version INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
     checksum TEXT NOT NULL,
@@ -40,14 +43,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     execution_ms REAL NOT NULL,
     applied_seq INTEGER NOT NULL,
     request_id BLOB
-);
-CREATE TABLE IF NOT EXISTS schema_migration_replies (
+)""",
+    """CREATE TABLE IF NOT EXISTS {replies} (
     seq INTEGER PRIMARY KEY,
     request_id BLOB NOT NULL UNIQUE,
     reply BLOB NOT NULL,
     created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS schema_migration_history (
+)""",
+    """CREATE TABLE IF NOT EXISTS {history} (
     seq INTEGER PRIMARY KEY,
     version INTEGER NOT NULL,
     name TEXT NOT NULL,
@@ -57,13 +60,49 @@ CREATE TABLE IF NOT EXISTS schema_migration_history (
     duration_ms REAL NOT NULL,
     src TEXT,
     request_id BLOB
-);
-"""
+)""",
+)
+EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
+UTC_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+STATEMENTS = {
+    "applied": "SELECT version, name, checksum, applied_seq, request_id"
+    " FROM {migrations} ORDER BY version",
+    "record": "INSERT INTO {migrations}"
+    " (version, name, checksum, applied_at, execution_ms, applied_seq, request_id)"
+    f" VALUES (?, ?, ?, {UTC_NOW}, ?, ?, ?)",
+    "unrecord": "DELETE FROM {migrations} WHERE version = ?",
+    "record_event": f"INSERT INTO {{history}} ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "history": f"SELECT {EVENT_COLUMNS} FROM {{history}} ORDER BY seq",
+    "recent_history": f"SELECT {EVENT_COLUMNS} FROM (SELECT seq, {EVENT_COLUMNS}"
+    " FROM {history} ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+    "events_of": f"SELECT {EVENT_COLUMNS} FROM {{history}}"
+    " WHERE request_id = ? AND action = ? ORDER BY seq",
+    "stored_reply": "SELECT reply FROM {replies} WHERE request_id = ?",
+    "store_reply": "INSERT OR REPLACE INTO {replies} (request_id, reply, created_at)"
+    f" VALUES (?, ?, {UTC_NOW})",
+    "prune_replies": "DELETE FROM {replies} WHERE seq <= ?",
+}
+
+
+def quoted(name: str) -> str:
+    """An SQLite identifier, quoted so that any name is taken as written."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 class SqliteStore(Store):
-    def __init__(self, path: Path) -> None:
+    split_statements = staticmethod(sql_file.split_statements)
+
+    def __init__(self, path: Path, table: str = DEFAULT_TABLE) -> None:
+        """Open the database file at `path` (created if missing), tracking in `table`.
+
+        Raises sqlite3.Error for a file that is not a database, ValueError for an empty
+        table name.
+        """
         self.path = path
+        self.tables = tracking_tables(table)
+        names = {key: quoted(name) for key, name in self.tables._asdict().items()}
+        self._schema = [statement.format(**names) for statement in SCHEMA]
+        self._sql = {key: statement.format(**names) for key, statement in STATEMENTS.items()}
         self._owner = OwnerLock(endpoint.lock_file(path))
         # Autocommit mode: sqlite3 must never open or commit a transaction behind our back.
         self.connection = sqlite3.connect(
@@ -91,9 +130,8 @@ class SqliteStore(Store):
     def _ensure_schema(self) -> None:
         """Create the tracking tables in the first write, so read-only work never writes."""
         if not self._schema_ready:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self.connection.execute(statement)
+            for statement in self._schema:
+                self.connection.execute(statement)
 
     def _has(self, table: str) -> bool:
         """True if the tracking table exists (they all do once this store has written)."""
@@ -186,13 +224,9 @@ class SqliteStore(Store):
 
     def applied(self) -> list[AppliedMigration]:
         """Every recorded migration, in version order."""
-        if not self._has("schema_migrations"):
+        if not self._has(self.tables.migrations):
             return []
-        rows = self.connection.execute(
-            "SELECT version, name, checksum, applied_seq, request_id"
-            " FROM schema_migrations ORDER BY version"
-        )
-        return [AppliedMigration(*row) for row in rows]
+        return [AppliedMigration(*row) for row in self.connection.execute(self._sql["applied"])]
 
     def record(
         self,
@@ -209,70 +243,42 @@ class SqliteStore(Store):
         writer knows it, so no index or scan of the table is needed to find it.
         """
         self.connection.execute(
-            "INSERT INTO schema_migrations"
-            " (version, name, checksum, applied_at, execution_ms, applied_seq, request_id)"
-            " VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?, ?, ?)",
-            (version, name, checksum, execution_ms, applied_seq, request_id),
+            self._sql["record"], (version, name, checksum, execution_ms, applied_seq, request_id)
         )
 
     def unrecord(self, version: int) -> None:
         """Mark a migration not applied; call inside the transaction that ran its down()."""
-        self.connection.execute("DELETE FROM schema_migrations WHERE version = ?", (version,))
+        self.connection.execute(self._sql["unrecord"], (version,))
 
     def record_event(self, event: Event) -> None:
         """Add an apply, rollback or baseline to the history, inside its own transaction."""
-        self.connection.execute(
-            "INSERT INTO schema_migration_history (version, name, action, checksum,"
-            " started_at, duration_ms, src, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            event,
-        )
+        self.connection.execute(self._sql["record_event"], event)
 
     def history(self, limit: int | None = None) -> list[Event]:
         """The history, oldest first: every event, or the `limit` most recent."""
-        if not self._has("schema_migration_history"):
+        if not self._has(self.tables.history):
             return []
-        columns = "version, name, action, checksum, started_at, duration_ms, src, request_id"
         if limit is None:
-            query = f"SELECT {columns} FROM schema_migration_history ORDER BY seq"
-            rows = self.connection.execute(query)
+            rows = self.connection.execute(self._sql["history"])
         else:
-            query = (
-                f"SELECT {columns} FROM (SELECT seq, {columns} FROM schema_migration_history"
-                " ORDER BY seq DESC LIMIT ?) ORDER BY seq"
-            )
-            rows = self.connection.execute(query, (limit,))
+            rows = self.connection.execute(self._sql["recent_history"], (limit,))
         return [Event(*row) for row in rows]
 
     def events_of(self, request_id: bytes, action: str) -> list[Event]:
         """What one request did of `action`, oldest first (to resume it after a crash)."""
-        if not self._has("schema_migration_history"):
+        if not self._has(self.tables.history):
             return []
-        rows = self.connection.execute(
-            "SELECT version, name, action, checksum, started_at, duration_ms, src, request_id"
-            " FROM schema_migration_history WHERE request_id = ? AND action = ? ORDER BY seq",
-            (request_id, action),
-        )
+        rows = self.connection.execute(self._sql["events_of"], (request_id, action))
         return [Event(*row) for row in rows]
 
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
         """The reply already given to this request id, if it was stored."""
-        if not self._has("schema_migration_replies"):
+        if not self._has(self.tables.replies):
             return None
-        row = self.connection.execute(
-            "SELECT reply FROM schema_migration_replies WHERE request_id = ?", (request_id,)
-        ).fetchone()
+        row = self.connection.execute(self._sql["stored_reply"], (request_id,)).fetchone()
         return None if row is None else codec.unpack(row[0], codec.MAX_REPLY_BYTES)
 
     def store_reply(self, request_id: bytes, reply: dict[str, Any]) -> None:
         """Keep a reply for resends; call inside the transaction whose effect it reports."""
-        cursor = self.connection.execute(
-            "INSERT OR REPLACE INTO schema_migration_replies (request_id, reply, created_at)"
-            " VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-            (request_id, codec.pack(reply)),
-        )
-        self.connection.execute(
-            "DELETE FROM schema_migration_replies WHERE seq <= ?",
-            (cursor.lastrowid - KEEP_REPLIES,),
-        )
-
-
+        cursor = self.connection.execute(self._sql["store_reply"], (request_id, codec.pack(reply)))
+        self.connection.execute(self._sql["prune_replies"], (cursor.lastrowid - KEEP_REPLIES,))

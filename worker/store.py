@@ -15,14 +15,15 @@ import logging
 import os
 import signal
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
-from broker.endpoint import Endpoint
+from broker.endpoint import DEFAULT_TABLE, Endpoint
 from worker.lock import AlreadyOwned, OwnerLock
 
-__all__ = ["AlreadyOwned", "AppliedMigration", "CrashHook", "Event", "ForeignKeyViolation",
-           "Store", "open_store"]
+__all__ = ["DEFAULT_TABLE", "AlreadyOwned", "AppliedMigration", "CrashHook", "Event",
+           "ForeignKeyViolation", "Store", "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,28 @@ class Event(NamedTuple):
     request_id: bytes | None
 
 
+class TrackingTables(NamedTuple):
+    """The names of one tracking table and its two companions."""
+
+    migrations: str  # one row per applied migration
+    replies: str  # stored replies to writes, for resent requests
+    history: str  # every apply, rollback and baseline
+
+
+def tracking_tables(table: str = DEFAULT_TABLE) -> TrackingTables:
+    """The tables `--table` names, on every backend: the default keeps the names databases
+    created before the option have (schema_migration_replies, schema_migration_history);
+    another name T gives T, T_replies and T_history.
+
+    Raises ValueError for an empty name or one holding NUL.
+    """
+    if not table or "\x00" in table:
+        raise ValueError(f"the tracking table name {table!r} must be non-empty, without NUL")
+    if table == DEFAULT_TABLE:
+        return TrackingTables(table, "schema_migration_replies", "schema_migration_history")
+    return TrackingTables(table, f"{table}_replies", f"{table}_history")
+
+
 class ForeignKeyViolation(Exception):
     """Rows that reference missing rows, found before a commit with foreign keys off."""
 
@@ -67,6 +90,8 @@ class Store(ABC):
     """One database as the engine sees it. Every write goes through `transaction()`."""
 
     commits: int  # transactions this store committed; with data_version(), a change stamp
+    # Cuts a .sql section into statements by this database's rules (see sql_file).
+    split_statements: Callable[[str], Iterator[str]]
 
     @abstractmethod
     def close(self) -> None: ...
@@ -145,15 +170,33 @@ class Store(ABC):
         effect it reports."""
 
 
-def open_store(where: Endpoint) -> Store:
-    """The store for a worker's endpoint: a PostgreSQL URL's, or a SQLite file's."""
+def open_store(
+    where: Endpoint,
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    owner_wait_s: float | None = None,
+) -> Store:
+    """The store for a worker's endpoint: a PostgreSQL URL's, or a SQLite file's.
+
+    `schema` places the tracking tables on a server (default `public`); a SQLite file has
+    none, so giving one is a ValueError. `owner_wait_s` is how long a write may wait for
+    the owner lock while another worker (on another host) holds it; see PostgresStore.
+    """
     if isinstance(where.database, str):
         from worker.postgres_store import PostgresStore  # only a PostgreSQL worker loads psycopg
 
-        return PostgresStore(where.database, local_lock=OwnerLock(where.lock_path))
+        return PostgresStore(
+            where.database,
+            table=table,
+            schema=schema or "public",
+            local_lock=OwnerLock(where.lock_path),
+            owner_wait_s=owner_wait_s,
+        )
+    if schema is not None:
+        raise ValueError("--schema is for a PostgreSQL database; a SQLite file has no schemas")
     from worker.sqlite_store import SqliteStore
 
-    return SqliteStore(where.database)
+    return SqliteStore(where.database, table=table)
 
 
 class CrashHook:
