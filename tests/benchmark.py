@@ -1,11 +1,16 @@
-"""Benchmark: `python -m tests.benchmark [--quick] [--output BENCHMARKS.md]`.
+"""Benchmark: `python -m tests.benchmark [--quick] [--only GROUP] [--output BENCHMARKS.md]`.
 
 Measures each figure next to its floor (what a bare program does on this machine, measured
 in the same run) and prints the table, then writes it as markdown with the machine and date.
 Machines here are shared and noisy, so every figure is a median over repeated runs (the min
 is shown too) and the ratio to its floor is what to compare between runs. `--quick` runs
 every measurement once at small sizes, so CI keeps this script working; no test asserts a
-timing.
+timing. `--only GROUP` (repeatable) runs only those groups of figures; with `--output`, their
+table replaces its own section of the file (added at the end the first time), the rest kept.
+
+The `postgres` group runs on the local server (POSTGRES_SERVER, over TCP, for ours, the plain
+psycopg loop and the peers alike), each measurement in a fresh database dropped afterwards;
+when no server answers, its rows say so instead of failing.
 """
 
 from __future__ import annotations
@@ -28,11 +33,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import zmq
 
+from broker import endpoint
 from broker.client import WINDOW
-from tests.processes import alive_owner, gone, lock_owner
+from tests import bench_peers
+from tests.bench_peers import POSTGRES_SERVER, postgres_database, postgres_problem
+from tests.processes import gone
 
 PROJECT = Path(__file__).resolve().parent.parent
 NODE = PROJECT / "node.py"
@@ -71,6 +81,17 @@ class Figure:
         ]
 
 
+@dataclass
+class Unmeasured:
+    """A figure this run could not take, and why (no PostgreSQL server answered, say)."""
+
+    name: str
+    why: str
+
+    def row(self) -> list[str]:
+        return [self.name, self.why, "-", "-", "-", "-"]
+
+
 def _num(value: float) -> str:
     """Three significant digits at least: 0.213 ms, 4.81 s, 63,320 req/s."""
     if value >= 100:
@@ -79,13 +100,45 @@ def _num(value: float) -> str:
 
 
 class Sandbox:
-    """A temporary database and runtime directory; workers started in it are stopped at exit."""
+    """A temporary database and runtime directory: a SQLite file, or with `server` a fresh
+    database on that PostgreSQL server. At close, workers started in it are stopped and the
+    database is removed (the PostgreSQL one dropped)."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: str | None = None) -> None:
+        self.server = server
         self.root = Path(tempfile.mkdtemp(prefix="mnb-"))
-        self.db = self.root / "bench.db"
-        self.env = {**os.environ, "MIGRATIONS_RUNTIME_DIR": str(self.root / "run")}
+        self.env = {**os.environ, endpoint.RUNTIME_DIR_ENV: str(self.root / "run")}
         self.migrations: Path | None = None
+        self._cleanup = contextlib.ExitStack()
+        self._cleanup.callback(shutil.rmtree, self.root, ignore_errors=True)
+        self.db: Path | str = self.root / "bench.db"
+        if server is not None:
+            try:
+                self.db = self._cleanup.enter_context(postgres_database(server))
+            except BaseException:
+                self._cleanup.close()
+                raise
+        self.lock = self._lock_path()
+
+    def _lock_path(self) -> Path:
+        """The file the owning worker writes its pid in: beside a SQLite file, in the
+        runtime directory for a server."""
+        if self.server is None:
+            return endpoint.lock_file(self.db)
+        runtime = {endpoint.RUNTIME_DIR_ENV: self.env[endpoint.RUNTIME_DIR_ENV]}
+        with mock.patch.dict(os.environ, runtime):
+            return endpoint.for_database(self.db).lock_path
+
+    def owner(self) -> int | None:
+        """The owning worker's pid while it still runs, else None."""
+        pid = endpoint.read_owner(self.lock).pid
+        return None if pid is None or gone(pid) else pid
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def generate(self, count: int, kind: str = "py") -> Path:
         """`count` migrations, each creating one small table, as our node's .py or .sql files."""
@@ -103,7 +156,7 @@ class Sandbox:
 
     def stop_worker(self) -> None:
         """SIGTERM the database's worker and wait until it has gone."""
-        pid = alive_owner(self.db)
+        pid = self.owner()
         if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -124,16 +177,16 @@ class Sandbox:
         )
 
     def worker_pid(self) -> int:
-        pid = lock_owner(self.db)
+        pid = endpoint.read_owner(self.lock).pid
         assert pid is not None, "no worker owns the database"
         return pid
 
     def close(self) -> None:
-        pid = alive_owner(self.db)
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Stop the worker (a server's database cannot be dropped under it), then remove."""
+        try:
+            self.stop_worker()
+        finally:
+            self._cleanup.close()
 
 
 def create_table(version: int) -> str:
@@ -188,9 +241,13 @@ def interleaved(
     return samples, floors
 
 
-def cold_start(runs: int, worker_running: bool) -> Figure:
-    """From starting node.py to its first `status` reply."""
-    sandbox = Sandbox()
+def on(server: str | None) -> str:
+    """What a figure's name adds when it was taken on a PostgreSQL server."""
+    return "" if server is None else " on PostgreSQL"
+
+
+def cold_status(sandbox: Sandbox, worker_running: bool) -> Callable[[], float]:
+    """One cold start in `sandbox`: from starting node.py to its first `status` reply (ms)."""
 
     def once() -> float:
         if worker_running:
@@ -209,17 +266,32 @@ def cold_start(runs: int, worker_running: bool) -> Figure:
         node.wait()
         return elapsed
 
-    try:
+    return once
+
+
+def cold_start(runs: int, worker_running: bool, server: str | None = None) -> Figure:
+    """From starting node.py to its first `status` reply. On a server's fresh database, the
+    floor is the same on SQLite in the same run: the node never imports psycopg."""
+    with contextlib.ExitStack() as sandboxes:
+        once = cold_status(sandboxes.enter_context(Sandbox(server)), worker_running)
+        floor_name = "python -c 'import zmq, msgpack' (whole process)"
+
+        def floor() -> float:
+            return process_once("zmq, msgpack")
+
+        if server is not None:
+            floor = cold_status(sandboxes.enter_context(Sandbox()), worker_running)
+            floor_name = "the same on SQLite (cold start above), same run"
         once()  # warms the disk cache
-        samples, floors = interleaved(runs, once, lambda: process_once("zmq, msgpack"))
-    finally:
-        sandbox.close()
+        floor()
+        samples, floors = interleaved(runs, once, floor)
     return Figure(
-        f"cold start, {'worker running' if worker_running else 'no worker'}",
-        "start `python node.py`, write one `status`, time to its reply",
+        f"cold start{on(server)}, {'worker running' if worker_running else 'no worker'}",
+        f"start `python node.py{' --db postgresql://...' if server else ''}`, write one"
+        " `status`, time to its reply",
         "ms",
         samples,
-        "python -c 'import zmq, msgpack' (whole process)",
+        floor_name,
         floors,
         "<= 1.5x floor" if worker_running else "<= 2.5x floor",
     )
@@ -263,41 +335,65 @@ def sequential_latency(count: int, runs: int) -> Figure:
     )
 
 
-def sqlite_floor(count: int, kind: str = "py") -> float:
-    """The plain sqlite3 loop: per migration BEGIN IMMEDIATE, CREATE, INSERT, COMMIT (seconds).
+def plain_connection(sandbox: Sandbox) -> tuple[Any, str, str]:
+    """The plain loop's connection, in autocommit mode so that the loop's BEGIN and COMMIT
+    are the only ones, with the statement that begins each migration's transaction and the
+    INSERT of its tracking row: sqlite3 on the file, or psycopg on the server's database
+    (the same TCP connection as our worker's, one session for the whole loop). Both
+    connections have the execute() and close() the loop uses."""
+    if sandbox.server is None:
+        connection = sqlite3.connect(sandbox.db, isolation_level=None)
+        connection.execute("PRAGMA synchronous = FULL")  # our node's setting, rollback journal
+        return connection, "BEGIN IMMEDIATE", (
+            "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))"
+        )
+    import psycopg
+
+    connection = psycopg.connect(str(sandbox.db), autocommit=True)
+    return connection, "BEGIN", "INSERT INTO schema_migrations VALUES (%s, %s, now()::text)"
+
+
+def loop_name(server: str | None, kind: str = "py") -> str:
+    """The plain loop, as the floor column names it."""
+    if server is not None:
+        return "plain psycopg loop, same server over TCP, BEGIN/CREATE/INSERT/COMMIT each"
+    return (
+        f"plain sqlite3 loop{' reading the same .sql files' if kind == 'sql' else ''},"
+        " same journal and sync"
+    )
+
+
+def loop_floor(count: int, kind: str = "py", server: str | None = None) -> float:
+    """The plain loop: per migration BEGIN, CREATE, INSERT, COMMIT (seconds), with sqlite3
+    on a file, or with psycopg on a fresh database of `server` (see plain_connection).
 
     With kind "sql" the loop reads each migration's statements from the same generated .sql
     files the node gets, splitting each file's up section at `;`.
     """
-    sandbox = Sandbox()
+    sandbox = Sandbox(server)
     files = sandbox.generate(count, kind) if kind == "sql" else None
     if files:
         os.sync()  # writing the generated files is set-up, as in apply_once
     try:
-        connection = sqlite3.connect(sandbox.db, isolation_level=None)
-        connection.execute("PRAGMA synchronous = FULL")  # our node's setting, rollback journal
-        connection.execute(
-            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT,"
-            " applied_at TEXT)"
-        )
-        started = time.perf_counter()
-        for version in range(1, count + 1):
-            statements = (
-                up_statements(migration_path(files, version, kind))
-                if files
-                else [create_table(version)]
-            )
-            connection.execute("BEGIN IMMEDIATE")
-            for statement in statements:
-                connection.execute(statement)
+        connection, begin, insert = plain_connection(sandbox)
+        with contextlib.closing(connection):
             connection.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))",
-                (version, f"t{version}"),
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT,"
+                " applied_at TEXT)"
             )
-            connection.execute("COMMIT")
-        elapsed = time.perf_counter() - started
-        connection.close()
-        return elapsed
+            started = time.perf_counter()
+            for version in range(1, count + 1):
+                statements = (
+                    up_statements(migration_path(files, version, kind))
+                    if files
+                    else [create_table(version)]
+                )
+                connection.execute(begin)
+                for statement in statements:
+                    connection.execute(statement)
+                connection.execute(insert, (version, f"t{version}"))
+                connection.execute("COMMIT")
+            return time.perf_counter() - started
     finally:
         sandbox.close()
 
@@ -311,10 +407,13 @@ class ApplyRun:
     validate_ms: list[float]
 
 
-def apply_once(count: int, read_trips: int, kind: str = "py", dry_run: bool = False) -> ApplyRun:
-    """Apply `count` generated migrations with one `migrate` through a running node, then time
-    `read_trips` warm `status` and `validate` round trips. A dry run must leave all pending."""
-    sandbox = Sandbox()
+def apply_once(
+    count: int, read_trips: int, kind: str = "py", dry_run: bool = False, server: str | None = None
+) -> ApplyRun:
+    """Apply `count` generated migrations with one `migrate` through a running node (on a
+    fresh database of `server`, if given), then time `read_trips` warm `status` and
+    `validate` round trips. A dry run must leave all pending."""
+    sandbox = Sandbox(server)
     sandbox.generate(count, kind)
     os.sync()  # writing the generated files is set-up: its disk work is not the apply's
     node = sandbox.node()
@@ -343,30 +442,39 @@ def apply_once(count: int, read_trips: int, kind: str = "py", dry_run: bool = Fa
         sandbox.close()
 
 
+def apply_aim(count: int, kind: str, server: str | None) -> str:
+    if count < 1000:
+        return "(informative)"
+    if server is not None:
+        return "<= 1.1x floor"
+    return "<= 1.15x floor" if kind == "sql" else "<= 1.2x floor"
+
+
 def apply_figures(
-    count: int, runs: int, with_status: bool = False, kind: str = "py"
+    count: int, runs: int, with_status: bool = False, kind: str = "py", server: str | None = None
 ) -> list[Figure]:
-    """Applying `count` generated .py (or .sql) migrations; `with_status`: then the warm
-    reads of all of them applied, and the peak memory of node and worker."""
+    """Applying `count` generated .py (or .sql) migrations, on SQLite or on fresh databases
+    of `server`; `with_status`: then the warm reads of all of them applied, and the peak
+    memory of node and worker."""
     results: list[ApplyRun] = []
     sql = kind == "sql"
 
     def once() -> float:
-        results.append(apply_once(count, 20 if with_status else 0, kind))
+        results.append(apply_once(count, 20 if with_status else 0, kind, server=server))
         return results[-1].seconds
 
-    samples, floors = interleaved(runs, once, lambda: sqlite_floor(count, kind))
+    samples, floors = interleaved(runs, once, lambda: loop_floor(count, kind, server))
     figures = [
         Figure(
-            f"apply {count:,} {'.sql ' if sql else ''}migrations",
-            f"one `migrate` through a running node; each {'.sql file' if sql else 'migration'}"
-            " creates one table",
+            f"apply {count:,} {'.sql ' if sql else ''}migrations{on(server)}",
+            "one `migrate` through a running node"
+            f"{'' if server is None else ', fresh database, local server over TCP'};"
+            f" each {'.sql file' if sql else 'migration'} creates one table",
             "s",
             samples,
-            f"plain sqlite3 loop{' reading the same .sql files' if sql else ''},"
-            " same journal and sync",
+            loop_name(server, kind),
             floors,
-            ("<= 1.15x floor" if sql else "<= 1.2x floor") if count >= 1000 else "(informative)",
+            apply_aim(count, kind, server),
         )
     ]
     if with_status:
@@ -587,59 +695,133 @@ def nodes_throughput(nodes: int, count: int, runs: int) -> Figure:
 
 
 NOT_INSTALLED: list[str] = []  # peers the table could not include
+SERVERS: list[str] = []  # the PostgreSQL servers measured, for the machine line
 
 
-def peer_figures(count: int, runs: int) -> list[Figure]:
-    """The same apply and cold status work through the tools users would pick instead."""
-    from tests import bench_peers
-
+def peer_figures(count: int, runs: int, server: str | None = None) -> list[Figure]:
+    """The same apply and cold status work through the tools users would pick instead, on
+    SQLite or on fresh databases of `server`."""
     figures = []
     for tool, measure in (
         ("alembic", bench_peers.measure_alembic),
         ("yoyo-migrations", bench_peers.measure_yoyo),
     ):
-        result = measure(count, runs)
-        if result is None:
+        if bench_peers.available()[tool] is None:
             print(f"{tool}: not installed (pip install '.[bench]')", flush=True)
-            NOT_INSTALLED.append(tool)
+            if tool not in NOT_INSTALLED:
+                NOT_INSTALLED.append(tool)
             continue
-        figures += [
-            Figure(
-                f"peer {result.tool}: apply {count:,} migrations",
-                "its own CLI, one process applies all; each migration creates one table",
-                "s",
-                result.apply_seconds,
-                "plain sqlite3 loop, same journal and sync",
-                [sqlite_floor(count) for _ in range(runs)],
-                "(compare: apply 1,000 above)",
-            ),
-            Figure(
-                f"peer {result.tool}: cold status",
-                "its own CLI's status command as a whole process, all applied",
-                "ms",
-                result.status_ms,
-                "python -c 'import zmq, msgpack' (whole process)",
-                [process_once("zmq, msgpack") for _ in range(runs)],
-                "(compare: cold start above)",
-            ),
-        ]
+        figures += peer_pair(measure, count, runs, server)
     return figures
 
 
-FIGURES: list[Callable[[bool], list[Figure]]] = [
-    lambda quick: [cold_start(1 if quick else 10, worker_running=True)],
-    lambda quick: [cold_start(1 if quick else 10, worker_running=False)],
-    lambda quick: [sequential_latency(20 if quick else 1000, 1 if quick else 5)],
-    lambda quick: [nodes_throughput(1, 500 if quick else 20_000, 1 if quick else 5)],
-    lambda quick: apply_figures(20 if quick else 100, 1 if quick else 5, with_status=False),
-    lambda quick: apply_figures(50 if quick else 1000, 1 if quick else 5, with_status=False),
-    lambda quick: apply_figures(50 if quick else 1000, 1 if quick else 5, kind="sql"),
-    lambda quick: apply_figures(100 if quick else 10_000, 1 if quick else 3, with_status=True),
-    lambda quick: [dry_run_figure(50 if quick else 1000, 1 if quick else 5)],
-    lambda quick: [kill_to_reply(2 if quick else 20)],
-    lambda quick: [nodes_throughput(4, 200 if quick else 5_000, 1 if quick else 5)],
-    lambda quick: [nodes_throughput(8, 100 if quick else 2_500, 1 if quick else 5)],
-    lambda quick: peer_figures(20 if quick else 1000, 1 if quick else 3),
+def peer_pair(
+    measure: Callable[..., bench_peers.PeerResult | None],
+    count: int,
+    runs: int,
+    server: str | None,
+) -> list[Figure]:
+    """One peer's apply, in turns with the plain loop, and its cold status after each apply."""
+    results: list[bench_peers.PeerResult] = []
+
+    def once() -> float:
+        result = measure(count, 1, server)
+        assert result is not None
+        results.append(result)
+        return result.apply_seconds[0]
+
+    samples, floors = interleaved(runs, once, lambda: loop_floor(count, server=server))
+    where = on(server)
+    return [
+        Figure(
+            f"peer {results[0].tool}: apply {count:,} migrations{where}",
+            "its own CLI, one process applies all; each migration creates one table",
+            "s",
+            samples,
+            loop_name(server),
+            floors,
+            f"(compare: apply 1,000{where} above)",
+        ),
+        Figure(
+            f"peer {results[0].tool}: cold status{where}",
+            "its own CLI's status command as a whole process, all applied",
+            "ms",
+            [result.status_ms[0] for result in results],
+            "python -c 'import zmq, msgpack' (whole process)",
+            [process_once("zmq, msgpack") for _ in range(runs)],
+            f"(compare: cold start{where} above)",
+        ),
+    ]
+
+
+def postgres_figures(quick: bool) -> list[Figure | Unmeasured]:
+    """On the local PostgreSQL server: applying 1,000 beside the plain psycopg loop, a cold
+    status beside SQLite's, and the peers; rows saying why when no server answers."""
+    count = 50 if quick else 1000
+    problem = postgres_problem(POSTGRES_SERVER)
+    if problem is not None:
+        print(f"PostgreSQL: {problem}", flush=True)
+        names = (
+            f"apply {count:,} migrations on PostgreSQL",
+            "cold start on PostgreSQL, worker running",
+            "peers on PostgreSQL",
+        )
+        return [Unmeasured(name, problem) for name in names]
+    SERVERS.append(server_description(POSTGRES_SERVER))
+    return [
+        *apply_figures(count, 1 if quick else 5, server=POSTGRES_SERVER),
+        cold_start(1 if quick else 10, worker_running=True, server=POSTGRES_SERVER),
+        *peer_figures(20 if quick else count, 1 if quick else 3, POSTGRES_SERVER),
+    ]
+
+
+def server_description(server: str) -> str:
+    import psycopg
+
+    with psycopg.connect(f"{server}/postgres") as connection:
+        settings = [
+            connection.execute(f"SHOW {name}").fetchone()[0]
+            for name in ("server_version", "synchronous_commit")
+        ]
+    return (
+        f"PostgreSQL {settings[0].split()[0]} at {server.partition('@')[2]}"
+        f" (synchronous_commit {settings[1]}), psycopg {psycopg.__version__}"
+    )
+
+
+# Each group's title heads its section of the output file when run alone (--only).
+GROUPS = {
+    "start": "Cold start",
+    "latency": "Sequential latency",
+    "throughput": "Throughput",
+    "apply": "Applying migrations",
+    "dry-run": "Dry run",
+    "kill": "Worker killed",
+    "peers": "Peers",
+    "postgres": "PostgreSQL",
+}
+
+FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
+    ("start", lambda quick: [cold_start(1 if quick else 10, worker_running=True)]),
+    ("start", lambda quick: [cold_start(1 if quick else 10, worker_running=False)]),
+    ("latency", lambda quick: [sequential_latency(20 if quick else 1000, 1 if quick else 5)]),
+    (
+        "throughput",
+        lambda quick: [nodes_throughput(1, 500 if quick else 20_000, 1 if quick else 5)],
+    ),
+    ("apply", lambda quick: apply_figures(20 if quick else 100, 1 if quick else 5)),
+    ("apply", lambda quick: apply_figures(50 if quick else 1000, 1 if quick else 5)),
+    ("apply", lambda quick: apply_figures(50 if quick else 1000, 1 if quick else 5, kind="sql")),
+    (
+        "apply",
+        lambda quick: apply_figures(100 if quick else 10_000, 1 if quick else 3, with_status=True),
+    ),
+    ("dry-run", lambda quick: [dry_run_figure(50 if quick else 1000, 1 if quick else 5)]),
+    ("kill", lambda quick: [kill_to_reply(2 if quick else 20)]),
+    ("throughput", lambda quick: [nodes_throughput(4, 200 if quick else 5_000, 1 if quick else 5)]),
+    ("throughput", lambda quick: [nodes_throughput(8, 100 if quick else 2_500, 1 if quick else 5)]),
+    ("peers", lambda quick: peer_figures(20 if quick else 1000, 1 if quick else 3)),
+    ("postgres", postgres_figures),
 ]
 
 
@@ -647,16 +829,18 @@ def machine() -> str:
     return (
         f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
         f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, SQLite {sqlite3.sqlite_version}"
+        + "".join(f", {server}" for server in SERVERS)
     )
 
 
-def markdown(figures: list[Figure], quick: bool) -> str:
+def markdown(figures: list[Figure | Unmeasured], quick: bool, only: list[str]) -> str:
     header = ["figure", "median (best, worst)", "floor, same run", "ratio", "aim", "how"]
+    options = (" --quick" if quick else "") + "".join(f" --only {group}" for group in only)
     lines = [
-        "# Benchmarks",
+        "## " + ", ".join(GROUPS[group] for group in only) if only else "# Benchmarks",
         "",
         f"Measured {datetime.date.today().isoformat()} by `python -m tests.benchmark"
-        f"{' --quick' if quick else ''}` on {machine()}.",
+        f"{options}` on {machine()}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -667,19 +851,50 @@ def markdown(figures: list[Figure], quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_table(path: Path, table: str, only: list[str]) -> None:
+    """A full run's table is the whole file. An `--only` run's table is one section of it,
+    headed by its groups' titles: it replaces the section of that heading, or is added at
+    the end, and the rest of the file is kept."""
+    if not only or not path.exists():
+        path.write_text(f"# Benchmarks\n\n{table}" if only else table)
+        return
+    lines = path.read_text().rstrip("\n").splitlines(keepends=True)
+    lines[-1] = lines[-1].rstrip("\n") + "\n"
+    heading = table.splitlines(keepends=True)[0]
+    start = lines.index(heading) if heading in lines else len(lines)
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+    )
+    before, after = "".join(lines[:start]), "".join(lines[end:])
+    if start == len(lines):
+        before += "\n"
+    path.write_text(before + table + ("\n" + after if after else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="each measurement once, small")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=list(GROUPS),
+        metavar="GROUP",
+        help=f"run only this group of figures (repeatable): {', '.join(GROUPS)}",
+    )
     parser.add_argument("--output", type=Path, help="write the markdown table here")
     args = parser.parse_args(argv)
+    only = [group for group in GROUPS if group in args.only]
     figures = []
-    for measure in FIGURES:
+    for group, measure in FIGURES:
+        if only and group not in only:
+            continue
         for figure in measure(args.quick):
             print(" | ".join(figure.row()), flush=True)
             figures.append(figure)
-    table = markdown(figures, args.quick)
+    table = markdown(figures, args.quick, only)
     if args.output:
-        args.output.write_text(table)
+        write_table(args.output, table, only)
     print(table)
     return 0
 
