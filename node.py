@@ -5,7 +5,9 @@
     stdout <--OrderedReplies <-- replies matched by request id <--'
 
 Requests are pipelined to the worker; `init` and malformed input are answered here but
-still take their turn in the output. Logs go to stderr: stdout carries replies only.
+still take their turn in the output, and a `cancel` overtakes the requests still queued.
+The first SIGINT or SIGTERM cancels this node's writes and lets their replies out, the second
+stops at once. Logs go to stderr: stdout carries replies only.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker import database_url, endpoint
 from broker.errors import MALFORMED_REQUEST, ReplyError
@@ -60,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--schema",
         help="PostgreSQL schema of the tracking tables, created on first use (default: public)",
+    )
+    parser.add_argument(
+        "--wal",
+        action="store_true",
+        help="SQLite: have the worker turn an existing database's rollback journal into WAL"
+        " (a database it creates starts in WAL)",
     )
     parser.add_argument(
         "--owner-wait",
@@ -113,7 +122,9 @@ def connect(args: argparse.Namespace) -> WorkerClient:
         password = None
         if database_url.is_url(args.db):
             password = database_url.split_password(args.db)[1]
-        settings = WorkerSettings(args.migrations, args.table, args.schema, args.owner_wait)
+        settings = WorkerSettings(
+            args.migrations, args.table, args.schema, args.owner_wait, wal=args.wal
+        )
         supervisor = WorkerSupervisor(where, settings, password)
         supervisor.ensure()
     # Imported only now (ZeroMQ is most of a node's start-up), so that it overlaps the
@@ -171,21 +182,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(client: WorkerClient, replies: OrderedReplies, stop: StopRequest) -> None:
-    """Answer everything on stdin, then return once every reply is written, or at once
-    when a stop is requested (the worker finishes what it has, atomically, alone)."""
+    """Answer everything on stdin, then return once every reply is written.
+
+    On a stop request with writes of this node in flight, stop reading, cancel them (a
+    cancel answered to nobody), and return once every reply is written; with none, or on a
+    second stop request, return at once (the worker finishes what it has, atomically, alone).
+    """
     stdin = sys.stdin.fileno()
     framer = RequestFramer()
-    reading, listening = True, False
-    while (reading or replies.waiting()) and not stop.requested:
+    reading, listening, stopping = True, False, False
+    while reading or replies.waiting():
+        if stop.requested:
+            if stop.count > 1 or not (stopping or client.has_writes()):
+                return
+            if not stopping:
+                reading, stopping = False, True
+                cancel_on_signal(client, replies, stop.signum)
         # Stop reading while requests wait for the window, so input backs up, not memory.
         wanted = reading and client.has_room()
         if wanted != listening:
             client.watch(stdin, wanted)
             listening = wanted
         events = dict(client.poller.poll(client.timeout_ms()))
-        for slot, body in client.process(events):
-            replies.fill(slot, body)
-        if stdin in events:
+        deliver(client.process(events), replies)
+        if stdin in events and not stop.requested:
             chunk = os.read(stdin, READ_BYTES)
             if not chunk:
                 reading = False
@@ -193,6 +213,22 @@ def serve(client: WorkerClient, replies: OrderedReplies, stop: StopRequest) -> N
                 accept(item, client, replies)
             client.flush()
         replies.flush()
+
+
+def cancel_on_signal(client: WorkerClient, replies: OrderedReplies, signum: int) -> None:
+    """Cancel this node's writes for a stop signal; the cancel's own reply goes nowhere."""
+    log.warning("%s: cancelling this node's writes; stopping once their replies are written"
+                " (a second signal stops at once)", signal.Signals(signum).name)
+    deliver(client.cancel_writes(None), replies)
+    client.flush()  # reads that waited behind a cancelled write may go now
+    replies.flush()
+
+
+def deliver(answered: list[tuple[Any, dict[str, Any]]], replies: OrderedReplies) -> None:
+    """Put each reply in its slot; a reply to the node's own cancel (no slot) goes nowhere."""
+    for slot, body in answered:
+        if slot is not None:
+            replies.fill(slot, body)
 
 
 def accept(item: dict | Malformed, client: WorkerClient, replies: OrderedReplies) -> None:
@@ -208,6 +244,8 @@ def accept(item: dict | Malformed, client: WorkerClient, replies: OrderedReplies
         replies.fill(slot, request.problem.body())
     elif request.kind == "init":
         replies.fill(slot, {"type": "init_ok"})
+    elif request.kind == "cancel":
+        deliver(client.cancel_writes(slot, request.src), replies)
     else:
         params = {k: v for k, v in request.body.items() if k not in ENVELOPE_FIELDS}
         try:

@@ -1,7 +1,11 @@
 """The front node's side of the broker: one DEALER socket to the worker, requests in flight.
 
     submit() -> backlog -> [window of WINDOW in flight, keyed by request id] -> worker
+    cancel_writes() ------------------------^ at once, ahead of the backlog
     process() <- replies matched by request id (order is restored by the caller)
+
+A request's reply is its last body from the worker; progress bodies before it (PROGRESS)
+are handed on as they come and leave the request in flight.
 
 Like the ZeroMQ guide's Lazy Pirate client, it never trusts a socket after trouble: when the
 worker disconnects (the monitor says so at once, also when the worker is killed), the socket
@@ -10,7 +14,8 @@ and every request in flight is sent again. Resending is safe because request ids
 unique across nodes and restarts and the worker answers a known id from its stored reply.
 
 The window matters: a ROUTER drops replies silently once a peer's queue is full, so no more
-than WINDOW requests are ever outstanding, well under the high-water mark.
+than WINDOW requests are ever outstanding, well under the high-water mark, and a cancel
+beside them (one at most: it names the one write in flight, and a write waits for it).
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import zmq
 
 from broker import codec
-from broker.errors import CRASH, ReplyError
-from broker.kinds import READS
+from broker.errors import CRASH, ReplyError, cancelled_before_start
+from broker.kinds import PROGRESS, READS, WRITES
 from broker.monitor import pending_events
 from broker.spawn import WorkerSupervisor
 
@@ -50,6 +55,8 @@ class Outstanding(NamedTuple):
     request_id: bytes
     kind: str
     frame: bytes
+    names: tuple[bytes, ...] = ()  # a cancel's: the ids of the writes it asks the worker to stop
+    cancelled_here: int = 0  # a cancel's: writes it answered itself, never sent
 
 
 class WorkerRefused(Exception):
@@ -75,6 +82,7 @@ class WorkerClient:
         # while a connection stood. Only the others can be answered "not run" when giving up.
         self._delivered: set[bytes] = set()
         self.backlog: deque[Outstanding] = deque()
+        self._writing: bytes | None = None  # the id of the write in flight: one at a time
         self.connected = False
         self.supervisor = supervisor
         self._unreachable_since: float | None = None  # busy with no worker connected since
@@ -98,9 +106,53 @@ class WorkerClient:
 
         Raises CodecError, naming the field, for a value that cannot travel.
         """
-        request_id = self._node_id + next(self._sequence).to_bytes(8, "big")
+        request_id = self._new_id()
         frame = codec.pack_request(request_id, kind, params, src)
         self.backlog.append(Outstanding(token, request_id, kind, frame))
+
+    def cancel_writes(self, token: Any, src: str | None = None) -> list[tuple[Any, dict]]:
+        """Cancel this node's writes: answer at once each one never sent, and have the
+        worker stop the ones it was sent (those a cancel in flight names already excepted).
+
+        Returns the (token, reply body) pairs complete now: every write taken from the
+        backlog, answered `cancelled_before_start`, then, when no write is in flight, the
+        cancel's own {"type": "cancel_ok", "cancelled": K}. Otherwise a cancel request naming
+        them goes to the worker at once, ahead of the backlog, and stays in flight (resent
+        like any other); its cancel_ok comes from process() with the writes answered here
+        added to the worker's count.
+        """
+        replies, kept = [], deque()
+        for outstanding in self.backlog:
+            if outstanding.kind in WRITES:
+                replies.append((outstanding.token, cancelled_before_start().body()))
+            else:
+                kept.append(outstanding)
+        self.backlog = kept
+        # A write already named needs no second cancel; the first one counts it.
+        named = {name for request in self.in_flight.values() for name in request.names}
+        running = [
+            request_id
+            for request_id, outstanding in self.in_flight.items()
+            if outstanding.kind in WRITES and request_id not in named
+        ]
+        if not running:
+            return [*replies, (token, {"type": "cancel_ok", "cancelled": len(replies)})]
+        request_id = self._new_id()
+        frame = codec.pack_request(request_id, "cancel", {"ids": running}, src)
+        cancel = Outstanding(token, request_id, "cancel", frame, tuple(running), len(replies))
+        self._put_in_flight(cancel)
+        self._send([cancel])
+        log.info("cancelling %d writes sent and %d not sent", len(running), len(replies))
+        return replies
+
+    def has_writes(self) -> bool:
+        """True while a write of this node waits to be sent or to be answered."""
+        waiting = itertools.chain(self.backlog, self.in_flight.values())
+        return any(outstanding.kind in WRITES for outstanding in waiting)
+
+    def _new_id(self) -> bytes:
+        """A request id unique across nodes and restarts: this client's, then a counter."""
+        return self._node_id + next(self._sequence).to_bytes(8, "big")
 
     def flush(self) -> None:
         """Send what waits, as far as the window allows."""
@@ -131,8 +183,10 @@ class WorkerClient:
         return WAITING_TICK_MS if self.busy() and not self.connected else TICK_MS
 
     def has_room(self) -> bool:
-        """False while requests wait for the window: the caller should stop reading input."""
-        return not self.backlog
+        """False while a window's worth of requests waits: the caller should stop reading
+        input, so that it backs up, not memory. Below that, input is read while requests
+        wait behind a write, so that a `cancel` behind them is read and overtakes them."""
+        return len(self.backlog) < self.window
 
     def process(self, events: dict[Any, int]) -> list[tuple[Any, dict[str, Any]]]:
         """Handle what poll() reported; return (token, reply body) pairs now complete.
@@ -257,13 +311,25 @@ class WorkerClient:
         return request_id, body
 
     def _complete(self, request_id: bytes, body: dict[str, Any]) -> list[tuple[Any, dict]]:
-        """The caller's token and body for a reply, unless it answers nothing in flight."""
+        """The caller's token and body for a reply, unless it answers nothing in flight.
+
+        A progress body leaves its request in flight: the final reply is still to come.
+        """
+        if body["type"] == PROGRESS:
+            outstanding = self.in_flight.get(request_id)
+            return [] if outstanding is None else [(outstanding.token, body)]
         outstanding = self.in_flight.pop(request_id, None)
         if outstanding is None:
             return []  # a duplicate answer to a request that was resent
         self._delivered.discard(request_id)
-        if outstanding.kind == "health" and body.get("type") == "health_ok":
+        if request_id == self._writing:
+            self._writing = None
+        if outstanding.kind == "health" and body["type"] == "health_ok":
             body = {**body, "worker_restarts": self.restarts}
+        elif outstanding.kind == "cancel" and body["type"] == "cancel_ok":
+            counted = body.get("cancelled")
+            counted = counted if isinstance(counted, int) else 0  # the sum must not fail
+            body = {**body, "cancelled": counted + outstanding.cancelled_here}
         if self.supervisor is not None:
             self.supervisor.answered()
         return [(outstanding.token, body)]
@@ -274,18 +340,27 @@ class WorkerClient:
         A write (anything but a read) goes out only once everything before it is answered.
         Reads are not stored, so a read resent after a crash runs again: were a write sent
         behind it, the read could run after the write it precedes and tell a later state.
+        Nothing goes out behind a write until it is answered: the worker answers reads at
+        once from the last committed state, so a read sent beside the write before it
+        would tell the state before that write.
         """
         sending = []
-        while self.backlog and len(self.in_flight) < self.window:
+        while self.backlog and len(self.in_flight) < self.window and self._writing is None:
             head = self.backlog[0]
-            if head.kind not in READS and (self.in_flight or sending):
-                break
+            if head.kind not in READS:
+                if self.in_flight or sending:
+                    break
+                self._writing = head.request_id
             self.backlog.popleft()
-            self.in_flight[head.request_id] = head
-            if self.connected:
-                self._delivered.add(head.request_id)
+            self._put_in_flight(head)
             sending.append(head)
         self._send(sending)
+
+    def _put_in_flight(self, outstanding: Outstanding) -> None:
+        """Count a request as in flight; the caller sends it."""
+        self.in_flight[outstanding.request_id] = outstanding
+        if self.connected:
+            self._delivered.add(outstanding.request_id)
 
     def _send(self, outstanding: list[Outstanding]) -> None:
         """Send requests, up to MESSAGE_REQUESTS to a message: each message costs more than
@@ -322,6 +397,7 @@ class WorkerClient:
         waiting = [*self.in_flight.values(), *self.backlog]
         self.in_flight.clear()
         self.backlog.clear()
+        self._writing = None
         replies += self._reopen()  # with nothing in flight, nothing is sent again
         failing = self._failing_for()
         if self.supervisor is None:

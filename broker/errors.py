@@ -30,3 +30,10 @@ class ReplyError(Exception):
     def body(self) -> dict[str, Any]:
         """The reply body, without `in_reply_to` (the front node adds that)."""
         return {"type": "error", "code": self.code, "text": self.text, **self.extra}
+
+
+def cancelled_before_start() -> ReplyError:
+    """The answer to a write cancelled before it started, by the node or the worker."""
+    return ReplyError(
+        MIGRATION_FAILED, "cancelled before it started, so nothing ran", cancelled=True, applied=[]
+    )

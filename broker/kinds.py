@@ -4,11 +4,14 @@ Said once, here, for both ends: the worker serves exactly these (its handler tab
 checked against them at start), and the node uses READS to order requests: a read changes
 nothing and is not stored, so it may run again after a crash and is pipelined freely, while
 every other request waits until everything before it is answered (broker/client.py).
-`init` is the front node's own and never reaches the worker.
+`init` is the front node's own and never reaches the worker. `cancel` is neither: it is sent
+at once, ahead of anything queued, and names the writes it cancels (see worker/server.py).
 """
 
 from __future__ import annotations
 
 READS = frozenset({"status", "health", "validate", "history"})
 WRITES = frozenset({"migrate", "rollback", "baseline"})
-WORKER_KINDS = READS | WRITES
+CONTROLS = frozenset({"cancel"})
+WORKER_KINDS = READS | WRITES | CONTROLS
+PROGRESS = "migration_progress"  # a reply body that comes before a write's one reply

@@ -2,7 +2,9 @@
 
 Each request (or malformed chunk) reserves a slot when it is read; its reply fills the slot
 whenever it comes; flush() writes the run of filled slots at the head, so a slow reply holds
-back the later ones and the output order is always the input order.
+back the later ones and the output order is always the input order. A `migrate` or
+`rollback` asked for progress also gets progress lines before its reply: the head slot's are
+written at the next flush(), a later slot's wait in it until every earlier reply is written.
 
 A line is exactly `json.dumps(reply)`: the body with `type` first and `in_reply_to` second,
 or, once framing is on (after `init`, or from the start with --envelope), the body wrapped
@@ -15,18 +17,24 @@ import json
 from collections import deque
 from typing import Any, BinaryIO
 
+from broker.kinds import PROGRESS
 from broker.requests import Request
 
 
 class Slot:
     """One reply's place in the output; `line` is set when the reply is ready."""
 
-    __slots__ = ("envelope", "line", "msg_id")
+    __slots__ = ("envelope", "line", "msg_id", "progress", "versions")
 
     def __init__(self, msg_id: int | None, envelope: tuple[str | None, str | None] | None):
         self.msg_id = msg_id
         self.envelope = envelope  # (src, dest) of the reply when framed, else None
         self.line: bytes | None = None
+        # Progress lines not yet written, and every version shown so far: a worker restarted
+        # mid-request may report again a migration the first worker reported. None until the
+        # first progress line, so that the common reply pays nothing for them.
+        self.progress: list[bytes] | None = None
+        self.versions: set[Any] | None = None
 
 
 class OrderedReplies:
@@ -55,7 +63,27 @@ class OrderedReplies:
         return slot
 
     def fill(self, slot: Slot, body: dict[str, Any]) -> None:
-        """Render the reply line for `slot`: exactly json.dumps of the reply, built faster.
+        """Take a reply for `slot`: its one final reply, or before it a progress body
+        (type PROGRESS), which adds a line unless the slot showed that version already.
+
+        A progress body that comes after the final reply is dropped.
+        """
+        if body["type"] != PROGRESS:
+            slot.line = self._render(slot, body)
+        elif slot.line is None:
+            self._add_progress(slot, body)
+
+    def _add_progress(self, slot: Slot, body: dict[str, Any]) -> None:
+        version = body.get("version")
+        if slot.versions is None:
+            slot.versions, slot.progress = set(), []
+        elif version in slot.versions:
+            return
+        slot.versions.add(version)
+        slot.progress.append(self._render(slot, body))
+
+    def _render(self, slot: Slot, body: dict[str, Any]) -> bytes:
+        """The line for `body` in `slot`: exactly json.dumps of the reply, built faster.
 
         json.dumps writes a dict as "{" + ", ".join('"key": value') + "}", so the line is
         assembled from the body rendered once (after its type) and the per-request fields.
@@ -75,17 +103,25 @@ class OrderedReplies:
             parts[:0] = ['{"src": ', json.dumps(src), ', "dest": ', json.dumps(dest), ', "body": ']
             parts.append("}")
         parts.append("\n")
-        slot.line = "".join(parts).encode()
+        return "".join(parts).encode()
 
     def waiting(self) -> int:
         """Replies reserved but not yet written."""
         return len(self._slots)
 
     def flush(self) -> None:
-        """Write every reply at the head that is ready; raises BrokenPipeError if stdout closed."""
+        """Write every reply at the head that is ready, and the progress lines of the first
+        slot still waiting; raises BrokenPipeError if stdout closed."""
         lines = []
-        while self._slots and self._slots[0].line is not None:
-            lines.append(self._slots.popleft().line)
+        slots = self._slots
+        while slots:
+            head = slots[0]
+            if head.progress:
+                lines += head.progress
+                head.progress.clear()
+            if head.line is None:
+                break
+            lines.append(slots.popleft().line)
         if lines:
             self.stream.write(b"".join(lines))
             self.stream.flush()

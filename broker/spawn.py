@@ -43,6 +43,7 @@ class WorkerSettings(NamedTuple):
     table: str = endpoint.DEFAULT_TABLE  # the tracking table
     schema: str | None = None  # PostgreSQL: the tracking tables' schema (None: public)
     owner_wait_s: float | None = None  # PostgreSQL: how long a write waits for another owner
+    wal: bool = False  # SQLite: turn an existing rollback-journal database into WAL
 
     def argv(self) -> list[str]:
         args = ["--migrations", str(self.migrations), "--table", self.table]
@@ -50,6 +51,8 @@ class WorkerSettings(NamedTuple):
             args += ["--schema", self.schema]
         if self.owner_wait_s is not None:
             args += ["--owner-wait", str(self.owner_wait_s)]
+        if self.wal:
+            args.append("--wal")
         return args
 
 

@@ -3,8 +3,9 @@
 Both install the handlers first thing in main(), before the worker takes its owner lock or
 binds a socket and before the node starts a worker, so a stop at any instant after that is
 a clean exit instead of the signal's default action or an exception raised wherever the
-program happened to be. The handler only sets a flag that the loops read, except inside
-`interruptible()`, where it raises `Stopped` to end a blocking wait (the owner lock with
+program happened to be. The handler only sets a flag that the loops read, and counts the
+signals (the node cancels its writes on the first and stops at once on the second), except
+inside `interruptible()`, where it raises `Stopped` to end a blocking wait (the owner lock with
 --wait) that would otherwise resume after the handler.
 """
 
@@ -24,7 +25,8 @@ class Stopped(Exception):
 class StopRequest:
     def __init__(self) -> None:
         self.requested = False
-        self.signum: int | None = None  # the signal that asked, for an exit status 128 + it
+        self.signum: int | None = None  # the latest signal, for an exit status 128 + it
+        self.count = 0  # signals received: a second one means "now", not "when done"
         self._raise = False
 
     def install(self) -> None:
@@ -34,6 +36,7 @@ class StopRequest:
     def _handle(self, signum: int, _frame: object) -> None:
         self.requested = True
         self.signum = signum
+        self.count += 1
         if self._raise:
             raise Stopped(signal.Signals(signum).name)
 

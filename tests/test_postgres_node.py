@@ -131,15 +131,20 @@ def pg_query(url: str, query: str, params: tuple = ()) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
-def backend_of(url: str, worker_pid: int, state: str | None = None) -> int | None:
-    """The PostgreSQL backend pid serving a worker (found by its application_name)."""
+def backends_of(url: str, worker_pid: int, state: str | None = None) -> list[int]:
+    """The PostgreSQL backend pids serving a worker (found by its application_name): its
+    writer's session and its reader's."""
     rows = pg_query(
         url,
         "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s"
         " AND (%s::text IS NULL OR state = %s)",
         (f"migrations worker pid {worker_pid} on %", state, state),
     )
-    return rows[0][0] if rows else None
+    return [pid for (pid,) in rows]
+
+
+def terminate(url: str, backends: list[int]) -> None:
+    pg_query(url, "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (backends,))
 
 
 def slow_migration(folder, sleep_s: int = 60) -> None:
@@ -200,17 +205,17 @@ def test_a_session_terminated_idle_is_replaced_and_one_terminated_mid_migration_
     worker = health["worker_pid"]
 
     # Idle: the next request never sees it.
-    pg_query(database, "SELECT pg_terminate_backend(%s)", (backend_of(database, worker),))
+    terminate(database, backends_of(database, worker))
     node.send(request("status", 3))
     assert [m["applied"] for m in node.replies(1)[0]["migrations"]] == [True, False]
 
     # Mid-migration: the step is rolled back by the server, and the reply says so.
     node.send(request("migrate", 4))
-    wait_until(lambda: backend_of(database, worker, "active") is not None
+    wait_until(lambda: backends_of(database, worker, "active")
                and pg_query(database, "SELECT 1 FROM pg_stat_activity WHERE query LIKE"
                             " 'SELECT pg_sleep%%' AND state = 'active'"),
                what="the slow migration's statement to run")
-    pg_query(database, "SELECT pg_terminate_backend(%s)", (backend_of(database, worker),))
+    terminate(database, backends_of(database, worker, "active"))
     (lost,) = node.replies(1)
     assert lost["code"] == 11, lost
     assert "was lost" in lost["text"] and "rolled back the step in progress" in lost["text"]
@@ -364,3 +369,25 @@ def test_create_index_concurrently_runs_outside_a_transaction_when_the_file_says
     assert replies[0]["migrations"] == [{"version": 2, "name": "index", "status": "applied"}]
     assert pg_query(database, "SELECT indexname FROM pg_indexes WHERE tablename = 't1'") == [
         ("t1_id",)]
+
+
+def test_cancel_stops_a_running_query_with_the_servers_query_cancel(workspace, database):
+    folder = workspace.root / "migrations"
+    folder.mkdir()
+    table_migrations(folder, range(1, 2))
+    slow_migration(folder, sleep_s=600)
+    table_migrations(folder, range(3, 4))
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    wait_until(lambda: pg_query(database, "SELECT 1 FROM pg_stat_activity WHERE query LIKE"
+                                " 'SELECT pg_sleep%%' AND state = 'active'"),
+               what="the slow migration's statement to run")
+    node.send(request("cancel", 2), request("status", 3))
+    migrate, cancel, status = node.replies(3)
+    assert migrate["code"] == 14 and migrate["cancelled"] is True, migrate
+    assert migrate["applied"] == [{"version": 1, "name": "t1", "status": "applied"}]
+    assert migrate["failed"] == {"version": 2, "name": "slow", "error": "cancelled"}
+    assert cancel["cancelled"] == 1
+    assert [m["applied"] for m in status["migrations"]] == [True, False, False]
+    assert "slow" not in tables(database) and "t3" not in tables(database)
+    assert node.finish() == 0

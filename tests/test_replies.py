@@ -68,3 +68,84 @@ def test_replies_are_written_in_reservation_order_whatever_order_they_fill_in():
     replies.flush()
     assert [json.loads(line)["in_reply_to"] for line in stream.getvalue().splitlines()] == [
         0, 1, 2]
+
+
+# -- progress lines: before their request's reply, in request order, each version once ------
+
+
+def progress(version: int, done: int, total: int = 3) -> dict:
+    return {"type": "migration_progress", "done": done, "total": total, "version": version,
+            "name": f"m{version}", "status": "applied"}
+
+
+def ordered(framed: bool = False, count: int = 2) -> tuple[io.BytesIO, OrderedReplies, list]:
+    stream = io.BytesIO()
+    replies = OrderedReplies(stream, envelope=framed)
+    slots = [replies.reserve(parse_request({"src": "c1", "dest": "n1",
+                                            "body": {"type": "migrate", "msg_id": i}}))
+             for i in range(count)]
+    return stream, replies, slots
+
+
+def written(stream: io.BytesIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_the_head_requests_progress_lines_are_written_at_once_before_its_reply():
+    stream, replies, slots = ordered()
+    replies.fill(slots[0], progress(1, 1))
+    replies.flush()
+    assert stream.getvalue() == expected_line(progress(1, 1), 0, None)
+    replies.fill(slots[0], progress(2, 2))
+    replies.fill(slots[0], {"type": "migrations_applied", "count": 2})
+    replies.flush()
+    assert [(line["type"], line.get("version")) for line in written(stream)] == [
+        ("migration_progress", 1), ("migration_progress", 2), ("migrations_applied", None)]
+    assert replies.waiting() == 1
+
+
+def test_a_later_requests_progress_waits_until_every_earlier_reply_is_written():
+    stream, replies, slots = ordered()
+    replies.fill(slots[1], progress(1, 1))
+    replies.fill(slots[1], progress(2, 2))
+    replies.flush()
+    assert stream.getvalue() == b""
+    replies.fill(slots[0], {"type": "status_ok"})
+    replies.flush()
+    assert [(line["in_reply_to"], line["type"]) for line in written(stream)] == [
+        (0, "status_ok"), (1, "migration_progress"), (1, "migration_progress")]
+    replies.fill(slots[1], {"type": "migrations_applied", "count": 2})
+    replies.flush()
+    assert written(stream)[-1] == {"type": "migrations_applied", "in_reply_to": 1, "count": 2}
+    assert replies.waiting() == 0
+
+
+def test_progress_lines_are_framed_like_the_reply_and_exactly_json_dumps():
+    stream, replies, slots = ordered(framed=True, count=1)
+    replies.fill(slots[0], progress(7, 1, total=1))
+    replies.fill(slots[0], {"type": "migrations_applied", "count": 1})
+    replies.flush()
+    assert stream.getvalue() == (expected_line(progress(7, 1, total=1), 0, ("n1", "c1"))
+                                 + expected_line({"type": "migrations_applied", "count": 1},
+                                                 0, ("n1", "c1")))
+
+
+def test_a_version_shown_once_is_not_shown_again_whether_written_yet_or_not():
+    stream, replies, slots = ordered()
+    replies.fill(slots[1], progress(1, 1))
+    replies.fill(slots[1], progress(1, 1))  # buffered, then reported again
+    replies.fill(slots[0], {"type": "status_ok"})
+    replies.flush()
+    replies.fill(slots[1], progress(1, 1))  # written, then reported again by a new worker
+    replies.fill(slots[1], progress(2, 2))
+    replies.fill(slots[1], {"type": "migrations_applied", "count": 2})
+    replies.flush()
+    assert [line.get("version") for line in written(stream)] == [None, 1, 2, None]
+
+
+def test_progress_after_the_final_reply_is_dropped():
+    stream, replies, slots = ordered(count=1)
+    replies.fill(slots[0], {"type": "migrations_applied", "count": 0})
+    replies.fill(slots[0], progress(1, 1))
+    replies.flush()
+    assert written(stream) == [{"type": "migrations_applied", "in_reply_to": 0, "count": 0}]

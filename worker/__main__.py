@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " (default: public)"
     )
     parser.add_argument(
+        "--wal",
+        action="store_true",
+        help="SQLite: turn an existing database's rollback journal into WAL (a database the"
+        " worker creates starts in WAL)",
+    )
+    parser.add_argument(
         "--owner-wait",
         type=float,
         metavar="SECONDS",
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         where = endpoint.for_database(args.db)
         if args.bind and args.bind.startswith("ipc://"):
             endpoint.check_ipc_address(args.bind)
-        store = open_store(where, args.table, args.schema, args.owner_wait)
+        store = open_store(where, args.table, args.schema, args.owner_wait, wal=args.wal)
         # .sql files are cut into statements by the rules of the database they run on.
         catalog = Catalog(
             Path(args.migrations).resolve(), split_statements=store.split_statements
@@ -171,13 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", getattr(exc, "text", exc))
         _close(store)
         return EXIT_CONFIG
+    try:
+        # Reads are answered from a connection of their own, beside a running write.
+        reader = store.reader()
+    except (OSError, sqlite3.Error) as exc:
+        log.error("cannot start: cannot open a second connection for reads: %s", exc)
+        _close(store)
+        return EXIT_CONFIG
     server = WorkerServer(
-        Engine(
-            store,
-            catalog,
-            should_stop=lambda: stop.requested,
-            journal=journal,
-        ),
+        Engine(reader, Catalog(catalog.folder, split_statements=store.split_statements)),
+        Engine(store, catalog, should_stop=lambda: stop.requested, journal=journal),
         address=args.bind or where.address,
         describe={"database": str(where.database), "migrations_dir": str(catalog.folder)},
         idle_exit_s=args.idle_exit,
@@ -189,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.run(context)
     finally:
+        reader.close()
         _close(store)
         context.term()
     return 0

@@ -28,7 +28,9 @@ from broker.errors import (
     PRECONDITION_FAILED,
     TEMPORARILY_UNAVAILABLE,
     ReplyError,
+    cancelled_before_start,
 )
+from broker.kinds import PROGRESS
 from worker.catalog import Catalog, Loaded, Migration, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
@@ -59,6 +61,22 @@ class Interrupted(Exception):
     """The worker was asked to stop between two migrations; the request gets no reply here."""
 
 
+class Cancelled(Exception):
+    """Raised at a cancellation point (a statement of migration code, its return) once the
+    running request was cancelled; the step fails and is rolled back."""
+
+
+class Running(NamedTuple):
+    """The step a write is taking now, for `health`."""
+
+    version: int
+    name: str
+    action: str  # "apply" or "rollback"
+    since: float  # time.monotonic() when the step started
+    done: int  # steps of the request done before it
+    total: int  # steps the request takes in all
+
+
 class Step(NamedTuple):
     """One migration to apply or revert, with its code loaded."""
 
@@ -73,10 +91,19 @@ class Engine:
         catalog: Catalog,
         should_stop: Callable[[], bool] = lambda: False,
         journal: CrashJournal | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+        on_progress: Callable[[bytes, Reply], None] | None = None,
     ) -> None:
+        """`should_stop` says the worker is stopping (the request is left for a resend);
+        `cancelled` that the running request was cancelled (it ends with error 14 and
+        `"cancelled": true` at the next cancellation point); `on_progress` gets a
+        migration_progress body for each step a real run commits."""
         self.store = store
         self.catalog = catalog
         self.should_stop = should_stop
+        self.cancelled = cancelled
+        self.on_progress = on_progress
+        self.running: Running | None = None  # read by health, from another thread
         self.journal = journal if journal is not None else NoJournal()
         self._status: Reply = {}
         self._status_stamp = StatusStamp(-1, -1, -1)  # what the kept reply was computed from
@@ -94,12 +121,13 @@ class Engine:
         """
         if not self._status_checked or self._status_stamp.commits != self.store.commits:
             migrations = self.catalog.migrations()
-            stamp = StatusStamp(
-                self.catalog.generation, self.store.commits, self.store.data_version()
-            )
-            if stamp != self._status_stamp:
-                self._status = self._compute_status(migrations)
-                self._status_stamp = stamp
+            with self.store.reading():
+                stamp = StatusStamp(
+                    self.catalog.generation, self.store.commits, self.store.data_version()
+                )
+                if stamp != self._status_stamp:
+                    self._status = self._compute_status(migrations)
+                    self._status_stamp = stamp
             self._status_checked = True
         return self._status
 
@@ -120,7 +148,9 @@ class Engine:
     def validate(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
         """Drift: applied files edited since (`changed`), applied versions without a file
         (`missing`), pending versions below the newest applied one (`out_of_order`)."""
-        problems = self._problems(self.catalog.migrations(), self.store.applied())
+        with self.store.reading():
+            applied = self.store.applied()
+        problems = self._problems(self.catalog.migrations(), applied)
         return {"type": "validation", "ok": not problems, "problems": problems}
 
     def history(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
@@ -136,9 +166,13 @@ class Engine:
                 "duration_ms": round(event.duration_ms, 3),
                 "src": event.src,
             }
-            for event in self.store.history(limit)
+            for event in self._history(limit)
         ]
         return {"type": "migration_history", "events": events}
+
+    def _history(self, limit: int | None) -> list[Event]:
+        with self.store.reading():
+            return self.store.history(limit)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -148,9 +182,10 @@ class Engine:
         to = params.integer("to", minimum=1)
         dry_run = params.flag("dry_run")
         allowed = MAY_BE_ALLOWED if params.flag("allow_out_of_order") else frozenset()
+        progress = params.flag("progress")
         return self._once(
             request_id,
-            lambda: self._migrate(request_id, params.src, to, allowed, dry_run),
+            lambda: self._migrate(request_id, params.src, to, allowed, dry_run, progress),
             keep=not dry_run,
         )
 
@@ -161,10 +196,10 @@ class Engine:
         steps = params.integer("steps", minimum=1)
         to = params.integer("to", minimum=0)
         dry_run = params.flag("dry_run")
-
+        progress = params.flag("progress")
         return self._once(
             request_id,
-            lambda: self._rollback(request_id, params.src, steps, to, dry_run),
+            lambda: self._rollback(request_id, params.src, steps, to, dry_run, progress),
             keep=not dry_run,
         )
 
@@ -175,6 +210,15 @@ class Engine:
         if to is None:
             raise ReplyError(MALFORMED_REQUEST, "baseline needs to: the version to record up to")
         return self._once(request_id, lambda: self._baseline(request_id, params.src, to))
+
+    def cancel_unstarted(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """Answer a write that was cancelled before it started: error 14, nothing run; the
+        answer is stored like any other, unless the request was answered before."""
+
+        def refuse() -> Reply:
+            raise cancelled_before_start()
+
+        return self._once(request_id, refuse)
 
     # -- exactly once ----------------------------------------------------------------------
 
@@ -202,6 +246,7 @@ class Engine:
                 self._store_error(request_id, error)
             raise
         finally:
+            self.running = None
             self.journal.finished(request_id)
 
     def _store_error(self, request_id: bytes, error: ReplyError) -> None:
@@ -226,6 +271,7 @@ class Engine:
         to: int | None,
         allowed: frozenset[str],
         dry_run: bool,
+        progress: bool,
     ) -> Reply:
         applied = self.store.applied()
         migrations = self.catalog.migrations()
@@ -246,7 +292,7 @@ class Engine:
             if m.version not in done_versions and (to is None or m.version <= to)
         ]
         last_seq = max((row.applied_seq for row in applied), default=0)
-        run = _Run(self, request_id, src, "apply", done, dry_run, plain=False)
+        run = _Run(self, request_id, src, "apply", done, dry_run, plain=False, progress=progress)
         seq = last_seq
 
         def record(step: Step, elapsed_ms: float) -> None:
@@ -279,6 +325,7 @@ class Engine:
         steps: int | None,
         to: int | None,
         dry_run: bool,
+        progress: bool,
     ) -> Reply:
         applied = self.store.applied()
         plain = steps is None and to is None
@@ -312,7 +359,7 @@ class Engine:
             targets = newest_first[:wanted]
         files = {m.version: m for m in self.catalog.migrations()}
         migrations = [self._file_of(row, files, done, dry_run) for row in targets]
-        run = _Run(self, request_id, src, "rollback", done, dry_run, plain)
+        run = _Run(self, request_id, src, "rollback", done, dry_run, plain, progress)
 
         def unrecord(step: Step, elapsed_ms: float) -> None:
             self.store.unrecord(step.migration.version)
@@ -424,8 +471,10 @@ class _Run:
         done: list[Entry],
         dry_run: bool,
         plain: bool,
+        progress: bool = False,
     ) -> None:
         self.engine = engine
+        self.progress = progress  # the request asked for a migration_progress per step
         self.plain = plain  # a plain rollback: its reply and errors list no steps
         self.store = engine.store
         self.request_id = request_id
@@ -438,11 +487,13 @@ class _Run:
         self._dry_foreign_keys = True
         self._started_at = ""
         self._current: Loaded | None = None  # the real run's step in progress
+        self.total = 0  # steps of the request in all, those done before a crash included
 
     @contextmanager
     def series(self, migrations: list[Migration]) -> Iterator[Iterator[Migration]]:
         """The migrations to take, one by one; for a dry run, inside its one transaction,
         which is rolled back however the series ends."""
+        self.total = len(self.done) + len(migrations)
         if not self.dry_run:
             yield self._until_stopped(migrations)
             return
@@ -467,6 +518,8 @@ class _Run:
         for migration in migrations:
             if self.engine.should_stop():
                 raise Interrupted(f"stopped before migration {migration.version}")
+            if self.engine.cancelled():
+                raise self._cancelled(migration, started=False)
             yield migration
 
     def take(self, migration: Migration, finish: Callable[[Step, float], None]) -> None:
@@ -481,6 +534,8 @@ class _Run:
         what = "migration" if self.action == "apply" else "the rollback of migration"
         self.engine.journal.running(self.request_id, f"{what} {migration.version} {migration.name}")
         self._current = None
+        self.engine.running = Running(migration.version, migration.name, self.action,
+                                      time.monotonic(), len(self.done), self.total)
         with self._failing_as(migration):
             self._started_at = _utc_now()
             if self.dry_run:
@@ -501,6 +556,11 @@ class _Run:
                     with self.store.transaction():
                         finish(step, elapsed_ms)
         self.done.append(migration.entry(status=self.status))
+        if self.progress and self.engine.on_progress is not None and not self.dry_run:
+            self.engine.on_progress(self.request_id, {
+                "type": PROGRESS, "done": len(self.done), "total": self.total,
+                **migration.entry(status=self.status),
+            })
 
     def _call(self, step: Step, in_transaction: bool = True) -> float:
         """Run the step's up() or down() with the guarded db; return its milliseconds.
@@ -519,9 +579,14 @@ class _Run:
                 f" {_DOWN_OF[migration.kind]}, so it cannot be rolled back",
             )
         started = time.perf_counter()
-        with self.store.migration_db(in_transaction) as db:
+        with self.store.migration_db(in_transaction, check=self._check_cancelled) as db:
             function(db)
+        self._check_cancelled()  # a cancel during code between statements ends here
         return (time.perf_counter() - started) * 1000
+
+    def _check_cancelled(self) -> None:
+        if self.engine.cancelled():
+            raise Cancelled("cancelled")
 
     def _done_field(self) -> dict[str, Any]:
         """The steps already taken, as an error reply lists them: `applied` for a migrate,
@@ -544,11 +609,16 @@ class _Run:
         try:
             yield
         except ReplyError as error:
+            if self.engine.cancelled() and not error.extra.get("cancelled"):
+                raise self._cancelled(migration, started=True) from error
             # An 11 lists what was applied only when something was (as before dry runs).
             if error.code != TEMPORARILY_UNAVAILABLE or self.done:
                 error.extra = {**self._done_field(), **error.extra}
             raise _with_dry_run(error, self.dry_run) from None
         except MIGRATION_ERRORS as exc:
+            if self.engine.cancelled():
+                # Whatever the interrupted statement raised, the cause is the cancel.
+                raise self._cancelled(migration, started=True) from exc
             cause = _describe(exc)
             log.error("%s of %s %s failed: %s", self.action, migration.version, migration.name,
                       cause)
@@ -567,6 +637,24 @@ class _Run:
                 MIGRATION_FAILED, text, **self._done_field(), failed=migration.entry(error=cause)
             )
             raise _with_dry_run(error, self.dry_run) from exc
+
+
+    def _cancelled(self, migration: Migration, started: bool) -> ReplyError:
+        """Error 14 for a cancelled request: the steps done before, and the step that was
+        interrupted and rolled back (or, cancelled between steps, the next one)."""
+        name = f"{migration.version} {migration.name}"
+        if not started:
+            text = f"cancelled before migration {name} started; it and later ones did not run"
+        elif self.action == "apply":
+            text = (f"cancelled: migration {name} was interrupted and rolled back, so it is"
+                    " not applied; no later migration started")
+        else:
+            text = (f"cancelled: the rollback of migration {name} was interrupted and rolled"
+                    " back, so it stays applied; no later step started")
+        log.warning("%s", text)
+        error = ReplyError(MIGRATION_FAILED, text, cancelled=True, **self._done_field(),
+                           failed=migration.entry(error="cancelled"))
+        return _with_dry_run(error, self.dry_run)
 
 
 _DOWN_OF = {"py": "down() function", "sql": "-- migrate:down section"}  # by file kind

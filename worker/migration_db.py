@@ -9,7 +9,7 @@ which is why this class offers a safe one instead.)
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,14 +17,19 @@ from worker.sql_file import split_statements
 
 
 class MigrationDB:
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, check: Callable[[], None] | None = None
+    ) -> None:
         self._connection = connection
+        self._check = check or _nothing  # runs before every statement: a cancel raises there
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
         """Run one statement with parameters; returns the cursor for reading rows."""
+        self._check()
         return self._connection.execute(sql, params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        self._check()
         return self._connection.executemany(sql, rows)
 
     def executescript(self, script: str) -> None:
@@ -36,11 +41,16 @@ class MigrationDB:
         """
         statements = list(split_statements(script))
         for statement in statements:
+            self._check()
             self._connection.execute(statement)
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple]:
         """Run one statement and return all its rows."""
-        return self._connection.execute(sql, params).fetchall()
+        return self.execute(sql, params).fetchall()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _refuse_transaction_control(action: int, *_: Any) -> int:
@@ -48,11 +58,13 @@ def _refuse_transaction_control(action: int, *_: Any) -> int:
 
 
 @contextmanager
-def guarded(connection: sqlite3.Connection) -> Iterator[MigrationDB]:
+def guarded(
+    connection: sqlite3.Connection, check: Callable[[], None] | None = None
+) -> Iterator[MigrationDB]:
     """Hand out a MigrationDB while transaction control is refused on `connection`."""
     connection.set_authorizer(_refuse_transaction_control)
     try:
-        yield MigrationDB(connection)
+        yield MigrationDB(connection, check)
     finally:
         # The authorizer runs for every column read, so it is only on while migrations run.
         connection.set_authorizer(None)

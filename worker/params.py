@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.codec import MAX_REQUEST_ID_BYTES
 from broker.errors import MALFORMED_REQUEST, ReplyError
 
 JSON_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
@@ -37,6 +38,17 @@ class Params:
         value = self.fields.get(name, False)
         if not isinstance(value, bool):
             raise _wrong(name, f"true or false, not {_json_name(value)}")
+        return value
+
+    def request_ids(self, name: str, limit: int) -> list[bytes]:
+        """The list of request ids `name` ([] when absent); raises error 12 unless it is a
+        list of at most `limit` byte strings of at most codec.MAX_REQUEST_ID_BYTES."""
+        value = self.fields.get(name, [])
+        if not isinstance(value, list) or len(value) > limit:
+            raise _wrong(name, f"a list of at most {limit} request ids")
+        for item in value:
+            if not isinstance(item, bytes) or len(item) > MAX_REQUEST_ID_BYTES:
+                raise _wrong(name, f"a list of request ids of at most {MAX_REQUEST_ID_BYTES} bytes")
         return value
 
     def at_most_one(self, *names: str) -> None:

@@ -208,6 +208,7 @@ class PostgresStore(Store):
         self._in_block = False  # inside transaction(): a lost connection ends the step
         self._committing = False  # COMMIT sent: a lost connection leaves the outcome unknown
         self._regaining = False  # replacing a session found dead; a second loss is final
+        self._migration_running = False  # migration code runs now: interrupt() may cut it
         self._deferred = False  # inside a transaction with foreign keys off
         self._schema_ready = False  # every tracking table exists
         self._existing: set[str] = set()  # tracking tables seen to exist, outside transactions
@@ -279,6 +280,24 @@ class PostgresStore(Store):
         """Close the connection; the owner lock, if held, goes with it."""
         if self.connection is not None:
             self.connection.close()
+
+    def reader(self) -> PostgresStore:
+        """A second session on the same database that only reads (status beside a write)."""
+        return PostgresStore(self._url, table=self.table, schema=self.schema)
+
+    def facts(self) -> dict[str, Any]:
+        """Nothing beyond the database's name: the server keeps its own journal."""
+        return {}
+
+    def interrupt(self) -> None:
+        """Cancel the query migration code runs now (the server's cancel request, sent
+        from another thread as psycopg allows); the store's own queries are never cut."""
+        connection = self.connection
+        if self._migration_running and _usable(connection):
+            try:
+                connection.cancel_safe()
+            except psycopg.Error as exc:
+                log.warning("could not cancel the running query: %s", exc)
 
     # -- the owner lock --------------------------------------------------------------------
 
@@ -539,9 +558,12 @@ class PostgresStore(Store):
             raise ForeignKeyViolation([_table_of(exc)]) from exc
 
     @contextmanager
-    def migration_db(self, in_transaction: bool = True) -> Iterator[PostgresMigrationDB]:
+    def migration_db(
+        self, in_transaction: bool = True, check: Callable[[], None] | None = None
+    ) -> Iterator[PostgresMigrationDB]:
         """The `db` that migration code gets: inside the open transaction, refusing
         transaction control, or (for a migration that cannot run in one) in autocommit.
+        `check` runs before each of its statements (a cancel raises there).
 
         Raises RuntimeError afterwards if the migration ended the transaction itself, went
         on after a failed statement (PostgreSQL then aborts the transaction), or left one
@@ -549,12 +571,19 @@ class PostgresStore(Store):
         """
         if not in_transaction:
             self._ensure_owner()  # a write, even outside a transaction
-            yield PostgresMigrationDB(self._live(), guarded=False, translated=self._translated)
+        db = PostgresMigrationDB(
+            self._live(), guarded=in_transaction, translated=self._translated, check=check
+        )
+        self._migration_running = True
+        try:
+            yield db
+        finally:
+            self._migration_running = False
+        if not in_transaction:
             if self._in_transaction():
                 self.connection.execute("ROLLBACK")
                 raise RuntimeError("the migration left a transaction open")
             return
-        yield PostgresMigrationDB(self._live(), guarded=True, translated=self._translated)
         status = self.connection.info.transaction_status
         if status == TransactionStatus.IDLE:
             raise RuntimeError("the migration ended the transaction itself")
@@ -668,14 +697,17 @@ class PostgresMigrationDB:
         connection: psycopg.Connection[Any],
         guarded: bool,
         translated: Callable[[], AbstractContextManager[None]] = nullcontext,
+        check: Callable[[], None] | None = None,
     ) -> None:
         self._connection = connection
         self._guarded = guarded
         self._translated = translated  # the store's: a lost session is error 11, not a failure
+        self._check = check or _nothing  # runs before every statement: a cancel raises there
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
         """Run one statement with parameters (without, several `;`-separated ones may run,
         exactly as written); returns its rows."""
+        self._check()
         self._refuse_transaction_control(sql)
         query, values = to_psycopg(sql, params)
         with self._translated():
@@ -686,6 +718,7 @@ class PostgresMigrationDB:
         self, sql: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]
     ) -> Rows:
         """Run one statement once per row of parameters."""
+        self._check()
         self._refuse_transaction_control(sql)
         rows = iter(rows)
         first = next(rows, None)
@@ -699,6 +732,7 @@ class PostgresMigrationDB:
     def executescript(self, script: str) -> None:
         """Run several `;`-separated statements in the current transaction, in order, in one
         round trip. Raises the psycopg error of the first statement that fails."""
+        self._check()
         self._refuse_transaction_control(script)
         with self._translated():
             self._connection.execute(script, prepare=False)  # type: ignore[arg-type]
@@ -812,6 +846,10 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
     (lock_timeout,) = connection.execute("SHOW lock_timeout").fetchone()
     if lock_timeout == "0":
         connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+
+
+def _nothing() -> None:
+    pass
 
 
 def _usable(connection: psycopg.Connection[Any] | None) -> bool:

@@ -1,22 +1,31 @@
-"""The worker's ZeroMQ loop: receive a request, run it through the engine, send one reply.
+"""The worker's ZeroMQ loop: reads answered at once, writes run one at a time on a writer thread.
 
-    node DEALER --[msgpack {"id", "type"}]--> ROUTER here --> Engine --> store (SQLite)
-    node DEALER <--[msgpack {"id", "body"}]-- ROUTER here <--'
+    node DEALER --[msgpack {"id", "type"}]--> ROUTER (socket thread)
+        status, health, validate, history --> read Engine --> reader store --> reply now
+        cancel                            --> Writer.cancel() (interrupts)  --> reply now
+        migrate, rollback, baseline       --> Writer queue
+    Writer thread: write Engine --> store --> outbox + wake pipe --> socket thread --> node
 
-Requests run one at a time (this process is the database's single writer). ROUTER hands
-them over fairly, taking turns between connected nodes. The loop stops when SIGTERM or
-SIGINT arrives (after finishing the request in progress) or, if asked, a while after the
-last node disconnected.
+Only the socket thread touches ZeroMQ sockets. Writes run in arrival order, one at a time
+(this process is the database's single writer); reads use a second connection, so they
+never wait behind a write and see the last committed state. ROUTER hands messages over
+fairly, taking turns between connected nodes. The loop stops when SIGTERM or SIGINT arrives
+(the write in progress finishes its migration first) or, if asked, a while after the last
+node disconnected with no write left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
 import signal
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
 
@@ -40,51 +49,212 @@ BATCH = 64  # messages taken from the socket per wake-up before looking at signa
 SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 SEND_LAST = int(zmq.NOBLOCK)
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+MAX_CANCEL_IDS = 256  # request ids one cancel may name: a node's whole window
+
+Handler = Callable[[bytes, Params], dict[str, Any]]
+
+
+class Job(NamedTuple):
+    """A write waiting for the writer thread, and where its reply goes."""
+
+    peer: bytes
+    request_id: bytes
+    handler: Handler
+    params: Params
+
+
+class Outbox:
+    """Frames the writer thread hands to the socket thread, which alone may send them; a
+    byte in a pipe wakes the socket thread's poll."""
+
+    def __init__(self) -> None:
+        self._frames: queue.SimpleQueue[tuple[bytes, list[bytes]]] = queue.SimpleQueue()
+        self.wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self._wake_write, False)
+
+    def put(self, peer: bytes, frames: list[bytes]) -> None:
+        self._frames.put((peer, frames))
+        # A full pipe holds wake-ups enough: the socket thread will look.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"\0")
+
+    def take(self) -> list[tuple[bytes, list[bytes]]]:
+        """Everything waiting, in the order it was put."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.wake_read, 4096)
+        taken = []
+        while not self._frames.empty():
+            taken.append(self._frames.get_nowait())
+        return taken
+
+    def close(self) -> None:
+        os.close(self.wake_read)
+        os.close(self._wake_write)
+
+
+class Writer:
+    """Runs writes one at a time, in arrival order, on a thread of its own that alone uses
+    the store's connection; each reply, and each progress body, goes to the outbox.
+
+    A cancel marks a queued write (it is answered "cancelled" without running) or the
+    running one (the engine sees `cancelled()` at its next cancellation point, and a
+    statement of migration code in progress is interrupted). On close() the write in
+    progress finishes its migration and the queued ones are left unanswered: their nodes
+    send them again to the next worker.
+    """
+
+    def __init__(self, engine: Engine, outbox: Outbox) -> None:
+        self.engine = engine
+        self.outbox = outbox
+        self._lock = threading.Condition()
+        self._jobs: deque[Job] = deque()
+        self._cancelled: set[bytes] = set()  # queued ids cancelled before they started
+        self._current: Job | None = None
+        self._current_cancelled = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="writer", daemon=True)
+        self.completed = 0  # writes answered, for health's requests_served
+        engine.cancelled = self.current_cancelled
+        engine.on_progress = self._progress
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.append(job)
+            self._lock.notify()
+
+    def idle(self) -> bool:
+        with self._lock:
+            return self._current is None and not self._jobs
+
+    def current_cancelled(self) -> bool:
+        return self._current_cancelled
+
+    def cancel(self, request_ids: list[bytes]) -> int:
+        """Cancel those of `request_ids` that are queued or running; returns how many."""
+        count = 0
+        interrupt = False
+        with self._lock:
+            queued = {job.request_id for job in self._jobs} - self._cancelled
+            for request_id in request_ids:
+                if request_id in queued:
+                    self._cancelled.add(request_id)
+                    count += 1
+                elif (
+                    self._current is not None
+                    and self._current.request_id == request_id
+                    and not self._current_cancelled
+                ):
+                    self._current_cancelled = interrupt = True
+                    count += 1
+        if interrupt:
+            self.engine.store.interrupt()
+        return count
+
+    def close(self) -> None:
+        """Finish the write in progress (up to its migration in progress), then stop."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs and not self._closing:
+                    self._lock.wait()
+                if self._closing:
+                    return
+                job = self._jobs.popleft()
+                unstarted = job.request_id in self._cancelled
+                self._cancelled.discard(job.request_id)
+                self._current, self._current_cancelled = job, False
+            try:
+                handler = self.engine.cancel_unstarted if unstarted else job.handler
+                request_id, body = job.request_id, run_handler(handler, job.request_id, job.params)
+            finally:
+                with self._lock:
+                    self._current, self._current_cancelled = None, False
+            if body is not None:
+                self.completed += 1
+                self.outbox.put(job.peer, codec.pack_reply(request_id, packed_reply(body)))
+
+    def _progress(self, request_id: bytes, body: dict[str, Any]) -> None:
+        job = self._current
+        if job is not None and job.request_id == request_id:
+            self.outbox.put(job.peer, codec.pack_reply(request_id, packed_reply(body)))
 
 
 class WorkerServer:
     def __init__(
         self,
-        engine: Engine,
+        read_engine: Engine,
+        write_engine: Engine,
         address: str,
         describe: dict[str, Any],
         idle_exit_s: float | None,
         stop: StopRequest,
         curve: CurveKeys | None = None,
     ) -> None:
-        self.engine = engine
+        """Serve reads with `read_engine` (its own connection, this thread) and writes with
+        `write_engine` (the owner's connection, the writer thread)."""
+        self.engine = read_engine
         self.curve = curve  # required off this machine: only authorized node keys get in
         self.address = address
         self.describe = describe  # fixed facts for health replies (database, migrations)
         self.idle_exit_s = idle_exit_s
         self.started = time.monotonic()
-        self.served = 0
+        self.served = 0  # requests answered by this thread; the writer counts its own
         self.stop = stop  # set by SIGTERM or SIGINT, whenever they came
         self.nodes: set[int] = set()  # file descriptors of connected peers, from the monitor
         self.idle_since = time.monotonic()
         self._last_body: dict[str, Any] | None = None
         self._last_packed = b""
-        self.handlers: dict[str, Callable[[bytes, Params], dict[str, Any]]] = {
-            "migrate": engine.migrate,
-            "rollback": engine.rollback,
-            "baseline": engine.baseline,
-            "status": engine.status,
-            "validate": engine.validate,
-            "history": engine.history,
+        self.outbox = Outbox()
+        self.writer = Writer(write_engine, self.outbox)
+        self.handlers: dict[str, Handler] = {
+            "migrate": write_engine.migrate,
+            "rollback": write_engine.rollback,
+            "baseline": write_engine.baseline,
+            "status": read_engine.status,
+            "validate": read_engine.validate,
+            "history": read_engine.history,
             "health": self.health,
+            "cancel": self.cancel,
         }
         assert self.handlers.keys() == kinds.WORKER_KINDS, "broker/kinds.py lists them all"
 
     def health(self, request_id: bytes, params: Params) -> dict[str, Any]:
+        running = self.writer.engine.running
         return {
             "type": "health_ok",
             "worker_pid": os.getpid(),
             **self.describe,
+            **self.engine.store.facts(),
             "endpoint": self.address,
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "requests_served": self.served,
+            "requests_served": self.served + self.writer.completed,
             "nodes_connected": len(self.nodes),
+            "running": None if running is None else {
+                "version": running.version,
+                "name": running.name,
+                "action": running.action,
+                "since_s": round(time.monotonic() - running.since, 3),
+                "done": running.done,
+                "total": running.total,
+            },
         }
+
+    def cancel(self, request_id: bytes, params: Params) -> dict[str, Any]:
+        """Cancel the writes a node names: queued ones never run, the running one stops at
+        its next cancellation point; each gets its own error 14 reply."""
+        cancelled = self.writer.cancel(params.request_ids("ids", MAX_CANCEL_IDS))
+        if cancelled:
+            log.warning("cancelled %d write(s) at a node's request", cancelled)
+        return {"type": "cancel_ok", "cancelled": cancelled}
 
     def run(self, context: zmq.Context) -> None:
         """Serve until stopped; the socket is closed whatever happens."""
@@ -93,6 +263,7 @@ class WorkerServer:
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
         previous_wakeup = signal.set_wakeup_fd(wake_write)
+        self.writer.start()
         router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable reply raises, never vanishes
         router.setsockopt(zmq.MAXMSGSIZE, codec.MAX_REQUEST_BYTES)
@@ -111,14 +282,21 @@ class WorkerServer:
             poller.register(router, zmq.POLLIN)
             poller.register(monitor, zmq.POLLIN)
             poller.register(wake_read, zmq.POLLIN)
+            poller.register(self.outbox.wake_read, zmq.POLLIN)
             while not self.stop.requested and not self._idle_too_long():
                 events = dict(poller.poll(POLL_MS))
                 if monitor in events:
                     self._track_peers(monitor)
                 if wake_read in events:
                     os.read(wake_read, 4096)
+                if self.outbox.wake_read in events:
+                    self._send_outbox(router)
                 if router in events:
                     self._serve_ready(router)
+            # The write in progress finishes its migration (and is answered if that was its
+            # last); queued writes are left for the next worker, to which nodes resend.
+            self.writer.close()
+            self._send_outbox(router)
         finally:
             if authenticator is not None:
                 authenticator.stop()
@@ -128,6 +306,7 @@ class WorkerServer:
             router.close(linger=0)
             os.close(wake_read)
             os.close(wake_write)
+            self.outbox.close()
         log.info("worker %d stopped after %d requests", os.getpid(), self.served)
 
     def _authenticate(self, context: zmq.Context, router: zmq.Socket) -> ThreadAuthenticator:
@@ -143,7 +322,7 @@ class WorkerServer:
         return authenticator
 
     def _idle_too_long(self) -> bool:
-        if self.idle_exit_s is None or self.nodes:
+        if self.idle_exit_s is None or self.nodes or not self.writer.idle():
             return False
         if time.monotonic() - self.idle_since < self.idle_exit_s:
             return False
@@ -182,16 +361,20 @@ class WorkerServer:
             self.engine.new_batch()
             replies = []
             for frame in requests[: codec.MAX_MESSAGE_REQUESTS] or [b""]:
-                request_id, packed = self._execute(frame)
-                if packed is None:
-                    break  # interrupted by a stop request: the node resends what is left
-                self.served += 1
-                replies += codec.pack_reply(request_id, packed)
-            else:
-                if len(requests) > codec.MAX_MESSAGE_REQUESTS:
-                    replies += codec.pack_reply(None, self._too_many(len(requests)))
+                answered = self._take(peer, frame)
+                if answered is not None:
+                    self.served += 1
+                    replies += codec.pack_reply(*answered)
+            if len(requests) > codec.MAX_MESSAGE_REQUESTS:
+                replies += codec.pack_reply(None, self._too_many(len(requests)))
             if replies:
                 self._send(router, peer, replies)
+
+    def _send_outbox(self, router: zmq.Socket) -> None:
+        for peer, frames in self.outbox.take():
+            self._send(router, peer, frames)
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # held log lines go out once a write is answered
 
     def _too_many(self, count: int) -> bytes:
         """One error for the requests of a message beyond the bound: none of them ran."""
@@ -216,34 +399,15 @@ class WorkerServer:
             log.warning("could not reply to node %s: %s", peer.hex(), exc)
 
     def _packed(self, body: dict[str, Any]) -> bytes:
-        """The body packed; the engine hands out the same body object while it is current.
-
-        A body that cannot be packed, or is larger than a node accepts, is answered with
-        error 13 instead: whatever a reply holds, the worker answers and goes on.
-        """
+        """The body packed; the read engine hands out the same body object while it is
+        current, so an unchanged status is packed once."""
         if body is not self._last_body:
-            try:
-                packed = codec.pack(body)
-                if len(packed) > codec.MAX_REPLY_BYTES:
-                    raise ValueError(
-                        f"the reply is {len(packed)} bytes, more than the"
-                        f" {codec.MAX_REPLY_BYTES} a node accepts"
-                    )
-            except Exception as exc:
-                log.exception("cannot send a %s reply", body.get("type"))
-                cause = str(exc).encode("utf-8", "backslashreplace").decode()
-                text = f"the worker could not send its reply: {cause}"
-                packed = codec.pack(ReplyError(CRASH, text).body())
-            self._last_body, self._last_packed = body, packed
+            self._last_body, self._last_packed = body, packed_reply(body)
         return self._last_packed
 
-    def _execute(self, frame: bytes) -> tuple[bytes | None, bytes | None]:
-        """Run one request frame; return its id and packed reply (None if interrupted)."""
-        request_id, body = self._run(frame)
-        return request_id, None if body is None else self._packed(body)
-
-    def _run(self, frame: bytes) -> tuple[bytes | None, dict[str, Any] | None]:
-        """Run one request frame; return its id and reply body (None if interrupted)."""
+    def _take(self, peer: bytes, frame: bytes) -> tuple[bytes | None, bytes] | None:
+        """Answer one request frame now (its id and packed reply), or hand a write to the
+        writer thread (None: its reply comes through the outbox)."""
         request_id = None
         try:
             if not frame:
@@ -259,18 +423,50 @@ class WorkerServer:
                 known = ", ".join(["init", *self.handlers])
                 raise ReplyError(UNKNOWN_TYPE, f"unknown request type {kind!r}; known: {known}")
             log.debug("request %s: %s", request_id.hex(), kind)
-            body = handler(request_id, _params(request))
-        except Interrupted as stop:
-            log.info("request %s not finished: %s", request_id and request_id.hex(), stop)
-            return request_id, None
+            params = _params(request)
         except codec.CodecError as exc:
-            body = ReplyError(MALFORMED_REQUEST, str(exc)).body()
+            return request_id, self._packed(ReplyError(MALFORMED_REQUEST, str(exc)).body())
         except ReplyError as error:
-            body = error.body()
-        except Exception as exc:
-            log.exception("request failed unexpectedly")
-            body = ReplyError(CRASH, f"the worker failed unexpectedly: {exc}").body()
-        return request_id, body
+            return request_id, self._packed(error.body())
+        if kind in kinds.WRITES:
+            self.writer.submit(Job(peer, request_id, handler, params))
+            return None
+        body = run_handler(handler, request_id, params)
+        assert body is not None, "only writes are interrupted by a stop"
+        return request_id, self._packed(body)
+
+
+def run_handler(handler: Handler, request_id: bytes, params: Params) -> dict[str, Any] | None:
+    """Run one request's handler; its reply body, an error body for what it raised, or
+    None when a stop interrupted it (the node sends it again to the next worker)."""
+    try:
+        return handler(request_id, params)
+    except Interrupted as stop:
+        log.info("request %s not finished: %s", request_id.hex(), stop)
+        return None
+    except ReplyError as error:
+        return error.body()
+    except Exception as exc:
+        log.exception("request failed unexpectedly")
+        return ReplyError(CRASH, f"the worker failed unexpectedly: {exc}").body()
+
+
+def packed_reply(body: dict[str, Any]) -> bytes:
+    """The body packed; one that cannot be packed, or is larger than a node accepts, is
+    answered with error 13 instead: whatever a reply holds, the worker answers and goes on.
+    """
+    try:
+        packed = codec.pack(body)
+        if len(packed) > codec.MAX_REPLY_BYTES:
+            raise ValueError(
+                f"the reply is {len(packed)} bytes, more than the"
+                f" {codec.MAX_REPLY_BYTES} a node accepts"
+            )
+    except Exception as exc:
+        log.exception("cannot send a %s reply", body.get("type"))
+        cause = str(exc).encode("utf-8", "backslashreplace").decode()
+        return codec.pack(ReplyError(CRASH, f"the worker could not send its reply: {cause}").body())
+    return packed
 
 
 def _params(request: dict[str, Any]) -> Params:

@@ -16,7 +16,7 @@ import os
 import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 from broker.endpoint import DEFAULT_TABLE, Endpoint
@@ -115,10 +115,33 @@ class Store(ABC):
         rows lost their parent."""
 
     @abstractmethod
-    def migration_db(self, in_transaction: bool = True) -> AbstractContextManager[Any]:
+    def migration_db(
+        self, in_transaction: bool = True, check: Callable[[], None] | None = None
+    ) -> AbstractContextManager[Any]:
         """The `db` migration code gets (execute, executemany, query, executescript, with
-        `?` parameters on every backend). Raises RuntimeError afterwards if the migration
-        ended the transaction itself."""
+        `?` parameters on every backend); `check` runs before each of its statements (a
+        cancel raises there). Raises RuntimeError afterwards if the migration ended the
+        transaction itself."""
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """From another thread: stop the statement that migration code runs now, if any
+        (sqlite3's interrupt, the server's query cancel); it fails, and its transaction
+        is rolled back. The store's own statements are never cut."""
+
+    @abstractmethod
+    def reader(self) -> Store:
+        """Another connection to the same database, for reads beside a running write; it
+        never writes and owns nothing."""
+
+    @abstractmethod
+    def facts(self) -> dict[str, Any]:
+        """What `health` says of the database beyond its name (SQLite: journal_mode)."""
+
+    def reading(self) -> AbstractContextManager[None]:
+        """A consistent view for a read made of several queries (status: the stamp, then
+        the rows); by default each query sees the last commit on its own."""
+        return nullcontext()
 
     @abstractmethod
     def check_foreign_keys(self) -> None:
@@ -175,12 +198,15 @@ def open_store(
     table: str = DEFAULT_TABLE,
     schema: str | None = None,
     owner_wait_s: float | None = None,
+    wal: bool = False,
 ) -> Store:
     """The store for a worker's endpoint: a PostgreSQL URL's, or a SQLite file's.
 
     `schema` places the tracking tables on a server (default `public`); a SQLite file has
     none, so giving one is a ValueError. `owner_wait_s` is how long a write may wait for
     the owner lock while another worker (on another host) holds it; see PostgresStore.
+    `wal` turns an existing SQLite database's rollback journal into WAL (one it creates
+    starts in WAL anyway); a server keeps its own journal.
     """
     if isinstance(where.database, str):
         from worker.postgres_store import PostgresStore  # only a PostgreSQL worker loads psycopg
@@ -196,7 +222,7 @@ def open_store(
         raise ValueError("--schema is for a PostgreSQL database; a SQLite file has no schemas")
     from worker.sqlite_store import SqliteStore
 
-    return SqliteStore(where.database, table=table)
+    return SqliteStore(where.database, table=table, wal=wal)
 
 
 class CrashHook:
