@@ -38,62 +38,95 @@ EXIT_REFUSED = 3
 OWNER_WAIT_S = 30.0  # PostgreSQL: a write waits this long for another host's worker to go
 EXIT_STDOUT_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
 ENVELOPE_FIELDS = frozenset({"type", "msg_id"})  # the body's own; the rest are the request's
+USAGE_EXAMPLES = """examples:
+  echo '{"body": {"type": "status", "msg_id": 1}}' | python node.py   # the stdio JSON node
+  python node.py status                      # a table: applied or pending, and when
+  python node.py migrate --to 3 --dry-run    # run it all for real, then roll it back
+  python node.py --db postgresql://app@db/appdb migrate
+  python node.py COMMAND --help              # each command's options and an example"""
 
 log = logging.getLogger("node")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The node's options; without `defaults`, an option not given stays unset."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
     parser.add_argument(
         "--db",
-        default="migrations.db",
+        default=default("migrations.db"),
         help="SQLite file (default: ./migrations.db) or postgresql://user@host:port/dbname",
     )
     parser.add_argument(
         "--migrations",
         type=Path,
-        default=DEFAULT_MIGRATIONS,
+        default=default(DEFAULT_MIGRATIONS),
         help="folder of NNNN_name.py migrations (default: migrations/ beside node.py)",
     )
     parser.add_argument(
         "--table",
-        default=endpoint.DEFAULT_TABLE,
-        help="tracking table, created on first use (default: %(default)s)",
+        default=default(endpoint.DEFAULT_TABLE),
+        help="tracking table, created on first use (default: schema_migrations)",
     )
     parser.add_argument(
         "--schema",
+        default=default(None),
         help="PostgreSQL schema of the tracking tables, created on first use (default: public)",
     )
     parser.add_argument(
         "--wal",
         action="store_true",
+        default=default(False),
         help="SQLite: have the worker turn an existing database's rollback journal into WAL"
         " (a database it creates starts in WAL)",
     )
     parser.add_argument(
         "--owner-wait",
         type=float,
-        default=OWNER_WAIT_S,
+        default=default(OWNER_WAIT_S),
         metavar="SECONDS",
         help="PostgreSQL: how long a write waits while a worker on another host owns the"
-        " database before error 11 names it (default: %(default)g)",
+        f" database before error 11 names it (default: {OWNER_WAIT_S:g})",
     )
     parser.add_argument(
         "--envelope",
         action="store_true",
+        default=default(False),
         help='wrap every reply as {"src", "dest", "body"} from the start, as after init',
     )
     parser.add_argument(
         "--connect",
         metavar="ADDRESS",
+        default=default(None),
         help="use the standalone worker at ADDRESS (tcp://HOST:PORT) and never start one",
     )
     parser.add_argument(
         "--keys",
         type=Path,
+        default=default(None),
         help="CurveZMQ key folder (node.key_secret, worker.key); required for tcp://",
     )
-    parser.add_argument("--log-level", default="WARNING", help="stderr log level")
+    parser.add_argument(
+        "--log-level", default=default("WARNING"), help="stderr log level (default: WARNING)"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from broker import cli
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] + " With a COMMAND, a command line for people.",
+        epilog=USAGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_options(parser, defaults=True)
+    # The same options after the command too (`status --db app.db`), without defaults of
+    # their own, which would override those given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    add_options(common, defaults=False)
+    cli.add_commands(parser, common)
     args = parser.parse_args(argv)
     if not args.migrations.is_dir():
         parser.error(f"--migrations {args.migrations} is not a folder")
@@ -150,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s node[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
+    if args.command is not None:
+        from broker import cli
+
+        return cli.run(args, stop, connect)
     try:
         client = connect(args)
     except WorkerConfigError as exc:

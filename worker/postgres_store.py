@@ -828,7 +828,8 @@ def _connect(url: str, where: str) -> psycopg.Connection[Any]:
             secret = params.get(option)
             if secret:
                 text = text.replace(str(secret), "***")
-        raise ConnectionError(f"cannot connect to {where}: {text.strip()}") from None
+        # libpq's message runs over several lines; a reply's text is one.
+        raise ConnectionError(f"cannot connect to {where}: {' '.join(text.split())}") from None
 
 
 def _check_names(tables: TrackingTables, schema: str) -> None:

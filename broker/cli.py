@@ -1,0 +1,490 @@
+"""The command line for people: `python node.py COMMAND` (or `migrations-node COMMAND`).
+
+    status, migrate, rollback, validate, history, health
+        -> the same requests a program sends -> WorkerClient -> the database's one worker
+        <- replies, drawn as tables and lines (or printed as JSON lines with --json)
+    new NAME [--sql]
+        -> the next-numbered migration file in the migrations folder (no worker)
+
+Exit status: 0 done, 1 a migration failed or validation found problems, 2 bad usage (or a
+worker that cannot start with this configuration), 3 the database or worker could not be
+reached (error 11 or 13), 130 cancelled by Ctrl-C. Errors go to stderr as one sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from broker.errors import ReplyError
+from broker.kinds import PROGRESS
+from broker.replies import OrderedReplies
+from broker.requests import parse_request
+from broker.spawn import WorkerConfigError
+from broker.stopping import StopRequest
+from broker.terminal import ProgressLine, Style, table
+
+if TYPE_CHECKING:
+    from broker.client import WorkerClient
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_CANCELLED = 0, 1, 2, 3, 130
+EXIT_FOR_CODE = {10: EXIT_USAGE, 12: EXIT_USAGE, 11: EXIT_UNREACHABLE, 13: EXIT_UNREACHABLE}
+MSG_ID = 1  # what --json replies answer, as a stdio node answers a request of msg_id 1
+VERSION_DIGITS = 4  # NNNN_name for a new migration in a folder of small versions
+TIMESTAMP_VERSION = 10**10  # versions at least this big are dbmate-style timestamps
+
+EXAMPLES = {
+    "migrate": "examples:\n  migrations-node migrate\n  migrations-node migrate --to 3 --dry-run",
+    "rollback": "examples:\n  migrations-node rollback\n  migrations-node rollback --steps 2"
+                "\n  migrations-node rollback --to 0 --dry-run",
+    "status": "example:\n  migrations-node --db app.db status",
+    "validate": "example:\n  migrations-node validate || echo 'applied files were edited'",
+    "history": "example:\n  migrations-node history --limit 10",
+    "new": "examples:\n  migrations-node new add_user_email\n  migrations-node new audit_log --sql",
+    "health": "example:\n  migrations-node health --json",
+}
+HELP = {
+    "migrate": "apply every pending migration, each in its own transaction",
+    "rollback": "revert the most recent migration (or --steps K, or down --to V)",
+    "status": "list every migration: applied or pending, and when",
+    "validate": "check applied files against their checksums (drift), exit 1 on problems",
+    "history": "every apply, rollback and baseline, oldest first",
+    "new": "create the next-numbered migration file with up and down stubs",
+    "health": "the worker's pid, database, uptime and what runs now",
+}
+
+
+def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """The commands, each with its options, `--json` and an example in its --help."""
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument(
+        "--json", action="store_true", help="print the reply exactly as the stdio node does"
+    )
+    for name in ("migrate", "rollback", "status", "validate", "history", "new", "health"):
+        parents = [common] if name == "new" else [common, output]
+        command = commands.add_parser(
+            name, parents=parents, help=HELP[name], description=HELP[name],
+            epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name == "migrate":
+            command.add_argument("--to", type=_version, metavar="V",
+                                 help="apply only up to and including version V")
+            command.add_argument("--dry-run", action="store_true",
+                                 help="run every step for real, then roll it all back")
+        elif name == "rollback":
+            target = command.add_mutually_exclusive_group()
+            target.add_argument("--steps", type=_positive, metavar="K",
+                                help="revert the K most recent migrations")
+            target.add_argument("--to", type=_version, metavar="V",
+                                help="revert every migration above V (0: all)")
+            command.add_argument("--dry-run", action="store_true",
+                                 help="run every step for real, then roll it all back")
+        elif name == "history":
+            command.add_argument("--limit", type=_positive, metavar="N",
+                                 help="only the N most recent events")
+        elif name == "new":
+            command.add_argument("name", metavar="NAME", help="an identifier: add_user_email")
+            command.add_argument("--sql", action="store_true",
+                                 help="a .sql file with -- migrate:up/down sections")
+
+
+def _positive(text: str) -> int:
+    value = _version(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _version(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def run(
+    args: argparse.Namespace, stop: StopRequest, connect: Callable[[Any], WorkerClient]
+) -> int:
+    """Carry out one command; returns the exit status."""
+    if args.command == "new":
+        return new_migration(args.migrations, args.name, args.sql)
+    from broker.client import WorkerRefused
+
+    try:
+        client = connect(args)
+    except WorkerConfigError as exc:
+        return fail(f"the worker cannot start: {exc}", EXIT_USAGE)
+    except (OSError, ValueError) as exc:
+        return fail(f"cannot reach a worker: {exc}", EXIT_UNREACHABLE)
+    session = Session(client, stop)
+    try:
+        if args.json:
+            return print_json(session, args)
+        return COMMANDS[args.command](session, args)
+    except Abandoned:
+        return EXIT_CANCELLED
+    except WorkerConfigError as exc:
+        return fail(f"the worker cannot start: {exc}", EXIT_USAGE)
+    except WorkerRefused as exc:
+        return fail(f"{exc}: add this node's public key to the worker's authorized/ folder",
+                    EXIT_UNREACHABLE)
+    finally:
+        client.close()
+
+
+def request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The request a command sends, with the fields a program would give."""
+    fields = {"to": getattr(args, "to", None), "steps": getattr(args, "steps", None),
+              "limit": getattr(args, "limit", None)}
+    params = {key: value for key, value in fields.items() if value is not None}
+    if getattr(args, "dry_run", False):
+        params["dry_run"] = True
+    return args.command, params
+
+
+# -- talking to the worker -----------------------------------------------------------------
+
+
+class Abandoned(Exception):
+    """A second Ctrl-C: stop waiting at once (the worker finishes alone, atomically)."""
+
+
+class Session:
+    """Requests sent through the node's WorkerClient, waited for one batch at a time."""
+
+    def __init__(self, client: WorkerClient, stop: StopRequest) -> None:
+        self.client = client
+        self.stop = stop
+        self.src = f"cli:{_user()}"  # who applied it, as the history shows
+        self.cancelled = False  # Ctrl-C asked the worker to cancel this command's write
+        self._tokens = itertools.count()
+
+    def ask(
+        self, *requests: tuple[str, dict[str, Any]],
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        tick: Callable[[], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Send `requests` together; return their replies, in order, once all are in.
+
+        `on_progress` gets each progress body, `tick` runs about ten times a second. A
+        first Ctrl-C cancels the write among them (its reply then tells what committed);
+        a second raises Abandoned.
+        """
+        tokens = [next(self._tokens) for _ in requests]
+        for token, (kind, params) in zip(tokens, requests, strict=True):
+            self.client.submit(token, kind, params, self.src)
+        self.client.flush()
+        replies: dict[int, dict[str, Any]] = {}
+        while len(replies) < len(tokens):
+            self._mind_signals()
+            events = dict(self.client.poller.poll(min(self.client.timeout_ms(), 100)))
+            for token, body in self.client.process(events):
+                if token is None:
+                    continue  # the answer to our own cancel
+                if body["type"] == PROGRESS:
+                    if on_progress is not None:
+                        on_progress(body)
+                else:
+                    replies[token] = body
+            if tick is not None:
+                tick()
+        return [replies[token] for token in tokens]
+
+    def _mind_signals(self) -> None:
+        if not self.stop.requested:
+            return
+        if self.stop.count > 1:
+            raise Abandoned
+        if self.cancelled:
+            return  # what follows the cancelled write (its durations) is still asked
+        if not self.client.has_writes():
+            raise Abandoned
+        if not self.cancelled:
+            self.cancelled = True
+            say("cancelling: the migration in progress is rolled back, none after it starts"
+                " (Ctrl-C again to stop waiting)")
+            for token, _ in self.client.cancel_writes(None, self.src):
+                assert token is None, "only writes are cancelled, and they have no token here"
+            self.client.flush()
+
+
+def print_json(session: Session, args: argparse.Namespace) -> int:
+    """The reply as the stdio node writes it for the same request with msg_id 1."""
+    kind, params = request_of(args)
+    (body,) = session.ask((kind, params))
+    replies = OrderedReplies(sys.stdout.buffer)
+    request = parse_request({"body": {"type": kind, "msg_id": MSG_ID, **params}})
+    replies.fill(replies.reserve(request), body)
+    replies.flush()
+    return exit_status(body, session)
+
+
+def exit_status(body: dict[str, Any], session: Session) -> int:
+    if session.stop.requested or body.get("cancelled"):
+        return EXIT_CANCELLED
+    if body["type"] == "error":
+        return EXIT_FOR_CODE.get(body["code"], EXIT_FAILED)
+    if body["type"] == "validation" and not body["ok"]:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+def show_status(session: Session, args: argparse.Namespace) -> int:
+    status, history = session.ask(("status", {}), ("history", {}))
+    if status["type"] == "error":
+        return report_error(status, session)
+    applied_at = {}
+    if history["type"] == "migration_history":
+        for event in history["events"]:  # oldest first: the last apply is the one that holds
+            if event["action"] in ("apply", "baseline"):
+                applied_at[event["version"]] = event["started_at"]
+    style = Style(sys.stdout)
+    rows = [
+        (str(m["version"]), m["name"],
+         ("applied", "green") if m["applied"] else ("pending", "yellow"),
+         applied_at.get(m["version"], "") if m["applied"] else "")
+        for m in status["migrations"]
+    ]
+    if rows:
+        print(table(("version", "name", "state", "applied at"), rows, style))
+    pending = sum(not m["applied"] for m in status["migrations"])
+    print(f"{len(rows) - pending} applied, {pending} pending")
+    return EXIT_OK
+
+
+def run_migrate(session: Session, args: argparse.Namespace) -> int:
+    return run_write(session, args, "apply", "applied", "applying")
+
+
+def run_rollback(session: Session, args: argparse.Namespace) -> int:
+    return run_write(session, args, "rollback", "rolled back", "rolling back")
+
+
+def run_write(
+    session: Session, args: argparse.Namespace, action: str, done_word: str, verb: str
+) -> int:
+    """migrate or rollback: a line per step with its duration, then a summary; progress on
+    a terminal's stderr while it runs; Ctrl-C cancels it (exit 130)."""
+    kind, params = request_of(args)
+    (status,) = session.ask(("status", {}))
+    if status["type"] == "error":
+        return report_error(status, session)
+    steps = planned_steps(status["migrations"], action, params)
+    progress = ProgressLine(sys.stderr, len(steps), verb)
+    if progress.enabled and not args.dry_run:
+        params = {**params, "progress": True}
+
+    def moved(body: dict[str, Any]) -> None:
+        following = steps[body["done"]] if body["done"] < len(steps) else ""
+        progress.step(body["done"], following)
+
+    progress.step(0, steps[0] if steps else "")
+    started = time.monotonic()
+    try:
+        (body,) = session.ask((kind, params), on_progress=moved, tick=progress.draw)
+    finally:
+        progress.clear()
+    elapsed = time.monotonic() - started
+    taken = taken_steps(body)
+    asked_to_stop = session.stop.requested  # then no more waiting: what is known is shown
+    durations = {}
+    if taken and not args.dry_run and not asked_to_stop:
+        durations = step_durations(session, taken, action)
+    style = Style(sys.stdout)
+    word = f"would be {done_word}" if args.dry_run else done_word
+    for entry in taken:
+        duration = durations.get(entry["version"])
+        shown = f"  {duration:.1f} ms" if duration is not None else ""
+        print(f"{style(word, 'green')}  {entry['version']}  {entry['name']}{shown}")
+    if body["type"] == "error":
+        return report_error(body, session)
+    if not taken:
+        print("nothing to do: the database is already there")
+    else:
+        noun = "migration" if len(taken) == 1 else "migrations"
+        tail = " (dry run: all rolled back)" if args.dry_run else ""
+        print(f"{len(taken)} {noun} {word} in {elapsed:.2f} s{tail}")
+    if asked_to_stop:
+        say("interrupted: the request had finished before the cancel reached it")
+    return exit_status(body, session)
+
+
+def planned_steps(
+    migrations: list[dict[str, Any]], action: str, params: dict[str, Any]
+) -> list[str]:
+    """What a migrate or rollback will take, for the progress line (`V name` each)."""
+    if action == "apply":
+        chosen = [m for m in migrations if not m["applied"]
+                  and ("to" not in params or m["version"] <= params["to"])]
+    else:
+        applied = [m for m in reversed(migrations) if m["applied"]]  # version order: close enough
+        if "to" in params:
+            chosen = [m for m in applied if m["version"] > params["to"]]
+        else:
+            chosen = applied[: params.get("steps", 1)]
+    return [f"{m['version']} {m['name']}" for m in chosen]
+
+
+def taken_steps(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps a reply says were taken (an error's `applied` or `rolled_back` too)."""
+    if body["type"] == "migration_rolled_back":
+        return [{"version": body["version"], "name": body["name"]}]
+    if body["type"] in ("migrations_applied", "migrations_rolled_back"):
+        return body["migrations"]
+    return body.get("applied") or body.get("rolled_back") or []
+
+
+def step_durations(session: Session, taken: list[dict[str, Any]], action: str) -> dict[int, float]:
+    """Each taken step's duration, from the history the worker kept of them."""
+    (history,) = session.ask(("history", {"limit": len(taken)}))
+    if history["type"] != "migration_history":
+        return {}
+    return {event["version"]: event["duration_ms"] for event in history["events"]
+            if event["action"] == action}
+
+
+def run_validate(session: Session, args: argparse.Namespace) -> int:
+    (body,) = session.ask(("validate", {}))
+    if body["type"] == "error":
+        return report_error(body, session)
+    if body["ok"]:
+        print("ok: every applied migration matches its file, none is missing or out of order")
+        return EXIT_OK
+    style = Style(sys.stdout)
+    rows = [(str(p["version"]), p["name"], (p["kind"].replace("_", " "), "red"))
+            for p in body["problems"]]
+    print(table(("version", "name", "problem"), rows, style))
+    say(f"validation found {len(rows)} problem{'s' if len(rows) != 1 else ''}")
+    return EXIT_FAILED
+
+
+def show_history(session: Session, args: argparse.Namespace) -> int:
+    (body,) = session.ask(request_of(args))
+    if body["type"] == "error":
+        return report_error(body, session)
+    rows = [(e["started_at"], e["action"], str(e["version"]), e["name"],
+             f"{e['duration_ms']:.1f} ms", e["src"] or "") for e in body["events"]]
+    if rows:
+        print(table(("started at", "action", "version", "name", "took", "by"), rows,
+                    Style(sys.stdout)))
+    else:
+        print("no history: nothing was ever applied")
+    return EXIT_OK
+
+
+def show_health(session: Session, args: argparse.Namespace) -> int:
+    (body,) = session.ask(("health", {}))
+    if body["type"] == "error":
+        return report_error(body, session)
+    fields = {key: value for key, value in body.items() if key != "type"}
+    width = max(len(key) for key in fields)
+    for key, value in fields.items():
+        print(f"{key.ljust(width)}  {'none' if value is None else value}")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
+    "status": show_status,
+    "migrate": run_migrate,
+    "rollback": run_rollback,
+    "validate": run_validate,
+    "history": show_history,
+    "health": show_health,
+}
+
+
+# -- new -----------------------------------------------------------------------------------
+
+
+PY_STUB = '''"""{name}."""
+
+
+def up(db):
+    raise NotImplementedError("{filename}: write the change, e.g. db.execute('CREATE TABLE ...')")
+
+
+def down(db):
+    raise NotImplementedError("{filename}: write how to undo it, or delete down()")
+'''
+SQL_STUB = """-- migrate:up
+-- {filename}: write the change here, e.g. CREATE TABLE ...;
+
+-- migrate:down
+-- write how to undo it here, or delete this section
+"""
+
+
+def new_migration(folder: Path, name: str, sql: bool) -> int:
+    """Create the next-numbered file in `folder`; refuse a name that is not an identifier,
+    and never overwrite a file."""
+    if not (name.isascii() and name.isidentifier()):
+        return fail(f"{name!r} is not a name a migration can have: use letters, digits and _"
+                    " (add_user_email)", EXIT_USAGE)
+    from worker.catalog import scan
+
+    try:
+        versions = [migration.version for migration in scan(folder)]
+    except (OSError, ReplyError) as exc:
+        return fail(f"cannot read {folder}: {getattr(exc, 'text', exc)}", EXIT_USAGE)
+    newest = max(versions, default=0)
+    if newest >= TIMESTAMP_VERSION:
+        stamp = int(time.strftime("%Y%m%d%H%M%S", time.gmtime()))
+        version = str(max(stamp, newest + 1))
+    else:
+        version = str(newest + 1).zfill(VERSION_DIGITS)
+    filename = f"{version}_{name}.{'sql' if sql else 'py'}"
+    path = folder / filename
+    text = (SQL_STUB if sql else PY_STUB).format(name=name, filename=filename)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return fail(f"{path} exists already; nothing was written", EXIT_USAGE)
+    except OSError as exc:
+        return fail(f"cannot create {path}: {exc.strerror}", EXIT_USAGE)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    print(path)
+    return EXIT_OK
+
+
+# -- saying things -------------------------------------------------------------------------
+
+
+def report_error(body: dict[str, Any], session: Session) -> int:
+    """An error reply as one sentence on stderr; returns its exit status."""
+    status = exit_status(body, session)
+    style = Style(sys.stderr)
+    failed = body.get("failed")
+    if failed and not body.get("cancelled"):
+        say(f"{style('failed', 'red')}  {failed['version']}  {failed['name']}: {failed['error']}")
+    prefix = "cancelled" if status == EXIT_CANCELLED else f"error {body['code']}"
+    say(f"{prefix}: {body['text']}")
+    return status
+
+
+def fail(text: str, status: int) -> int:
+    say(f"error: {text}")
+    return status
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _user() -> str:
+    import getpass  # only a command pays for it
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+

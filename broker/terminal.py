@@ -1,0 +1,90 @@
+"""What a person sees: tables, colour, and a progress line on a terminal, with the stdlib only.
+
+Colour is used only on a terminal and never when NO_COLOR is set (https://no-color.org);
+the progress line is drawn only when stderr is a terminal, so a pipe or a log file gets
+plain lines and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+COLOURS = {"green": "32", "yellow": "33", "red": "31", "bold": "1", "dim": "2"}
+CLEAR_LINE = "\r\x1b[K"
+
+
+def wants_colour(stream: TextIO) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+class Style:
+    """Colours for one stream, or none."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.enabled = wants_colour(stream)
+
+    def __call__(self, text: str, colour: str) -> str:
+        if not self.enabled:
+            return text
+        return f"\x1b[{COLOURS[colour]}m{text}\x1b[0m"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], style: Style) -> str:
+    """Rows under their headers, columns padded to their widest cell (colour codes aside:
+    cells are padded before they are coloured, so pass (text, colour) pairs to colour)."""
+    cells = [[_text(cell) for cell in row] for row in rows]
+    widths = [len(header) for header in headers]
+    for row in cells:
+        for column, cell in enumerate(row):
+            widths[column] = max(widths[column], len(cell))
+    header = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+    lines = [style(header, "bold")]
+    for raw, row in zip(rows, cells, strict=True):
+        parts = []
+        for column, cell in enumerate(row):
+            padded = cell.ljust(widths[column])
+            colour = raw[column][1] if isinstance(raw[column], tuple) else None
+            parts.append(style(padded, colour) if colour else padded)
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _text(cell: str | tuple[str, str]) -> str:
+    return cell[0] if isinstance(cell, tuple) else cell
+
+
+class ProgressLine:
+    """`[n/N] doing what  elapsed 1.2 s` redrawn in place on stderr while a write runs;
+    nothing at all when stderr is not a terminal."""
+
+    def __init__(self, stream: TextIO, total: int, verb: str) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty() and total > 1
+        self.total = total
+        self.verb = verb
+        self.done = 0
+        self.current = ""
+        self.started = time.monotonic()
+
+    def step(self, done: int, following: str) -> None:
+        """`done` steps are done; `following` is the one running now ("" when none)."""
+        self.done, self.current = done, following
+        self.draw()
+
+    def draw(self) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.started
+        what = f" {self.verb} {self.current}" if self.current else ""
+        self.stream.write(
+            f"{CLEAR_LINE}[{self.done}/{self.total}]{what}  elapsed {elapsed:.1f} s"
+        )
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            self.stream.write(CLEAR_LINE)
+            self.stream.flush()

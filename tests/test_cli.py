@@ -1,0 +1,257 @@
+"""The command line for people, run as real processes: output facts, --json byte for byte
+against the stdio node, exit codes, `new`, progress on a terminal only, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    NODE,
+    PROCESS_TIMEOUT_S,
+    PROJECT,
+    request,
+    table_migrations,
+    wait_until,
+    write_migration,
+)
+
+
+@pytest.fixture
+def folder(workspace) -> Path:
+    path = workspace.root / "migrations"
+    path.mkdir()
+    return path
+
+
+def cli(workspace, *args: str, folder: Path | None = None, env: dict | None = None):
+    """Run `python node.py [--migrations F] ARGS` to completion; returns CompletedProcess."""
+    options = ("--migrations", str(folder)) if folder is not None else ()
+    return subprocess.run(
+        workspace.node_command(*options, *args), capture_output=True, text=True,
+        env=env or workspace.env, cwd=workspace.root, timeout=PROCESS_TIMEOUT_S,
+    )
+
+
+def test_status_prints_every_migration_applied_or_pending_and_when(workspace, folder):
+    table_migrations(folder, range(1, 4))
+    assert cli(workspace, "migrate", "--to", "2", folder=folder).returncode == 0
+    done = cli(workspace, "status", folder=folder)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["version", "name", "state", "applied", "at"]
+    rows = [line.split() for line in lines[1:4]]
+    assert [row[:3] for row in rows] == [["1", "t1", "applied"], ["2", "t2", "applied"],
+                                         ["3", "t3", "pending"]]
+    assert rows[0][3].startswith("20") and rows[0][3].endswith("Z") and len(rows[2]) == 3
+    assert lines[-1] == "2 applied, 1 pending"
+    assert "\x1b[" not in done.stdout  # no colour into a pipe
+
+
+def test_migrate_prints_each_migration_with_its_duration_then_a_summary(workspace, folder):
+    table_migrations(folder, range(1, 3))
+    done = cli(workspace, "migrate", folder=folder)
+    assert done.returncode == 0, done.stderr
+    first, second, summary = done.stdout.splitlines()
+    assert first.split()[:3] == ["applied", "1", "t1"] and first.endswith(" ms")
+    assert second.split()[:3] == ["applied", "2", "t2"]
+    assert summary.startswith("2 migrations applied in ")
+    again = cli(workspace, "migrate", folder=folder)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    back = cli(workspace, "rollback", "--steps", "2", folder=folder)
+    assert back.returncode == 0, back.stderr
+    assert [line.split()[2] for line in back.stdout.splitlines()[:2]] == ["2", "1"]
+    assert workspace.recorded() == []
+
+
+@pytest.mark.parametrize(
+    ("command", "body"),
+    [
+        (["migrate"], {}),
+        (["migrate", "--to", "1", "--dry-run"], {"to": 1, "dry_run": True}),
+        (["status"], {}),
+        (["validate"], {}),
+        (["rollback"], {}),
+        (["rollback", "--to", "0"], {"to": 0}),
+        (["history", "--limit", "5"], {"limit": 5}),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+def test_json_prints_what_the_stdio_node_prints_byte_for_byte(
+    workspace, folder, tmp_path_factory, command, body
+):
+    table_migrations(folder, range(1, 3))
+    kind = command[0]
+    if kind in ("rollback", "history"):
+        assert cli(workspace, "migrate", folder=folder).returncode == 0
+    # The same request on an identical copy of the database, through the stdio node.
+    twin = tmp_path_factory.mktemp("twin") / "test.db"
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{workspace.db}{suffix}").exists():
+            shutil.copy(f"{workspace.db}{suffix}", f"{twin}{suffix}")
+    from_cli = cli(workspace, *command, "--json", folder=folder)
+    stdio = subprocess.run(
+        [sys.executable, str(NODE), "--db", str(twin), "--migrations", str(folder)],
+        input=(f'{{"body": {{"type": "{kind}", "msg_id": 1'
+               + "".join(f', "{k}": {str(v).lower()}' for k, v in body.items()) + "}}\n"),
+        capture_output=True, text=True, env=workspace.env, timeout=PROCESS_TIMEOUT_S)
+    if kind == "history":  # times and durations differ between two real runs
+        assert from_cli.stdout.count('"action": "apply"') == 2
+        assert from_cli.stdout.startswith('{"type": "migration_history", "in_reply_to": 1, ')
+        return
+    assert from_cli.stdout == stdio.stdout, (from_cli.stderr, stdio.stderr)
+    assert from_cli.stdout.count("\n") == 1
+
+
+def test_exit_codes_say_failed_invalid_usage_and_unreachable(workspace, folder):
+    table_migrations(folder, range(1, 2))
+    write_migration(folder, "0002_broken.py", "raise ValueError('boom')")
+    failed = cli(workspace, "migrate", folder=folder)
+    assert failed.returncode == 1
+    assert "applied  1  t1" in failed.stdout
+    assert "error 14: migration 2 broken failed" in failed.stderr
+
+    (folder / "0002_broken.py").unlink()
+    (folder / "0001_t1.py").write_text("def up(db):\n    pass  # edited after it was applied\n")
+    drift = cli(workspace, "validate", folder=folder)
+    assert drift.returncode == 1 and "changed" in drift.stdout
+
+    assert cli(workspace, "rollback", "--steps", "0", folder=folder).returncode == 2
+    assert cli(workspace, "migrate", "--to", "x", folder=folder).returncode == 2
+    assert cli(workspace, "frobnicate", folder=folder).returncode == 2
+
+    unreachable = cli(workspace, "--db", "postgresql://postgres@127.0.0.1:1/nowhere", "status",
+                      folder=folder)
+    assert unreachable.returncode == 3
+    assert unreachable.stderr.startswith("error 11: cannot connect to ")
+    assert unreachable.stderr.count("\n") == 1
+
+
+def test_a_worker_that_never_answers_is_exit_3_not_a_wait_forever(workspace, folder):
+    address = f"ipc://{workspace.runtime}/nobody-listens.sock"
+    done = cli(workspace, "--connect", address, "status", folder=folder)
+    assert done.returncode == 3, done.stderr
+    assert "error 13:" in done.stderr and "unreachable for 10 s" in done.stderr
+
+
+def test_new_numbers_the_next_file_refuses_bad_names_and_never_overwrites(workspace, folder):
+    table_migrations(folder, range(1, 3))
+    made = cli(workspace, "new", "add_email", folder=folder)
+    assert made.returncode == 0 and made.stdout.strip() == str(folder / "0003_add_email.py")
+    stub = (folder / "0003_add_email.py").read_text()
+    assert "def up(db):" in stub and "def down(db):" in stub and "NotImplementedError" in stub
+    sql = cli(workspace, "new", "audit", "--sql", folder=folder)
+    text = (folder / "0004_audit.sql").read_text()
+    assert sql.returncode == 0 and "-- migrate:up" in text and "-- migrate:down" in text
+
+    assert cli(workspace, "new", "bad name", folder=folder).returncode == 2
+    assert cli(workspace, "new", "1st", folder=folder).returncode == 2
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "0001_t1.py", "0002_t2.py", "0003_add_email.py", "0004_audit.sql"]
+    # A stub refuses to run: applying it fails, and nothing is recorded for it.
+    failed = cli(workspace, "migrate", folder=folder)
+    assert failed.returncode == 1 and "NotImplementedError" in failed.stderr
+
+
+def test_new_never_overwrites_a_file_that_appears_at_its_name(workspace, folder):
+    (folder / "0001_first.py").write_text("def up(db):\n    pass\n")
+    target = folder / "0002_second.sql"
+    target.symlink_to(folder / "elsewhere")  # a dangling link where the file would go
+    done = cli(workspace, "new", "second", "--sql", folder=folder)
+    assert done.returncode == 2 and "exists already" in done.stderr
+    assert not (folder / "elsewhere").exists()
+
+
+def test_every_command_has_help_with_an_example(workspace):
+    for command in ("migrate", "rollback", "status", "validate", "history", "new", "health"):
+        done = cli(workspace, command, "--help")
+        assert done.returncode == 0 and "example" in done.stdout, command
+    top = cli(workspace, "--help")
+    assert "examples:" in top.stdout and "migrate" in top.stdout
+
+
+def test_progress_goes_to_a_terminal_and_never_into_a_pipe(workspace, folder):
+    table_migrations(folder, range(1, 4))
+    piped = cli(workspace, "migrate", "--to", "2", folder=folder)
+    assert piped.returncode == 0 and piped.stderr == ""
+
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        workspace.node_command("--migrations", str(folder), "rollback", "--to", "0"),
+        stdout=subprocess.PIPE, stderr=secondary, env=workspace.env, cwd=workspace.root)
+    os.close(secondary)
+    seen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([main], [], [], PROCESS_TIMEOUT_S)
+            assert ready, "the command wrote nothing on its terminal"
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the terminal's last writer has gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(main)
+        assert process.wait(timeout=PROCESS_TIMEOUT_S) == 0
+        process.stdout.close()
+    assert b"[0/2] rolling back 2 t2" in seen and b"[2/2]" in seen and b"elapsed" in seen
+    assert seen.endswith(b"\r\x1b[K")  # the line is cleared at the end
+
+
+def test_ctrl_c_during_migrate_rolls_back_the_running_one_and_exits_130(workspace, folder):
+    started, block = workspace.root / "started", workspace.root / "block"
+    block.touch()
+    table_migrations(folder, range(1, 2))
+    write_migration(
+        folder, "0002_slow.py",
+        "import os, time\ndb.execute('CREATE TABLE slow (id INTEGER)')\n"
+        f"open({str(started)!r}, 'w').close()\n"
+        f"while os.path.exists({str(block)!r}):\n    time.sleep(0.01)\n"
+        "db.execute('INSERT INTO slow VALUES (1)')")
+    table_migrations(folder, range(3, 4))
+    process = subprocess.Popen(
+        workspace.node_command("--migrations", str(folder), "migrate"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=workspace.env,
+        cwd=workspace.root)
+    workspace.started.append(process)
+    wait_until(started.exists, what="migration 2 to start")
+    process.send_signal(signal.SIGINT)
+    assert process.stderr.readline().startswith("cancelling: ")  # the cancel went out
+    block.unlink()
+    out, err = process.communicate(timeout=PROCESS_TIMEOUT_S)
+    assert process.returncode == 130, err
+    assert out, err
+    assert out.splitlines()[0].split()[:3] == ["applied", "1", "t1"]
+    assert "cancelled: cancelled: migration 2 slow was interrupted" in err
+    assert workspace.recorded() == [(1, "t1")]
+    assert "slow" not in workspace.tables() and "t3" not in workspace.tables()
+
+
+def test_the_console_script_is_python_node_py(workspace):
+    script = Path(sys.executable).parent / "migrations-node"
+    if not script.exists():
+        pytest.skip(f"{script} is not installed (pip install -e . puts it there)")
+    done = subprocess.run([str(script), "--db", str(workspace.db), "status", "--json"],
+                          capture_output=True, text=True, env=workspace.env,
+                          cwd=workspace.root, timeout=PROCESS_TIMEOUT_S)
+    direct = subprocess.run(
+        [sys.executable, str(NODE), "--db", str(workspace.db)],
+        input=request_line("status"), capture_output=True, text=True, env=workspace.env,
+        cwd=PROJECT, timeout=PROCESS_TIMEOUT_S)
+    assert done.returncode == 0 and done.stdout == direct.stdout
+
+
+def request_line(kind: str) -> str:
+    import json
+
+    return json.dumps(request(kind, 1)) + "\n"
