@@ -46,6 +46,7 @@ from tests.processes import gone
 
 PROJECT = Path(__file__).resolve().parent.parent
 NODE = PROJECT / "node.py"
+JOURNALS = {"wal": "WAL", "delete": "rollback journal"}  # SQLite's journal modes, as named
 
 
 @dataclass
@@ -307,43 +308,147 @@ def round_trips_ms(node: subprocess.Popen, kind: str, count: int) -> list[float]
     return trips
 
 
-def sequential_latency(count: int, runs: int) -> Figure:
-    """One `status` at a time through a running node; the median of each run's round trips."""
+# The floor for a node's two pipes: a child echoing each line of its stdin on its stdout.
+PIPE_ECHO = """
+import sys
+for line in sys.stdin.buffer:
+    sys.stdout.buffer.write(line)
+    sys.stdout.buffer.flush()
+"""
+
+
+def sequential_latency(count: int, runs: int, pipes: bool = False) -> Figure:
+    """One `status` at a time through a running node; the median of each run's round trips.
+    The floor is a bare ZeroMQ echo; with `pipes`, plus a bare pipe echo's round trip (the
+    same requests, timed the same way), as a request also crosses the node's stdin and
+    stdout."""
     sandbox = Sandbox()
     node = sandbox.node()
     echo = EchoServer()
+    pipe = (
+        subprocess.Popen(
+            [sys.executable, "-c", PIPE_ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        if pipes
+        else None
+    )
 
-    def once() -> float:
-        return statistics.median(round_trips_ms(node, "status", count))
+    def median_trip(process: subprocess.Popen) -> float:
+        return statistics.median(round_trips_ms(process, "status", count))
+
+    def floor() -> float:
+        return echo.round_trip_ms(count) + (median_trip(pipe) if pipe else 0)
 
     try:
-        once()
-        samples, floors = interleaved(runs, once, lambda: echo.round_trip_ms(count))
+        for warm in (node, pipe) if pipe else (node,):
+            median_trip(warm)
+        samples, floors = interleaved(runs, lambda: median_trip(node), floor)
         node.stdin.close()
         node.wait()
     finally:
+        if pipe:
+            pipe.stdin.close()
+            pipe.wait()
         echo.close()
         sandbox.close()
     return Figure(
-        "sequential latency",
+        f"sequential latency{', pipes in the floor' if pipes else ''}",
         f"one `status` at a time through a running node, median of {count}",
         "ms",
         samples,
-        "bare pyzmq msgpack echo round trip, median",
+        f"bare {'pipe echo + bare ' if pipes else ''}pyzmq msgpack echo round trip"
+        f"{'s, medians' if pipes else ', median'}",
         floors,
+        "<= 1.5x floor" if pipes else "<= 2x floor",
+    )
+
+
+@dataclass
+class ReadsDuringWrite:
+    idle_ms: list[float]  # status round trips with no write running, before and after it
+    during_ms: list[float]  # status round trips answered while the migrate ran
+
+
+def status_while_applying(count: int, idle_trips: int) -> ReadsDuringWrite:
+    """A second node's `status` round trips, one at a time, while a first node's `migrate`
+    of `count` generated migrations runs: those answered once `health` (from the second
+    node) says a write is running and before the migrate's reply; and, on the same database
+    in the same run, `idle_trips` with no write running before the migrate (all pending)
+    and as many after it (all applied)."""
+    sandbox = Sandbox()
+    folder = sandbox.generate(count)
+    # Dated a minute back, as a folder written well before: a listing younger than the
+    # worker's racy window (2 s) is not cached, and every status would list it anew.
+    os.utime(folder, (time.time() - 60,) * 2)
+    os.sync()  # writing the generated files is set-up, as in apply_once
+    writer, reader = sandbox.node(), sandbox.node()
+    try:
+        ask(writer, {"type": "health", "msg_id": 0})
+        round_trips_ms(reader, "status", 1)  # warms the folder listing and the reply cache
+        idle = round_trips_ms(reader, "status", idle_trips)
+        replied: list[tuple[dict, float]] = []  # the migrate's reply, and when it came
+
+        def migrate() -> None:
+            reply = ask(writer, {"type": "migrate", "msg_id": 1})
+            replied.append((reply, time.perf_counter()))
+
+        thread = threading.Thread(target=migrate)
+        thread.start()
+        while thread.is_alive() and ask(reader, {"type": "health", "msg_id": 1})["running"] is None:
+            pass  # the migrate has not started yet
+        trips = []  # (when answered, round trip in ms)
+        while thread.is_alive():
+            trips += [(time.perf_counter(), ms) for ms in round_trips_ms(reader, "status", 1)]
+        thread.join()
+        assert replied, "the migrate got no reply"
+        reply, finished = replied[0]
+        assert reply.get("count") == count, str(reply)[:300]
+        during = [ms for answered, ms in trips if answered < finished]
+        assert during, f"no status answered while the migrate of {count} ran"
+        idle += round_trips_ms(reader, "status", idle_trips)
+        for node in (writer, reader):
+            node.stdin.close()
+            node.wait()
+        return ReadsDuringWrite(idle, during)
+    finally:
+        for node in (writer, reader):
+            if node.poll() is None:
+                node.kill()
+        sandbox.close()
+
+
+def status_during_migrate(count: int, runs: int, idle_trips: int = 20) -> Figure:
+    """A `status` round trip from a second node while a `migrate` of `count` runs, beside
+    the idle round trip on the same database; both taken in each run, in turns."""
+    results = []
+    for _ in range(runs):
+        os.sync()
+        results.append(status_while_applying(count, idle_trips))
+    trips = sorted(len(run.during_ms) for run in results)
+    return Figure(
+        f"status during a migrate of {count:,}",
+        f"a second node sends `status` one at a time while a `migrate` of {count:,} runs"
+        " (from its `health` saying `running` to the migrate's reply); median of"
+        f" {trips[0]:,}{'' if trips[0] == trips[-1] else f' to {trips[-1]:,}'} per run",
+        "ms",
+        [statistics.median(run.during_ms) for run in results],
+        f"idle `status` round trip, same nodes and database, {idle_trips} before the migrate"
+        f" and {idle_trips} after it, median",
+        [statistics.median(run.idle_ms) for run in results],
         "<= 2x floor",
     )
 
 
-def plain_connection(sandbox: Sandbox) -> tuple[Any, str, str]:
+def plain_connection(sandbox: Sandbox, journal: str = "wal") -> tuple[Any, str, str]:
     """The plain loop's connection, in autocommit mode so that the loop's BEGIN and COMMIT
     are the only ones, with the statement that begins each migration's transaction and the
-    INSERT of its tracking row: sqlite3 on the file, or psycopg on the server's database
-    (the same TCP connection as our worker's, one session for the whole loop). Both
-    connections have the execute() and close() the loop uses."""
+    INSERT of its tracking row: sqlite3 on the file in SQLite's `journal` mode, or psycopg
+    on the server's database (the same TCP connection as our worker's, one session for the
+    whole loop). Both connections have the execute() and close() the loop uses."""
     if sandbox.server is None:
         connection = sqlite3.connect(sandbox.db, isolation_level=None)
-        connection.execute("PRAGMA synchronous = FULL")  # our node's setting, rollback journal
+        connection.execute(f"PRAGMA journal_mode = {journal}")
+        connection.execute("PRAGMA synchronous = FULL")  # our worker's setting, in both modes
         return connection, "BEGIN IMMEDIATE", (
             "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))"
         )
@@ -353,19 +458,22 @@ def plain_connection(sandbox: Sandbox) -> tuple[Any, str, str]:
     return connection, "BEGIN", "INSERT INTO schema_migrations VALUES (%s, %s, now()::text)"
 
 
-def loop_name(server: str | None, kind: str = "py") -> str:
+def loop_name(server: str | None, kind: str = "py", journal: str = "wal") -> str:
     """The plain loop, as the floor column names it."""
     if server is not None:
         return "plain psycopg loop, same server over TCP, BEGIN/CREATE/INSERT/COMMIT each"
     return (
         f"plain sqlite3 loop{' reading the same .sql files' if kind == 'sql' else ''},"
-        " same journal and sync"
+        f" same journal ({JOURNALS[journal]}) and sync"
     )
 
 
-def loop_floor(count: int, kind: str = "py", server: str | None = None) -> float:
+def loop_floor(
+    count: int, kind: str = "py", server: str | None = None, journal: str = "wal"
+) -> float:
     """The plain loop: per migration BEGIN, CREATE, INSERT, COMMIT (seconds), with sqlite3
-    on a file, or with psycopg on a fresh database of `server` (see plain_connection).
+    on a file in SQLite's `journal` mode, or with psycopg on a fresh database of `server`
+    (see plain_connection).
 
     With kind "sql" the loop reads each migration's statements from the same generated .sql
     files the node gets, splitting each file's up section at `;`.
@@ -375,7 +483,7 @@ def loop_floor(count: int, kind: str = "py", server: str | None = None) -> float
     if files:
         os.sync()  # writing the generated files is set-up, as in apply_once
     try:
-        connection, begin, insert = plain_connection(sandbox)
+        connection, begin, insert = plain_connection(sandbox, journal)
         with contextlib.closing(connection):
             connection.execute(
                 "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT,"
@@ -408,17 +516,29 @@ class ApplyRun:
 
 
 def apply_once(
-    count: int, read_trips: int, kind: str = "py", dry_run: bool = False, server: str | None = None
+    count: int,
+    read_trips: int,
+    kind: str = "py",
+    dry_run: bool = False,
+    server: str | None = None,
+    journal: str = "wal",
 ) -> ApplyRun:
     """Apply `count` generated migrations with one `migrate` through a running node (on a
     fresh database of `server`, if given), then time `read_trips` warm `status` and
-    `validate` round trips. A dry run must leave all pending."""
+    `validate` round trips. A dry run must leave all pending. On SQLite, `journal` "wal" is
+    a new database (the worker makes it WAL); "delete" a rollback-journal one made before
+    the node starts, which the worker keeps."""
     sandbox = Sandbox(server)
     sandbox.generate(count, kind)
+    if server is None and journal != "wal":
+        existing_database(sandbox.db, journal)
     os.sync()  # writing the generated files is set-up: its disk work is not the apply's
     node = sandbox.node()
     try:
-        worker_pid = ask(node, {"type": "health", "msg_id": 0})["worker_pid"]
+        health = ask(node, {"type": "health", "msg_id": 0})
+        worker_pid = health["worker_pid"]
+        if server is None:
+            assert health.get("journal_mode") == journal, health
         migrate = {"type": "migrate", "msg_id": 1} | ({"dry_run": True} if dry_run else {})
         started = time.perf_counter()
         reply = ask(node, migrate)
@@ -442,39 +562,68 @@ def apply_once(
         sandbox.close()
 
 
-def apply_aim(count: int, kind: str, server: str | None) -> str:
+def existing_database(path: Path, journal: str) -> None:
+    """A database file in SQLite's `journal` mode, as its owners left it: not empty, so
+    the worker keeps its journal mode (it makes only a new or empty file WAL)."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute(f"PRAGMA journal_mode = {journal}")
+        connection.execute("PRAGMA user_version = 1")  # writes the header
+
+
+# The apply of 1,000 on a rollback-journal database before the writer thread (BENCHMARKS.md
+# of 2026-12-01): 1.64 s beside the plain loop's 1.01 s.
+ROLLBACK_BEFORE = "<= 1.63x floor, as before the writer thread: 1.64 s beside 1.01 s (2026-12-01)"
+
+
+def apply_aim(count: int, kind: str, server: str | None, journal: str | None = None) -> str:
     if count < 1000:
         return "(informative)"
+    if journal == "delete":
+        return ROLLBACK_BEFORE
     if server is not None:
         return "<= 1.1x floor"
     return "<= 1.15x floor" if kind == "sql" else "<= 1.2x floor"
 
 
 def apply_figures(
-    count: int, runs: int, with_status: bool = False, kind: str = "py", server: str | None = None
+    count: int,
+    runs: int,
+    with_status: bool = False,
+    kind: str = "py",
+    server: str | None = None,
+    journal: str | None = None,
 ) -> list[Figure]:
     """Applying `count` generated .py (or .sql) migrations, on SQLite or on fresh databases
     of `server`; `with_status`: then the warm reads of all of them applied, and the peak
-    memory of node and worker."""
+    memory of node and worker. On SQLite the database is new (WAL) unless `journal` says
+    "delete" (see apply_once); a `journal` given is named in the figure."""
     results: list[ApplyRun] = []
     sql = kind == "sql"
+    mode = journal or "wal"
 
     def once() -> float:
-        results.append(apply_once(count, 20 if with_status else 0, kind, server=server))
+        results.append(
+            apply_once(count, 20 if with_status else 0, kind, server=server, journal=mode)
+        )
         return results[-1].seconds
 
-    samples, floors = interleaved(runs, once, lambda: loop_floor(count, kind, server))
+    samples, floors = interleaved(runs, once, lambda: loop_floor(count, kind, server, mode))
+    where = {
+        None: "" if server is None else ", fresh database, local server over TCP",
+        "wal": ", new database (the worker makes it WAL)",
+        "delete": ", rollback-journal database made before the node started (the worker keeps it)",
+    }[journal]
     figures = [
         Figure(
-            f"apply {count:,} {'.sql ' if sql else ''}migrations{on(server)}",
-            "one `migrate` through a running node"
-            f"{'' if server is None else ', fresh database, local server over TCP'};"
+            f"apply {count:,} {'.sql ' if sql else ''}migrations{on(server)}"
+            f"{'' if journal is None else ', ' + JOURNALS[journal]}",
+            f"one `migrate` through a running node{where};"
             f" each {'.sql file' if sql else 'migration'} creates one table",
             "s",
             samples,
-            loop_name(server, kind),
+            loop_name(server, kind, mode),
             floors,
-            apply_aim(count, kind, server),
+            apply_aim(count, kind, server, journal),
         )
     ]
     if with_status:
@@ -730,7 +879,10 @@ def peer_pair(
         results.append(result)
         return result.apply_seconds[0]
 
-    samples, floors = interleaved(runs, once, lambda: loop_floor(count, server=server))
+    # Neither peer touches the journal mode: SQLite's default, the rollback journal.
+    samples, floors = interleaved(
+        runs, once, lambda: loop_floor(count, server=server, journal="delete")
+    )
     where = on(server)
     return [
         Figure(
@@ -738,7 +890,7 @@ def peer_pair(
             "its own CLI, one process applies all; each migration creates one table",
             "s",
             samples,
-            loop_name(server),
+            loop_name(server, journal="delete"),
             floors,
             f"(compare: apply 1,000{where} above)",
         ),
@@ -797,6 +949,7 @@ GROUPS = {
     "apply": "Applying migrations",
     "dry-run": "Dry run",
     "kill": "Worker killed",
+    "responsive": "Responsive worker, WAL",
     "peers": "Peers",
     "postgres": "PostgreSQL",
 }
@@ -820,6 +973,21 @@ FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
     ("kill", lambda quick: [kill_to_reply(2 if quick else 20)]),
     ("throughput", lambda quick: [nodes_throughput(4, 200 if quick else 5_000, 1 if quick else 5)]),
     ("throughput", lambda quick: [nodes_throughput(8, 100 if quick else 2_500, 1 if quick else 5)]),
+    (
+        "responsive",
+        lambda quick: [status_during_migrate(1000 if quick else 10_000, 1 if quick else 3)],
+    ),
+    (
+        "responsive",
+        lambda quick: [
+            *apply_figures(50 if quick else 1000, 1 if quick else 5, journal="wal"),
+            *apply_figures(50 if quick else 1000, 1 if quick else 5, journal="delete"),
+        ],
+    ),
+    (
+        "responsive",
+        lambda quick: [sequential_latency(20 if quick else 1000, 1 if quick else 5, pipes=True)],
+    ),
     ("peers", lambda quick: peer_figures(20 if quick else 1000, 1 if quick else 3)),
     ("postgres", postgres_figures),
 ]
