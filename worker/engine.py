@@ -121,15 +121,16 @@ class Engine:
         """
         if not self._status_checked or self._status_stamp.commits != self.store.commits:
             migrations = self.catalog.migrations()
-            with self.store.reading():
-                stamp = StatusStamp(
-                    self.catalog.generation, self.store.commits, self.store.data_version()
-                )
-                if stamp != self._status_stamp:
+            if self._stamp() != self._status_stamp:
+                # Rebuilt inside one snapshot, whose own stamp is the one kept.
+                with self.store.reading():
+                    self._status_stamp = self._stamp()
                     self._status = self._compute_status(migrations)
-                    self._status_stamp = stamp
             self._status_checked = True
         return self._status
+
+    def _stamp(self) -> StatusStamp:
+        return StatusStamp(self.catalog.generation, self.store.commits, self.store.data_version())
 
     def new_batch(self) -> None:
         """Requests received from here on may see changes made since the last batch."""
