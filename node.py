@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from broker import database_url, endpoint
 from broker.errors import MALFORMED_REQUEST, ReplyError
 from broker.framing import Malformed, RequestFramer
+from broker.kinds import COMMANDS
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError, WorkerSettings, WorkerSupervisor
@@ -114,8 +115,6 @@ def add_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from broker import cli
-
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0] + " With a COMMAND, a command line for people.",
         epilog=USAGE_EXAMPLES,
@@ -124,9 +123,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_options(parser, defaults=True)
     # The same options after the command too (`status --db app.db`), without defaults of
     # their own, which would override those given before it.
-    common = argparse.ArgumentParser(add_help=False)
-    add_options(common, defaults=False)
-    cli.add_commands(parser, common)
+    words = set(sys.argv[1:] if argv is None else argv)
+    if words & {*COMMANDS, "-h", "--help"}:
+        # Only then are the commands loaded: the stdio node's start-up does not pay for them.
+        from broker import cli
+
+        common = argparse.ArgumentParser(add_help=False)
+        add_options(common, defaults=False)
+        cli.add_commands(parser, common)
+    else:
+        parser.set_defaults(command=None)
     args = parser.parse_args(argv)
     if not args.migrations.is_dir():
         parser.error(f"--migrations {args.migrations} is not a folder")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import ReplyError
-from broker.kinds import PROGRESS
+from broker.kinds import COMMANDS, PROGRESS
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError
@@ -67,7 +67,7 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
     output.add_argument(
         "--json", action="store_true", help="print the reply exactly as the stdio node does"
     )
-    for name in ("migrate", "rollback", "status", "validate", "history", "new", "health"):
+    for name in COMMANDS:
         parents = [common] if name == "new" else [common, output]
         command = commands.add_parser(
             name, parents=parents, help=HELP[name], description=HELP[name],
@@ -126,7 +126,7 @@ def run(
     try:
         if args.json:
             return print_json(session, args)
-        return COMMANDS[args.command](session, args)
+        return HANDLERS[args.command](session, args)
     except Abandoned:
         return EXIT_CANCELLED
     except WorkerConfigError as exc:
@@ -392,7 +392,7 @@ def show_health(session: Session, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
+HANDLERS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
     "status": show_status,
     "migrate": run_migrate,
     "rollback": run_rollback,

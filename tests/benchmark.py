@@ -298,6 +298,43 @@ def cold_start(runs: int, worker_running: bool, server: str | None = None) -> Fi
     )
 
 
+def command_status(runs: int) -> Figure:
+    """`python node.py status`, the command a person types, as a whole process with the
+    worker running: it asks for status and history and prints a table."""
+    with Sandbox() as sandbox:
+        sandbox.generate(10)
+        warm = sandbox.node()
+        ask(warm, {"type": "migrate", "msg_id": 0})
+        warm.stdin.close()
+        warm.wait()
+        command = [sys.executable, str(NODE), "--db", str(sandbox.db),
+                   "--migrations", str(sandbox.migrations), "status"]
+
+        def once() -> float:
+            started = time.perf_counter()
+            done = subprocess.run(command, env=sandbox.env, cwd=sandbox.root,
+                                  capture_output=True, check=True)
+            elapsed = (time.perf_counter() - started) * 1000
+            assert b"10 applied, 0 pending" in done.stdout, done.stdout
+            return elapsed
+
+        def floor() -> float:
+            return process_once("zmq, msgpack")
+
+        once()  # warms the disk cache
+        samples, floors = interleaved(runs, once, floor)
+    return Figure(
+        "`python node.py status` (command line), worker running",
+        "the whole command as a person runs it: start, status and history, print the table,"
+        " exit; 10 migrations applied",
+        "ms",
+        samples,
+        "python -c 'import zmq, msgpack' (whole process)",
+        floors,
+        "<= 1.5x floor",
+    )
+
+
 def round_trips_ms(node: subprocess.Popen, kind: str, count: int) -> list[float]:
     """`count` requests of type `kind`, one at a time; each round trip in milliseconds."""
     trips = []
@@ -957,6 +994,7 @@ GROUPS = {
 FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
     ("start", lambda quick: [cold_start(1 if quick else 10, worker_running=True)]),
     ("start", lambda quick: [cold_start(1 if quick else 10, worker_running=False)]),
+    ("start", lambda quick: [command_status(1 if quick else 10)]),
     ("latency", lambda quick: [sequential_latency(20 if quick else 1000, 1 if quick else 5)]),
     (
         "throughput",
