@@ -35,6 +35,12 @@ def blocking_migration(folder: Path, filename: str, started: Path, block: Path) 
     )
 
 
+def cancel_reached(workspace) -> bool:
+    """The worker logged that it took a cancel (warnings reach its log at once)."""
+    return any("cancelled 1 write(s)" in log.read_text(errors="replace")
+               for log in workspace.runtime.glob("*.log"))
+
+
 def entry(version: int, name: str, status: str = "applied") -> dict:
     return {"version": version, "name": name, "status": status}
 
@@ -129,7 +135,8 @@ def test_cancel_during_python_code_takes_effect_at_its_next_statement(workspace,
     node.send(request("migrate", 1))
     wait_until(started.exists, what="migration 2 to start")
     node.send(request("cancel", 2))
-    # The cancel is acknowledged at once; the migration notices at its next statement.
+    # The cancel reaches the worker first; the migration notices at its next statement.
+    wait_until(lambda: cancel_reached(workspace), what="the worker to take the cancel")
     block.unlink()
     migrate, cancel = node.replies(2)
     assert migrate["cancelled"] is True and migrate["applied"] == [entry(1, "t1")]
@@ -154,6 +161,7 @@ def test_a_cancelled_request_resent_after_a_worker_kill_gets_the_same_reply(work
     # after it, before replying, and the node sends the migrate again to a new worker.
     trigger.touch()
     node.send(request("cancel", 2))
+    wait_until(lambda: cancel_reached(workspace), what="the worker to take the cancel")
     block.unlink()
     migrate, cancel = node.replies(2)
     assert migrate["cancelled"] is True and migrate["applied"] == [entry(1, "t1")], migrate
