@@ -9,6 +9,7 @@ both accept; the few tests about SQLite alone (its trigger syntax) use `sqlite_n
 from __future__ import annotations
 
 import re
+import select
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -26,10 +27,12 @@ from broker.errors import (
     ReplyError,
 )
 from tests.backends import Backend, SqliteBackend
+from tests.support import PROCESS_TIMEOUT_S
 from worker.catalog import Catalog, DuplicateVersion, checksum_of
 from worker.engine import Engine, Interrupted
 from worker.journal import NoJournal
 from worker.params import Params
+from worker.server import Job, Outbox, Writer
 
 Reply = dict[str, Any]
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"  # UTC, milliseconds
@@ -833,6 +836,37 @@ def test_a_resumed_request_does_not_claim_migrations_of_other_requests(node: Nod
     reply = node.engine().migrate(b"R")
 
     assert reply == applied_reply(entry(3, "three"), entry(4, "four"))
+
+
+def test_a_write_a_dead_worker_began_then_cancelled_while_queued_reports_its_steps(
+    node: Node,
+) -> None:
+    """A worker killed mid-request, its cancel queued with it in the next worker: the reply
+    must list the step the dead worker took, not say that nothing ran."""
+    node.table_migration("0001_one.py", "one")
+    node.table_migration("0002_two.py", "two")
+    with pytest.raises(Interrupted):
+        node.engine(should_stop=stop_after(1)).migrate(b"R")
+    engine = node.engine()
+    outbox = Outbox()
+    writer = Writer(engine, outbox)
+    writer.submit(Job(b"peer", b"R", engine.migrate, Params({})))
+    assert writer.cancel([b"R"]) == 1  # queued, so it starts cancelled
+    writer.start()
+    try:
+        ready, _, _ = select.select([outbox.wake_read], [], [], PROCESS_TIMEOUT_S)
+        assert ready, "the writer answered"
+        [(peer, frames)] = outbox.take()
+    finally:
+        writer.close()
+        outbox.close()
+
+    request_id, body = codec.unpack_reply(frames)
+    assert (peer, request_id) == (b"peer", b"R")
+    assert body["code"] == 14 and body["cancelled"] is True
+    assert body["applied"] == [entry(1, "one")]
+    assert body["text"].startswith("cancelled before migration 2 two started")
+    assert node.db.versions() == [1]
 
 
 # -- 11. what the tracking row holds -----------------------------------------------------

@@ -212,14 +212,30 @@ class Engine:
             raise ReplyError(MALFORMED_REQUEST, "baseline needs to: the version to record up to")
         return self._once(request_id, lambda: self._baseline(request_id, params.src, to))
 
-    def cancel_unstarted(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+    def cancel_unstarted(
+        self,
+        request_id: bytes,
+        params: Params = NO_PARAMS,
+        resume: Callable[[bytes, Params], Reply] | None = None,
+    ) -> Reply:
         """Answer a write that was cancelled before it started: error 14, nothing run; the
-        answer is stored like any other, unless the request was answered before."""
+        answer is stored like any other, unless the request was answered before.
+
+        A write resent after a worker died may have taken steps already: then it did start,
+        and `resume` (its own handler, run while `cancelled()` is true) stops it before its
+        next step, so that its reply lists the steps it took, as for a write cancelled while
+        it ran, instead of saying that nothing ran.
+        """
+        if resume is not None and self._took_steps(request_id):
+            return resume(request_id, params)
 
         def refuse() -> Reply:
             raise cancelled_before_start()
 
         return self._once(request_id, refuse)
+
+    def _took_steps(self, request_id: bytes) -> bool:
+        return any(self.store.events_of(request_id, action) for action in ("apply", "rollback"))
 
     # -- exactly once ----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ node disconnected with no write left.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -171,9 +172,13 @@ class Writer:
                 job = self._jobs.popleft()
                 unstarted = job.request_id in self._cancelled
                 self._cancelled.discard(job.request_id)
-                self._current, self._current_cancelled = job, False
+                # A write cancelled while queued starts cancelled: if a worker that died had
+                # begun it, it stops before its next step (Engine.cancel_unstarted).
+                self._current, self._current_cancelled = job, unstarted
             try:
-                handler = self.engine.cancel_unstarted if unstarted else job.handler
+                handler = job.handler
+                if unstarted:
+                    handler = functools.partial(self.engine.cancel_unstarted, resume=job.handler)
                 request_id, body = job.request_id, run_handler(handler, job.request_id, job.params)
             finally:
                 with self._lock:
