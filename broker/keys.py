@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
+# `create` makes folders and files that `check_private` accepts.
+from broker.files import GROUP_OR_OTHERS, PRIVATE_FOLDER_MODE, not_private
+
 WORKER_NAME = "worker"
 NODE_NAME = "node"
 AUTHORIZED = "authorized"  # in the worker's key folder: public keys of nodes let in
-PRIVATE_FILE_MODE = 0o600  # what `check_private` tells the user to set, and what `create` makes
-PRIVATE_FOLDER_MODE = 0o700
-GROUP_OR_OTHERS = 0o077  # any of these permission bits shares a private path with someone
 
 
 class CurveKeys(NamedTuple):
@@ -69,25 +68,9 @@ def check_private(path: Path) -> None:
     """
     # stat, not lstat: what must be private is the file whose bytes get read, which for a
     # symlink (a mounted secret, say) is its target; a symlink's own mode means nothing.
-    status = os.stat(path)
-    if status.st_uid != os.geteuid():
-        raise PermissionError(
-            f"{path} is owned by uid {status.st_uid}, not by this user (uid {os.geteuid()})"
-        )
-    mode = stat.S_IMODE(status.st_mode)
-    if mode & GROUP_OR_OTHERS:
-        wanted = PRIVATE_FOLDER_MODE if stat.S_ISDIR(status.st_mode) else PRIVATE_FILE_MODE
-        raise PermissionError(
-            f"{path} is {_shared_as(mode)} by group or others (mode {mode:04o}); "
-            f"run chmod {wanted:o} {path}"
-        )
-
-
-def _shared_as(mode: int) -> str:
-    """How group or others may use a path with `mode`: "readable", "readable and writable"..."""
-    kinds = [word for bits, word in ((0o044, "readable"), (0o022, "writable"),
-                                     (0o011, "executable")) if mode & bits]
-    return " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+    problem, fix = not_private(path, os.stat(path))
+    if problem is not None:
+        raise PermissionError(f"{problem}; {fix}" if fix else problem)
 
 
 def for_worker(folder: Path) -> CurveKeys:

@@ -185,7 +185,8 @@ def spawn_worker(
         "--idle-exit",
         str(idle_exit_s()),
     ]
-    log_fd = open_private(where.log_path, os.O_WRONLY | os.O_APPEND, "worker log")
+    log_fd = open_private(where.log_path, os.O_WRONLY | os.O_APPEND, "worker log",
+                          in_private_folder=True)
     with os.fdopen(log_fd, "ab") as log_file:
         return subprocess.Popen(
             command,

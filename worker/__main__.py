@@ -112,6 +112,7 @@ class HeldLinesHandler(logging.StreamHandler):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self.held: list[str] = []
+        self.lost = 0  # lines that could not be written (a full disk), said at the next write
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -122,11 +123,24 @@ class HeldLinesHandler(logging.StreamHandler):
             self.flush()
 
     def flush(self) -> None:
+        """Write the held lines. A log that cannot be written (its disk is full) loses them
+        and never stops the worker: this is called from the loops that serve requests."""
         with self.lock:
-            if self.held:
-                self.stream.write("".join(self.held))
-                self.held.clear()
-            self.stream.flush()
+            lines, self.held = self.held, []
+            text = "".join(lines)
+            if text and self.lost:
+                note = logging.LogRecord("worker", logging.WARNING, __file__, 0,
+                                         "%d log lines were lost: the log could not be written",
+                                         (self.lost,), None)
+                text = self.format(note) + self.terminator + text
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except OSError:
+                self.lost += len(lines)
+                return
+            if text:
+                self.lost = 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     server = WorkerServer(
         Engine(reader, Catalog(catalog.folder, split_statements=store.split_statements)),
-        Engine(store, catalog, should_stop=lambda: stop.requested, journal=journal),
+        Engine(store, catalog, journal=journal),  # the server says when to stop
         address=args.bind or where.address,
         describe={"database": str(where.database), "migrations_dir": str(catalog.folder)},
         idle_exit_s=args.idle_exit,

@@ -52,9 +52,14 @@ class CrashJournal:
         self._running: tuple[bytes, str] | None = None
         # Opened once and overwritten in place: one pwrite per migration, no open or
         # truncate, which cost more than a migration's own statements on some filesystems.
-        self._fd = open_private(path, os.O_RDWR, "crash journal")
-        record = os.pread(self._fd, RECORD_BYTES, 0).strip()
-        self._on_disk: bytes | None = record or _encode(None, {})  # None: unknown
+        self._fd = open_private(path, os.O_RDWR, "crash journal", in_private_folder=True)
+        raw = os.pread(self._fd, RECORD_BYTES, 0)
+        record = raw.strip()
+        # A file shorter than a record (a new one) is written whole now, so that every later
+        # record overwrites blocks the file has: a full disk stops the worker at start-up,
+        # with the reason, never in the middle of a request.
+        whole = len(raw) == RECORD_BYTES
+        self._on_disk: bytes | None = (record or _encode(None, {})) if whole else None  # unknown
         try:
             if record:
                 died_running = self._load(json.loads(record.decode()))

@@ -220,6 +220,7 @@ class WorkerServer:
         self._last_packed = b""
         self.outbox = Outbox()
         self.writer = Writer(write_engine, self.outbox)
+        write_engine.should_stop = self.stopping
         self.handlers: dict[str, Handler] = {
             "migrate": write_engine.migrate,
             "rollback": write_engine.rollback,
@@ -231,6 +232,20 @@ class WorkerServer:
             "cancel": self.cancel,
         }
         assert self.handlers.keys() == kinds.WORKER_KINDS, "broker/kinds.py lists them all"
+
+    def stopping(self) -> bool:
+        """True once the worker is to stop: a signal came, or the database file it has open
+        is no longer the one at its path (deleted, or replaced by a restored backup). Then
+        the next worker, which a node starts at once, opens the file now there and gets
+        the requests left unanswered here, instead of this one serving a file nobody reads.
+        """
+        if not self.stop.requested:
+            moved = self.writer.engine.store.moved()
+            if moved is not None:
+                log.warning("%s while this worker ran; stopping, so that the next worker opens"
+                            " the file now at that path", moved)
+                self.stop.requested = True
+        return self.stop.requested
 
     def health(self, request_id: bytes, params: Params) -> dict[str, Any]:
         running = self.writer.engine.running
@@ -340,6 +355,9 @@ class WorkerServer:
                 self.nodes.add(peer)
             elif event == zmq.EVENT_DISCONNECTED:
                 self.nodes.discard(peer)
+                # ZeroMQ drops a frame over MAXMSGSIZE by closing its connection, unanswered.
+                log.info("a node's connection closed (%d remain): it left, or it sent a frame"
+                         " of more than %d bytes", len(self.nodes), codec.MAX_REQUEST_BYTES)
                 if not self.nodes:
                     self.idle_since = time.monotonic()
 
@@ -358,7 +376,7 @@ class WorkerServer:
     def _serve_messages(self, router: zmq.Socket) -> None:
         for _ in range(BATCH):
             # Asking is cheaper than the zmq.Again exception a blind recv raises at the end.
-            if self.stop.requested or not router.getsockopt(EVENTS) & POLLIN:
+            if not router.getsockopt(EVENTS) & POLLIN or self.stopping():
                 return
             peer, *requests = router.recv_multipart()
             # The requests of one message were sent together, so one snapshot of the folder

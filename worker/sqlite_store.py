@@ -120,6 +120,7 @@ class SqliteStore(Store):
         )
         # Reading the header now makes a file that is not a database a start-up error.
         self.connection.execute("PRAGMA schema_version")
+        self._opened = _identity(path)  # the file this connection has, whatever its path
         if reader:
             self.connection.execute("PRAGMA query_only = ON")
         elif created or wal:
@@ -159,6 +160,20 @@ class SqliteStore(Store):
         finally:
             self.connection.execute("COMMIT")
 
+    def moved(self) -> str | None:
+        """Why the path no longer names the file this store has open, or None. SQLite goes
+        on with the file it opened: writes to a deleted one reach nobody, and a file put
+        in its place (a restored backup) would meet this connection's -wal and -shm."""
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            return f"the database file {self.path} was deleted"
+        except OSError:
+            return None  # cannot tell (a folder we may no longer search): nothing changed
+        if now != self._opened:
+            return f"the database file {self.path} was replaced by another file"
+        return None
+
     def interrupt(self) -> None:
         """Stop the statement migration code is running, from another thread (a cancel);
         the store's own statements are never cut."""
@@ -170,6 +185,15 @@ class SqliteStore(Store):
         self._owner.acquire(note, wait=wait)
 
     def release_owner(self) -> None:
+        """Let go of the lock; first, for a database deleted or replaced meanwhile, empty
+        the -wal this connection wrote, which SQLite leaves at the path for a moved file:
+        the next connection there would take its pages for the new file's, clobbering it.
+        Its pages go into the file this connection has, which nobody reads any more."""
+        if self.moved() is not None:
+            try:
+                self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("could not empty the write-ahead log of a moved database: %s", exc)
         self._owner.release()
 
     def _ensure_schema(self) -> None:
@@ -334,3 +358,9 @@ class SqliteStore(Store):
         """Keep a reply for resends; call inside the transaction whose effect it reports."""
         cursor = self.connection.execute(self._sql["store_reply"], (request_id, codec.pack(reply)))
         self.connection.execute(self._sql["prune_replies"], (cursor.lastrowid - KEEP_REPLIES,))
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """The device and inode of the file at `path`; raises OSError."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino

@@ -138,6 +138,11 @@ class Store(ABC):
     def facts(self) -> dict[str, Any]:
         """What `health` says of the database beyond its name (SQLite: journal_mode)."""
 
+    def moved(self) -> str | None:
+        """Why the database this store has open is no longer the one its name gives (a
+        SQLite file deleted or replaced since it was opened), or None while it is."""
+        return None
+
     def reading(self) -> AbstractContextManager[None]:
         """A consistent view for a read made of several queries (status: the stamp, then
         the rows); by default each query sees the last commit on its own."""
