@@ -12,6 +12,9 @@ from typing import Any
 from broker.codec import MAX_REQUEST_ID_BYTES
 from broker.errors import MALFORMED_REQUEST, ReplyError
 
+# The largest SQLite INTEGER (PostgreSQL bigint): a larger value reaches no query, and no
+# version can be larger (worker/catalog.py MAX_VERSION).
+MAX_INTEGER = 2**63 - 1
 JSON_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
               list: "an array", dict: "an object", type(None): "null"}
 
@@ -23,7 +26,7 @@ class Params:
 
     def integer(self, name: str, minimum: int) -> int | None:
         """The integer field `name` (None when absent); raises error 12 unless it is an
-        integer of at least `minimum`."""
+        integer from `minimum` to MAX_INTEGER."""
         if name not in self.fields:
             return None
         value = self.fields[name]
@@ -31,6 +34,8 @@ class Params:
             raise _wrong(name, f"an integer, not {_json_name(value)}")
         if value < minimum:
             raise _wrong(name, f"at least {minimum}, not {value}")
+        if value > MAX_INTEGER:
+            raise _wrong(name, f"at most {MAX_INTEGER}, not {value}")
         return value
 
     def flag(self, name: str) -> bool:
