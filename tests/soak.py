@@ -111,7 +111,8 @@ each slow table with all its rows. Each node's output must hold one final line p
 in request order (progress lines only when asked for, each version once, before it), and
 each reply must be exactly what the README allows at some point of the history no earlier
 than its node's previous reply (reads sent together may see any state from where the row of
-them starts), after its own steps; a stopped worker must be the one that answers, and nodes
+them starts, and a write the node answered itself, cancelled before it was sent, does not
+end a row), after its own steps; a stopped worker must be the one that answers, and nodes
 exit 0 (killed ones by SIGKILL). Lost: no final line. Doubled: a second line, a version
 twice, a migration applied or rolled back twice. Wrong: anything else the contract does not
 allow (error 13 from the crash-loop guard included: no request is killed three times).

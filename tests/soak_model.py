@@ -11,7 +11,8 @@ Writes of different nodes interleave in an order only the database knows, and th
 tells it: each event names its request's `src`, which the soak makes unique per request. So
 a reply is right when it is what the README promises at some point of the timeline that is
 no earlier than its node's previous reply (a node's requests take effect in its order; reads
-in a row are pipelined, so concurrent) and, for a write, after its own last event. The
+in a row are pipelined, so concurrent, and a write cancelled before the node sent it does
+not end the row) and, for a write, after its own last event. The
 earliest such point is taken, which is the most room any later request of the node can have.
 
 The migrations are `t<V>`: each creates table t<V> (the slow ones then insert rows one
@@ -449,6 +450,11 @@ def check_node(judge: Judge, requests: list[Request], start: int, found: Finding
         if request.kind in READS:
             point = check_request(judge, request, low, found, killed)
             reads_up_to = max(reads_up_to, point)
+        elif unsent(request, timeline):
+            # A write cancelled while it waited in the node (behind the reads before it)
+            # is answered there and orders nothing: the reads behind it went out at once,
+            # beside the reads before it, so they continue the same row.
+            check_request(judge, request, low, found, killed)
         else:
             low = check_request(judge, request, max(low, reads_up_to), found, killed)
             reads_up_to = low
@@ -459,6 +465,14 @@ def check_node(judge: Judge, requests: list[Request], start: int, found: Finding
                 not any(e.version == v for e in events) for v in lines):
             found.add("wrong", f"{request.describe()}: progress for a step it did not take:"
                                f" {lines}, events {[(e.version, e.action) for e in events]}")
+
+
+def unsent(request: Request, timeline: Timeline) -> bool:
+    """True for a write answered "cancelled before it started" that took no step: the node
+    may have answered it without sending it. (One the worker answered, cancelled while
+    queued, is taken for one too: what follows it is then judged a little more loosely.)"""
+    return (request.reply is not None and not timeline.by_src.get(request.src)
+            and same_reply(request.reply, CANCELLED_BEFORE_START))
 
 
 def check_request(judge: Judge, request: Request, low: int, found: Findings,

@@ -172,8 +172,15 @@ class LiveNode:
             self._lines.put(line)
 
     def send(self, *requests: dict) -> None:
-        self.process.stdin.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            # Say why the node went, rather than only that its stdin closed.
+            status = self.process.wait(timeout=PROCESS_TIMEOUT_S)
+            said = self.process.stderr.read().decode(errors="replace")
+            pytest.fail(f"node.py exited with status {status} before reading its requests;"
+                        f" it said: {said[-2000:]}")
 
     def replies(self, count: int, timeout: float = PROCESS_TIMEOUT_S) -> list[dict]:
         """The next `count` replies; fails the test if they do not come in time."""
