@@ -524,7 +524,7 @@ class StdinTarget(Target):
                 return line, dest
             assert parsed is not None and parsed.kind in WRITES, (parsed, line)
             assert parsed.body.get("progress") is True, (parsed, line)
-            assert line["in_reply_to"] == parsed.msg_id, (parsed, line)
+            assert line.get("in_reply_to") == parsed.msg_id, (parsed, line)  # none without msg_id
             self.counts["progress lines"] += 1
 
     def _check_answer(self, parsed: Request, body: dict) -> None:
