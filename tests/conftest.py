@@ -27,9 +27,32 @@ from tests.backends import (
 from tests.processes import alive_owner, started_with
 from tests.support import PROCESS_TIMEOUT_S, TEST_IDLE_EXIT_S, Workspace
 
+LOG_LINES_ON_FAILURE = 80  # of each worker log and node's stderr, printed for a failed test
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the test, so that a fixture can tell it failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def print_what_processes_said(space: Workspace) -> None:
+    """The end of every worker log and node stderr of a failed test: a test that timed out
+    waiting for a reply then shows what the processes were doing."""
+    for log in sorted(space.runtime.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-LOG_LINES_ON_FAILURE:]
+        print(f"--- worker log {log.name} (last {len(lines)} lines)", *lines, sep="\n")
+    for process in space.started:
+        if process.stderr is not None and not process.stderr.closed:
+            lines = process.stderr.read().decode(errors="replace").splitlines()
+            print(f"--- node pid {process.pid} stderr, status {process.returncode}",
+                  *lines[-LOG_LINES_ON_FAILURE:], sep="\n")
+
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Workspace]:
+def workspace(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workspace]:
     # A short runtime directory: unix socket paths hold about 100 bytes.
     runtime = Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
     env = {**os.environ, "MIGRATIONS_RUNTIME_DIR": str(runtime)}
@@ -44,6 +67,11 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
         for process in space.started:
             if process.poll() is None:
                 process.kill()
+            process.wait(timeout=PROCESS_TIMEOUT_S)
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            print_what_processes_said(space)
+        for process in space.started:
             for pipe in (process.stdin, process.stdout, process.stderr):
                 if pipe is not None:
                     pipe.close()
