@@ -123,9 +123,11 @@ class SqliteStore(Store):
         self._opened = _identity(path)  # the file this connection has, whatever its path
         if reader:
             self.connection.execute("PRAGMA query_only = ON")
-        elif created or wal:
-            # One fsync per commit instead of four, and readers never block the writer.
-            self.connection.execute("PRAGMA journal_mode = WAL")
+        # One fsync per commit instead of four, and readers never block the writer. Set
+        # once the owner lock is held: a worker that loses the race to start would
+        # otherwise meet the winner's first transaction ("database is locked") and fail
+        # as one that cannot start at all, stopping its node.
+        self._make_wal = not reader and (created or wal)
         self.connection.execute("PRAGMA foreign_keys = ON")
         # Durability: a migration reported as applied survives a power cut, in WAL too.
         self.connection.execute("PRAGMA synchronous = FULL")
@@ -181,8 +183,11 @@ class SqliteStore(Store):
             self.connection.interrupt()
 
     def acquire_owner(self, note: bytes, wait: bool = False) -> None:
-        """flock() on `<db>.lock` beside the file; the kernel drops it when we die."""
+        """flock() on `<db>.lock` beside the file; the kernel drops it when we die. Then a
+        new database (or one `wal` asked for) is made WAL."""
         self._owner.acquire(note, wait=wait)
+        if self._make_wal:
+            self.connection.execute("PRAGMA journal_mode = WAL")
 
     def release_owner(self) -> None:
         """Let go of the lock; first, for a database deleted or replaced meanwhile, empty
