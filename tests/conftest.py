@@ -64,18 +64,32 @@ def workspace(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Worksp
     try:
         yield space
     finally:
-        for process in space.started:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=PROCESS_TIMEOUT_S)
-        report = getattr(request.node, "report_call", None)
-        if report is not None and report.failed:
-            print_what_processes_said(space)
-        for process in space.started:
-            for pipe in (process.stdin, process.stdout, process.stderr):
-                if pipe is not None:
-                    pipe.close()
-            process.wait(timeout=PROCESS_TIMEOUT_S)
+        try:
+            stop_nodes(space, getattr(request.node, "report_call", None))
+        finally:
+            kill_workers(space)
+
+
+def stop_nodes(space: Workspace, report: pytest.TestReport | None) -> None:
+    """Kill the test's nodes; for a failed test, print what its processes said."""
+    for process in space.started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=PROCESS_TIMEOUT_S)
+    if report is not None and report.failed:
+        print_what_processes_said(space)
+    for process in space.started:
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def kill_workers(space: Workspace) -> None:
+    """Kill every worker the test's nodes started and remove its runtime directory, even
+    after a teardown step that failed: a worker left running an endless statement would
+    take a core from every later test."""
+    runtime = space.runtime
+    try:
         # Every worker this test's nodes started, whether or not it got as far as its lock
         # (one still starting when the test ended would otherwise idle for an hour).
         leftovers = set(started_with("MIGRATIONS_RUNTIME_DIR", str(runtime)))
@@ -85,6 +99,7 @@ def workspace(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Worksp
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    finally:
         shutil.rmtree(runtime, ignore_errors=True)
 
 
