@@ -329,10 +329,28 @@ class WorkerClient:
         elif outstanding.kind == "cancel" and body["type"] == "cancel_ok":
             counted = body.get("cancelled")
             counted = counted if isinstance(counted, int) else 0  # the sum must not fail
+            if counted:
+                self._hold_cancelled(outstanding.names)
             body = {**body, "cancelled": counted + outstanding.cancelled_here}
         if self.supervisor is not None:
             self.supervisor.answered()
         return [(outstanding.token, body)]
+
+    def _hold_cancelled(self, names: tuple[bytes, ...]) -> None:
+        """Mark the writes a worker said it cancelled, so that a resend never starts them.
+
+        A node has one write in flight at a time, so a cancel names at most one and a
+        count above 0 means the worker reached it: queued there or running. Should that
+        worker die before the write's reply comes, the next one gets it marked and answers
+        error 14 (with the steps it took, if an earlier worker began it), never running it.
+        """
+        for name in names:
+            outstanding = self.in_flight.get(name)
+            if outstanding is not None:
+                marked = codec.mark_cancelled(outstanding.frame)
+                self.in_flight[name] = outstanding._replace(frame=marked)
+                log.info("the worker took the cancel of write %s: it will never start",
+                         name.hex())
 
     def _fill_window(self) -> None:
         """Send from the backlog while the window has room; a write waits for its turn.
@@ -368,6 +386,8 @@ class WorkerClient:
         for start in range(0, len(outstanding), MESSAGE_REQUESTS):
             chunk = outstanding[start : start + MESSAGE_REQUESTS]
             self._socket.send_multipart([request.frame for request in chunk])
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("sent %s", ", ".join(f"{r.kind} {r.request_id.hex()}" for r in chunk))
 
     # -- the worker process ----------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """Pack and unpack the messages exchanged between front nodes and the worker, with msgpack.
 
     request: one frame, a map {"id": bytes, "type": str, "src"?: str, "params"?: map of the
-             body's other fields}; a message holds one or more
+             body's other fields, "cancelled"?: true}; a message holds one or more. A write
+             resent with "cancelled" had its cancel acknowledged by an earlier worker: it
+             must not start (see mark_cancelled)
     reply:   two frames, the request id (empty when unreadable) and the body as a map; the
              replies to one message travel in one message, in the same order
 
@@ -52,6 +54,12 @@ def pack_request(
         return pack(request)
     except Exception as exc:  # msgpack raises OverflowError, UnicodeEncodeError, ValueError...
         raise CodecError(f"{_culprit(request)} cannot be sent to the worker: {exc}") from exc
+
+
+def mark_cancelled(frame: bytes) -> bytes:
+    """The frame of a write whose cancel a worker acknowledged, marked so that a worker it
+    is resent to never starts it: the acknowledged cancel holds across a worker's death."""
+    return pack({**unpack(frame), "cancelled": True})
 
 
 def _culprit(request: dict[str, Any]) -> str:

@@ -851,7 +851,7 @@ def test_a_write_a_dead_worker_began_then_cancelled_while_queued_reports_its_ste
     outbox = Outbox()
     writer = Writer(engine, outbox)
     writer.submit(Job(b"peer", b"R", engine.migrate, Params({})))
-    assert writer.cancel([b"R"]) == 1  # queued, so it starts cancelled
+    assert writer.cancel([b"R"]) == [b"R"]  # queued, so it starts cancelled
     writer.start()
     try:
         ready, _, _ = select.select([outbox.wake_read], [], [], PROCESS_TIMEOUT_S)

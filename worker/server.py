@@ -62,6 +62,7 @@ class Job(NamedTuple):
     request_id: bytes
     handler: Handler
     params: Params
+    cancelled: bool = False  # resent after an earlier worker acknowledged its cancel
 
 
 class Outbox:
@@ -125,6 +126,11 @@ class Writer:
     def submit(self, job: Job) -> None:
         with self._lock:
             self._jobs.append(job)
+            if job.cancelled:
+                # Acknowledged by a worker that died since: it must never start here.
+                self._cancelled.add(job.request_id)
+                log.warning("request %s arrived cancelled (an earlier worker took its cancel);"
+                            " it will not start", job.request_id.hex())
             self._lock.notify()
 
     def idle(self) -> bool:
@@ -134,26 +140,26 @@ class Writer:
     def current_cancelled(self) -> bool:
         return self._current_cancelled
 
-    def cancel(self, request_ids: list[bytes]) -> int:
-        """Cancel those of `request_ids` that are queued or running; returns how many."""
-        count = 0
+    def cancel(self, request_ids: list[bytes]) -> list[bytes]:
+        """Cancel those of `request_ids` that are queued or running; returns them."""
+        reached = []
         interrupt = False
         with self._lock:
             queued = {job.request_id for job in self._jobs} - self._cancelled
             for request_id in request_ids:
                 if request_id in queued:
                     self._cancelled.add(request_id)
-                    count += 1
+                    reached.append(request_id)
                 elif (
                     self._current is not None
                     and self._current.request_id == request_id
                     and not self._current_cancelled
                 ):
                     self._current_cancelled = interrupt = True
-                    count += 1
+                    reached.append(request_id)
         if interrupt:
             self.engine.store.interrupt()
-        return count
+        return reached
 
     def close(self) -> None:
         """Finish the write in progress (up to its migration in progress), then stop."""
@@ -271,10 +277,11 @@ class WorkerServer:
     def cancel(self, request_id: bytes, params: Params) -> dict[str, Any]:
         """Cancel the writes a node names: queued ones never run, the running one stops at
         its next cancellation point; each gets its own error 14 reply."""
-        cancelled = self.writer.cancel(params.request_ids("ids", MAX_CANCEL_IDS))
-        if cancelled:
-            log.warning("cancelled %d write(s) at a node's request", cancelled)
-        return {"type": "cancel_ok", "cancelled": cancelled}
+        reached = self.writer.cancel(params.request_ids("ids", MAX_CANCEL_IDS))
+        if reached:
+            log.warning("cancelled %d write(s) at a node's request: %s", len(reached),
+                        ", ".join(request_id.hex() for request_id in reached))
+        return {"type": "cancel_ok", "cancelled": len(reached)}
 
     def run(self, context: zmq.Context) -> None:
         """Serve until stopped; the socket is closed whatever happens."""
@@ -452,7 +459,8 @@ class WorkerServer:
         except ReplyError as error:
             return request_id, self._packed(error.body())
         if kind in kinds.WRITES:
-            self.writer.submit(Job(peer, request_id, handler, params))
+            self.writer.submit(Job(peer, request_id, handler, params,
+                                   cancelled=request.get("cancelled") is True))
             return None
         body = run_handler(handler, request_id, params)
         assert body is not None, "only writes are interrupted by a stop"
