@@ -3,9 +3,11 @@ must hold across a worker's death, a slow reader, an owner nobody can reach, a r
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -114,3 +116,47 @@ def test_a_running_write_whose_cancel_was_acknowledged_is_not_run_again_by_the_n
     assert cancel == {"type": "cancel_ok", "in_reply_to": 2, "cancelled": 1}
     assert workspace.recorded() == []
     assert node.finish() == 0
+
+
+# -- 3. a slow reader slows progress lines, never loses the reply ---------------------------
+
+
+def test_a_reader_that_reads_nothing_until_the_end_still_gets_every_progress_line_and_the_reply(
+        workspace, folder):
+    """More progress messages than ZeroMQ's queues hold (1,000 each way): the worker must
+    hold them for the node, not drop them, and the node must exit once all are written."""
+    count = 4000
+    table_migrations(folder, range(1, count + 1))
+    node = workspace.start("--migrations", str(folder))
+    node.stdin.write(b'{"body": {"type": "migrate", "msg_id": 1, "progress": true}}\n')
+    node.stdin.close()
+    # Nothing is read from the node until every migration has committed.
+    wait_until(lambda: workspace.db.exists() and len(recorded_now(workspace)) == count,
+               timeout=PROCESS_TIMEOUT_S * 4, what="every migration to commit")
+    lines = read_to_end(node.stdout, PROCESS_TIMEOUT_S).splitlines()
+    assert node.wait(timeout=PROCESS_TIMEOUT_S) == 0
+    replies = [json.loads(line) for line in lines]
+    assert [reply.get("done") for reply in replies[:-1]] == list(range(1, count + 1))
+    assert replies[-1]["type"] == "migrations_applied" and replies[-1]["count"] == count
+    assert len(replies) == count + 1
+
+
+def read_to_end(pipe, timeout: float) -> bytes:
+    """Everything a pipe holds until it closes; fails the test if it stays open longer."""
+    data, deadline = b"", time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([pipe], [], [], remaining)[0]:
+            lines = data.count(b"\n")
+            pytest.fail(f"the pipe stayed open for {timeout} s; it gave {lines} lines")
+        chunk = os.read(pipe.fileno(), 1 << 16)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def recorded_now(workspace) -> list:
+    try:
+        return workspace.recorded()
+    except sqlite3.OperationalError:  # no tracking table yet
+        return []

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_MS = 500  # wake-up period for the idle check when nothing happens
+HELD_RETRY_MS = 10  # while a slow node's replies are held: how soon they are offered again
+SENT, FULL, GONE = object(), object(), object()  # what became of a message offered to a node
 BATCH = 64  # messages taken from the socket per wake-up before looking at signals again
 # Plain ints: send_multipart combines enum flags per frame, a measurable cost per reply.
 SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -224,6 +226,9 @@ class WorkerServer:
         self.idle_since = time.monotonic()
         self._last_body: dict[str, Any] | None = None
         self._last_packed = b""
+        # Messages for nodes whose queue is full (they read slowly), oldest first: a reply
+        # is held until its node takes it, never dropped, and a node's order is kept.
+        self._held: dict[bytes, deque[list[bytes]]] = {}
         self.outbox = Outbox()
         self.writer = Writer(write_engine, self.outbox)
         write_engine.should_stop = self.stopping
@@ -311,7 +316,10 @@ class WorkerServer:
             poller.register(wake_read, zmq.POLLIN)
             poller.register(self.outbox.wake_read, zmq.POLLIN)
             while not self.stop.requested and not self._idle_too_long():
-                events = dict(poller.poll(POLL_MS))
+                # ZeroMQ says nothing when a node's queue drains: offer held replies again.
+                events = dict(poller.poll(HELD_RETRY_MS if self._held else POLL_MS))
+                if self._held:
+                    self._send_held(router)
                 if monitor in events:
                     self._track_peers(monitor)
                 if wake_read in events:
@@ -416,17 +424,46 @@ class WorkerServer:
         return codec.pack(ReplyError(MALFORMED_REQUEST, text).body())
 
     def _send(self, router: zmq.Socket, peer: bytes, frames: list[bytes]) -> None:
+        """Send one message to a node now, or hold it behind those already held for it."""
+        held = self._held.get(peer)
+        if held is not None:
+            held.append(frames)
+        elif self._offer(router, peer, frames) is FULL:
+            self._held[peer] = deque([frames])
+            log.info("node %s reads slowly: holding its replies until it takes them", peer.hex())
+
+    def _send_held(self, router: zmq.Socket) -> None:
+        for peer, held in list(self._held.items()):
+            while held:
+                outcome = self._offer(router, peer, held[0])
+                if outcome is FULL:
+                    break
+                if outcome is GONE:
+                    log.warning("node %s left; dropping the %d replies held for it",
+                                peer.hex(), len(held))
+                    held.clear()
+                else:
+                    held.popleft()
+            if not held:
+                del self._held[peer]
+
+    def _offer(self, router: zmq.Socket, peer: bytes, frames: list[bytes]) -> object:
+        """Send a message: SENT, FULL (the node's queue is full: keep it for later) or GONE
+        (the node left: it resends to whichever worker it reaches, and a write's stored
+        reply answers it)."""
         try:
-            # Never block on one node: the others would wait. Nodes keep their window under
-            # the high-water mark, so a full queue means a node that stopped reading.
+            # Never block on one node: the others would wait. ROUTER_MANDATORY refuses the
+            # first frame (EAGAIN) when the node's queue is full; the rest then go with it.
             router.send(peer, SEND_MORE)
-            for frame in frames[:-1]:
-                router.send(frame, SEND_MORE)
-            router.send(frames[-1], SEND_LAST)
         except zmq.ZMQError as exc:
-            # The node left (EHOSTUNREACH) or stopped reading; a resend of a migrate or
-            # rollback will find its stored reply.
+            if exc.errno == zmq.EAGAIN:
+                return FULL
             log.warning("could not reply to node %s: %s", peer.hex(), exc)
+            return GONE
+        for frame in frames[:-1]:
+            router.send(frame, SEND_MORE)
+        router.send(frames[-1], SEND_LAST)
+        return SENT
 
     def _packed(self, body: dict[str, Any]) -> bytes:
         """The body packed; the read engine hands out the same body object while it is
