@@ -200,12 +200,22 @@ CREATE TABLE fourth (z);
     assert tables(connection) == set()
 
 
-def test_a_file_without_a_down_section_or_with_an_empty_one_cannot_be_reverted(folder):
+def test_an_empty_down_section_reverts_as_a_no_op_and_only_a_missing_one_cannot_revert(
+    folder, connection
+):
     no_down = load(folder, "0001_a.sql", "-- migrate:up\nCREATE TABLE a (x);\n")
-    empty_down = load(folder, "0002_b.sql", "-- migrate:up\nSELECT 1;\n-- migrate:down\n-- no\n")
+    sections = ["", "\n", "\n-- nothing; to undo\n/* at; all */\n", "\n \t\n;\n\n"]
+    empty_downs = [
+        load(folder, f"{n:04d}_t{n}.sql",
+             f"-- migrate:up\nCREATE TABLE t{n} (x);\n-- migrate:down{down}")
+        for n, down in enumerate(sections, 2)
+    ]
 
     assert no_down.up is not None and no_down.down is None
-    assert empty_down.down is None
+    for loaded in empty_downs:
+        run(connection, loaded.up)
+        run(connection, loaded.down)
+    assert tables(connection) == {"t2", "t3", "t4", "t5"}
     assert parse("-- migrate:up\nSELECT 1;\n", "0001_a.sql").down is None
     assert parse("-- migrate:up\n-- migrate:down\n-- none\n", "0001_a.sql").down == []
 

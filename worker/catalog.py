@@ -83,7 +83,11 @@ class Migration(NamedTuple):
             parsed = sql_file.parse(text, filename, self.split_statements)
             return Loaded(
                 _statements_runner(parsed.up, "up", filename),
-                _statements_runner(parsed.down, "down", filename) if parsed.down else None,
+                # An empty down section reverts nothing and succeeds, as in dbmate; only a
+                # file without one cannot be reverted.
+                None
+                if parsed.down is None
+                else _statements_runner(parsed.down, "down", filename),
                 parsed.foreign_keys,
                 checksum_of(source),
                 parsed.transaction,
