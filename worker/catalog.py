@@ -38,7 +38,8 @@ class Loaded(NamedTuple):
     down: Callable[[Any], object] | None  # None: it cannot be reverted
     foreign_keys: bool  # False: it must run with foreign keys off
     checksum: str  # checksum_of() the bytes that were loaded
-    transaction: bool = True  # False: its statements run outside a transaction
+    up_transaction: bool = True  # False: up's statements run outside a transaction
+    down_transaction: bool = True  # False: down's statements run outside a transaction
 
 
 class Migration(NamedTuple):
@@ -90,7 +91,8 @@ class Migration(NamedTuple):
                 else _statements_runner(parsed.down, "down", filename),
                 parsed.foreign_keys,
                 checksum_of(source),
-                parsed.transaction,
+                parsed.up_transaction,
+                parsed.down_transaction,
             )
         module = types.ModuleType(f"migration_{self.version}_{self.name}")
         module.__file__ = self.path
@@ -103,6 +105,7 @@ class Migration(NamedTuple):
             _callable(module, "down"),
             foreign_keys,
             checksum_of(source),
+            transaction,  # a .py file's TRANSACTION is for both of its functions
             transaction,
         )
 
