@@ -66,8 +66,11 @@ class Node:
         self.db = db
 
     def engine(self, should_stop: Callable[[], bool] = lambda: False) -> Engine:
-        """A fresh store and catalog on this node's files, like a newly started worker."""
-        return Engine(self.db.store(), Catalog(self.folder), should_stop=should_stop)
+        """A fresh store and catalog on this node's files, like a newly started worker
+        (which cuts .sql files into statements by its database's rules)."""
+        store = self.db.store()
+        catalog = Catalog(self.folder, split_statements=store.split_statements)
+        return Engine(store, catalog, should_stop=should_stop)
 
     def errors(self, kind: str) -> str:
         """The beginning of the failure text this node's driver gives for `kind`."""
@@ -1169,3 +1172,111 @@ def test_history_lists_every_apply_rollback_and_baseline_with_src_and_times(
     assert last_two == events[-2:]
     applied_at = node.db.query("SELECT applied_at FROM schema_migrations")
     assert len(applied_at) == 2 and all(re.fullmatch(TIMESTAMP, t) for (t,) in applied_at)
+
+
+# -- 15. dbmate's sections --------------------------------------------------------------------
+
+
+# A statement each database refuses to run inside a transaction, on a table named kept.
+OUTSIDE_ONLY = {
+    "sqlite": "VACUUM;",
+    "postgresql": "CREATE INDEX CONCURRENTLY kept_id ON kept (id);",
+}
+
+
+def test_an_empty_down_section_reverts_as_a_no_op_and_a_missing_one_is_still_error_22(
+    node: Node,
+) -> None:
+    node.write("0001_oneway.sql", "-- migrate:up\nCREATE TABLE oneway (id INTEGER);\n")
+    node.write("0002_empty.sql",
+               "-- migrate:up\nCREATE TABLE empty (id INTEGER);\n-- migrate:down\n")
+    node.write(
+        "0003_comments.sql",
+        "-- migrate:up\nCREATE TABLE comments (id INTEGER);\n\n"
+        "-- migrate:down\n-- keep the table; nothing to undo\n/* nor; here */\n",
+    )
+    node.write("0004_blank.sql", "-- migrate:up\nCREATE TABLE blank (id INTEGER);\n"
+                                 "-- migrate:down\n  \n\t;\n\n")
+    engine = node.engine()
+    engine.migrate(b"m1")
+    before = node.db.snapshot()
+    reverted = [entry(4, "blank", "rolled_back"), entry(3, "comments", "rolled_back"),
+                entry(2, "empty", "rolled_back")]
+
+    dry = engine.rollback(b"d1", Params({"to": 1, "dry_run": True}))
+    assert dry == {"type": "migrations_rolled_back", "count": 3, "migrations": reverted,
+                   "dry_run": True}
+    assert node.db.snapshot() == before
+
+    assert engine.validate(b"v1") == {"type": "validation", "ok": True, "problems": []}
+    assert engine.rollback(b"r1", Params({"to": 1}, "c1")) == {
+        "type": "migrations_rolled_back", "count": 3, "migrations": reverted}
+    assert node.db.versions() == [1]
+    assert node.db.tables() == {"oneway", "empty", "comments", "blank"}  # nothing undone
+    events = engine.history(b"h1")["events"]
+    assert [(e["version"], e["action"], e["src"]) for e in events[-3:]] == [
+        (4, "rollback", "c1"), (3, "rollback", "c1"), (2, "rollback", "c1")]
+
+    refused = outcome(lambda: engine.rollback(b"r2"))
+    assert refused == {
+        "type": "error", "code": PRECONDITION_FAILED,
+        "text": "migration 1 oneway has no -- migrate:down section, so it cannot be rolled back",
+    }
+    assert node.db.versions() == [1]
+
+
+def test_the_down_of_a_transaction_false_up_runs_in_a_transaction_of_its_own(
+    node: Node,
+) -> None:
+    node.write(
+        "0001_kept.sql",
+        "-- migrate:up transaction:false\n"
+        "CREATE TABLE kept (id INTEGER);\n"
+        f"{OUTSIDE_ONLY[node.db.name]}\n"
+        "-- migrate:down\n"
+        "DROP TABLE kept;\n"
+        "INSERT INTO nowhere VALUES (1);\n",
+    )
+    engine = node.engine()
+    with engine.store.transaction():
+        pass  # on PostgreSQL the first write makes the test's schema, which the up runs in
+    assert engine.migrate(b"m1") == applied_reply(entry(1, "kept"))
+
+    failed = outcome(lambda: engine.rollback(b"r1"))
+
+    assert failed["code"] == MIGRATION_FAILED
+    assert failed["text"].startswith(
+        "rollback of migration 1 kept failed, so it stays applied and unchanged: "
+        + node.errors("missing table"))
+    assert node.db.tables() == {"kept"}  # its DROP TABLE was rolled back with the failure
+    assert node.db.versions() == [1]
+
+
+def test_transaction_false_on_the_down_marker_alone_leaves_the_up_in_a_transaction(
+    node: Node,
+) -> None:
+    down = "-- migrate:down transaction:false\nDROP TABLE kept;\nINSERT INTO nowhere VALUES (1);\n"
+    node.write("0001_kept.sql", "-- migrate:up\nCREATE TABLE kept (id INTEGER);\n"
+                                "INSERT INTO nowhere VALUES (1);\n" + down)
+    engine = node.engine()
+
+    failed_up = outcome(lambda: engine.migrate(b"m1"))
+    assert failed_up["text"].startswith(
+        "migration 1 kept failed and was rolled back, so it is not applied: ")
+    assert node.db.tables() == set()  # its CREATE TABLE was rolled back with the failure
+
+    node.write("0001_kept.sql", "-- migrate:up\nCREATE TABLE kept (id INTEGER);\n" + down)
+    engine.migrate(b"m2")
+    before = node.db.snapshot()
+    dry = outcome(lambda: engine.rollback(b"d1", Params({"dry_run": True})))
+    assert dry["code"] == MIGRATION_FAILED and dry["dry_run"] is True
+    assert node.db.snapshot() == before  # it ran inside the dry run's transaction
+
+    failed_down = outcome(lambda: engine.rollback(b"r1"))
+    assert failed_down["code"] == MIGRATION_FAILED
+    assert failed_down["text"].startswith(
+        "rollback of migration 1 kept failed outside a transaction (it says"
+        " transaction:false), so it stays applied, and statements before the failing one"
+        " stay: " + node.errors("missing table"))
+    assert node.db.tables() == set()  # its DROP TABLE stays
+    assert node.db.versions() == [1]

@@ -200,12 +200,22 @@ CREATE TABLE fourth (z);
     assert tables(connection) == set()
 
 
-def test_a_file_without_a_down_section_or_with_an_empty_one_cannot_be_reverted(folder):
+def test_an_empty_down_section_reverts_as_a_no_op_and_only_a_missing_one_cannot_revert(
+    folder, connection
+):
     no_down = load(folder, "0001_a.sql", "-- migrate:up\nCREATE TABLE a (x);\n")
-    empty_down = load(folder, "0002_b.sql", "-- migrate:up\nSELECT 1;\n-- migrate:down\n-- no\n")
+    sections = ["", "\n", "\n-- nothing; to undo\n/* at; all */\n", "\n \t\n;\n\n"]
+    empty_downs = [
+        load(folder, f"{n:04d}_t{n}.sql",
+             f"-- migrate:up\nCREATE TABLE t{n} (x);\n-- migrate:down{down}")
+        for n, down in enumerate(sections, 2)
+    ]
 
     assert no_down.up is not None and no_down.down is None
-    assert empty_down.down is None
+    for loaded in empty_downs:
+        run(connection, loaded.up)
+        run(connection, loaded.down)
+    assert tables(connection) == {"t2", "t3", "t4", "t5"}
     assert parse("-- migrate:up\nSELECT 1;\n", "0001_a.sql").down is None
     assert parse("-- migrate:up\n-- migrate:down\n-- none\n", "0001_a.sql").down == []
 
@@ -237,12 +247,38 @@ def test_foreign_keys_that_is_not_a_bool_is_a_type_error_naming_the_file(folder)
     assert str(caught.value) == "0001_a.py sets FOREIGN_KEYS to a int; it must be True or False"
 
 
-def test_transaction_false_after_the_up_marker_parses():
-    assert parse("-- migrate:up transaction:false\nSELECT 1;\n", "0001_a.sql").transaction is False
-    assert parse("-- migrate:up transaction:true\nSELECT 1;\n", "0001_a.sql").transaction is True
-    assert parse("-- migrate:up\nSELECT 1;\n", "0001_a.sql").transaction is True
-    down_only = "-- migrate:up\nSELECT 1;\n-- migrate:down transaction:false\nSELECT 2;\n"
-    assert parse(down_only, "0001_a.sql").transaction is False
+@pytest.mark.parametrize(
+    ("up_options", "down_options", "expected"),
+    [
+        ("", "", (True, True)),
+        (" transaction:false", "", (False, True)),
+        ("", " transaction:false", (True, False)),
+        (" transaction:false", " transaction:false", (False, False)),
+        (" transaction:true", " transaction:true", (True, True)),
+    ],
+    ids=["neither", "up-only", "down-only", "both", "both-true"],
+)
+def test_each_section_marker_decides_its_own_transaction(
+    folder, up_options, down_options, expected
+):
+    text = f"-- migrate:up{up_options}\nSELECT 1;\n-- migrate:down{down_options}\nSELECT 2;\n"
+
+    parsed = parse(text, "0001_a.sql")
+    loaded = load(folder, "0001_a.sql", text)
+
+    assert (parsed.up_transaction, parsed.down_transaction) == expected
+    assert (loaded.up_transaction, loaded.down_transaction) == expected
+    without_down = parse(f"-- migrate:up{up_options}\nSELECT 1;\n", "0001_a.sql")
+    assert without_down.up_transaction is expected[0]
+
+
+def test_a_python_files_transaction_declaration_is_for_both_up_and_down(folder):
+    source = "TRANSACTION = False\n\ndef up(db):\n    pass\n\ndef down(db):\n    pass\n"
+    loaded = load(folder, "0001_a.py", source)
+    default = load(folder, "0002_b.py", "def up(db):\n    pass\n")
+
+    assert (loaded.up_transaction, loaded.down_transaction) == (False, False)
+    assert (default.up_transaction, default.down_transaction) == (True, True)
 
 
 def test_markers_are_matched_after_trailing_whitespace_and_carriage_returns():

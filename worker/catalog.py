@@ -38,7 +38,8 @@ class Loaded(NamedTuple):
     down: Callable[[Any], object] | None  # None: it cannot be reverted
     foreign_keys: bool  # False: it must run with foreign keys off
     checksum: str  # checksum_of() the bytes that were loaded
-    transaction: bool = True  # False: its statements run outside a transaction
+    up_transaction: bool = True  # False: up's statements run outside a transaction
+    down_transaction: bool = True  # False: down's statements run outside a transaction
 
 
 class Migration(NamedTuple):
@@ -83,10 +84,15 @@ class Migration(NamedTuple):
             parsed = sql_file.parse(text, filename, self.split_statements)
             return Loaded(
                 _statements_runner(parsed.up, "up", filename),
-                _statements_runner(parsed.down, "down", filename) if parsed.down else None,
+                # An empty down section reverts nothing and succeeds, as in dbmate; only a
+                # file without one cannot be reverted.
+                None
+                if parsed.down is None
+                else _statements_runner(parsed.down, "down", filename),
                 parsed.foreign_keys,
                 checksum_of(source),
-                parsed.transaction,
+                parsed.up_transaction,
+                parsed.down_transaction,
             )
         module = types.ModuleType(f"migration_{self.version}_{self.name}")
         module.__file__ = self.path
@@ -99,6 +105,7 @@ class Migration(NamedTuple):
             _callable(module, "down"),
             foreign_keys,
             checksum_of(source),
+            transaction,  # a .py file's TRANSACTION is for both of its functions
             transaction,
         )
 

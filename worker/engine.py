@@ -503,7 +503,7 @@ class _Run:
         self._loaded: dict[int, Loaded] = {}
         self._dry_foreign_keys = True
         self._started_at = ""
-        self._current: Loaded | None = None  # the real run's step in progress
+        self._outside_transaction = False  # the real run's step in progress runs outside one
         self.total = 0  # steps of the request in all, those done before a crash included
 
     @contextmanager
@@ -544,13 +544,14 @@ class _Run:
         and, for the last, the stored reply) in the same transaction; raise error 14
         naming the migration when anything in it fails.
 
-        A migration that declares it cannot run in a transaction (`transaction:false`,
-        `TRANSACTION = False`) runs in autocommit mode and is finished in a transaction
-        of its own right after: if it fails halfway, its earlier statements stay.
+        A step whose code declares it cannot run in a transaction (`transaction:false` on
+        its own section's marker, `TRANSACTION = False` for both functions of a .py file)
+        runs in autocommit mode and is finished in a transaction of its own right after:
+        if it fails halfway, its earlier statements stay.
         """
         what = "migration" if self.action == "apply" else "the rollback of migration"
         self.engine.journal.running(self.request_id, f"{what} {migration.version} {migration.name}")
-        self._current = None
+        self._outside_transaction = False
         self.engine.running = Running(migration.version, migration.name, self.action,
                                       time.monotonic(), len(self.done), self.total)
         with self._failing_as(migration):
@@ -562,8 +563,12 @@ class _Run:
                     self.store.check_foreign_keys()
             else:
                 step = Step(migration, migration.load())
-                self._current = step.loaded  # what a failure's text describes
-                if step.loaded.transaction:
+                loaded = step.loaded
+                in_transaction = (
+                    loaded.up_transaction if self.action == "apply" else loaded.down_transaction
+                )
+                self._outside_transaction = not in_transaction  # a failure's text says so
+                if in_transaction:
                     with self.store.transaction(foreign_keys=step.loaded.foreign_keys):
                         finish(step, self._call(step))
                 else:
@@ -639,11 +644,12 @@ class _Run:
             cause = _describe(exc)
             log.error("%s of %s %s failed: %s", self.action, migration.version, migration.name,
                       cause)
-            loaded = self._current
-            if loaded is not None and not loaded.transaction and not self.dry_run:
-                text = (f"migration {migration.version} {migration.name} failed outside a"
-                        " transaction (it says transaction:false), so it is not recorded,"
-                        f" and statements before the failing one stay: {cause}")
+            if self._outside_transaction and not self.dry_run:
+                what, outcome = (("migration", "it is not recorded") if self.action == "apply"
+                                 else ("rollback of migration", "it stays applied"))
+                text = (f"{what} {migration.version} {migration.name} failed outside a"
+                        f" transaction (it says transaction:false), so {outcome}, and"
+                        f" statements before the failing one stay: {cause}")
             elif self.action == "apply":
                 text = (f"migration {migration.version} {migration.name} failed and was"
                         f" rolled back, so it is not applied: {cause}")

@@ -1,11 +1,12 @@
 """Reading SQL migration files (dbmate's format) into their sections' statements.
 
     -- migrate:foreign_keys off           optional, on any line       -> SqlFile.foreign_keys
-    -- migrate:up transaction:false       options optional            -> SqlFile.transaction
+    -- migrate:up transaction:false       options optional            -> SqlFile.up_transaction
     CREATE TABLE users (...);             one string per statement,   -> SqlFile.up
     CREATE TRIGGER ... BEGIN ...; END;      exactly as written
-    -- migrate:down
-    DROP TABLE users;                     no such section: None       -> SqlFile.down
+    -- migrate:down                       its own options             -> SqlFile.down_transaction
+    DROP TABLE users;                     no such section: None;      -> SqlFile.down
+                                            an empty one: []
 
 Directive lines are found line by line before any SQL is read, as dbmate finds them: a line
 inside a multi-line string or block comment that looks like a directive is read as one.
@@ -33,7 +34,10 @@ class SqlFile(NamedTuple):
     up: list[str]
     down: list[str] | None  # None: the file has no `-- migrate:down` section
     foreign_keys: bool  # False: the file declares `-- migrate:foreign_keys off`
-    transaction: bool  # False: a section marker says `transaction:false`
+    # False: that section's own marker says `transaction:false` (as in dbmate, the up
+    # marker's options say nothing about the down section, nor the reverse).
+    up_transaction: bool
+    down_transaction: bool
 
 
 class SqlFileError(ValueError):
@@ -112,7 +116,7 @@ def parse(
     """
     markers: dict[str, _Marker] = {}
     foreign_keys, foreign_keys_line = True, 0
-    transaction = True
+    transactions = {"up": True, "down": True}
     for match in DIRECTIVE.finditer(text):
         line = text.count("\n", 0, match.start()) + 1
         name, options = match[1], match[2].split()
@@ -125,7 +129,7 @@ def parse(
                 )
             if name == "down" and "up" not in markers:
                 raise SqlFileError(f"{where}: '-- migrate:down' comes before '-- migrate:up'")
-            transaction = _transaction_option(options, name, where) and transaction
+            transactions[name] = _transaction_option(options, name, where)
             markers[name] = _Marker(line, match.start(), match.end() + 1)
         elif name == "foreign_keys":
             if foreign_keys_line:
@@ -153,7 +157,9 @@ def parse(
         if down is None
         else _statements(split_statements, text[down.body :], "down", down.line + 1, filename)
     )
-    return SqlFile(up_statements, down_statements, foreign_keys, transaction)
+    return SqlFile(
+        up_statements, down_statements, foreign_keys, transactions["up"], transactions["down"]
+    )
 
 
 def has_code(sql: str) -> bool:
