@@ -108,6 +108,9 @@ class WorkerClient:
         """
         request_id = self._new_id()
         frame = codec.pack_request(request_id, kind, params, src)
+        if not self.busy() and self.supervisor is not None:
+            # Failures seen while nothing waited do not shorten this request's wait.
+            self.supervisor.restart_clock()
         self.backlog.append(Outstanding(token, request_id, kind, frame))
 
     def cancel_writes(self, token: Any, src: str | None = None) -> list[tuple[Any, dict]]:
@@ -425,8 +428,12 @@ class WorkerClient:
             words = ""
             self._unreachable_since = None
         else:
-            text = f"the worker keeps dying without answering (for {failing:.0f} s)"
-            words = self.supervisor.last_words()
+            unreachable = self.supervisor.unreachable_owner()
+            if unreachable is not None:
+                text, words = f"no worker answered for {failing:.0f} s: {unreachable}", ""
+            else:
+                text = f"the worker keeps dying without answering (for {failing:.0f} s)"
+                words = self.supervisor.last_words()
             self.supervisor.restart_clock()
         if words:
             words = f"; it last logged: {words.splitlines()[-1]}"

@@ -117,6 +117,7 @@ class Owner(NamedTuple):
     pid: int | None
     migrations: str | None  # the real path of its migrations folder
     tracking: str | None  # its tracking table, see tracking_label
+    address: str | None = None  # where it serves: nodes elsewhere are told how to reach it
 
 
 def tracking_label(database: str, table: str, schema: str | None) -> str:
@@ -127,9 +128,10 @@ def tracking_label(database: str, table: str, schema: str | None) -> str:
     return table
 
 
-def owner_note(pid: int, migrations: Path, tracking: str) -> bytes:
-    """The lock file's contents for an owner: its pid, its migrations folder, its table."""
-    return os.fsencode(f"{pid}\n{migrations}\n{tracking}\n")
+def owner_note(pid: int, migrations: Path, tracking: str, address: str) -> bytes:
+    """The lock file's contents for an owner: its pid, its migrations folder, its table,
+    and the address it serves."""
+    return os.fsencode(f"{pid}\n{migrations}\n{tracking}\n{address}\n")
 
 
 def read_owner(lock_path: Path) -> Owner:
@@ -142,7 +144,8 @@ def read_owner(lock_path: Path) -> Owner:
     pid = int(lines[0]) if lines[0].isdigit() else None
     folder = os.fsdecode(lines[1]) if len(lines) > 2 and lines[1] else None
     tracking = os.fsdecode(lines[2]) if len(lines) > 3 and lines[2] else None
-    return Owner(pid, folder, tracking)
+    address = os.fsdecode(lines[3]) if len(lines) > 4 and lines[3] else None
+    return Owner(pid, folder, tracking, address)
 
 
 def is_listening(address: str) -> bool:

@@ -74,6 +74,8 @@ class WorkerSupervisor:
         self._failing_since: float | None = None
         self._next_spawn = 0.0
         self._log_offset = 0  # where the log ended when we last spawned
+        self._spawned_at = 0.0
+        self._owned_elsewhere = False  # our last worker found another owner, not reachable
 
     def ensure(self) -> None:
         """Spawn a worker unless one is listening, starting, or we are backing off.
@@ -88,6 +90,7 @@ class WorkerSupervisor:
         if time.monotonic() < self._next_spawn:
             return
         self._log_offset = log_size(self.where)
+        self._spawned_at = time.monotonic()
         self._child = spawn_worker(self.where, self.settings, self.password)
         self.sentinel = _pidfd(self._child.pid)
         self.spawned += 1
@@ -129,6 +132,25 @@ class WorkerSupervisor:
         """A worker replied: whatever failed before is over."""
         self._failures = 0
         self._failing_since = None
+        self._owned_elsewhere = False
+
+    def unreachable_owner(self) -> str | None:
+        """Why no worker answers, when the database's owner is one this node cannot reach:
+        its pid, where it serves, and how to reach it; None otherwise."""
+        if not self._owned_elsewhere:
+            return None
+        owner = endpoint.read_owner(self.where.lock_path)
+        ours = self.where.address
+        if owner.address is None or owner.address == ours:
+            where = f"which has not answered at {ours}"
+            how = "stop it, or wait until it serves"
+        else:
+            where = f"which serves {owner.address}, not {ours} where this node looks"
+            how = (f"reach it with --connect {owner.address}, or give this node the owner's"
+                   f" runtime directory ({endpoint.RUNTIME_DIR_ENV} or XDG_RUNTIME_DIR differ,"
+                   " as they do under cron, sudo and login shells)")
+        pid = owner.pid if owner.pid is not None else "unknown"
+        return f"{self.where.database} is owned by worker pid {pid}, {where}: {how}"
 
     def restart_clock(self) -> None:
         """The waiting requests were answered: the next ones get a full GIVE_UP_S of their own."""
@@ -160,8 +182,13 @@ class WorkerSupervisor:
         if code == EXIT_CONFIG:
             raise WorkerConfigError(self.last_words() or f"it exited with status {code}")
         if code == EXIT_OWNED:
-            # Another node's worker won the lock and is about to bind: give it time.
+            # Another node's worker won the lock and is about to bind: give it time. One
+            # that never binds where we look (another runtime directory, --bind) counts as
+            # failing from our first attempt, so that requests are answered in GIVE_UP_S.
             self._next_spawn = time.monotonic() + OWNER_GRACE_S
+            self._owned_elsewhere = True
+            if self._failing_since is None:
+                self._failing_since = self._spawned_at
         else:
             self._failed(code)
         return True

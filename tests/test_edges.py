@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import sqlite3
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -160,3 +163,44 @@ def recorded_now(workspace) -> list:
         return workspace.recorded()
     except sqlite3.OperationalError:  # no tracking table yet
         return []
+
+
+# -- 4. an owner this node cannot reach is named within the promised time ------------------
+
+
+def test_a_node_that_cannot_reach_the_owner_says_who_owns_it_and_how_to_reach_it(
+        workspace, folder, tmp_path_factory):
+    """cron and sudo see another runtime directory: the worker that owns the database serves
+    a socket this node never looks at. Error 13 must come, naming the owner and its address,
+    instead of workers respawned forever."""
+    table_migrations(folder, range(1, 3))
+    owner_node = workspace.live("--migrations", str(folder))
+    owner_node.send(request("health", 1))
+    health = owner_node.replies(1)[0]
+
+    elsewhere = Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
+    try:
+        env = {**workspace.env, "MIGRATIONS_RUNTIME_DIR": str(elsewhere)}
+        replies = subprocess.run(workspace.node_command("--migrations", str(folder)),
+                                 input=json.dumps(request("status", 7)).encode() + b"\n",
+                                 capture_output=True, env=env, timeout=PROCESS_TIMEOUT_S)
+        assert replies.returncode == 0, replies.stderr
+        [reply] = [json.loads(line) for line in replies.stdout.splitlines()]
+        assert reply["type"] == "error" and reply["code"] == 13, reply
+        assert f"owned by worker pid {health['worker_pid']}" in reply["text"], reply
+        assert f"--connect {health['endpoint']}" in reply["text"], reply
+
+        command = subprocess.run(workspace.node_command("--migrations", str(folder), "status"),
+                                 capture_output=True, env=env, timeout=PROCESS_TIMEOUT_S)
+        assert command.returncode == 3, command
+        assert f"--connect {health['endpoint']}".encode() in command.stderr
+
+        # What the text says works.
+        reached = subprocess.run(
+            workspace.node_command("--migrations", str(folder), "--connect", health["endpoint"]),
+            input=json.dumps(request("status", 8)).encode() + b"\n",
+            capture_output=True, env=env, timeout=PROCESS_TIMEOUT_S)
+        assert json.loads(reached.stdout)["type"] == "migration_status", reached
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+    assert owner_node.finish() == 0

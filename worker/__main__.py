@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         tracking = endpoint.tracking_label(args.db, args.table, args.schema)
         with stop.interruptible():
             store.acquire_owner(
-                endpoint.owner_note(os.getpid(), catalog.folder, tracking), args.wait
+                endpoint.owner_note(os.getpid(), catalog.folder, tracking,
+                                    args.bind or where.address),
+                args.wait,
             )
         curve = None
         if args.keys:
