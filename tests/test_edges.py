@@ -204,3 +204,38 @@ def test_a_node_that_cannot_reach_the_owner_says_who_owns_it_and_how_to_reach_it
     finally:
         shutil.rmtree(elsewhere, ignore_errors=True)
     assert owner_node.finish() == 0
+
+
+# -- 8. a backup restored over the file in place --------------------------------------------
+
+
+def test_a_backup_copied_over_the_database_in_place_is_noticed_and_served_as_restored(
+        workspace, folder):
+    table_migrations(folder, range(1, 4))
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1, to=2))
+    assert node.replies(1)[0]["count"] == 2
+    backup = workspace.root / "backup.db"
+    with sqlite3.connect(workspace.db) as source, sqlite3.connect(backup) as copy:
+        source.backup(copy)
+    node.send(request("migrate", 2))
+    assert node.replies(1)[0]["count"] == 1
+    wal = Path(f"{workspace.db}-wal")
+    # The worker empties its log once a write is answered; a copy before that would lay
+    # over pages SQLite still holds, which no program could make safe.
+    wait_until(lambda: not wal.exists() or wal.stat().st_size == 0,
+               what="the worker to fold its write-ahead log into the file")
+    inode = workspace.db.stat().st_ino
+    shutil.copyfile(backup, workspace.db)  # in place: the same inode, as `cp` does
+    assert workspace.db.stat().st_ino == inode
+
+    node.send(request("status", 3))
+    status = node.replies(1)[0]
+    assert [m["applied"] for m in status["migrations"]] == [True, True, False], status
+    node.send(request("migrate", 4))
+    assert node.replies(1)[0]["migrations"] == [
+        {"version": 3, "name": "t3", "status": "applied"}]
+    assert node.finish() == 0
+    with sqlite3.connect(workspace.db) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert workspace.recorded() == [(1, "t1"), (2, "t2"), (3, "t3")]

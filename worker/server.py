@@ -171,6 +171,7 @@ class Writer:
         self._thread.join()
 
     def _loop(self) -> None:
+        self._settle()  # what a killed worker left in the -wal, before anything is asked
         while True:
             with self._lock:
                 while not self._jobs and not self._closing:
@@ -194,6 +195,13 @@ class Writer:
             if body is not None:
                 self.completed += 1
                 self.outbox.put(job.peer, codec.pack_reply(request_id, packed_reply(body)))
+            self._settle()
+
+    def _settle(self) -> None:
+        try:
+            self.engine.store.settle()
+        except Exception as exc:  # a busy reader, a full disk: the next write settles
+            log.warning("could not settle the database after a write: %s", exc)
 
     def _progress(self, request_id: bytes, body: dict[str, Any]) -> None:
         job = self._current

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,6 +122,13 @@ class SqliteStore(Store):
         # Reading the header now makes a file that is not a database a start-up error.
         self.connection.execute("PRAGMA schema_version")
         self._opened = _identity(path)  # the file this connection has, whatever its path
+        # The file as it was when this store last emptied its -wal (see settle()); None
+        # while the -wal holds pages, from us or another program.
+        self._settled: tuple[int, int] | None = None
+        self._settled_at_commit = -1
+        # settle() runs on the writer thread, moved() on the socket thread: a check during
+        # the checkpoint would take the checkpoint's own write for someone else's.
+        self._settling = threading.Lock()
         if reader:
             self.connection.execute("PRAGMA query_only = ON")
         # One fsync per commit instead of four, and readers never block the writer. Set
@@ -174,7 +182,53 @@ class SqliteStore(Store):
             return None  # cannot tell (a folder we may no longer search): nothing changed
         if now != self._opened:
             return f"the database file {self.path} was replaced by another file"
-        return None
+        return self._rewritten()
+
+    def settle(self) -> None:
+        """In WAL mode, once this store wrote: fold its -wal into the file and empty it,
+        then note the file's size and modification time. While the -wal stays empty, only
+        a writer that bypasses SQLite (a backup copied over the file in place) changes
+        them, and moved() says so before this connection lays its cached pages over it."""
+        if self.commits == self._settled_at_commit:
+            return
+        self._settled_at_commit = self.commits
+        if self._journal_mode() != "wal":
+            return  # a rollback journal: SQLite notices a rewritten file by its header
+        with self._settling:
+            self._settled = None
+            checkpoint = self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, frames, _ = checkpoint.fetchone()
+            if not busy and frames == 0:
+                self._settled = _signature(self.path)
+
+    def _journal_mode(self) -> str:
+        (mode,) = self.connection.execute("PRAGMA journal_mode").fetchone()
+        return mode
+
+    def _rewritten(self) -> str | None:
+        """Why the file was written behind SQLite's back since settle(), or None."""
+        with self._settling:
+            return self._rewritten_since_settled()
+
+    def _rewritten_since_settled(self) -> str | None:
+        if self._settled is None:
+            return None
+        try:
+            log_pages = os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            log_pages = 0
+        except OSError:
+            return None
+        if log_pages:  # written through SQLite since: its changes are SQLite's to tell
+            self._settled = None
+            return None
+        try:
+            if _signature(self.path) == self._settled:
+                return None
+        except OSError:
+            return None
+        return (f"the database file {self.path} was rewritten in place while its write-ahead"
+                " log was empty (a backup restored over it, or another program's checkpoint)")
 
     def interrupt(self) -> None:
         """Stop the statement migration code is running, from another thread (a cancel);
@@ -363,6 +417,13 @@ class SqliteStore(Store):
         """Keep a reply for resends; call inside the transaction whose effect it reports."""
         cursor = self.connection.execute(self._sql["store_reply"], (request_id, codec.pack(reply)))
         self.connection.execute(self._sql["prune_replies"], (cursor.lastrowid - KEEP_REPLIES,))
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    """The size and modification time of the file at `path` (not its change time, which
+    chmod and chattr move too); raises OSError."""
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns
 
 
 def _identity(path: Path) -> tuple[int, int]:

@@ -143,6 +143,12 @@ class Store(ABC):
         SQLite file deleted or replaced since it was opened), or None while it is."""
         return None
 
+    def settle(self) -> None:
+        """After a write request: leave the database so that a change made to it by other
+        means can be told from this worker's own (SQLite: an empty -wal); by default,
+        nothing to do."""
+        return None
+
     def reading(self) -> AbstractContextManager[None]:
         """A consistent view for a read made of several queries (status: the stamp, then
         the rows); by default each query sees the last commit on its own."""
