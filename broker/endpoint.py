@@ -29,7 +29,7 @@ MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
 
 class Endpoint(NamedTuple):
-    database: Path | str  # the real path of the SQLite file, or the URL without its password
+    database: Path | str  # the real path of the SQLite file, or the URL without its secrets
     address: str  # the ZeroMQ address the worker binds and nodes connect to
     lock_path: Path  # held by the owning worker for its whole life
     log_path: Path  # stderr of workers spawned by a node
@@ -82,7 +82,7 @@ def check_ipc_address(address: str) -> None:
 def for_database(database: str | os.PathLike[str]) -> Endpoint:
     """Where the worker of `database` (a SQLite file, or a PostgreSQL URL) lives."""
     if database_url.is_url(str(database)):
-        public, _ = database_url.split_password(str(database))
+        public, _ = database_url.split_secrets(str(database))
         key = blake2b(database_url.identity(public).encode(), digest_size=12).hexdigest()
         # A server's worker keeps its local owner lock in the runtime directory.
         return _endpoint(public, key, runtime_dir() / f"{key}.lock")

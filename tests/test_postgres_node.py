@@ -391,3 +391,51 @@ def test_cancel_stops_a_running_query_with_the_servers_query_cancel(workspace, d
     assert [m["applied"] for m in status["migrations"]] == [True, False, False]
     assert "slow" not in tables(database) and "t3" not in tables(database)
     assert node.finish() == 0
+
+
+# -- which worker a URL reaches, and what it hands libpq -----------------------------------
+
+
+def served_by(workspace, url: str, *requests: dict) -> list[dict]:
+    """The replies a node started with --db `url` gets to `requests`, then a health."""
+    workspace.db = url
+    replies, completed = workspace.run([*requests, request("health", 99)])
+    assert completed.returncode == 0, completed.stderr
+    return replies
+
+
+def test_options_in_the_url_reach_libpq_decoded_once_and_place_the_tables(workspace, database):
+    pg_query(database, "CREATE SCHEMA app")
+    try:
+        replies = served_by(workspace, f"{database}?options=-c%20search_path%3Dapp",
+                            request("migrate", 1))
+    finally:
+        workspace.db = database
+    assert replies[0]["count"] == 2, replies
+    in_app = pg_query(database, "SELECT tablename FROM pg_tables WHERE schemaname = 'app'")
+    assert {name for (name,) in in_app} == {"users", "posts"}
+    assert "users" not in tables(database)  # public has the tracking tables only
+
+
+def test_secrets_reach_the_worker_decoded_through_its_environment_and_nowhere_else(
+    workspace, database
+):
+    password, key_password = "p@ss+w0rd", "k&ey pw"
+    url = (database.replace("postgres@", "postgres:p%40ss+w0rd@")
+           + "?sslpassword=k%26ey%20pw&sslmode=disable")
+    try:
+        status, health = served_by(workspace, url, request("status", 1))
+    finally:
+        workspace.db = database
+    assert [m["applied"] for m in status["migrations"]] == [False, False], status
+    pid = health["worker_pid"]
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        argv = cmdline.read()
+    logs = b"".join(log.read_bytes() for log in workspace.runtime.glob("*.log"))
+    for secret in (password, key_password, "p%40ss", "k%26ey", "sslpassword"):
+        for where in (argv, logs, str(health).encode(), str(status).encode()):
+            assert secret.encode() not in where, secret
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        variables = dict(line.partition(b"=")[::2] for line in environ.read().split(b"\0"))
+    assert variables[b"PGPASSWORD"] == password.encode()  # libpq reads it as it is
+    assert variables[b"MIGRATIONS_PGSSLPASSWORD"] == key_password.encode()

@@ -50,7 +50,7 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from broker import codec
+from broker import codec, database_url
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
 from worker import pg_sql
 from worker.lock import AlreadyOwned, OwnerLock
@@ -75,7 +75,7 @@ MAX_IDENTIFIER_BYTES = 63  # PostgreSQL cuts longer names silently (NAMEDATALEN 
 OWNER_WAIT_S = 30.0  # how long a write waits for another worker's owner lock, if not told
 # Worth a retry, like SQLite's busy and locked: nothing of the step stays.
 RETRY_ERRORS = (errors.LockNotAvailable, errors.SerializationFailure, errors.DeadlockDetected)
-SECRET_OPTIONS = ("password", "sslpassword")  # never in a log line or an error text
+SECRET_OPTIONS = database_url.SECRET_OPTIONS  # never in a log line or an error text
 APPLICATION_NAME = "migrations worker pid {pid} on {host}"  # how pg_stat_activity shows us
 OUR_APPLICATION = re.compile(r"migrations worker pid (\d+) on (.*)\Z")
 OWNER_ATTEMPTS = 3  # tries of the owner lock while its holder is seen to let go
@@ -814,7 +814,9 @@ def describe(url: str) -> str:
 
 def _connect(url: str, where: str) -> psycopg.Connection[Any]:
     params = conninfo_to_dict(url)  # describe() has checked that it parses
-    extra: dict[str, Any] = {}
+    # The secrets the node took out of the URL and put in our environment (the password,
+    # in PGPASSWORD, libpq reads by itself).
+    extra: dict[str, Any] = database_url.secrets_to_pass()
     if "application_name" not in params and "PGAPPNAME" not in os.environ:
         name = APPLICATION_NAME.format(pid=os.getpid(), host=socket.gethostname())
         extra["application_name"] = name.encode()[:MAX_IDENTIFIER_BYTES].decode(errors="ignore")
@@ -825,7 +827,9 @@ def _connect(url: str, where: str) -> psycopg.Connection[Any]:
     except psycopg.Error as exc:
         text = str(exc)
         for option in SECRET_OPTIONS:
-            secret = params.get(option)
+            secret = params.get(option) or extra.get(option)
+            if option == "password":
+                secret = secret or os.environ.get("PGPASSWORD")
             if secret:
                 text = text.replace(str(secret), "***")
         # libpq's message runs over several lines; a reply's text is one.
