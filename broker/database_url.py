@@ -1,8 +1,10 @@
-"""PostgreSQL URLs given as --db, read as libpq reads them: telling one from a file path,
-and keeping the secrets out.
+"""PostgreSQL URLs given as --db, read as libpq reads them: the secrets out, the target named.
 
     --db URL --split_secrets()--+--> the URL without its secrets: the worker's argv, logs, health
                                 +--> the secrets, decoded: the worker's environment
+    the URL --target()------------> postgresql://user@host:port,.../dbname?options=...
+                                    names the worker's endpoint (broker/endpoint.py), and is
+                                    what the worker checks its sessions against
 
 A URL is read by libpq's own rules (its Connection URIs, section 34.1.1.2, and
 conninfo_uri_parse_options in fe-connect.c), with the standard library only, so that a node
@@ -16,20 +18,19 @@ user in /proc), a log line, `health` or an error text: `split_secrets()` cuts th
 text, leaving every other byte as written, and the node hands them, decoded, to the worker in
 its environment: the password as PGPASSWORD (read by libpq itself), the others, which libpq
 reads from no variable, as SECRET_ENVIRONMENT names them (the worker passes them on).
-`identity()` is what names the worker's endpoint: the same server, port, database and user,
-however the URL is spelt, give the same worker.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
+import socket
 from collections.abc import Mapping
-from urllib.parse import unquote_to_bytes, urlsplit
+from typing import NamedTuple
+from urllib.parse import quote, unquote_to_bytes
 
 SCHEMES = ("postgresql", "postgres")
-DEFAULT_PORT = 5432
+DEFAULT_PORT = 5432  # libpq's compiled-in DEF_PGPORT, the same in every build we know of
 # libpq's options shown as "*" (password fields) by PQconndefaults, and the SCRAM keys of
 # libpq 18, each as good as a password; -> the variable the worker finds it in.
 SECRET_ENVIRONMENT = {
@@ -41,7 +42,63 @@ SECRET_ENVIRONMENT = {
 }
 SECRET_OPTIONS = tuple(SECRET_ENVIRONMENT)
 
+# Where libpq looks for a connection's target when the URL does not say (section 34.15).
+TARGET_ENVIRONMENT = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "options": "PGOPTIONS",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
+}
+# Options that change neither the server, nor the database, nor what a session does with a
+# migration's unqualified names: how to connect, encrypt, authenticate and be shown. Every
+# other option (options, replication, service, any this list does not know) is part of the
+# target, so that two URLs libpq might read differently never share a worker.
+NEUTRAL_OPTIONS = frozenset({
+    "application_name", "fallback_application_name", "connect_timeout", "client_encoding",
+    "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+    "tcp_user_timeout", "passfile", "channel_binding", "require_auth", "requirepeer",
+    "sslmode", "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslcertmode",
+    "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "sslkeylogfile",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "min_protocol_version",
+    "max_protocol_version", "gssencmode", "krbsrvname", "gsslib", "gssdelegation",
+    "oauth_issuer", "oauth_client_id", "oauth_scope", *SECRET_OPTIONS,
+})
+# Options that pick among several hosts: part of the target only when there are several.
+HOST_CHOICE_OPTIONS = {"target_session_attrs": "any", "load_balance_hosts": "disable"}
+TARGET_FIELDS = ("host", "hostaddr", "port", "dbname", "user", "options")
+
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_PORT = re.compile(r"\s*\+?\d+\s*")
+
+
+class Host(NamedTuple):
+    """One server a target may reach: libpq tries them in order."""
+
+    address: str  # "" (libpq's default socket folder), a socket folder's real path,
+    #               an IP address in its shortest form, or a lower-case host name
+    port: int
+
+
+class Target(NamedTuple):
+    """Where libpq connects for a URL, with the PG* environment and defaults filled in."""
+
+    hosts: tuple[Host, ...]
+    dbname: str
+    user: str
+    settings: tuple[tuple[str, str], ...]  # the other options that are part of it, sorted
+    unsure: frozenset[str] = frozenset()  # fields a service file we cannot read may set
+
+    def __str__(self) -> str:
+        """A postgresql:// URL naming this target, each part percent-encoded one way only
+        (libpq reads it as the same target)."""
+        hosts = ",".join(f"{_host_text(host.address)}:{host.port}" for host in self.hosts)
+        query = "&".join(f"{key}={_encode(value)}" for key, value in self.settings)
+        text = f"postgresql://{_encode(self.user)}@{hosts}/{_encode(self.dbname)}"
+        return f"{text}?{query}" if query else text
 
 
 def is_url(database: str) -> bool:
@@ -81,14 +138,80 @@ def secrets_to_pass(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     }
 
 
-def identity(url: str) -> str:
-    """postgresql://user@host:port/dbname, with libpq's defaults filled in (no password)."""
-    parts = urlsplit(url)
-    user = parts.username or os.environ.get("PGUSER") or getpass.getuser()
-    host = (parts.hostname or os.environ.get("PGHOST") or "").lower()  # "": the local socket
-    port = parts.port or int(os.environ.get("PGPORT") or DEFAULT_PORT)
-    dbname = parts.path.lstrip("/") or os.environ.get("PGDATABASE") or user
-    return f"postgresql://{user}@{host}:{port}/{dbname}"
+def target(url: str, environ: Mapping[str, str] | None = None) -> str:
+    """The canonical connection target of `url`: str(resolve(url, environ))."""
+    return str(resolve(url, environ))
+
+
+def resolve(url: str, environ: Mapping[str, str] | None = None) -> Target:
+    """Where libpq would connect for `url`, in `environ` (default: this process's).
+
+    Two URLs get equal targets when libpq reaches the same servers, in the same order, the
+    same database as the same user with the same session options, however they are
+    spelt: `postgres://` or `postgresql://`, a part in the URL or in a query parameter, in
+    the PG* environment or left to libpq's default, percent-encoded or not, host names in
+    any case, a socket folder through a symbolic link. They differ whenever anything that
+    could change that differs: host, hostaddr (the address connected to, in place of the
+    host it goes with), port, dbname, user, options, service, replication, an option this
+    module does not know, and target_session_attrs or load_balance_hosts with several
+    hosts. Secrets and the options of NEUTRAL_OPTIONS are not part of it.
+
+    A named service is read from PGSERVICEFILE (or ~/.pg_service.conf) and from
+    PGSYSCONFDIR's pg_service.conf; libpq's compiled-in folder cannot be known without
+    libpq, so a service found in neither leaves the fields the URL does not give in
+    `unsure` (see the worker's check). Raises ValueError, never quoting the URL, for a URL
+    libpq would refuse: bad percent-encoding, a query parameter without `=`, a host list
+    and a hostaddr or port list of different lengths, a port that is not a number.
+    """
+    environ = os.environ if environ is None else environ
+    params, _, _ = _parse(url)
+    given = set(params)
+    unsure: frozenset[str] = frozenset()
+    service = params.get("service", environ.get("PGSERVICE"))
+    if service is not None:
+        params["service"] = service
+        if not _read_service(service, environ, params):
+            unsure = frozenset(TARGET_FIELDS) - given
+    for option, variable in TARGET_ENVIRONMENT.items():
+        if option not in params and variable in environ:
+            params[option] = environ[variable]
+    user = params.get("user") or _login_name()
+    hosts = _hosts(params)
+    settings = {
+        key: value
+        for key, value in params.items()
+        if key not in NEUTRAL_OPTIONS and key not in HOST_CHOICE_OPTIONS
+        and key not in ("host", "hostaddr", "port", "dbname", "user")
+    }
+    if not settings.get("options"):
+        settings.pop("options", None)
+    if len(hosts) > 1:
+        for option, default in HOST_CHOICE_OPTIONS.items():
+            settings[option] = params.get(option) or default
+    return Target(
+        hosts=hosts,
+        dbname=params.get("dbname") or user,
+        user=user,
+        settings=tuple(sorted(settings.items())),
+        unsure=unsure,
+    )
+
+
+def canonical_address(address: str) -> str:
+    """A host as a target names it: "" for libpq's default, a socket folder's real path, an
+    IP address in its shortest form, a host name in lower case."""
+    if not address:
+        return ""
+    if address.startswith("/"):
+        return os.path.realpath(address)
+    if address.startswith("@"):  # an abstract socket: a name, not a path
+        return address
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_ntop(family, socket.inet_pton(family, address))
+        except OSError:
+            continue
+    return address.lower()
 
 
 # -- libpq's reading of a URL --------------------------------------------------------------
@@ -191,3 +314,89 @@ def _decode(text: str) -> str:
     if b"\x00" in raw:
         raise ValueError("the PostgreSQL URL has a forbidden %00")
     return os.fsdecode(raw)
+
+
+def _encode(text: str) -> str:
+    return quote(os.fsencode(text), safe="")
+
+
+def _host_text(address: str) -> str:
+    if ":" in address and not address.startswith(("/", "@")):
+        return f"[{quote(os.fsencode(address), safe=':')}]"  # IPv6
+    return _encode(address)
+
+
+def _hosts(params: Mapping[str, str]) -> tuple[Host, ...]:
+    """libpq's connectOptions2: one entry per hostaddr (or host) item, ports matched up."""
+    addresses = params.get("hostaddr", "").split(",") if params.get("hostaddr") else []
+    names = params.get("host", "").split(",") if params.get("host") else []
+    count = len(addresses) or len(names) or 1
+    if addresses and names and len(names) != count:
+        raise ValueError(f"could not match {len(names)} host names to {count} hostaddr values")
+    ports = params.get("port", "").split(",") if params.get("port") else [""]
+    if len(ports) == 1:
+        ports *= count
+    elif len(ports) != count:
+        raise ValueError(f"could not match {len(ports)} port numbers to {count} hosts")
+    hosts = []
+    for index in range(count):
+        address = addresses[index] if addresses else ""
+        if not address:
+            address = names[index] if names else ""
+        hosts.append(Host(canonical_address(address), _port(ports[index])))
+    return tuple(hosts)
+
+
+def _port(text: str) -> int:
+    if not text:
+        return DEFAULT_PORT
+    if not _PORT.fullmatch(text) or not 1 <= int(text) <= 65535:
+        raise ValueError(f'invalid port number: "{text}"')
+    return int(text)
+
+
+def _login_name() -> str:
+    """libpq's default user: the name of the effective user id (not $USER)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        raise ValueError(
+            f"user id {os.geteuid()} has no name, and the PostgreSQL URL names no user"
+        ) from None
+
+
+def _read_service(service: str, environ: Mapping[str, str], params: dict[str, str]) -> bool:
+    """Fill the options `params` lacks from the service's group, as libpq's
+    parseServiceInfo does; true if the group was found in a file we can read."""
+    files = []
+    if environ.get("PGSERVICEFILE") is not None:
+        files.append(environ["PGSERVICEFILE"])
+    else:
+        files.append(os.path.join(environ.get("HOME") or os.path.expanduser("~"),
+                                  ".pg_service.conf"))
+    if environ.get("PGSYSCONFDIR") is not None:
+        files.append(os.path.join(environ["PGSYSCONFDIR"], "pg_service.conf"))
+    for path in files:
+        try:
+            with open(path, "rb") as service_file:
+                lines = service_file.read().splitlines()
+        except OSError:
+            continue
+        found = False
+        for raw in lines:
+            line = os.fsdecode(raw.strip())
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("["):
+                if found:
+                    break
+                found = line[1:].startswith(service) and line[len(service) + 1:][:1] == "]"
+            elif found:
+                key, _, value = line.partition("=")
+                if key not in SECRET_ENVIRONMENT:
+                    params.setdefault(key, value)
+        if found:
+            return True
+    return False

@@ -80,10 +80,14 @@ def check_ipc_address(address: str) -> None:
 
 
 def for_database(database: str | os.PathLike[str]) -> Endpoint:
-    """Where the worker of `database` (a SQLite file, or a PostgreSQL URL) lives."""
+    """Where the worker of `database` (a SQLite file, or a PostgreSQL URL) lives.
+
+    Raises ValueError for a URL libpq would refuse (see database_url.resolve).
+    """
     if database_url.is_url(str(database)):
         public, _ = database_url.split_secrets(str(database))
-        key = blake2b(database_url.identity(public).encode(), digest_size=12).hexdigest()
+        # Named by where libpq connects, not by the spelling: one worker per database.
+        key = blake2b(database_url.target(public).encode(), digest_size=12).hexdigest()
         # A server's worker keeps its local owner lock in the runtime directory.
         return _endpoint(public, key, runtime_dir() / f"{key}.lock")
     real = Path(os.path.realpath(database))

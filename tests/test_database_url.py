@@ -1,11 +1,15 @@
 """PostgreSQL URLs as a node reads them (broker/database_url.py), held to libpq's own reading.
 
 No server is needed: libpq itself, through psycopg's conninfo_to_dict (PQconninfoParse), is
-the judge of how a URL reads; the node must not load it, so it has a parser of its own.
+the judge of how a URL reads; the node must not load it, so it has a parser of its own. The
+worker for a URL is found by endpoint.for_database, whose endpoint is named by the URL's
+target: these tests compare endpoints, exactly as two nodes would.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 from urllib.parse import quote
 
 import pytest
@@ -144,14 +148,134 @@ def test_the_secret_options_are_every_password_field_libpq_knows():
 @pytest.mark.parametrize(
     "url",
     [
+        "postgresql://u:s3cr3t@db/app?port=1,2,3",
         "postgresql://u:s3cr3t@db/app?dbname=%zz",
         "postgresql://u:s3cr3t@db/app?sslmode",
         "postgresql://u:s3cr3t@db/a%00pp",
         "postgresql://u:s3cr3t@[::1/app",
         "postgresql://u:s3cr3t@db:port/app",
+        "postgresql://u:s3cr3t@a,b/app?hostaddr=127.0.0.1",
     ],
 )
 def test_a_url_libpq_would_refuse_is_refused_without_quoting_it(url):
     with pytest.raises(ValueError) as refused:
         worker_of(url)
     assert "s3cr3t" not in str(refused.value)
+
+
+# -- one worker per database ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("postgresql://postgres@127.0.0.1/app", "postgresql://postgres@127.0.0.1/app?port=5433"),
+        ("postgresql://postgres@127.0.0.1/app?dbname=a",
+         "postgresql://postgres@127.0.0.1/app?dbname=b"),
+        ("postgresql://postgres@127.0.0.1/app", "postgresql://postgres@127.0.0.1/app?host=db2"),
+        ("postgresql://postgres@127.0.0.1/app", "postgresql://postgres@127.0.0.1/app?user=app"),
+        ("postgresql://postgres@db/app", "postgresql://postgres@db/app?hostaddr=10.0.0.2"),
+        ("postgresql://postgres@a,b/app", "postgresql://postgres@b,a/app"),
+        ("postgresql://postgres@a,b/app", "postgresql://postgres@a,b/app?port=5432,5433"),
+        ("postgresql://postgres@a,b/app",
+         "postgresql://postgres@a,b/app?target_session_attrs=read-write"),
+        ("postgresql://postgres@db/app",
+         "postgresql://postgres@db/app?options=-c%20search_path%3Ddeploy"),
+        ("postgresql://postgres@db/app", "postgresql://postgres@db/app?replication=database"),
+        ("postgresql:///app?host=/run/a", "postgresql:///app?host=/run/b"),
+        ("postgresql:///app", "postgresql://localhost/app"),
+    ],
+)
+def test_urls_that_reach_different_databases_get_different_workers(one, other):
+    assert worker_of(one) != worker_of(other)
+
+
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ["postgresql://postgres@127.0.0.1/app", "postgres://postgres@127.0.0.1:5432/app",
+         "postgresql:///app?host=127.0.0.1&user=postgres", "postgresql://%70ostgres@127.0.0.1/a%70p",
+         "postgresql://postgres@127.0.0.1:05432/app?sslmode=require&application_name=x",
+         "postgresql://postgres:secret@127.0.0.1/app?sslpassword=x&connect_timeout=3",
+         "postgresql://postgres@127.0.0.1/other?dbname=app&port=5432",
+         "postgresql://postgres@/app?hostaddr=127.0.0.1"],
+        ["postgresql://u@DB.Example.ORG/app", "postgresql://u@db.example.org/app"],
+        ["postgresql://u@[::1]/app", "postgresql://u@[0:0::1]:5432/app",
+         "postgresql://u@/app?host=::1"],
+        ["postgresql:///app?host=/var/run/../run/postgresql&user=u",
+         "postgresql://u@%2Frun%2Fpostgresql/app"],
+        ["postgresql://u@a,b:5432/app", "postgresql://u@a:5432,b/app",
+         "postgresql://u@a,b/app?target_session_attrs=any"],
+        ["postgresql://u@db/app?target_session_attrs=read-write", "postgresql://u@db/app"],
+    ],
+)
+def test_spellings_of_one_database_share_a_worker(spellings):
+    assert len({worker_of(url) for url in spellings}) == 1, [
+        database_url.target(url) for url in spellings]
+
+
+def test_the_environment_and_libpq_defaults_fill_what_the_url_leaves_out(monkeypatch):
+    # libpq's default user is the effective user id's name, whatever $USER says.
+    login = pwd.getpwuid(os.geteuid()).pw_name
+    monkeypatch.setenv("USER", "someone-else")
+    monkeypatch.setenv("LOGNAME", "someone-else")
+    assert worker_of("postgresql://127.0.0.1") == worker_of(
+        f"postgresql://{login}@127.0.0.1:5432/{login}")
+
+    monkeypatch.setenv("PGHOST", "db1")
+    monkeypatch.setenv("PGPORT", "5433")
+    monkeypatch.setenv("PGUSER", "app")
+    monkeypatch.setenv("PGDATABASE", "appdb")
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=app")
+    from_environment = worker_of("postgresql://")
+    assert from_environment == worker_of(
+        "postgresql://app@db1:5433/appdb?options=-c%20search_path%3Dapp")
+    # A part in the URL wins over the environment, a query parameter over the URL's part.
+    assert worker_of("postgresql://db2") != from_environment
+    assert worker_of("postgresql://db2/x?host=db1&dbname=appdb") == from_environment
+
+
+def test_a_service_is_read_from_the_service_file_libpq_reads(monkeypatch, tmp_path):
+    services = tmp_path / "services.conf"
+    services.write_text(
+        "# the machine's services\n[blue]\nhost=db1\nport=5433\ndbname=blue\nuser=app\n"
+        "password=not-part-of-anything\n\n[green]\nhost=db1\nport=5433\ndbname=green\n"
+        "user=app\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    blue = "postgresql:///?service=blue"
+    assert worker_of(blue) != worker_of("postgresql:///?service=green")
+    assert worker_of(blue) == worker_of("postgres://?service=blue")
+    # What the URL gives wins over the service, as in libpq.
+    assert worker_of("postgresql:///green?service=blue") == worker_of(
+        "postgresql:///?service=green&dbname=green&service=blue")
+    target = database_url.resolve(blue)
+    assert target.hosts == (database_url.Host("db1", 5433),)
+    assert (target.dbname, target.user, target.unsure) == ("blue", "app", frozenset())
+
+
+def test_a_service_in_no_file_we_can_read_leaves_its_fields_unsure_but_keeps_its_name(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "missing.conf"))
+    red = database_url.resolve("postgresql:///reddb?service=red")
+    assert red.unsure == frozenset({"host", "hostaddr", "port", "user", "options"})
+    assert ("service", "red") in red.settings
+    assert worker_of("postgresql:///x?service=red") != worker_of("postgresql:///x?service=blue")
+
+
+@settings(max_examples=500, deadline=None)
+@given(urls())
+def test_a_target_is_a_url_libpq_reads_as_that_same_target(url):
+    if libpq_reads(url) is None:
+        return
+    try:
+        target = database_url.resolve(url)
+    except ValueError:  # libpq parses it, but would not connect: ports and hosts unmatched
+        return
+    text = str(target)
+    assert database_url.target(text) == text
+    read = libpq_reads(text)
+    assert read is not None
+    assert (read["dbname"], read["user"]) == (target.dbname, target.user)
+    ports = read["port"].split(",")
+    assert [int(port) for port in ports] == [host.port for host in target.hosts]

@@ -15,7 +15,14 @@ import pytest
 
 from broker import endpoint
 from tests.processes import gone
-from tests.support import PROCESS_TIMEOUT_S, PROJECT, request, table_migrations, wait_until
+from tests.support import (
+    PROCESS_TIMEOUT_S,
+    PROJECT,
+    free_port,
+    request,
+    table_migrations,
+    wait_until,
+)
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install .[test])")
 
@@ -396,12 +403,88 @@ def test_cancel_stops_a_running_query_with_the_servers_query_cancel(workspace, d
 # -- which worker a URL reaches, and what it hands libpq -----------------------------------
 
 
+@pytest.fixture
+def other_database(database) -> Iterator[str]:
+    """The name of a second fresh database on the server, dropped afterwards."""
+    name = f"mn_other_{secrets.token_hex(6)}"
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def served_by(workspace, url: str, *requests: dict) -> list[dict]:
     """The replies a node started with --db `url` gets to `requests`, then a health."""
     workspace.db = url
     replies, completed = workspace.run([*requests, request("health", 99)])
     assert completed.returncode == 0, completed.stderr
     return replies
+
+
+def test_urls_naming_another_database_or_port_in_their_query_get_workers_of_their_own(
+    workspace, database, other_database
+):
+    from tests.tcp_proxy import TcpProxy
+
+    name = database.rsplit("/", 1)[1]
+    # The path names one database and the query another: libpq connects to the query's.
+    in_first = served_by(workspace, f"{SERVER}/postgres?dbname={name}", request("migrate", 1))
+    in_other = served_by(workspace, f"{SERVER}/postgres?dbname={other_database}",
+                         request("migrate", 1))
+    proxy = TcpProxy(("127.0.0.1", 5432))  # another port, as another server would have
+    try:
+        through_proxy = served_by(workspace, f"{SERVER}/{name}?port={proxy.port}",
+                                  request("status", 1))
+    finally:
+        proxy.close()
+        workspace.db = database
+    assert in_first[0]["count"] == 2 and in_other[0]["count"] == 2, (in_first, in_other)
+    assert "users" in tables(database) and "users" in tables(f"{SERVER}/{other_database}")
+    pids = {replies[-1]["worker_pid"] for replies in (in_first, in_other, through_proxy)}
+    assert len(pids) == 3
+    assert f"port={proxy.port}" in through_proxy[-1]["database"]
+
+
+def test_spellings_of_one_database_share_one_worker(workspace, database):
+    name = database.rsplit("/", 1)[1]
+    encoded = "".join(f"%{byte:02X}" for byte in name.encode())
+    over_tcp = [
+        f"postgresql://postgres@127.0.0.1/{name}",
+        f"postgres://postgres@127.0.0.1:5432/{name}",
+        f"postgresql:///{name}?host=127.0.0.1&user=postgres",
+        f"postgresql://%70ostgres@%31%32%37.0.0.1/{encoded}?sslmode=prefer",
+    ]
+    over_the_socket = [  # /var/run is a link to /run on this machine's kind of system
+        f"postgresql:///{name}?host=/var/run/postgresql&user=postgres",
+        f"postgresql://postgres@%2Frun%2Fpostgresql/{name}",
+    ]
+    try:
+        tcp = {served_by(workspace, url)[-1]["worker_pid"] for url in over_tcp}
+        unix = {served_by(workspace, url)[-1]["worker_pid"] for url in over_the_socket}
+    finally:
+        workspace.db = database
+    assert len(tcp) == 1 and len(unix) == 1 and tcp != unix
+
+
+def test_a_url_naming_several_hosts_is_served_through_the_one_that_answers(workspace, database):
+    name = database.rsplit("/", 1)[1]
+    dead_port = free_port()
+    try:
+        replies = served_by(
+            workspace, f"postgresql://postgres@127.0.0.1:{dead_port},127.0.0.1:5432/{name}",
+            request("migrate", 1))
+        reversed_order = served_by(
+            workspace, f"postgresql://postgres@127.0.0.1:5432,127.0.0.1:{dead_port}/{name}",
+            request("status", 1))
+    finally:
+        workspace.db = database
+    assert replies[0]["count"] == 2, replies
+    assert [m["applied"] for m in reversed_order[0]["migrations"]] == [True, True]
+    assert replies[-1]["worker_pid"] != reversed_order[-1]["worker_pid"]  # tried in order
+    assert "users" in tables(database)
 
 
 def test_options_in_the_url_reach_libpq_decoded_once_and_place_the_tables(workspace, database):
