@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -522,3 +524,84 @@ def test_secrets_reach_the_worker_decoded_through_its_environment_and_nowhere_el
         variables = dict(line.partition(b"=")[::2] for line in environ.read().split(b"\0"))
     assert variables[b"PGPASSWORD"] == password.encode()  # libpq reads it as it is
     assert variables[b"MIGRATIONS_PGSSLPASSWORD"] == key_password.encode()
+
+
+class RenamingProxy:
+    """A TCP proxy that sends every session to another database than the one it asks for,
+    as a pooler's database alias does, by rewriting the startup message."""
+
+    def __init__(self, rename: tuple[str, str]) -> None:
+        from tests.tcp_proxy import TcpProxy, _pump
+
+        proxy = self
+
+        class Renaming(TcpProxy):
+            def _accept(self, listener) -> None:
+                while True:
+                    try:
+                        client, _ = listener.accept()
+                    except OSError:
+                        return
+                    try:
+                        upstream = socket.create_connection(self.target)
+                        upstream.sendall(proxy.renamed(client))
+                    except OSError:
+                        client.close()
+                        continue
+                    with self._lock:
+                        self._sockets += [client, upstream]
+                    self._spawn(_pump, client, upstream)
+                    self._spawn(_pump, upstream, client)
+
+        self.old, self.new = (name.encode() for name in rename)
+        self.tcp = Renaming(("127.0.0.1", 5432))
+        self.port = self.tcp.port
+
+    def renamed(self, client: socket.socket) -> bytes:
+        """The client's first message, its database renamed if it is a startup message."""
+        client.settimeout(PROCESS_TIMEOUT_S)
+        (length,) = struct.unpack("!i", receive(client, 4))
+        message = receive(client, length - 4)
+        client.settimeout(None)
+        (version,) = struct.unpack("!i", message[:4])
+        if version >> 16 != 3:  # a cancel, SSL or GSS request: passed on as it is
+            return struct.pack("!i", length) + message
+        fields = message[4:].split(b"\0")
+        for index in range(0, len(fields) - 1, 2):
+            if fields[index] == b"database" and fields[index + 1] == self.old:
+                fields[index + 1] = self.new
+        body = message[:4] + b"\0".join(fields)
+        return struct.pack("!i", len(body) + 4) + body
+
+    def close(self) -> None:
+        self.tcp.close()
+
+
+def receive(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise OSError("the client went before its first message")
+        data += chunk
+    return data
+
+
+def test_a_session_that_reaches_another_database_than_the_url_names_is_refused(
+    workspace, database, other_database
+):
+    name = database.rsplit("/", 1)[1]
+    proxy = RenamingProxy((name, other_database))
+    try:
+        migrate, status, health = served_by(
+            workspace, f"postgresql://postgres@127.0.0.1:{proxy.port}/{name}?sslmode=disable",
+            request("migrate", 1), request("status", 2))
+    finally:
+        proxy.close()
+        workspace.db = database
+    for reply in (migrate, status):
+        assert reply["code"] == 11, reply
+        assert f'reached database "{other_database}", not "{name}"' in reply["text"]
+        assert "nothing ran" in reply["text"]
+    assert health["type"] == "health_ok"
+    assert not tables(f"{SERVER}/{other_database}") and not tables(database)
