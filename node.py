@@ -158,13 +158,13 @@ def connect(args: argparse.Namespace) -> WorkerClient:
     supervisor = None
     if not args.connect:
         where = endpoint.for_database(args.db)
-        password = None
+        secrets = None
         if database_url.is_url(args.db):
-            password = database_url.split_password(args.db)[1]
+            secrets = database_url.split_secrets(args.db)[1]
         settings = WorkerSettings(
             args.migrations, args.table, args.schema, args.owner_wait, wal=args.wal
         )
-        supervisor = WorkerSupervisor(where, settings, password)
+        supervisor = WorkerSupervisor(where, settings, secrets)
         supervisor.ensure()
     # Imported only now (ZeroMQ is most of a node's start-up), so that it overlaps the
     # worker's own start-up on another core.
@@ -176,7 +176,7 @@ def connect(args: argparse.Namespace) -> WorkerClient:
             endpoint.check_ipc_address(args.connect)
         curve = keys.for_node(args.keys) if args.keys else None
         return WorkerClient(args.connect, supervisor=None, curve=curve)
-    return WorkerClient(where.address, supervisor)
+    return WorkerClient(where.address, supervisor, target=where.target)
 
 
 def main(argv: list[str] | None = None) -> int:

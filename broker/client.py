@@ -70,9 +70,12 @@ class WorkerClient:
         supervisor: WorkerSupervisor | None,
         curve: CurveKeys | None = None,
         window: int = WINDOW,
+        target: str | None = None,
     ) -> None:
-        """Talk to the worker at `address`; `supervisor` (local workers only) starts it."""
+        """Talk to the worker at `address`; `supervisor` (local workers only) starts it.
+        Each request names `target` (Endpoint.target), the database it is meant for."""
         self.address = address
+        self.target = target
         self.curve = curve
         self.window = window
         self.context = zmq.Context()
@@ -107,7 +110,7 @@ class WorkerClient:
         Raises CodecError, naming the field, for a value that cannot travel.
         """
         request_id = self._new_id()
-        frame = codec.pack_request(request_id, kind, params, src)
+        frame = codec.pack_request(request_id, kind, params, src, self.target)
         if not self.busy() and self.supervisor is not None:
             # Failures seen while nothing waited do not shorten this request's wait.
             self.supervisor.restart_clock()
@@ -141,7 +144,7 @@ class WorkerClient:
         if not running:
             return [*replies, (token, {"type": "cancel_ok", "cancelled": len(replies)})]
         request_id = self._new_id()
-        frame = codec.pack_request(request_id, "cancel", {"ids": running}, src)
+        frame = codec.pack_request(request_id, "cancel", {"ids": running}, src, self.target)
         cancel = Outstanding(token, request_id, "cancel", frame, tuple(running), len(replies))
         self._put_in_flight(cancel)
         self._send([cancel])

@@ -1,7 +1,9 @@
 """Pack and unpack the messages exchanged between front nodes and the worker, with msgpack.
 
     request: one frame, a map {"id": bytes, "type": str, "src"?: str, "params"?: map of the
-             body's other fields, "cancelled"?: true}; a message holds one or more. A write
+             body's other fields, "target"?: str, "cancelled"?: true}; a message holds one
+             or more. "target" names the database the node means (a worker serving another
+             refuses the request); a write
              resent with "cancelled" had its cancel acknowledged by an earlier worker: it
              must not start (see mark_cancelled)
     reply:   two frames, the request id (empty when unreadable) and the body as a map; the
@@ -38,7 +40,11 @@ def pack(message: dict[str, Any]) -> bytes:
 
 
 def pack_request(
-    request_id: bytes, kind: str, params: dict[str, Any] | None = None, src: str | None = None
+    request_id: bytes,
+    kind: str,
+    params: dict[str, Any] | None = None,
+    src: str | None = None,
+    target: str | None = None,
 ) -> bytes:
     """The frame of one request: its id, type, and (when present) its fields and sender.
 
@@ -50,6 +56,8 @@ def pack_request(
         request["src"] = src
     if params:
         request["params"] = params
+    if target:
+        request["target"] = target
     try:
         return pack(request)
     except Exception as exc:  # msgpack raises OverflowError, UnicodeEncodeError, ValueError...

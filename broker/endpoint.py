@@ -29,11 +29,12 @@ MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
 
 class Endpoint(NamedTuple):
-    database: Path | str  # the real path of the SQLite file, or the URL without its password
+    database: Path | str  # the real path of the SQLite file, or the URL without its secrets
     address: str  # the ZeroMQ address the worker binds and nodes connect to
     lock_path: Path  # held by the owning worker for its whole life
     log_path: Path  # stderr of workers spawned by a node
     journal_path: Path  # what the worker is running, read by the next worker after a crash
+    target: str = ""  # the database itself, named by each request (database_url.target)
 
 
 def runtime_dir() -> Path:
@@ -80,15 +81,22 @@ def check_ipc_address(address: str) -> None:
 
 
 def for_database(database: str | os.PathLike[str]) -> Endpoint:
-    """Where the worker of `database` (a SQLite file, or a PostgreSQL URL) lives."""
+    """Where the worker of `database` (a SQLite file, or a PostgreSQL URL) lives.
+
+    Raises ValueError for a URL libpq would refuse (see database_url.resolve).
+    """
     if database_url.is_url(str(database)):
-        public, _ = database_url.split_password(str(database))
-        key = blake2b(database_url.identity(public).encode(), digest_size=12).hexdigest()
+        public, _ = database_url.split_secrets(str(database))
+        # Named by where libpq connects, not by the spelling: one worker per database.
+        target = database_url.target(public)
+        key = blake2b(target.encode(), digest_size=12).hexdigest()
         # A server's worker keeps its local owner lock in the runtime directory.
-        return _endpoint(public, key, runtime_dir() / f"{key}.lock")
+        return _endpoint(public, key, runtime_dir() / f"{key}.lock")._replace(target=target)
     real = Path(os.path.realpath(database))
     key = blake2b(os.fsencode(real), digest_size=12).hexdigest()
-    return _endpoint(real, key, lock_file(real))
+    # As text that always packs, however the path's bytes read.
+    target = os.fsencode(real).decode("utf-8", "backslashreplace")
+    return _endpoint(real, key, lock_file(real))._replace(target=target)
 
 
 def _endpoint(database: Path | str, key: str, lock_path: Path) -> Endpoint:

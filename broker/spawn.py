@@ -19,12 +19,13 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from broker import endpoint
+from broker import database_url, endpoint
 from broker.exits import EXIT_CONFIG, EXIT_OWNED
 from broker.files import open_private
 
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,16 @@ class WorkerConfigError(Exception):
 
 class WorkerSupervisor:
     def __init__(
-        self, where: endpoint.Endpoint, settings: WorkerSettings, password: str | None = None
+        self,
+        where: endpoint.Endpoint,
+        settings: WorkerSettings,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.where = where
         self.settings = settings
-        self.password = password  # a server's, for the worker's environment, never its argv
+        # A server's password and other secrets (database_url.split_secrets), for the
+        # worker's environment, never its argv.
+        self.secrets = secrets
         self.spawned = 0
         self.sentinel: int | None = None  # pidfd of our live child, readable once it exits
         self._child: subprocess.Popen[bytes] | None = None
@@ -91,7 +97,7 @@ class WorkerSupervisor:
             return
         self._log_offset = log_size(self.where)
         self._spawned_at = time.monotonic()
-        self._child = spawn_worker(self.where, self.settings, self.password)
+        self._child = spawn_worker(self.where, self.settings, self.secrets)
         self.sentinel = _pidfd(self._child.pid)
         self.spawned += 1
         log.info("started worker pid %d for %s", self._child.pid, self.where.database)
@@ -195,13 +201,15 @@ class WorkerSupervisor:
 
 
 def spawn_worker(
-    where: endpoint.Endpoint, settings: WorkerSettings, password: str | None = None
+    where: endpoint.Endpoint, settings: WorkerSettings, secrets: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start a detached worker for `where`; a server's password travels in its environment
-    (PGPASSWORD, read by libpq), where other users cannot read it, not in its argv."""
+    """Start a detached worker for `where`; a server's secrets (option name -> value, see
+    database_url.split_secrets) travel in its environment (PGPASSWORD, read by libpq, and
+    database_url.SECRET_ENVIRONMENT's others), where other users cannot read them, never in
+    its argv."""
     import subprocess  # only a node that starts a worker pays for it
 
-    env = {**os.environ, "PGPASSWORD": password} if password is not None else None
+    env = {**os.environ, **database_url.secrets_environment(secrets)} if secrets else None
     command = [
         sys.executable,
         "-m",

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
+from broker import codec, endpoint
 from tests.support import (
     PROCESS_TIMEOUT_S,
     request,
@@ -239,3 +241,34 @@ def test_a_backup_copied_over_the_database_in_place_is_noticed_and_served_as_res
     with sqlite3.connect(workspace.db) as check:
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert workspace.recorded() == [(1, "t1"), (2, "t2"), (3, "t3")]
+
+
+# -- 1. a worker refuses a request meant for another database ------------------------------
+
+
+def test_a_worker_refuses_a_request_that_names_another_database(workspace, folder):
+    """Defence in depth behind the endpoint's name: each request names the database its
+    node means, and a worker serving another one runs nothing for it."""
+    table_migrations(folder, range(1, 3))
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("health", 1))
+    health = node.replies(1)[0]
+    mine = endpoint.for_database(workspace.db).target
+    assert mine == str(workspace.db.resolve())
+    other = str(workspace.root / "other.db")
+    with zmq.Context() as context, context.socket(zmq.DEALER) as dealer:
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(health["endpoint"])
+        dealer.send_multipart([
+            codec.pack_request(b"r-other", "migrate", None, "t", other),
+            codec.pack_request(b"r-mine", "status", None, "t", mine),
+        ])
+        assert dealer.poll(PROCESS_TIMEOUT_S * 1000), "the worker answered"
+        frames = dealer.recv_multipart()
+    (first_id, refused), (second_id, status) = (
+        codec.unpack_reply(frames[i:i + 2]) for i in (0, 2))
+    assert (first_id, refused["type"], refused["code"]) == (b"r-other", "error", 13)
+    assert f"serves {mine}, not {other}" in refused["text"], refused
+    assert (second_id, status["type"]) == (b"r-mine", "migration_status")
+    assert "schema_migrations" not in workspace.tables()  # the refused migrate never ran
+    assert node.finish() == 0

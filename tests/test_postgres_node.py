@@ -9,13 +9,22 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
 
 from broker import endpoint
 from tests.processes import gone
-from tests.support import PROCESS_TIMEOUT_S, PROJECT, request, table_migrations, wait_until
+from tests.support import (
+    PROCESS_TIMEOUT_S,
+    PROJECT,
+    free_port,
+    request,
+    table_migrations,
+    wait_until,
+)
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install .[test])")
 
@@ -391,3 +400,208 @@ def test_cancel_stops_a_running_query_with_the_servers_query_cancel(workspace, d
     assert [m["applied"] for m in status["migrations"]] == [True, False, False]
     assert "slow" not in tables(database) and "t3" not in tables(database)
     assert node.finish() == 0
+
+
+# -- which worker a URL reaches, and what it hands libpq -----------------------------------
+
+
+@pytest.fixture
+def other_database(database) -> Iterator[str]:
+    """The name of a second fresh database on the server, dropped afterwards."""
+    name = f"mn_other_{secrets.token_hex(6)}"
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def served_by(workspace, url: str, *requests: dict) -> list[dict]:
+    """The replies a node started with --db `url` gets to `requests`, then a health."""
+    workspace.db = url
+    replies, completed = workspace.run([*requests, request("health", 99)])
+    assert completed.returncode == 0, completed.stderr
+    return replies
+
+
+def test_urls_naming_another_database_or_port_in_their_query_get_workers_of_their_own(
+    workspace, database, other_database
+):
+    from tests.tcp_proxy import TcpProxy
+
+    name = database.rsplit("/", 1)[1]
+    # The path names one database and the query another: libpq connects to the query's.
+    in_first = served_by(workspace, f"{SERVER}/postgres?dbname={name}", request("migrate", 1))
+    in_other = served_by(workspace, f"{SERVER}/postgres?dbname={other_database}",
+                         request("migrate", 1))
+    proxy = TcpProxy(("127.0.0.1", 5432))  # another port, as another server would have
+    try:
+        through_proxy = served_by(workspace, f"{SERVER}/{name}?port={proxy.port}",
+                                  request("status", 1))
+    finally:
+        proxy.close()
+        workspace.db = database
+    assert in_first[0]["count"] == 2 and in_other[0]["count"] == 2, (in_first, in_other)
+    assert "users" in tables(database) and "users" in tables(f"{SERVER}/{other_database}")
+    pids = {replies[-1]["worker_pid"] for replies in (in_first, in_other, through_proxy)}
+    assert len(pids) == 3
+    assert f"port={proxy.port}" in through_proxy[-1]["database"]
+
+
+def test_spellings_of_one_database_share_one_worker(workspace, database):
+    name = database.rsplit("/", 1)[1]
+    encoded = "".join(f"%{byte:02X}" for byte in name.encode())
+    over_tcp = [
+        f"postgresql://postgres@127.0.0.1/{name}",
+        f"postgres://postgres@127.0.0.1:5432/{name}",
+        f"postgresql:///{name}?host=127.0.0.1&user=postgres",
+        f"postgresql://%70ostgres@%31%32%37.0.0.1/{encoded}?sslmode=prefer",
+    ]
+    over_the_socket = [  # /var/run is a link to /run on this machine's kind of system
+        f"postgresql:///{name}?host=/var/run/postgresql&user=postgres",
+        f"postgresql://postgres@%2Frun%2Fpostgresql/{name}",
+    ]
+    try:
+        tcp = {served_by(workspace, url)[-1]["worker_pid"] for url in over_tcp}
+        unix = {served_by(workspace, url)[-1]["worker_pid"] for url in over_the_socket}
+    finally:
+        workspace.db = database
+    assert len(tcp) == 1 and len(unix) == 1 and tcp != unix
+
+
+def test_a_url_naming_several_hosts_is_served_through_the_one_that_answers(workspace, database):
+    name = database.rsplit("/", 1)[1]
+    dead_port = free_port()
+    try:
+        replies = served_by(
+            workspace, f"postgresql://postgres@127.0.0.1:{dead_port},127.0.0.1:5432/{name}",
+            request("migrate", 1))
+        reversed_order = served_by(
+            workspace, f"postgresql://postgres@127.0.0.1:5432,127.0.0.1:{dead_port}/{name}",
+            request("status", 1))
+    finally:
+        workspace.db = database
+    assert replies[0]["count"] == 2, replies
+    assert [m["applied"] for m in reversed_order[0]["migrations"]] == [True, True]
+    assert replies[-1]["worker_pid"] != reversed_order[-1]["worker_pid"]  # tried in order
+    assert "users" in tables(database)
+
+
+def test_options_in_the_url_reach_libpq_decoded_once_and_place_the_tables(workspace, database):
+    pg_query(database, "CREATE SCHEMA app")
+    try:
+        replies = served_by(workspace, f"{database}?options=-c%20search_path%3Dapp",
+                            request("migrate", 1))
+    finally:
+        workspace.db = database
+    assert replies[0]["count"] == 2, replies
+    in_app = pg_query(database, "SELECT tablename FROM pg_tables WHERE schemaname = 'app'")
+    assert {name for (name,) in in_app} == {"users", "posts"}
+    assert "users" not in tables(database)  # public has the tracking tables only
+
+
+def test_secrets_reach_the_worker_decoded_through_its_environment_and_nowhere_else(
+    workspace, database
+):
+    password, key_password = "p@ss+w0rd", "k&ey pw"
+    url = (database.replace("postgres@", "postgres:p%40ss+w0rd@")
+           + "?sslpassword=k%26ey%20pw&sslmode=disable")
+    try:
+        status, health = served_by(workspace, url, request("status", 1))
+    finally:
+        workspace.db = database
+    assert [m["applied"] for m in status["migrations"]] == [False, False], status
+    pid = health["worker_pid"]
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        argv = cmdline.read()
+    logs = b"".join(log.read_bytes() for log in workspace.runtime.glob("*.log"))
+    for secret in (password, key_password, "p%40ss", "k%26ey", "sslpassword"):
+        for where in (argv, logs, str(health).encode(), str(status).encode()):
+            assert secret.encode() not in where, secret
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        variables = dict(line.partition(b"=")[::2] for line in environ.read().split(b"\0"))
+    assert variables[b"PGPASSWORD"] == password.encode()  # libpq reads it as it is
+    assert variables[b"MIGRATIONS_PGSSLPASSWORD"] == key_password.encode()
+
+
+class RenamingProxy:
+    """A TCP proxy that sends every session to another database than the one it asks for,
+    as a pooler's database alias does, by rewriting the startup message."""
+
+    def __init__(self, rename: tuple[str, str]) -> None:
+        from tests.tcp_proxy import TcpProxy, _pump
+
+        proxy = self
+
+        class Renaming(TcpProxy):
+            def _accept(self, listener) -> None:
+                while True:
+                    try:
+                        client, _ = listener.accept()
+                    except OSError:
+                        return
+                    try:
+                        upstream = socket.create_connection(self.target)
+                        upstream.sendall(proxy.renamed(client))
+                    except OSError:
+                        client.close()
+                        continue
+                    with self._lock:
+                        self._sockets += [client, upstream]
+                    self._spawn(_pump, client, upstream)
+                    self._spawn(_pump, upstream, client)
+
+        self.old, self.new = (name.encode() for name in rename)
+        self.tcp = Renaming(("127.0.0.1", 5432))
+        self.port = self.tcp.port
+
+    def renamed(self, client: socket.socket) -> bytes:
+        """The client's first message, its database renamed if it is a startup message."""
+        client.settimeout(PROCESS_TIMEOUT_S)
+        (length,) = struct.unpack("!i", receive(client, 4))
+        message = receive(client, length - 4)
+        client.settimeout(None)
+        (version,) = struct.unpack("!i", message[:4])
+        if version >> 16 != 3:  # a cancel, SSL or GSS request: passed on as it is
+            return struct.pack("!i", length) + message
+        fields = message[4:].split(b"\0")
+        for index in range(0, len(fields) - 1, 2):
+            if fields[index] == b"database" and fields[index + 1] == self.old:
+                fields[index + 1] = self.new
+        body = message[:4] + b"\0".join(fields)
+        return struct.pack("!i", len(body) + 4) + body
+
+    def close(self) -> None:
+        self.tcp.close()
+
+
+def receive(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise OSError("the client went before its first message")
+        data += chunk
+    return data
+
+
+def test_a_session_that_reaches_another_database_than_the_url_names_is_refused(
+    workspace, database, other_database
+):
+    name = database.rsplit("/", 1)[1]
+    proxy = RenamingProxy((name, other_database))
+    try:
+        migrate, status, health = served_by(
+            workspace, f"postgresql://postgres@127.0.0.1:{proxy.port}/{name}?sslmode=disable",
+            request("migrate", 1), request("status", 2))
+    finally:
+        proxy.close()
+        workspace.db = database
+    for reply in (migrate, status):
+        assert reply["code"] == 11, reply
+        assert f'reached database "{other_database}", not "{name}"' in reply["text"]
+        assert "nothing ran" in reply["text"]
+    assert health["type"] == "health_ok"
+    assert not tables(f"{SERVER}/{other_database}") and not tables(database)

@@ -715,3 +715,16 @@ def test_a_password_never_appears_in_a_connection_error(pg: Pg) -> None:
 def test_a_table_name_postgres_would_cut_is_refused() -> None:
     with pytest.raises(ValueError, match="63 bytes"):
         PostgresStore("postgresql://127.0.0.1:1/x", table="t" * 60)
+
+
+def test_a_store_hands_libpq_the_secrets_the_node_put_in_its_environment(
+    pg: Pg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a node started with postgresql://postgres:p%40ss@...?sslpassword=k%26ey%20pw sets.
+    monkeypatch.setenv("PGPASSWORD", "p@ss")
+    monkeypatch.setenv("MIGRATIONS_PGSSLPASSWORD", "k&ey pw")
+    store = pg.store(url=pg.url + "&sslmode=disable")
+    given = {option.keyword: option.val for option in store.connection.pgconn.info}
+    assert given[b"password"] == b"p@ss" and store.connection.info.password == "p@ss"
+    assert given[b"sslpassword"] == b"k&ey pw"
+    assert "p@ss" not in store.database and "k&ey" not in store.database

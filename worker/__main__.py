@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--db",
         default="migrations.db",
-        help="SQLite file, or postgresql://user@host:port/dbname (password in PGPASSWORD)",
+        help="SQLite file, or postgresql://user@host:port/dbname (password in PGPASSWORD;"
+        " one written in the URL is taken out of it and put there)",
     )
     parser.add_argument(
         "--table",
@@ -150,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level)
     store: Store | None = None
+    shown = args.db  # what logs name the database by: never a secret
     try:
         if database_url.is_url(args.db):
-            # A password given in the URL goes where libpq finds it, and nowhere else.
-            _, password = database_url.split_password(args.db)
-            if password is not None:
-                os.environ["PGPASSWORD"] = password
+            # Secrets given in the URL go where the store finds them (PGPASSWORD for the
+            # password, read by libpq), and nowhere else: not a log line, not health.
+            shown, secrets = database_url.split_secrets(args.db)
+            os.environ.update(database_url.secrets_environment(secrets))
         where = endpoint.for_database(args.db)
         if args.bind and args.bind.startswith("ipc://"):
             endpoint.check_ipc_address(args.bind)
@@ -181,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--bind {args.bind} leaves this machine: --keys is required")
         journal = CrashJournal(where.journal_path)  # read by the owner only
     except Stopped:
-        log.info("stopped while waiting for the owner lock of %s", args.db)
+        log.info("stopped while waiting for the owner lock of %s", shown)
         _close(store)
         return 0
     except AlreadyOwned as exc:
-        log.warning("not starting: database %s is already owned: %s", args.db, exc)
+        log.warning("not starting: database %s is already owned: %s", shown, exc)
         _close(store)
         return EXIT_OWNED
     except (ReplyError, OSError, ValueError, sqlite3.Error) as exc:
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_exit_s=args.idle_exit,
         stop=stop,
         curve=curve,
+        target=where.target,
     )
     log.info("owning %s with %d migrations from %s", where.database, count, catalog.folder)
     context = zmq.Context()

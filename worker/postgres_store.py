@@ -50,7 +50,7 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from broker import codec
+from broker import codec, database_url
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
 from worker import pg_sql
 from worker.lock import AlreadyOwned, OwnerLock
@@ -75,7 +75,7 @@ MAX_IDENTIFIER_BYTES = 63  # PostgreSQL cuts longer names silently (NAMEDATALEN 
 OWNER_WAIT_S = 30.0  # how long a write waits for another worker's owner lock, if not told
 # Worth a retry, like SQLite's busy and locked: nothing of the step stays.
 RETRY_ERRORS = (errors.LockNotAvailable, errors.SerializationFailure, errors.DeadlockDetected)
-SECRET_OPTIONS = ("password", "sslpassword")  # never in a log line or an error text
+SECRET_OPTIONS = database_url.SECRET_OPTIONS  # never in a log line or an error text
 APPLICATION_NAME = "migrations worker pid {pid} on {host}"  # how pg_stat_activity shows us
 OUR_APPLICATION = re.compile(r"migrations worker pid (\d+) on (.*)\Z")
 OWNER_ATTEMPTS = 3  # tries of the owner lock while its holder is seen to let go
@@ -184,6 +184,9 @@ class PostgresStore(Store):
         the holder (None: a worker that found it held at start exits instead, see
         acquire_owner; writes after a lost connection then wait OWNER_WAIT_S).
 
+        Each session is checked, once connected, against the target the URL names (see
+        _wrong_target); one that reached another is closed, and the request gets error 11.
+
         Raises ValueError for a malformed URL or a table or schema name PostgreSQL would
         cut; its text never holds the password.
         """
@@ -191,6 +194,8 @@ class PostgresStore(Store):
         _check_names(self.tables, schema)
         self.database = describe(url)  # for logs and errors: no password in it
         self._url = url
+        # Where libpq is to connect, by the rules the node named our endpoint with.
+        self._target = database_url.resolve(url) if database_url.is_url(url) else None
         self.schema = schema
         self.table = table
         self.tracking = f"{schema}.{table}"
@@ -242,12 +247,18 @@ class PostgresStore(Store):
             ) from None
         try:
             _configure(connection)
+            wrong = _wrong_target(connection, self._target)
         except psycopg.Error as exc:
             connection.close()
             raise ReplyError(
                 TEMPORARILY_UNAVAILABLE,
                 f"cannot set up the session with {self.database}: {exc}; nothing ran, try again",
             ) from None
+        if wrong is not None:
+            connection.close()
+            raise ReplyError(
+                TEMPORARILY_UNAVAILABLE, f"refused the session with {self.database}: {wrong};"
+                " nothing ran")
         self.connection = connection
         log.info("connected to %s, tracking in %s", self.database, self.tracking)
         return connection
@@ -814,7 +825,9 @@ def describe(url: str) -> str:
 
 def _connect(url: str, where: str) -> psycopg.Connection[Any]:
     params = conninfo_to_dict(url)  # describe() has checked that it parses
-    extra: dict[str, Any] = {}
+    # The secrets the node took out of the URL and put in our environment (the password,
+    # in PGPASSWORD, libpq reads by itself).
+    extra: dict[str, Any] = database_url.secrets_to_pass()
     if "application_name" not in params and "PGAPPNAME" not in os.environ:
         name = APPLICATION_NAME.format(pid=os.getpid(), host=socket.gethostname())
         extra["application_name"] = name.encode()[:MAX_IDENTIFIER_BYTES].decode(errors="ignore")
@@ -825,11 +838,57 @@ def _connect(url: str, where: str) -> psycopg.Connection[Any]:
     except psycopg.Error as exc:
         text = str(exc)
         for option in SECRET_OPTIONS:
-            secret = params.get(option)
+            secret = params.get(option) or extra.get(option)
+            if option == "password":
+                secret = secret or os.environ.get("PGPASSWORD")
             if secret:
                 text = text.replace(str(secret), "***")
         # libpq's message runs over several lines; a reply's text is one.
         raise ConnectionError(f"cannot connect to {where}: {' '.join(text.split())}") from None
+
+
+def _wrong_target(
+    connection: psycopg.Connection[Any], target: database_url.Target | None
+) -> str | None:
+    """What is wrong with a new session, None if it reached the target the URL names.
+
+    The database and the user are the server's own (current_database(), session_user: a
+    role set by `options` changes current_user, not whom we logged in as); the host and
+    port are those libpq connected to, which must be one of the target's hosts; through a
+    unix socket the server's own port must match too (its socket file is named by it). A
+    TCP server's own port (inet_server_port()) is not compared: behind a proxy, a tunnel
+    or a container's port mapping it differs from the URL's, and the connection is right.
+    """
+    if target is None:  # a key=value connection string: no URL to hold it to
+        return None
+    database, user, server_port = connection.execute(
+        "SELECT current_database(), session_user, current_setting('port')").fetchone()
+    info = connection.info
+    socket_path = info.host.startswith(("/", "@"))
+    port = int(info.port)
+    via = {database_url.canonical_address(info.host)}
+    if info.hostaddr:
+        via.add(database_url.canonical_address(info.hostaddr))
+    wrong = []
+    if "dbname" not in target.unsure and database != target.dbname:
+        wrong.append(f'database "{database}", not "{target.dbname}"')
+    if "user" not in target.unsure and user != target.user:
+        wrong.append(f'user "{user}", not "{target.user}"')
+    if {"host", "hostaddr", "port"}.isdisjoint(target.unsure) and not any(
+        host.port == port and (host.address in via or (not host.address and socket_path))
+        for host in target.hosts
+    ):
+        wrong.append(f"server {info.host} port {port}, not one the URL names")
+    if socket_path and int(server_port) != port:
+        wrong.append(f"a server whose port is {server_port} behind the socket of port {port}")
+    options = dict(target.settings).get("options", "")
+    if "options" not in target.unsure and (info.options or "") != options:
+        wrong.append(f"options {info.options!r}, not {options!r}")
+    if not wrong:
+        return None
+    return (f"it reached {', '.join(wrong)}: not the target its URL names ({target}), under"
+            " whose name this worker serves (a proxy that maps a database or user to another"
+            " is not supported)")
 
 
 def _check_names(tables: TrackingTables, schema: str) -> None:

@@ -219,10 +219,13 @@ class WorkerServer:
         idle_exit_s: float | None,
         stop: StopRequest,
         curve: CurveKeys | None = None,
+        target: str = "",
     ) -> None:
         """Serve reads with `read_engine` (its own connection, this thread) and writes with
-        `write_engine` (the owner's connection, the writer thread)."""
+        `write_engine` (the owner's connection, the writer thread). A request naming a
+        database other than `target` (Endpoint.target) is refused."""
         self.engine = read_engine
+        self.target = target
         self.curve = curve  # required off this machine: only authorized node keys get in
         self.address = address
         self.describe = describe  # fixed facts for health replies (database, migrations)
@@ -473,6 +476,17 @@ class WorkerServer:
         router.send(frames[-1], SEND_LAST)
         return SENT
 
+    def _check_target(self, named: Any) -> None:
+        """Refuse a request meant for another database: two spellings that a node took for
+        different databases, or different ones it took for one, must never meet here."""
+        if named is None or named == self.target:
+            return
+        if not isinstance(named, str):
+            raise ReplyError(MALFORMED_REQUEST, "target must be a string")
+        log.error("refused a request for %s: this worker serves %s", named, self.target)
+        raise ReplyError(CRASH, f"the worker at {self.address} serves {self.target}, not"
+                                f" {named} that this request names; nothing ran")
+
     def _packed(self, body: dict[str, Any]) -> bytes:
         """The body packed; the read engine hands out the same body object while it is
         current, so an unchanged status is packed once."""
@@ -498,6 +512,7 @@ class WorkerServer:
                 known = ", ".join(["init", *self.handlers])
                 raise ReplyError(UNKNOWN_TYPE, f"unknown request type {kind!r}; known: {known}")
             log.debug("request %s: %s", request_id.hex(), kind)
+            self._check_target(request.get("target"))
             params = _params(request)
         except codec.CodecError as exc:
             return request_id, self._packed(ReplyError(MALFORMED_REQUEST, str(exc)).body())
