@@ -11,8 +11,11 @@ exits, so the caller can poll it beside its sockets instead of guessing from sil
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import select
+import signal
 import sys
 import time
 from collections import deque
@@ -25,7 +28,7 @@ from broker.files import open_private
 
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +201,52 @@ class WorkerSupervisor:
         else:
             self._failed(code)
         return True
+
+
+def owning_pid(where: endpoint.Endpoint) -> int | None:
+    """The pid of the worker that holds the database's owner lock now, or None.
+
+    Asked of the lock itself (a pid in the file may be a dead worker's, and then another
+    process's): a lock we can take for an instant has no owner.
+    """
+    try:
+        fd = os.open(where.lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file: no worker ever owned it here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return endpoint.read_owner(where.lock_path).pid
+    finally:
+        os.close(fd)  # drops our lock, if we took it
+    return None
+
+
+def stop_owner(where: endpoint.Endpoint, waiting: Callable[[int], None]) -> int | None:
+    """Stop the worker that owns the database, as SIGTERM does (its migration in progress
+    finishes; writes queued behind it are left to the next worker), and return its pid
+    once it has exited; None when no worker owns the database. `waiting(pid)` is called
+    once if it has not exited within a second (a migration still runs)."""
+    pid = owning_pid(where)
+    if pid is None:
+        return None
+    exited = _pidfd(pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return pid
+    try:
+        if exited is None:  # no pidfd: ask the lock, which the kernel drops at its exit
+            while owning_pid(where) == pid:
+                time.sleep(0.05)
+            return pid
+        if not select.select([exited], [], [], 1.0)[0]:
+            waiting(pid)
+            select.select([exited], [], [])
+    finally:
+        if exited is not None:
+            os.close(exited)
+    return pid
 
 
 def spawn_worker(
