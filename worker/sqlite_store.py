@@ -32,8 +32,9 @@ from worker.store import (
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_S = 5.0  # how long BEGIN IMMEDIATE waits for another program's write lock
+BUSY_TIMEOUT_S = 5.0  # how long a statement waits for another program's lock
 BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes): worth a retry
+SQLITE_BUSY = 5  # "database is locked": another connection holds what a statement needs
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS {migrations} (
@@ -220,16 +221,18 @@ class SqliteStore(Store):
     def transaction(self, *, commit: bool = True, foreign_keys: bool = True) -> Iterator[None]:
         """One write transaction: all of its statements reach the disk, or none do.
 
-        BEGIN IMMEDIATE takes the write lock up front, so a migration never fails halfway
-        because another program started writing. With `commit` false (a dry run) the
-        transaction is rolled back at the end instead, whatever happened in it. With
-        `foreign_keys` false, foreign keys are off for the transaction (SQLite ignores the
-        pragma inside one, so it is set before BEGIN) and checked before the end: raises
-        ForeignKeyViolation, after rolling back, when rows lost their parent.
+        BEGIN IMMEDIATE takes the write lock up front, so a migration rarely meets another
+        program's lock halfway; with a rollback journal, though, a reader's lock still
+        stops a statement that must write to the file, and COMMIT. With `commit` false (a
+        dry run) the transaction is rolled back at the end instead, whatever happened in
+        it. With `foreign_keys` false, foreign keys are off for the transaction (SQLite
+        ignores the pragma inside one, so it is set before BEGIN) and checked before the
+        end: raises ForeignKeyViolation, after rolling back, when rows lost their parent.
 
-        Raises ReplyError(TEMPORARILY_UNAVAILABLE) when the database stays busy or locked
-        for BUSY_TIMEOUT_S; any other failure to begin (a read-only or broken file) is
-        raised as the sqlite3 error it is.
+        Raises ReplyError(TEMPORARILY_UNAVAILABLE), after rolling back, when another
+        program kept the database busy or locked for BUSY_TIMEOUT_S at any step: BEGIN,
+        any statement, COMMIT. Any other failure (a read-only or broken file) is raised as
+        the sqlite3 error it is.
         """
         if not foreign_keys:
             self.connection.execute("PRAGMA foreign_keys = OFF")
@@ -241,9 +244,15 @@ class SqliteStore(Store):
                 if not foreign_keys:
                     self.check_foreign_keys()
                 self.connection.execute("COMMIT" if commit else "ROLLBACK")
-            except BaseException:
+            except BaseException as exc:
                 if self.connection.in_transaction:
                     self.connection.execute("ROLLBACK")
+                if _busy(exc):
+                    raise ReplyError(
+                        TEMPORARILY_UNAVAILABLE,
+                        f"the database is locked by another program ({exc}), so the step"
+                        " in progress was rolled back; try again later",
+                    ) from exc
                 raise
         finally:
             if not foreign_keys:
@@ -363,6 +372,13 @@ class SqliteStore(Store):
         """Keep a reply for resends; call inside the transaction whose effect it reports."""
         cursor = self.connection.execute(self._sql["store_reply"], (request_id, codec.pack(reply)))
         self.connection.execute(self._sql["prune_replies"], (cursor.lastrowid - KEEP_REPLIES,))
+
+
+def _busy(exc: BaseException) -> bool:
+    """True for SQLite's busy condition ("database is locked": another connection holds a
+    lock this one needs, and kept it for BUSY_TIMEOUT_S)."""
+    return (isinstance(exc, sqlite3.OperationalError)
+            and getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_BUSY)
 
 
 def _identity(path: Path) -> tuple[int, int]:
