@@ -9,6 +9,8 @@ SQLite file (tests/support.py).
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -16,15 +18,17 @@ from pathlib import Path
 import pytest
 
 from broker.errors import (
+    CRASH,
     PRECONDITION_FAILED,
     TEMPORARILY_UNAVAILABLE,
+    ReplyError,
 )
 from tests.backends import Backend, PostgresBackend, SqliteBackend
-from tests.support import request
+from tests.support import PROCESS_TIMEOUT_S, PROJECT, request
 from tests.test_engine import Node, applied_reply, entry, outcome
 from worker.engine import Engine
 from worker.params import Params
-from worker.store import tracking_tables
+from worker.store import KEEP_REPLIES, tracking_tables
 
 TRACKING = tracking_tables()
 EVICTED = "schema_migration_evicted"  # pruned replies, one row per node
@@ -137,3 +141,129 @@ def test_a_reader_on_a_rollback_journal_database_gets_a_migrating_node_error_11(
     assert node.finish() == 0
 
 
+# -- 11. a resend whose stored reply was pruned ----------------------------------------------
+
+
+@pytest.fixture
+def keep_two(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stores keep 2 replies instead of 10,000 (as test_engine's pruning test does)."""
+    monkeypatch.setattr(f"worker.{node.db.name.replace('postgresql', 'postgres')}_store"
+                        ".KEEP_REPLIES", 2)
+
+
+def test_a_resent_baseline_whose_reply_was_pruned_is_told_so_not_error_22(
+    node: Node, keep_two: None
+) -> None:
+    node.table_migration("0001_one.py", "one")
+    engine = node.engine()
+    first = request_id(b"node-one", 7)
+    assert engine.baseline(first, Params({"to": 1}))["count"] == 1
+    stored_writes(engine, b"node-two", range(3))  # another node's writes push it out
+
+    resent = outcome(lambda: node.engine().baseline(first, Params({"to": 1})))
+
+    assert resent["code"] == CRASH, resent
+    assert resent["text"] == (
+        f"request {first.hex()} was answered before, but its stored reply is gone (the"
+        f" last {KEEP_REPLIES:,} are kept), so it was not run again: ask for status or"
+        " history to see what it did")
+    assert [row[1] for row in node.db.stored_replies()] == [
+        request_id(b"node-two", 1), request_id(b"node-two", 2)]
+
+
+def test_a_resent_migrate_whose_reply_was_pruned_does_not_apply_files_added_since(
+    node: Node, keep_two: None
+) -> None:
+    node.table_migration("0001_one.py", "one")
+    engine = node.engine()
+    sent = request_id(b"node-one", 3)
+    assert engine.migrate(sent) == applied_reply(entry(1, "one"))
+    stored_writes(engine, b"node-two", range(2))
+    node.table_migration("0002_two.py", "two")
+
+    resent = outcome(lambda: engine.migrate(sent))
+
+    assert resent["code"] == CRASH and "stored reply is gone" in resent["text"]
+    assert node.db.versions() == [1]
+    assert node.db.tables() == {"one"}
+    # The node's next write, and other nodes' writes, run as ever.
+    assert engine.migrate(request_id(b"node-one", 4)) == applied_reply(entry(2, "two"))
+    assert engine.rollback(request_id(b"node-333", 0))["version"] == 2
+    assert engine.migrate(request_id(b"node-one", 2), Params({"dry_run": True}))["count"] == 1
+
+
+def test_the_pruned_replies_leave_one_row_per_node(node: Node, keep_two: None) -> None:
+    node.table_migration("0001_one.py", "one")
+    engine = node.engine()
+    for counter in range(5):
+        stored_writes(engine, b"node-one", range(counter, counter + 1))
+        stored_writes(engine, b"node-two", range(counter, counter + 1))
+
+    remembered = node.db.query(
+        f"SELECT node, request_id FROM {qualified(node.db, EVICTED)} ORDER BY node")
+    assert [(bytes(a), bytes(b)) for a, b in remembered] == [
+        (b"node-one", request_id(b"node-one", 3)), (b"node-two", request_id(b"node-two", 3))]
+
+
+def test_a_node_resending_to_a_new_worker_after_its_reply_was_pruned_is_told_so(
+    workspace,
+) -> None:
+    """A real node's own resend: its worker dies right after committing a baseline, and
+    before the next worker starts, 10,000 other replies are stored by the store's own code
+    (as 10,000 writes of other nodes would); the resent baseline must not get error 22."""
+    from worker.sqlite_store import SqliteStore
+
+    address = f"ipc://{workspace.runtime}/standalone.sock"
+    command = [sys.executable, "-m", "worker", "--db", str(workspace.db), "--bind", address]
+    trigger = workspace.root / "crash-now"
+    crashing = subprocess.Popen(
+        command, cwd=PROJECT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**workspace.env, "MIGRATIONS_TEST_CRASH_AFTER_COMMIT": str(trigger)},
+    )
+    node = workspace.live("--connect", address)
+    second = None
+    try:
+        node.send(request("status", 1))
+        assert node.replies(1)[0]["type"] == "migration_status"
+        trigger.touch()
+        node.send(request("baseline", 2, to=1))
+        assert crashing.wait(timeout=PROCESS_TIMEOUT_S) < 0  # killed after its commit
+        store = SqliteStore(workspace.db)
+        try:
+            with store.transaction():
+                for counter in range(KEEP_REPLIES):
+                    store.store_reply(request_id(b"others..", counter), {"type": "x"})
+        finally:
+            store.close()
+        second = subprocess.Popen(command, cwd=PROJECT, env=workspace.env,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+
+        resent = node.replies(1)[0]
+        assert resent["code"] == CRASH, resent
+        assert "stored reply is gone" in resent["text"]
+        assert workspace.recorded() == [(1, "create_users")]
+        assert node.finish() == 0
+    finally:
+        for worker in (crashing, second):
+            if worker is not None and worker.poll() is None:
+                worker.kill()
+            if worker is not None:
+                worker.wait(timeout=PROCESS_TIMEOUT_S)
+
+
+def test_a_resend_is_told_its_reply_is_gone_only_for_the_id_pruned(node: Node) -> None:
+    store = node.db.store()
+    with store.transaction():
+        store.store_reply(request_id(b"node-one", 5), {"type": "x"})
+    module = sys.modules[type(store).__module__]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "KEEP_REPLIES", 1)
+        with store.transaction():
+            store.store_reply(request_id(b"node-two", 0), {"type": "y"})
+
+    with pytest.raises(ReplyError):
+        store.stored_reply(request_id(b"node-one", 5))
+    for never_sent in (request_id(b"node-one", 4), request_id(b"node-one", 6), b"node-one"):
+        assert store.stored_reply(never_sent) is None

@@ -243,7 +243,9 @@ class Engine:
         """Run a write at most once per request id, unless it killed the worker 3 times.
 
         With `keep` (every write but a dry run, which changes nothing) its answer is stored
-        in the transaction of its last step, and a resend gets that answer.
+        in the transaction of its last step, and a resend gets that answer; one whose
+        stored answer was pruned since gets error 13 saying so (ReplyEvicted), and nothing
+        runs. An answer that depends on the moment (busy: 11) is not stored.
         """
         stored = self.store.stored_reply(request_id) if keep else None
         if stored is not None:

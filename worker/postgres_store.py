@@ -4,6 +4,7 @@
         <schema>.schema_migrations           tracking rows     (--table T: T)
         <schema>.schema_migration_replies    stored replies    (T_replies)
         <schema>.schema_migration_history    history           (T_history)
+        <schema>.schema_migration_evicted    pruned replies    (T_evicted)
 
 The names are SQLite's (store.tracking_tables). A session that dies is replaced at the next
 request (see _live); the one lost mid-request ends that request with error 11.
@@ -58,12 +59,16 @@ from worker.pg_sql import to_psycopg, transaction_control, translate
 from worker.store import (
     DEFAULT_TABLE,
     KEEP_REPLIES,
+    NODE_ID_BYTES,
+    REQUEST_ID_BYTES,
     AppliedMigration,
     CrashHook,
     Event,
     ForeignKeyViolation,
+    ReplyEvicted,
     Store,
     TrackingTables,
+    node_of,
     tracking_tables,
 )
 
@@ -82,6 +87,10 @@ OWNER_ATTEMPTS = 3  # tries of the owner lock while its holder is seen to let go
 LOCK_KEY_PREFIX = "migrations-node owner of "  # keeps our advisory keys apart from others'
 UTC_NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
+NODE_OF = (  # store.node_of, in SQL
+    f"CASE WHEN length(request_id) = {REQUEST_ID_BYTES}"
+    f" THEN substring(request_id FROM 1 FOR {NODE_ID_BYTES}) ELSE request_id END"
+)
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS {migrations} (
@@ -110,6 +119,11 @@ SCHEMA = (
         src text,
         request_id bytea
     )""",
+    """CREATE TABLE IF NOT EXISTS {evicted} (
+        node bytea PRIMARY KEY,
+        request_id bytea NOT NULL,
+        evicted_at text NOT NULL
+    )""",
 )
 
 STATEMENTS = {
@@ -128,12 +142,23 @@ STATEMENTS = {
     "events_of": f"SELECT {EVENT_COLUMNS} FROM {{history}}"
     " WHERE request_id = %s AND action = %s ORDER BY seq",
     "stored_reply": "SELECT reply FROM {replies} WHERE request_id = %s",
+    "evicted_reply": "SELECT NULL::bytea FROM {evicted} WHERE node = %s AND request_id = %s",
+    # One round trip for both: the stored reply, or NULL for a reply pruned since.
+    "stored_or_evicted": "SELECT reply FROM {replies} WHERE request_id = %s"
+    " UNION ALL SELECT NULL FROM {evicted} WHERE node = %s AND request_id = %s",
     # INSERT OR REPLACE, as on SQLite: a replaced reply moves to the end of the order.
     "store_reply": "INSERT INTO {replies} (seq, request_id, reply, created_at)"
     f" SELECT coalesce(max(seq), 0) + 1, %s::bytea, %s::bytea, {UTC_NOW} FROM {{replies}}"
     " ON CONFLICT (request_id) DO UPDATE SET seq = excluded.seq, reply = excluded.reply,"
     " created_at = excluded.created_at RETURNING seq",
-    "prune_replies": "DELETE FROM {replies} WHERE seq <= %s",
+    # Prune, leaving each node's newest pruned id behind (see Store.store_reply).
+    "prune_replies": "WITH gone AS (DELETE FROM {replies} WHERE seq <= %s RETURNING request_id)"
+    " INSERT INTO {evicted} AS kept (node, request_id, evicted_at)"
+    f" SELECT DISTINCT ON (node) node, request_id, {UTC_NOW}"
+    f" FROM (SELECT {NODE_OF} AS node, request_id FROM gone) AS pruned"
+    " ORDER BY node, request_id DESC"
+    " ON CONFLICT (node) DO UPDATE SET request_id = GREATEST(kept.request_id,"
+    " excluded.request_id), evicted_at = excluded.evicted_at",
     "data_version": "SELECT (SELECT coalesce(max(seq), 0) FROM {history}),"
     " (SELECT count(*) FROM {migrations})",
 }
@@ -666,15 +691,29 @@ class PostgresStore(Store):
         return [Event(*row) for row in rows]
 
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
-        """The reply already given to this request id, if it was stored."""
-        if not self._has("replies"):
+        """The reply already given to this request id, if it was stored; raises
+        ReplyEvicted when it was pruned since."""
+        kept, evicted = self._has("replies"), self._has("evicted")
+        evicted_key = (node_of(request_id), request_id)
+        if kept and evicted:
+            rows = self._run(self._sql["stored_or_evicted"], (request_id, *evicted_key))
+        elif kept:
+            rows = self._run(self._sql["stored_reply"], (request_id,))
+        elif evicted:
+            rows = self._run(self._sql["evicted_reply"], evicted_key)
+        else:
             return None
-        row = self._run(self._sql["stored_reply"], (request_id,)).fetchone()
-        return None if row is None else codec.unpack(row[0], codec.MAX_REPLY_BYTES)
+        found = rows.fetchall()
+        for (reply,) in found:
+            if reply is not None:
+                return codec.unpack(reply, codec.MAX_REPLY_BYTES)
+        if found:
+            raise ReplyEvicted(request_id)
+        return None
 
     def store_reply(self, request_id: bytes, reply: dict[str, Any]) -> None:
-        """Keep a reply for resends (the last KEEP_REPLIES); call inside the transaction
-        whose effect it reports."""
+        """Keep a reply for resends (the last KEEP_REPLIES), inside the transaction whose
+        effect it reports; those pruned leave their node's newest id behind."""
         (seq,) = self._run(
             self._sql["store_reply"], (request_id, codec.pack(reply))
         ).fetchone()

@@ -22,11 +22,15 @@ from worker.migration_db import MigrationDB, guarded
 from worker.store import (
     DEFAULT_TABLE,
     KEEP_REPLIES,
+    NODE_ID_BYTES,
+    REQUEST_ID_BYTES,
     AppliedMigration,
     CrashHook,
     Event,
     ForeignKeyViolation,
+    ReplyEvicted,
     Store,
+    node_of,
     tracking_tables,
 )
 
@@ -63,6 +67,11 @@ SCHEMA = (
     src TEXT,
     request_id BLOB
 )""",
+    """CREATE TABLE IF NOT EXISTS {evicted} (
+    node BLOB PRIMARY KEY,
+    request_id BLOB NOT NULL,
+    evicted_at TEXT NOT NULL
+)""",
 )
 EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
 UTC_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -80,8 +89,16 @@ STATEMENTS = {
     "events_of": f"SELECT {EVENT_COLUMNS} FROM {{history}}"
     " WHERE request_id = ? AND action = ? ORDER BY seq",
     "stored_reply": "SELECT reply FROM {replies} WHERE request_id = ?",
+    "evicted_reply": "SELECT 1 FROM {evicted} WHERE node = ? AND request_id = ?",
     "store_reply": "INSERT OR REPLACE INTO {replies} (request_id, reply, created_at)"
     f" VALUES (?, ?, {UTC_NOW})",
+    # Each node's newest reply among those pruned (node_of, in SQL), remembered by its id.
+    "evict_replies": "INSERT INTO {evicted} (node, request_id, evicted_at)"
+    f" SELECT CASE WHEN length(request_id) = {REQUEST_ID_BYTES}"
+    f" THEN substr(request_id, 1, {NODE_ID_BYTES}) ELSE request_id END, max(request_id),"
+    f" {UTC_NOW} FROM {{replies}} WHERE seq <= ? GROUP BY 1"
+    " ON CONFLICT (node) DO UPDATE SET request_id = max(request_id, excluded.request_id),"
+    " evicted_at = excluded.evicted_at",
     "prune_replies": "DELETE FROM {replies} WHERE seq <= ?",
 }
 
@@ -362,16 +379,27 @@ class SqliteStore(Store):
         return [Event(*row) for row in rows]
 
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
-        """The reply already given to this request id, if it was stored."""
-        if not self._has(self.tables.replies):
-            return None
-        row = self.connection.execute(self._sql["stored_reply"], (request_id,)).fetchone()
-        return None if row is None else codec.unpack(row[0], codec.MAX_REPLY_BYTES)
+        """The reply already given to this request id, if it was stored; raises
+        ReplyEvicted when it was pruned since."""
+        if self._has(self.tables.replies):
+            row = self.connection.execute(self._sql["stored_reply"], (request_id,)).fetchone()
+            if row is not None:
+                return codec.unpack(row[0], codec.MAX_REPLY_BYTES)
+        if self._has(self.tables.evicted):
+            evicted = self.connection.execute(
+                self._sql["evicted_reply"], (node_of(request_id), request_id)
+            ).fetchone()
+            if evicted is not None:
+                raise ReplyEvicted(request_id)
+        return None
 
     def store_reply(self, request_id: bytes, reply: dict[str, Any]) -> None:
-        """Keep a reply for resends; call inside the transaction whose effect it reports."""
+        """Keep a reply for resends; call inside the transaction whose effect it reports.
+        The replies pruned to keep KEEP_REPLIES leave their node's newest id behind."""
         cursor = self.connection.execute(self._sql["store_reply"], (request_id, codec.pack(reply)))
-        self.connection.execute(self._sql["prune_replies"], (cursor.lastrowid - KEEP_REPLIES,))
+        pruned = cursor.lastrowid - KEEP_REPLIES  # this seq and those below it go
+        self.connection.execute(self._sql["evict_replies"], (pruned,))
+        self.connection.execute(self._sql["prune_replies"], (pruned,))
 
 
 def _busy(exc: BaseException) -> bool:

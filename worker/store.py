@@ -20,14 +20,20 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 from broker.endpoint import DEFAULT_TABLE, Endpoint
+from broker.errors import CRASH, ReplyError
 from worker.lock import AlreadyOwned, OwnerLock
 
 __all__ = ["DEFAULT_TABLE", "AlreadyOwned", "AppliedMigration", "CrashHook", "Event",
-           "ForeignKeyViolation", "Store", "open_store"]
+           "ForeignKeyViolation", "ReplyEvicted", "Store", "open_store"]
 
 log = logging.getLogger(__name__)
 
 KEEP_REPLIES = 10_000  # stored replies kept for resent requests; older ones are pruned
+# A request id as broker/client.py makes it: 8 bytes naming the node (random, one per node
+# process), then an 8-byte counter. A node resends only its newest write, so a pruned
+# reply needs remembering only while it is its node's newest (see Store.store_reply).
+REQUEST_ID_BYTES = 16
+NODE_ID_BYTES = 8
 CRASH_AFTER_COMMIT_ENV = "MIGRATIONS_TEST_CRASH_AFTER_COMMIT"  # test hook, see CrashHook
 
 
@@ -53,25 +59,48 @@ class Event(NamedTuple):
 
 
 class TrackingTables(NamedTuple):
-    """The names of one tracking table and its two companions."""
+    """The names of one tracking table and its companions, in the order they are created."""
 
     migrations: str  # one row per applied migration
     replies: str  # stored replies to writes, for resent requests
     history: str  # every apply, rollback and baseline
+    evicted: str  # per node, the newest request whose stored reply was pruned
 
 
 def tracking_tables(table: str = DEFAULT_TABLE) -> TrackingTables:
     """The tables `--table` names, on every backend: the default keeps the names databases
-    created before the option have (schema_migration_replies, schema_migration_history);
-    another name T gives T, T_replies and T_history.
+    created before the option have (schema_migration_replies, schema_migration_history,
+    and schema_migration_evicted beside them); another name T gives T, T_replies,
+    T_history and T_evicted.
 
     Raises ValueError for an empty name or one holding NUL.
     """
     if not table or "\x00" in table:
         raise ValueError(f"the tracking table name {table!r} must be non-empty, without NUL")
     if table == DEFAULT_TABLE:
-        return TrackingTables(table, "schema_migration_replies", "schema_migration_history")
-    return TrackingTables(table, f"{table}_replies", f"{table}_history")
+        return TrackingTables(table, "schema_migration_replies", "schema_migration_history",
+                              "schema_migration_evicted")
+    return TrackingTables(table, f"{table}_replies", f"{table}_history", f"{table}_evicted")
+
+
+def node_of(request_id: bytes) -> bytes:
+    """The node part of a request id (see REQUEST_ID_BYTES); an id of another length, which
+    broker/client.py never makes, is its own node."""
+    if len(request_id) == REQUEST_ID_BYTES:
+        return request_id[:NODE_ID_BYTES]
+    return request_id
+
+
+class ReplyEvicted(ReplyError):
+    """Error 13 for a resent write whose stored reply was pruned: it ran, and is not run again."""
+
+    def __init__(self, request_id: bytes) -> None:
+        super().__init__(
+            CRASH,
+            f"request {request_id.hex()} was answered before, but its stored reply is gone"
+            f" (the last {KEEP_REPLIES:,} are kept), so it was not run again: ask for status"
+            " or history to see what it did",
+        )
 
 
 class ForeignKeyViolation(Exception):
@@ -190,12 +219,18 @@ class Store(ABC):
 
     @abstractmethod
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
-        """The reply already given to this request id, if it was stored."""
+        """The reply already given to this request id, if it was stored; raises
+        ReplyEvicted when it was stored and has been pruned since."""
 
     @abstractmethod
     def store_reply(self, request_id: bytes, reply: dict[str, Any]) -> None:
-        """Keep a reply for resends (the last KEEP_REPLIES), inside the transaction whose
-        effect it reports."""
+        """Keep a reply for resends, inside the transaction whose effect it reports.
+
+        The last KEEP_REPLIES are kept. Of the ones pruned, the newest of each node (see
+        node_of) is remembered by id in the evicted table, so that its resend is told its
+        reply is gone instead of running again; older ones need no memory, since a node
+        resends only its newest write.
+        """
 
 
 def open_store(
