@@ -26,6 +26,7 @@ from broker.errors import (
 from tests.backends import Backend, PostgresBackend, SqliteBackend
 from tests.support import PROCESS_TIMEOUT_S, PROJECT, request
 from tests.test_engine import Node, applied_reply, entry, outcome
+from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.params import Params
 from worker.store import KEEP_REPLIES, tracking_tables
@@ -86,6 +87,113 @@ def stored_writes(engine: Engine, node_id: bytes, counters: range) -> None:
         body = outcome(lambda counter=counter: engine.rollback(
             request_id(node_id, counter), Params({"to": 99})))
         assert body["code"] == PRECONDITION_FAILED, body
+
+
+# -- 6. tracking tables dropped by hand -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dropped", [
+    (TRACKING.replies,),
+    (TRACKING.history,),
+    (TRACKING.replies, TRACKING.history, EVICTED),
+])
+def test_companion_tables_dropped_by_hand_are_created_again_by_the_next_write(
+    node: Node, dropped: tuple[str, ...]
+) -> None:
+    node.table_migration("0001_one.py", "one")
+    engine = node.engine()
+    assert engine.migrate(b"m1") == applied_reply(entry(1, "one"))
+
+    drop(node.db, *dropped)
+    node.table_migration("0002_two.py", "two")
+
+    # The same store, which had seen every table: the next write puts them back.
+    assert engine.migrate(b"m2") == applied_reply(entry(2, "two"))
+    assert set(TRACKING) <= node.db.objects()
+    assert [row[1] for row in node.db.stored_replies()][-1] == b"m2"
+    assert engine.migrate(b"m2") == applied_reply(entry(2, "two"))  # its stored reply
+    assert node.db.versions() == [1, 2]
+    assert engine.rollback(b"r1")["version"] == 2
+    assert node.db.versions() == [1]
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["same worker", "restarted"])
+def test_a_tracking_table_dropped_by_hand_is_refused_naming_it_until_baseline(
+    node: Node, restarted: bool
+) -> None:
+    node.table_migration("0001_one.py", "one")
+    node.table_migration("0002_two.py", "two")
+    engine = node.engine()
+    engine.migrate(b"m1")
+    drop(node.db, TRACKING.migrations)
+    if restarted:
+        engine = node.engine()
+    reader = Engine(node.db.store(), Catalog(node.folder))
+
+    refusals = [
+        outcome(lambda: engine.migrate(b"m2")),
+        outcome(lambda: engine.migrate(b"dry", Params({"dry_run": True}))),
+        outcome(lambda: engine.rollback(b"r1")),
+        outcome(lambda: reader.status(b"s1")),
+        outcome(lambda: reader.validate(b"v1")),
+    ]
+
+    for body in refusals:
+        assert body["code"] == PRECONDITION_FAILED, body
+        assert body["text"].startswith("the tracking table schema_migrations is missing while")
+        assert "history says versions 1, 2 are applied" in body["text"]
+        assert "send baseline with to: 2" in body["text"]
+    assert refusals[1]["dry_run"] is True
+    assert node.db.tables() == {"one", "two"}  # nothing ran again, nothing rolled back
+    assert TRACKING.migrations not in node.db.objects()
+
+    # baseline, the recovery the text names, makes the table again and records them.
+    baselined = engine.baseline(b"b1", Params({"to": 2}))
+    assert baselined["count"] == 2
+    assert node.db.versions() == [1, 2]
+    assert engine.migrate(b"m3") == applied_reply()
+    assert reader.status(b"s2")["migrations"] == [
+        {"version": 1, "name": "one", "applied": True},
+        {"version": 2, "name": "two", "applied": True},
+    ]
+    # The refusal was not stored: the same request, sent again, now runs.
+    assert engine.migrate(b"m2") == applied_reply()
+
+
+def test_every_tracking_table_dropped_is_a_new_database(node: Node) -> None:
+    node.table_migration("0001_one.py", "one")
+    engine = node.engine()
+    engine.migrate(b"m1")
+    drop(node.db, *TRACKING)
+    drop(node.db, "one")
+
+    assert engine.migrate(b"m2") == applied_reply(entry(1, "one"))
+    assert node.db.versions() == [1]
+
+
+def test_a_node_whose_worker_saw_its_tables_dropped_carries_on(workspace) -> None:
+    """The review's case: a running worker, tables dropped at the sqlite3 shell."""
+    node = workspace.live()
+    node.send(request("migrate", 1))
+    assert node.replies(1)[0]["count"] == 2
+    drop(SqliteBackend(workspace.db), TRACKING.replies, EVICTED)
+
+    node.send(request("rollback", 2))
+    assert node.replies(1)[0] == {"type": "migration_rolled_back", "in_reply_to": 2,
+                                  "version": 2, "name": "add_posts_table"}
+
+    drop(SqliteBackend(workspace.db), TRACKING.migrations)
+    node.send(request("migrate", 3), request("baseline", 4, to=1), request("migrate", 5))
+    refused, baselined, migrated = node.replies(3)
+    assert refused["code"] == PRECONDITION_FAILED
+    assert "schema_migrations is missing" in refused["text"]
+    assert "the history says version 1 is applied" in refused["text"]
+    assert baselined["count"] == 1
+    assert migrated["migrations"] == [{"version": 2, "name": "add_posts_table",
+                                       "status": "applied"}]
+    assert node.finish() == 0
+    assert workspace.recorded() == [(1, "create_users"), (2, "add_posts_table")]
+
 
 # -- 9. busy is 11, at COMMIT too -----------------------------------------------------------
 

@@ -67,6 +67,7 @@ from worker.store import (
     ForeignKeyViolation,
     ReplyEvicted,
     Store,
+    TrackingTableMissing,
     TrackingTables,
     node_of,
     tracking_tables,
@@ -166,7 +167,7 @@ STATEMENTS = {
 EXISTING_TABLES = (
     "SELECT c.relname FROM pg_catalog.pg_class c"
     " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')"
+    " WHERE n.nspname = {} AND c.relname = ANY({}) AND c.relkind IN ('r', 'p')"
 )
 SCHEMA_EXISTS = "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s"
 # Who holds a bigint advisory key: pg_locks splits it into classid (high) and objid (low).
@@ -235,8 +236,12 @@ class PostgresStore(Store):
         self._regaining = False  # replacing a session found dead; a second loss is final
         self._migration_running = False  # migration code runs now: interrupt() may cut it
         self._deferred = False  # inside a transaction with foreign keys off
-        self._schema_ready = False  # every tracking table exists
-        self._existing: set[str] = set()  # tracking tables seen to exist, outside transactions
+        # Tracking tables seen to exist, committed (at BEGIN, or outside a transaction); a
+        # read that finds one gone (dropped by hand) forgets them all and looks again.
+        self._existing: set[str] = set()
+        self._created: set[str] = set()  # created by the open transaction
+        names = sql.Literal(self.schema), sql.Literal(list(self.tables))
+        self._existing_sql = sql.SQL(EXISTING_TABLES).format(*names).as_string()
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
         self.connection: psycopg.Connection[Any] | None = None
@@ -503,56 +508,89 @@ class PostgresStore(Store):
         status = self.connection.info.transaction_status
         return status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
-    def _ensure_schema(self) -> None:
-        """Create what is missing of the tracking tables in the first write, so read-only
-        work never writes (and needs no right to create)."""
-        if self._schema_ready:
+    def _begin(self) -> None:
+        """BEGIN, and learn which tracking tables exist, in one round trip."""
+        cursor = self._run(f"BEGIN; {self._existing_sql}")
+        cursor.nextset()
+        self._existing = {name for (name,) in cursor.fetchall()}
+        self._created = set()
+
+    def _ensure_schema(self, restore_tracking: bool) -> None:
+        """Create the tracking tables that are missing (as _begin found them), inside the
+        write transaction, so read-only work never writes (and needs no right to create):
+        all of them in a new database, the companions when they were dropped by hand.
+        Raises TrackingTableMissing when the tracking table was dropped and its companions
+        remain, unless `restore_tracking` (baseline)."""
+        existing = set(self._existing)
+        missing = [
+            (name, statement)
+            for name, statement in zip(self.tables, self._schema, strict=True)
+            if name not in existing
+        ]
+        if not missing:
             return
-        names = list(self.tables)
-        existing = {row[0] for row in self._run(EXISTING_TABLES, (self.schema, names))}
-        if len(existing) == len(names):
-            return
-        if self._run(SCHEMA_EXISTS, (self.schema,)).fetchone() is None:
+        if existing and self.tables.migrations not in existing and not restore_tracking:
+            raise self._tracking_missing(existing)
+        dropped = [name for name, _ in missing if name != self.tables.evicted]
+        if existing and dropped:
+            log.warning("creating the tracking tables %s again: they were dropped while %s"
+                        " remained", ", ".join(dropped), ", ".join(sorted(existing)))
+        if not existing and self._run(SCHEMA_EXISTS, (self.schema,)).fetchone() is None:
             self._run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(self.schema)).as_string())
-        for name, statement in zip(names, self._schema, strict=True):
-            if name not in existing:
-                self._run(statement)
+        for name, statement in missing:
+            self._run(statement)
+            self._created.add(name)
 
-    def _has(self, key: str) -> bool:
-        """True if the tracking table exists (they all do once this store has written).
+    def _tracking_missing(self, existing: set[str]) -> TrackingTableMissing:
+        events = self.history() if self.tables.history in existing else []
+        present = [name for name in self.tables if name in existing]
+        return TrackingTableMissing(self.tables.migrations, present, events)
 
-        A table seen outside a transaction is remembered: a server is a round trip away.
-        """
-        table = getattr(self.tables, key)
-        if self._schema_ready or table in self._existing:
-            return True
-        found = self._run(EXISTING_TABLES, (self.schema, [table])).fetchone() is not None
-        if found and not self._in_transaction():
-            self._existing.add(table)
-        return found
+    def _tables(self) -> set[str]:
+        """The tracking tables that exist. Inside a transaction, as BEGIN found them (with
+        those it created); outside, as last seen, looked up while one is not yet seen."""
+        if self._in_transaction():
+            return self._existing | self._created
+        if len(self._existing) < len(self.tables):
+            self._existing = {name for (name,) in self._run(self._existing_sql)}
+        return set(self._existing)
+
+    def _reading(self, read: Callable[[set[str]], Any]) -> Any:
+        """`read` given the tracking tables that exist; when one it read was dropped by
+        hand since it was seen, once more with them looked up again."""
+        try:
+            return read(self._tables())
+        except errors.UndefinedTable:
+            if self._in_transaction():
+                raise
+            self._existing = set()
+        return read(self._tables())
 
     @contextmanager
-    def transaction(self, *, commit: bool = True, foreign_keys: bool = True) -> Iterator[None]:
+    def transaction(
+        self, *, commit: bool = True, foreign_keys: bool = True, restore_tracking: bool = False
+    ) -> Iterator[None]:
         """One write transaction: all of its statements commit, or none do.
 
         With `commit` false (a dry run) the transaction is rolled back at the end instead,
         whatever happened in it. With `foreign_keys` false, deferrable constraints are
         deferred for the transaction and checked before the end: raises
-        ForeignKeyViolation, after rolling back, when rows lost their parent.
+        ForeignKeyViolation, after rolling back, when rows lost their parent. It begins by
+        creating the tracking tables that are missing (see _ensure_schema).
 
         Raises ReplyError(TEMPORARILY_UNAVAILABLE) when a statement waited for a lock past
-        lock_timeout, or hit a serialization failure or deadlock; any other failure is
-        raised as the psycopg error it is.
+        lock_timeout, or hit a serialization failure or deadlock; TrackingTableMissing as
+        _ensure_schema says; any other failure is raised as the psycopg error it is.
         """
         self._ensure_owner()
-        self._run("BEGIN")
+        self._begin()
         self._in_block = True
         try:
             if not foreign_keys:
                 self._run("SET CONSTRAINTS ALL DEFERRED")
                 self._deferred = True
-            self._ensure_schema()
+            self._ensure_schema(restore_tracking)
             yield
             if not foreign_keys:
                 self.check_foreign_keys()
@@ -568,7 +606,7 @@ class PostgresStore(Store):
             self._deferred = self._in_block = self._committing = False
         if not commit:
             return
-        self._schema_ready = True
+        self._existing |= self._created
         self.commits += 1
         if self._crash_hook is not None:
             self._crash_hook.fire_if_armed()
@@ -637,18 +675,27 @@ class PostgresStore(Store):
         added or deleted by hand), one indexed max and one count. It misses a change that
         does neither (an UPDATE of a row by hand). It moves for this store's commits too.
         """
-        if not (self._has("migrations") and self._has("history")):
-            return 0
-        newest, count = self._run(self._sql["data_version"]).fetchone()
-        return newest << 32 | count
+        def read(tables: set[str]) -> int:
+            if not {self.tables.migrations, self.tables.history} <= tables:
+                return 0
+            newest, count = self._run(self._sql["data_version"]).fetchone()
+            return newest << 32 | count
+
+        return self._reading(read)
 
     # -- tracking rows, history, stored replies --------------------------------------------
 
     def applied(self) -> list[AppliedMigration]:
-        """Every recorded migration, in version order."""
-        if not self._has("migrations"):
-            return []
-        return [AppliedMigration(*row) for row in self._run(self._sql["applied"])]
+        """Every recorded migration, in version order. Raises TrackingTableMissing when the
+        tracking table was dropped by hand and its companions remain."""
+        def read(tables: set[str]) -> list[AppliedMigration]:
+            if self.tables.migrations not in tables:
+                if tables:
+                    raise self._tracking_missing(tables)
+                return []
+            return [AppliedMigration(*row) for row in self._run(self._sql["applied"])]
+
+        return self._reading(read)
 
     def record(
         self,
@@ -675,39 +722,47 @@ class PostgresStore(Store):
 
     def history(self, limit: int | None = None) -> list[Event]:
         """The history, oldest first: every event, or the `limit` most recent."""
-        if not self._has("history"):
-            return []
-        if limit is None:
-            rows = self._run(self._sql["history"])
-        else:
-            rows = self._run(self._sql["recent_history"], (limit,))
-        return [Event(*row) for row in rows]
+        def read(tables: set[str]) -> list[Event]:
+            if self.tables.history not in tables:
+                return []
+            if limit is None:
+                rows = self._run(self._sql["history"])
+            else:
+                rows = self._run(self._sql["recent_history"], (limit,))
+            return [Event(*row) for row in rows]
+
+        return self._reading(read)
 
     def events_of(self, request_id: bytes, action: str) -> list[Event]:
         """What one request did of `action`, oldest first (to resume it after a crash)."""
-        if not self._has("history"):
-            return []
-        rows = self._run(self._sql["events_of"], (request_id, action))
-        return [Event(*row) for row in rows]
+        def read(tables: set[str]) -> list[Event]:
+            if self.tables.history not in tables:
+                return []
+            rows = self._run(self._sql["events_of"], (request_id, action))
+            return [Event(*row) for row in rows]
+
+        return self._reading(read)
 
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
         """The reply already given to this request id, if it was stored; raises
         ReplyEvicted when it was pruned since."""
-        kept, evicted = self._has("replies"), self._has("evicted")
-        evicted_key = (node_of(request_id), request_id)
-        if kept and evicted:
-            rows = self._run(self._sql["stored_or_evicted"], (request_id, *evicted_key))
-        elif kept:
-            rows = self._run(self._sql["stored_reply"], (request_id,))
-        elif evicted:
-            rows = self._run(self._sql["evicted_reply"], evicted_key)
-        else:
-            return None
-        found = rows.fetchall()
-        for (reply,) in found:
+        def read(tables: set[str]) -> list[tuple]:
+            kept, evicted = self.tables.replies in tables, self.tables.evicted in tables
+            evicted_key = (node_of(request_id), request_id)
+            if kept and evicted:
+                return self._run(
+                    self._sql["stored_or_evicted"], (request_id, *evicted_key)).fetchall()
+            if kept:
+                return self._run(self._sql["stored_reply"], (request_id,)).fetchall()
+            if evicted:
+                return self._run(self._sql["evicted_reply"], evicted_key).fetchall()
+            return []
+
+        rows = self._reading(read)
+        for (reply,) in rows:
             if reply is not None:
                 return codec.unpack(reply, codec.MAX_REPLY_BYTES)
-        if found:
+        if rows:
             raise ReplyEvicted(request_id)
         return None
 

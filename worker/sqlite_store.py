@@ -30,6 +30,7 @@ from worker.store import (
     ForeignKeyViolation,
     ReplyEvicted,
     Store,
+    TrackingTableMissing,
     node_of,
     tracking_tables,
 )
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_S = 5.0  # how long a statement waits for another program's lock
 BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes): worth a retry
 SQLITE_BUSY = 5  # "database is locked": another connection holds what a statement needs
-
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS {migrations} (
     version INTEGER PRIMARY KEY,
@@ -100,6 +100,9 @@ STATEMENTS = {
     " ON CONFLICT (node) DO UPDATE SET request_id = max(request_id, excluded.request_id),"
     " evicted_at = excluded.evicted_at",
     "prune_replies": "DELETE FROM {replies} WHERE seq <= ?",
+    # Prepares only while every tracking table exists, from SQLite's schema in memory.
+    "probe": "SELECT 1 FROM {migrations}, {replies}, {history}, {evicted} LIMIT 0",
+    "existing": "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?, ?, ?)",
 }
 
 
@@ -150,7 +153,9 @@ class SqliteStore(Store):
         # Durability: a migration reported as applied survives a power cut, in WAL too.
         self.connection.execute("PRAGMA synchronous = FULL")
         self._migration_running = False  # migration code runs now: interrupt() may cut it
-        self._schema_ready = False  # every tracking table exists
+        # PRAGMA schema_version when every tracking table was last seen to exist: while it
+        # stays, they still do (a table dropped by hand moves it).
+        self._checked_version: int | None = None
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
 
@@ -219,23 +224,62 @@ class SqliteStore(Store):
                 log.warning("could not empty the write-ahead log of a moved database: %s", exc)
         self._owner.release()
 
-    def _ensure_schema(self) -> None:
-        """Create the tracking tables in the first write, so read-only work never writes."""
-        if not self._schema_ready:
-            for statement in self._schema:
-                self.connection.execute(statement)
+    def _all_tables_exist(self) -> bool:
+        """True if every tracking table exists: a header read while the schema is the one
+        last checked, else a statement naming them all is prepared."""
+        (version,) = self.connection.execute("PRAGMA schema_version").fetchone()
+        if version == self._checked_version:
+            return True
+        try:
+            self.connection.execute(self._sql["probe"])
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return False
+        self._checked_version = version
+        return True
+
+    def _tables(self) -> set[str]:
+        """The tracking tables that exist now."""
+        if self._all_tables_exist():
+            return set(self.tables)
+        rows = self.connection.execute(self._sql["existing"], tuple(self.tables))
+        return {name for (name,) in rows}
 
     def _has(self, table: str) -> bool:
-        """True if the tracking table exists (they all do once this store has written)."""
-        if self._schema_ready:
-            return True
-        row = self.connection.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-        ).fetchone()
-        return row is not None
+        return table in self._tables()
+
+    def _ensure_schema(self, restore_tracking: bool) -> None:
+        """Create the tracking tables that are missing, inside the write transaction, so
+        read-only work never writes: all of them in a new database, the companions when
+        they were dropped by hand. Raises TrackingTableMissing when the tracking table was
+        dropped and its companions remain, unless `restore_tracking` (baseline)."""
+        existing = self._tables()
+        missing = [
+            (name, statement)
+            for name, statement in zip(self.tables, self._schema, strict=True)
+            if name not in existing
+        ]
+        if not missing:
+            return
+        if existing and self.tables.migrations not in existing and not restore_tracking:
+            raise self._tracking_missing(existing)
+        dropped = [name for name, _ in missing if name != self.tables.evicted]
+        if existing and dropped:
+            log.warning("creating the tracking tables %s again: they were dropped while %s"
+                        " remained", ", ".join(dropped), ", ".join(sorted(existing)))
+        for _, statement in missing:
+            self.connection.execute(statement)
+
+    def _tracking_missing(self, existing: set[str]) -> TrackingTableMissing:
+        events = self.history() if self.tables.history in existing else []
+        present = [name for name in self.tables if name in existing]
+        return TrackingTableMissing(self.tables.migrations, present, events)
 
     @contextmanager
-    def transaction(self, *, commit: bool = True, foreign_keys: bool = True) -> Iterator[None]:
+    def transaction(
+        self, *, commit: bool = True, foreign_keys: bool = True, restore_tracking: bool = False
+    ) -> Iterator[None]:
         """One write transaction: all of its statements reach the disk, or none do.
 
         BEGIN IMMEDIATE takes the write lock up front, so a migration rarely meets another
@@ -245,25 +289,29 @@ class SqliteStore(Store):
         it. With `foreign_keys` false, foreign keys are off for the transaction (SQLite
         ignores the pragma inside one, so it is set before BEGIN) and checked before the
         end: raises ForeignKeyViolation, after rolling back, when rows lost their parent.
+        It begins by creating the tracking tables that are missing (see _ensure_schema).
 
         Raises ReplyError(TEMPORARILY_UNAVAILABLE), after rolling back, when another
         program kept the database busy or locked for BUSY_TIMEOUT_S at any step: BEGIN,
         any statement, COMMIT. Any other failure (a read-only or broken file) is raised as
-        the sqlite3 error it is.
+        the sqlite3 error it is; TrackingTableMissing as _ensure_schema says.
         """
         if not foreign_keys:
             self.connection.execute("PRAGMA foreign_keys = OFF")
         try:
             self._begin()
             try:
-                self._ensure_schema()
+                self._ensure_schema(restore_tracking)
                 yield
                 if not foreign_keys:
                     self.check_foreign_keys()
                 self.connection.execute("COMMIT" if commit else "ROLLBACK")
+                if not commit:
+                    self._checked_version = None  # the schema is as before BEGIN again
             except BaseException as exc:
                 if self.connection.in_transaction:
                     self.connection.execute("ROLLBACK")
+                self._checked_version = None  # the schema may be as before BEGIN again
                 if _busy(exc):
                     raise ReplyError(
                         TEMPORARILY_UNAVAILABLE,
@@ -276,7 +324,6 @@ class SqliteStore(Store):
                 self.connection.execute("PRAGMA foreign_keys = ON")
         if not commit:
             return
-        self._schema_ready = True
         self.commits += 1
         if self._crash_hook is not None:
             self._crash_hook.fire_if_armed()
@@ -330,8 +377,12 @@ class SqliteStore(Store):
         return self.connection.execute("PRAGMA data_version").fetchone()[0]
 
     def applied(self) -> list[AppliedMigration]:
-        """Every recorded migration, in version order."""
-        if not self._has(self.tables.migrations):
+        """Every recorded migration, in version order. Raises TrackingTableMissing when the
+        tracking table was dropped by hand and its companions remain."""
+        existing = self._tables()
+        if self.tables.migrations not in existing:
+            if existing:
+                raise self._tracking_missing(existing)
             return []
         return [AppliedMigration(*row) for row in self.connection.execute(self._sql["applied"])]
 
@@ -381,11 +432,12 @@ class SqliteStore(Store):
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
         """The reply already given to this request id, if it was stored; raises
         ReplyEvicted when it was pruned since."""
-        if self._has(self.tables.replies):
+        existing = self._tables()
+        if self.tables.replies in existing:
             row = self.connection.execute(self._sql["stored_reply"], (request_id,)).fetchone()
             if row is not None:
                 return codec.unpack(row[0], codec.MAX_REPLY_BYTES)
-        if self._has(self.tables.evicted):
+        if self.tables.evicted in existing:
             evicted = self.connection.execute(
                 self._sql["evicted_reply"], (node_of(request_id), request_id)
             ).fetchone()

@@ -20,11 +20,11 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 from broker.endpoint import DEFAULT_TABLE, Endpoint
-from broker.errors import CRASH, ReplyError
+from broker.errors import CRASH, PRECONDITION_FAILED, ReplyError
 from worker.lock import AlreadyOwned, OwnerLock
 
 __all__ = ["DEFAULT_TABLE", "AlreadyOwned", "AppliedMigration", "CrashHook", "Event",
-           "ForeignKeyViolation", "ReplyEvicted", "Store", "open_store"]
+           "ForeignKeyViolation", "ReplyEvicted", "Store", "TrackingTableMissing", "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,44 @@ class ReplyEvicted(ReplyError):
         )
 
 
+class TrackingTableMissing(ReplyError):
+    """Error 22: the tracking table was dropped by hand while its companions remain.
+
+    Creating it again empty would make every applied migration look pending, and run them
+    all a second time; instead every request that needs it is refused, until `baseline`
+    (which creates it) records what the database has, or a backup restores it.
+    """
+
+    def __init__(self, table: str, present: list[str], events: list[Event]) -> None:
+        applied: dict[int, None] = {}  # in the order the history applied them
+        for event in events:
+            if event.action == "rollback":
+                applied.pop(event.version, None)
+            else:
+                applied[event.version] = None
+        versions = sorted(applied)
+        if versions:
+            said = (f"versions {', '.join(map(str, versions))} are" if len(versions) > 1
+                    else f"version {versions[0]} is")
+            advice = (
+                f"the history says {said} applied: send baseline with to:"
+                f" {versions[-1]} to record every migration up to it without running any"
+                f" (restore {table} from a backup instead if that is not what is applied)"
+            )
+        else:
+            advice = (
+                "the history names no applied migration: send baseline with to: the newest"
+                " version the schema has, to record those without running any, or restore"
+                f" {table} from a backup"
+            )
+        super().__init__(
+            PRECONDITION_FAILED,
+            f"the tracking table {table} is missing while {', '.join(present)} remain: it was"
+            " dropped by hand, so which migrations are applied is unknown and nothing ran;"
+            f" {advice}",
+        )
+
+
 class ForeignKeyViolation(Exception):
     """Rows that reference missing rows, found before a commit with foreign keys off."""
 
@@ -136,12 +174,18 @@ class Store(ABC):
 
     @abstractmethod
     def transaction(
-        self, *, commit: bool = True, foreign_keys: bool = True
+        self, *, commit: bool = True, foreign_keys: bool = True, restore_tracking: bool = False
     ) -> AbstractContextManager[None]:
         """One write transaction: all of it commits, or none (with `commit` false, a dry
-        run: always rolled back). Raises ReplyError(TEMPORARILY_UNAVAILABLE) while another
-        program holds the database; ForeignKeyViolation when foreign keys were off and
-        rows lost their parent."""
+        run: always rolled back). It begins by creating the tracking tables that are
+        missing: all of them in a new database, the companions (replies, history, evicted)
+        when they were dropped by hand; the tracking table itself only with
+        `restore_tracking` (baseline) once its companions exist.
+
+        Raises ReplyError(TEMPORARILY_UNAVAILABLE) while another program holds the database
+        (at any step, COMMIT included: the transaction is rolled back); TrackingTableMissing
+        when the tracking table was dropped by hand; ForeignKeyViolation when foreign keys
+        were off and rows lost their parent."""
 
     @abstractmethod
     def migration_db(
@@ -187,7 +231,8 @@ class Store(ABC):
 
     @abstractmethod
     def applied(self) -> list[AppliedMigration]:
-        """Every recorded migration, in version order."""
+        """Every recorded migration, in version order. Raises TrackingTableMissing when the
+        tracking table was dropped by hand (its companions remain)."""
 
     @abstractmethod
     def record(
