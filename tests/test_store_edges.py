@@ -11,14 +11,17 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker.errors import (
     CRASH,
+    MIGRATION_FAILED,
     PRECONDITION_FAILED,
     TEMPORARILY_UNAVAILABLE,
     ReplyError,
@@ -193,6 +196,199 @@ def test_a_node_whose_worker_saw_its_tables_dropped_carries_on(workspace) -> Non
                                        "status": "applied"}]
     assert node.finish() == 0
     assert workspace.recorded() == [(1, "create_users"), (2, "add_posts_table")]
+
+
+# -- 7. no session state leaks from one migration into the next ------------------------------
+
+# Changes to the connection a migration may make; the probe reads what the next one meets.
+SQLITE_CHANGES = """
+    db.execute("PRAGMA recursive_triggers = ON")
+    db.execute("PRAGMA reverse_unordered_selects = ON")
+    db.execute("PRAGMA ignore_check_constraints = ON")
+    db.execute("PRAGMA case_sensitive_like = ON")
+    db.execute("PRAGMA cache_size = 7")
+    db.execute("PRAGMA busy_timeout = 1")
+    db.execute("CREATE TEMP TABLE scratch (x INTEGER)")
+    db.execute("CREATE TEMP TRIGGER noisy AFTER INSERT ON kept BEGIN SELECT 1; END")
+"""
+SQLITE_FAILING_CHANGES = """
+    db.execute("PRAGMA query_only = ON")
+"""
+SQLITE_PROBE = """
+    names = ["recursive_triggers", "reverse_unordered_selects", "ignore_check_constraints",
+             "cache_size", "busy_timeout", "query_only", "foreign_keys", "synchronous"]
+    seen = [(name, str(db.query(f"PRAGMA {name}")[0][0])) for name in names]
+    seen.append(("like", str(db.query("SELECT 'a' LIKE 'A'")[0][0])))
+    seen.append(("temporary", str(db.query("SELECT count(*) FROM temp.sqlite_master")[0][0])))
+    db.execute("CREATE TEMP TABLE scratch (x INTEGER)")  # fails while the first one lives
+"""
+POSTGRES_CHANGES = """
+    db.execute("SET search_path TO {elsewhere}")
+    db.execute("SET statement_timeout = '7min'")
+    db.execute("SET lock_timeout = 0")
+    db.execute("CREATE TEMP TABLE scratch (x integer)")
+    db.execute("PREPARE mine AS SELECT 1")
+    db.execute("SELECT pg_advisory_lock(42)")
+    db.execute("DECLARE held CURSOR WITH HOLD FOR SELECT 1")
+    db.execute("LISTEN somewhere")
+"""
+POSTGRES_FAILING_CHANGES = """
+    db.execute("SET default_transaction_read_only = on")
+"""
+POSTGRES_PROBE = """
+    names = ["search_path", "statement_timeout", "lock_timeout",
+             "default_transaction_read_only"]
+    seen = [(name, db.query("SELECT current_setting(?)", (name,))[0][0]) for name in names]
+    seen.append(("user", db.query("SELECT current_user")[0][0]))
+    seen.append(("prepared", str(db.query(
+        "SELECT count(*) FROM pg_prepared_statements WHERE name = 'mine'")[0][0])))
+    seen.append(("advisory", str(db.query(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 42"
+        " AND pid = pg_backend_pid()")[0][0])))
+    seen.append(("cursors", str(db.query("SELECT count(*) FROM pg_cursors")[0][0])))
+    seen.append(("listening", str(db.query("SELECT count(*) FROM pg_listening_channels()")[0][0])))
+    db.execute("CREATE TEMP TABLE scratch (x integer)")  # fails while the first one lives
+"""
+
+
+class SessionProbe:
+    """A migration that changes its session (in up or down, failing or not), and a probe
+    migration that records the session the next migration meets."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.postgres = isinstance(node.db, PostgresBackend)
+        self.elsewhere = f"{node.db.schema}_elsewhere" if self.postgres else ""
+        if self.postgres:
+            node.db.query(f"CREATE SCHEMA {self.elsewhere}")
+        self.changer = node.folder / "0001_changes.py"
+        probe = POSTGRES_PROBE if self.postgres else SQLITE_PROBE
+        self.probe_source = (
+            "def up(db):\n" + textwrap.indent(textwrap.dedent(probe), "    ")
+            + '    db.execute("CREATE TABLE probe (name TEXT, value TEXT)")\n'
+            + '    db.executemany("INSERT INTO probe VALUES (?, ?)", seen)\n'
+            + '\n\ndef down(db):\n    db.execute("DROP TABLE probe")\n'
+        )
+        self._requests = 0
+
+    def write_changer(self, direction: str, fails: bool) -> None:
+        changes = POSTGRES_CHANGES if self.postgres else SQLITE_CHANGES
+        changes = textwrap.dedent(changes.format(elsewhere=self.elsewhere))
+        if fails:
+            changes += textwrap.dedent(
+                POSTGRES_FAILING_CHANGES if self.postgres else SQLITE_FAILING_CHANGES)
+            changes += 'raise RuntimeError("fails after changing its session")\n'
+        benign = 'db.execute("CREATE TABLE IF NOT EXISTS kept (x INTEGER)")\n'
+        up, down = (benign + changes, "pass\n") if direction == "up" else (benign, changes)
+        self.changer.write_text("def up(db):\n" + textwrap.indent(up, "    ")
+                                + "\n\ndef down(db):\n" + textwrap.indent(down, "    "))
+
+    def change(self, engine: Engine, direction: str) -> dict[str, Any]:
+        """Run the changing migration's up (and, for `down`, then its down); returns the
+        last reply. The file goes unless it is applied, so that only the probe is pending."""
+        body = outcome(lambda: engine.migrate(self._next_id()))
+        if direction == "down":
+            assert body["type"] == "migrations_applied", body
+            body = outcome(lambda: engine.rollback(self._next_id()))
+        if 1 not in self.node.db.versions():
+            self.changer.unlink()
+        return body
+
+    def probe(self, engine: Engine) -> list[tuple]:
+        """The session the next migration meets, as the probe migration recorded it; the
+        probe is rolled back afterwards."""
+        probe = self.node.write("0002_probe.py", self.probe_source)
+        migrated = outcome(lambda: engine.migrate(self._next_id()))
+        assert migrated["type"] == "migrations_applied" and migrated["count"] == 1, migrated
+        seen = self.node.db.query(
+            f"SELECT name, value FROM {qualified(self.node.db, 'probe')} ORDER BY name")
+        assert engine.rollback(self._next_id())["version"] == 2
+        probe.unlink()
+        return seen
+
+    def _next_id(self) -> bytes:
+        self._requests += 1
+        return b"probe-%d" % self._requests
+
+    def close(self) -> None:
+        if self.elsewhere:
+            self.node.db.query(f"DROP SCHEMA IF EXISTS {self.elsewhere} CASCADE")
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeds", "fails"])
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_each_migration_meets_the_session_a_new_worker_has(
+    node: Node, direction: str, fails: bool
+) -> None:
+    session = SessionProbe(node)
+    try:
+        fresh = session.probe(node.engine())  # what a newly started worker's session is
+        session.write_changer(direction, fails)
+        engine = node.engine()
+        body = session.change(engine, direction)
+        assert (body["type"] == "error") == fails, body
+        if fails:
+            assert body["code"] == MIGRATION_FAILED
+            assert "fails after changing its session" in body["text"]
+
+        assert session.probe(engine) == fresh  # the same worker, right after
+        assert session.probe(node.engine()) == fresh  # a restarted one
+    finally:
+        session.close()
+    if isinstance(node.db, PostgresBackend):
+        assert dict(fresh)["search_path"] == node.db.schema  # the URL's options stay
+        assert dict(fresh)["lock_timeout"] == "5s"  # the worker's own setting stays
+
+
+def test_a_failed_migration_that_set_query_only_leaves_the_next_rollback_working(
+    sqlite_node: Node,
+) -> None:
+    """The review's SQLite case."""
+    node = sqlite_node
+    node.table_migration("0001_one.py", "one")
+    node.write("0002_read_only.py", """
+        def up(db):
+            db.execute("PRAGMA query_only = 1")
+            raise RuntimeError("gives up")
+        """)
+    engine = node.engine()
+    failed = outcome(lambda: engine.migrate(b"m1"))
+    assert failed["code"] == MIGRATION_FAILED and failed["applied"] == [entry(1, "one")]
+    (node.folder / "0002_read_only.py").unlink()
+
+    assert engine.rollback(b"r1") == {"type": "migration_rolled_back", "version": 1,
+                                      "name": "one"}
+    assert node.db.versions() == []
+
+
+def test_a_search_path_set_by_one_migration_does_not_move_the_next_ones_tables(
+    pg_node: Node,
+) -> None:
+    """The review's PostgreSQL case, and the owner lock and lock_timeout kept through it."""
+    node = pg_node
+    other = f"{node.db.schema}_other"
+    node.db.query(f"CREATE SCHEMA {other}")
+    try:
+        node.write("0001_elsewhere.py", f"""
+            def up(db):
+                db.execute("SET search_path TO {other}")
+            """)
+        node.table_migration("0002_two.py", "two")
+        store = node.db.store()
+        store.acquire_owner(b"")
+        engine = Engine(store, Catalog(node.folder))
+
+        assert engine.migrate(b"m1")["count"] == 2
+
+        assert node.db.tables() == {"two"}
+        assert node.db.relations(other) == set()
+        held = node.db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                             " AND granted AND pid = %s", (store.connection.info.backend_pid,))
+        assert held == [(1,)]  # the owner lock, and only it
+        assert store.connection.execute("SHOW lock_timeout").fetchone() == ("5s",)
+        assert store.connection.execute("SHOW search_path").fetchone() == (node.db.schema,)
+    finally:
+        node.db.query(f"DROP SCHEMA IF EXISTS {other} CASCADE")
 
 
 # -- 9. busy is 11, at COMMIT too -----------------------------------------------------------

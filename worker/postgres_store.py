@@ -32,6 +32,11 @@ Where PostgreSQL differs from SQLite, and what this store does about it:
   catches a database error and carries on fails (SQLite would let it continue).
 - The owner lock is a session-level advisory lock: it needs a real session (not a
   transaction-pooling proxy such as PgBouncer in transaction mode) and dies with it.
+- The session is the worker's for its whole life, so what a migration changes of it (SET,
+  SET ROLE, temporary tables, WITH HOLD cursors, LISTEN, sequence state; PREPAREd
+  statements and advisory locks when its SQL names them) is undone after it, failed or not
+  (see RESET_SESSION): each migration meets the session a newly started worker has. DISCARD
+  ALL would do it, but would also let go of the owner lock.
 """
 
 from __future__ import annotations
@@ -169,6 +174,45 @@ EXISTING_TABLES = (
     " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
     " WHERE n.nspname = {} AND c.relname = ANY({}) AND c.relkind IN ('r', 'p')"
 )
+# Back to the session a new connection has, but for the owner lock (DISCARD ALL would let
+# go of it): role and session user, settings (those of the URL's options, and of the
+# server, are what RESET goes back to), cursors, LISTEN, temporary objects, sequences.
+# The worker's own settings (lock_timeout) are SET again after it (see _session_reset).
+RESET_SESSION = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; UNLISTEN *;"
+    " DISCARD TEMP; DISCARD SEQUENCES"
+)
+SESSION_SETTINGS = (  # what the worker SET on a new session (see _configure)
+    "SELECT name, current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'"
+)
+# A migration's PREPAREd statements (psycopg's own are _pg3_N) and advisory locks (all but
+# the owner lock) let go of; looked for only when its SQL names them, as the lookup costs
+# more than the rest of the reset.
+RELEASE_PREPARED_AND_ADVISORY = """DO $release$ DECLARE r record; BEGIN
+FOR r IN SELECT name FROM pg_catalog.pg_prepared_statements
+    WHERE name NOT LIKE '\\_pg3\\_%' LOOP
+  EXECUTE format('DEALLOCATE %I', r.name);
+END LOOP;
+FOR r IN SELECT DISTINCT classid::bigint AS high, objid::bigint AS low, objsubid,
+    mode = 'ShareLock' AS shared FROM pg_catalog.pg_locks
+    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted LOOP
+  IF r.objsubid = 1 THEN
+    CONTINUE WHEN (r.high << 32 | r.low) = {key} AND NOT r.shared;
+    IF r.shared THEN
+      WHILE pg_advisory_unlock_shared(r.high << 32 | r.low) LOOP END LOOP;
+    ELSE
+      WHILE pg_advisory_unlock(r.high << 32 | r.low) LOOP END LOOP;
+    END IF;
+  ELSIF r.shared THEN
+    WHILE pg_advisory_unlock_shared((r.high - (r.high >> 31) * 4294967296)::int,
+                                    (r.low - (r.low >> 31) * 4294967296)::int) LOOP END LOOP;
+  ELSE
+    WHILE pg_advisory_unlock((r.high - (r.high >> 31) * 4294967296)::int,
+                             (r.low - (r.low >> 31) * 4294967296)::int) LOOP END LOOP;
+  END IF;
+END LOOP;
+END $release$"""
+MAY_HOLD_MORE = re.compile(r"prepare|advisory", re.IGNORECASE)
 SCHEMA_EXISTS = "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s"
 # Who holds a bigint advisory key: pg_locks splits it into classid (high) and objid (low).
 LOCK_HOLDER = (
@@ -242,6 +286,10 @@ class PostgresStore(Store):
         self._created: set[str] = set()  # created by the open transaction
         names = sql.Literal(self.schema), sql.Literal(list(self.tables))
         self._existing_sql = sql.SQL(EXISTING_TABLES).format(*names).as_string()
+        # The session migration code ran on since its last reset, if any (see _session_reset).
+        self._dirty: psycopg.Connection[Any] | None = None
+        self._release_due = False  # its SQL named PREPARE or advisory locks
+        self._reset_sql: tuple[psycopg.Connection[Any] | None, str] = (None, "")
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
         self.connection: psycopg.Connection[Any] | None = None
@@ -577,7 +625,9 @@ class PostgresStore(Store):
         whatever happened in it. With `foreign_keys` false, deferrable constraints are
         deferred for the transaction and checked before the end: raises
         ForeignKeyViolation, after rolling back, when rows lost their parent. It begins by
-        creating the tracking tables that are missing (see _ensure_schema).
+        creating the tracking tables that are missing (see _ensure_schema). When migration
+        code ran in it, the session is reset before COMMIT, in the same round trip (see
+        _session_reset), or after ROLLBACK.
 
         Raises ReplyError(TEMPORARILY_UNAVAILABLE) when a statement waited for a lock past
         lock_timeout, or hit a serialization failure or deadlock; TrackingTableMissing as
@@ -604,6 +654,8 @@ class PostgresStore(Store):
             raise
         finally:
             self._deferred = self._in_block = self._committing = False
+            if self._dirty is not None:
+                self._reset_after_rollback()
         if not commit:
             return
         self._existing |= self._created
@@ -613,8 +665,11 @@ class PostgresStore(Store):
 
     def _commit(self, foreign_keys: bool) -> None:
         self._committing = True
+        reset = self._dirty is self.connection
         try:
-            self._run("COMMIT")
+            self._run(f"{self._session_reset()}; COMMIT" if reset else "COMMIT")
+            if reset:
+                self._dirty, self._release_due = None, False
         except errors.ForeignKeyViolation as exc:
             if foreign_keys:
                 raise
@@ -628,23 +683,40 @@ class PostgresStore(Store):
         transaction control, or (for a migration that cannot run in one) in autocommit.
         `check` runs before each of its statements (a cancel raises there).
 
+        The migration meets the session a new worker has: one that migration code ran on
+        before (another step of a dry run) is reset first, and a migration outside a
+        transaction is followed by a reset; inside one, the reset comes with its COMMIT
+        (see transaction).
+
         Raises RuntimeError afterwards if the migration ended the transaction itself, went
         on after a failed statement (PostgreSQL then aborts the transaction), or left one
         open when it had none.
         """
         if not in_transaction:
             self._ensure_owner()  # a write, even outside a transaction
+        connection = self._live()
+        if self._dirty is connection:
+            self._run(self._session_reset())
+        else:
+            self._learn_session()  # the worker's own settings, while no migration changed them
         db = PostgresMigrationDB(
-            self._live(), guarded=in_transaction, translated=self._translated, check=check
+            connection, guarded=in_transaction, translated=self._translated, check=check,
+            seen=self._seen,
         )
+        self._dirty, self._release_due = connection, False
         self._migration_running = True
+        left_open = False
         try:
             yield db
         finally:
             self._migration_running = False
+            if not in_transaction:
+                if self._in_transaction():
+                    self.connection.execute("ROLLBACK")
+                    left_open = True
+                self._reset_after_rollback()
         if not in_transaction:
-            if self._in_transaction():
-                self.connection.execute("ROLLBACK")
+            if left_open:
                 raise RuntimeError("the migration left a transaction open")
             return
         status = self.connection.info.transaction_status
@@ -655,6 +727,58 @@ class PostgresStore(Store):
                 "a statement of the migration failed and the migration went on, so"
                 " PostgreSQL aborted its transaction"
             )
+
+    def _seen(self, sql_text: str) -> None:
+        """Note a statement of migration code: one naming PREPARE or advisory locks makes
+        the next reset look for them (see RELEASE_PREPARED_AND_ADVISORY)."""
+        if not self._release_due and MAY_HOLD_MORE.search(sql_text):
+            self._release_due = True
+
+    def _learn_session(self) -> str:
+        """RESET_SESSION, then the worker's own settings SET again, as they are on the
+        session now: read once per session, before any migration ran on it."""
+        connection, statements = self._reset_sql
+        if connection is self.connection:
+            return statements
+        settings = self._run(SESSION_SETTINGS).fetchall()
+        statements = RESET_SESSION
+        if settings:
+            values = sql.SQL(", ").join(
+                sql.SQL("({}, {})").format(sql.Literal(name), sql.Literal(value))
+                for name, value in settings
+            )
+            statements += sql.SQL(
+                "; SELECT set_config(name, value, false) FROM (VALUES {}) AS s(name, value)"
+            ).format(values).as_string()
+        self._reset_sql = (self.connection, statements)
+        return statements
+
+    def _session_reset(self) -> str:
+        """The statements that put the session back as a new one is, but for the owner
+        lock (see _learn_session), with, when due, the release of a migration's prepared
+        statements and advisory locks."""
+        statements = self._learn_session()
+        if self._release_due:
+            statements += "; " + RELEASE_PREPARED_AND_ADVISORY.replace(
+                "{key}", str(self._lock_key))
+        return statements
+
+    def _reset_after_rollback(self) -> None:
+        """Reset a session migration code ran on, outside a transaction (after ROLLBACK,
+        or after a migration that runs outside one). A failure is logged and the session
+        stays marked, so the next migration resets it first; a new session needs none."""
+        connection = self.connection
+        if self._dirty is not connection or not _usable(connection):
+            self._dirty = None
+            return
+        if self._in_transaction():
+            return  # the reset rides with COMMIT, or waits for the ROLLBACK
+        try:
+            self._run(self._session_reset())
+        except (psycopg.Error, ReplyError) as exc:
+            log.warning("could not reset the session after a migration: %s", exc)
+            return
+        self._dirty, self._release_due = None, False
 
     def check_foreign_keys(self) -> None:
         """Raise ForeignKeyViolation if rows reference missing rows: checks every deferred
@@ -792,17 +916,20 @@ class PostgresMigrationDB:
         guarded: bool,
         translated: Callable[[], AbstractContextManager[None]] = nullcontext,
         check: Callable[[], None] | None = None,
+        seen: Callable[[str], None] | None = None,
     ) -> None:
         self._connection = connection
         self._guarded = guarded
         self._translated = translated  # the store's: a lost session is error 11, not a failure
         self._check = check or _nothing  # runs before every statement: a cancel raises there
+        self._seen = seen or _noted  # gets every statement's text (see PostgresStore._seen)
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
         """Run one statement with parameters (without, several `;`-separated ones may run,
         exactly as written); returns its rows."""
         self._check()
         self._refuse_transaction_control(sql)
+        self._seen(sql)
         query, values = to_psycopg(sql, params)
         with self._translated():
             # Never prepared: a migration's DDL may change what a prepared plan returns.
@@ -814,6 +941,7 @@ class PostgresMigrationDB:
         """Run one statement once per row of parameters."""
         self._check()
         self._refuse_transaction_control(sql)
+        self._seen(sql)
         rows = iter(rows)
         first = next(rows, None)
         cursor = self._connection.cursor()
@@ -828,6 +956,7 @@ class PostgresMigrationDB:
         round trip. Raises the psycopg error of the first statement that fails."""
         self._check()
         self._refuse_transaction_control(script)
+        self._seen(script)
         with self._translated():
             self._connection.execute(script, prepare=False)  # type: ignore[arg-type]
 
@@ -944,6 +1073,10 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
 
 
 def _nothing() -> None:
+    pass
+
+
+def _noted(_: str) -> None:
     pass
 
 

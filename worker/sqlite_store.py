@@ -2,6 +2,11 @@
 
 Python's sqlite3 implicit transactions are off (autocommit mode): every write goes through
 `transaction()`, which issues BEGIN IMMEDIATE / COMMIT / ROLLBACK itself.
+
+The connection is the worker's for its whole life, so what a migration changes of it (a
+pragma such as query_only or recursive_triggers, a temporary table or trigger, an attached
+database) is undone after the migration, failed or not: each migration meets the connection
+a newly started worker has (see SESSION_PRAGMAS and _restore_session).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from broker import codec, endpoint
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
 from worker import sql_file
 from worker.lock import OwnerLock
-from worker.migration_db import MigrationDB, guarded
+from worker.migration_db import MigrationDB, SessionChanges, guarded
 from worker.store import (
     DEFAULT_TABLE,
     KEEP_REPLIES,
@@ -40,6 +45,24 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_S = 5.0  # how long a statement waits for another program's lock
 BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes): worth a retry
 SQLITE_BUSY = 5  # "database is locked": another connection holds what a statement needs
+# Settings of the connection, not of the database file, that a migration may change with a
+# pragma and that are put back as they were before the first migration after each one.
+# (journal_mode has a rule of its own; user_version, application_id, page_size and
+# auto_vacuum belong to the file, and stay as the migration left them, as after a restart.)
+SESSION_PRAGMAS = (
+    "analysis_limit", "automatic_index", "busy_timeout", "cache_size", "cache_spill",
+    "cell_size_check", "checkpoint_fullfsync", "count_changes", "defer_foreign_keys",
+    "empty_result_callbacks", "foreign_keys", "full_column_names", "fullfsync",
+    "hard_heap_limit", "ignore_check_constraints", "journal_size_limit", "legacy_alter_table",
+    "locking_mode", "max_page_count", "mmap_size", "query_only", "read_uncommitted",
+    "recursive_triggers", "reverse_unordered_selects", "secure_delete", "short_column_names",
+    "soft_heap_limit", "synchronous", "temp_store", "threads", "trusted_schema",
+    "wal_autocheckpoint", "writable_schema",
+)
+# Journal modes that outlive the connection: any other is this connection's alone, and a
+# new connection to the file has DELETE (WAL, once set, stays in the file).
+FILE_JOURNAL_MODES = frozenset({"wal", "delete"})
+
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS {migrations} (
     version INTEGER PRIMARY KEY,
@@ -156,6 +179,8 @@ class SqliteStore(Store):
         # PRAGMA schema_version when every tracking table was last seen to exist: while it
         # stays, they still do (a table dropped by hand moves it).
         self._checked_version: int | None = None
+        self._session: dict[str, Any] | None = None  # SESSION_PRAGMAS before any migration
+        self._changes = SessionChanges()  # what migration code changed, not yet undone
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
 
@@ -296,6 +321,8 @@ class SqliteStore(Store):
         any statement, COMMIT. Any other failure (a read-only or broken file) is raised as
         the sqlite3 error it is; TrackingTableMissing as _ensure_schema says.
         """
+        if self._session is None:
+            self._session = self._read_session()
         if not foreign_keys:
             self.connection.execute("PRAGMA foreign_keys = OFF")
         try:
@@ -322,6 +349,8 @@ class SqliteStore(Store):
         finally:
             if not foreign_keys:
                 self.connection.execute("PRAGMA foreign_keys = ON")
+            if self._changes:
+                self._restore_session()  # what could not be undone inside the transaction
         if not commit:
             return
         self.commits += 1
@@ -350,19 +379,25 @@ class SqliteStore(Store):
         Raises RuntimeError afterwards if the migration ended the transaction itself, or
         left one open when it had none.
         """
+        if self._session is None:
+            self._session = self._read_session()
         self._migration_running = True
         try:
             if not in_transaction:
                 # Nothing of ours to protect (VACUUM, say, runs its own transaction inside).
-                yield MigrationDB(self.connection, check)
+                with guarded(self.connection, check, self._changes,
+                             refuse_transaction_control=False) as db:
+                    yield db
                 if self.connection.in_transaction:
                     self.connection.execute("ROLLBACK")
                     raise RuntimeError("the migration left a transaction open")
                 return
-            with guarded(self.connection, check) as db:
+            with guarded(self.connection, check, self._changes) as db:
                 yield db
         finally:
             self._migration_running = False
+            if self._changes:
+                self._restore_session()
         if not self.connection.in_transaction:
             raise RuntimeError("the migration ended the transaction itself")
 
@@ -452,6 +487,90 @@ class SqliteStore(Store):
         pruned = cursor.lastrowid - KEEP_REPLIES  # this seq and those below it go
         self.connection.execute(self._sql["evict_replies"], (pruned,))
         self.connection.execute(self._sql["prune_replies"], (pruned,))
+
+    # -- the connection's own state --------------------------------------------------------
+
+    def _read_session(self) -> dict[str, Any]:
+        """The SESSION_PRAGMAS of the connection as it is (before any migration ran)."""
+        session = {}
+        for name in SESSION_PRAGMAS:
+            row = self.connection.execute(f"PRAGMA {name}").fetchone()
+            if row is not None:  # a pragma this build of SQLite leaves out reads as nothing
+                session[name] = row[0]
+        return session
+
+    def _restore_session(self) -> None:
+        """Undo what migration code changed of the connection: pragmas back to their value
+        before the first migration, temporary objects dropped, attached databases detached.
+        What SQLite refuses inside a transaction (synchronous, temp_store, DETACH...) stays
+        noted, and is undone once the transaction ends (see transaction)."""
+        changes = self._changes
+        for name in sorted(changes.pragmas):
+            if self._restore_pragma(name):
+                changes.pragmas.discard(name)
+        if changes.temporary and self._drop_temporary():
+            changes.temporary = False
+        if changes.attached and self._detach_all():
+            changes.attached = False
+
+    def _restore_pragma(self, name: str) -> bool:
+        """Put one pragma back; False if SQLite refused it for now (inside a transaction)."""
+        connection = self.connection
+        try:
+            if name == "journal_mode":
+                (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+                if mode.lower() in FILE_JOURNAL_MODES:
+                    return True
+                (mode,) = connection.execute("PRAGMA journal_mode = DELETE").fetchone()
+                return mode.lower() == "delete"
+            if name == "case_sensitive_like":  # it cannot be read, and is off by default
+                connection.execute("PRAGMA case_sensitive_like = OFF")
+                return True
+            if name not in self._session:
+                return True  # not a setting of the connection (user_version, table_info(t))
+            before = self._session[name]
+            row = connection.execute(f"PRAGMA {name}").fetchone()
+            if row is None or row[0] == before:
+                return True
+            value = before if isinstance(before, int) else quoted_text(str(before))
+            connection.execute(f"PRAGMA {name} = {value}")
+            return connection.execute(f"PRAGMA {name}").fetchone()[0] == before
+        except sqlite3.Error as exc:
+            if not connection.in_transaction:
+                log.warning("could not put PRAGMA %s back after a migration: %s", name, exc)
+                return True  # nothing more can be done; do not try after every write
+            return False
+
+    def _drop_temporary(self) -> bool:
+        """Drop every temporary trigger, view and table (and so their indexes)."""
+        order = {"trigger": 0, "view": 1, "table": 2}
+        try:
+            rows = self.connection.execute(
+                "SELECT type, name FROM temp.sqlite_master"
+                " WHERE type IN ('trigger', 'view', 'table')").fetchall()
+            for kind, name in sorted(rows, key=lambda row: order[row[0]]):
+                self.connection.execute(f"DROP {kind.upper()} IF EXISTS temp.{quoted(name)}")
+        except sqlite3.Error as exc:
+            log.warning("could not drop a migration's temporary objects: %s", exc)
+            return not self.connection.in_transaction
+        return True
+
+    def _detach_all(self) -> bool:
+        """Detach every database a migration attached; False while SQLite refuses."""
+        try:
+            for _, name, _ in self.connection.execute("PRAGMA database_list").fetchall():
+                if name not in ("main", "temp"):
+                    self.connection.execute(f"DETACH DATABASE {quoted(name)}")
+        except sqlite3.Error as exc:
+            if self.connection.in_transaction:
+                return False
+            log.warning("could not detach a database a migration attached: %s", exc)
+        return True
+
+
+def quoted_text(text: str) -> str:
+    """An SQLite string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _busy(exc: BaseException) -> bool:

@@ -193,8 +193,10 @@ class Store(ABC):
     ) -> AbstractContextManager[Any]:
         """The `db` migration code gets (execute, executemany, query, executescript, with
         `?` parameters on every backend); `check` runs before each of its statements (a
-        cancel raises there). Raises RuntimeError afterwards if the migration ended the
-        transaction itself."""
+        cancel raises there). What the migration changed of its session (settings,
+        temporary objects; see each store) is undone after it, failed or not, so that
+        every migration starts from the session a newly started worker has. Raises
+        RuntimeError afterwards if the migration ended the transaction itself."""
 
     @abstractmethod
     def interrupt(self) -> None:
