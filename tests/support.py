@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.processes import alive_owner, lock_owner
+from worker.store import tracking_tables
 
 PROJECT = Path(__file__).resolve().parent.parent
 NODE = PROJECT / "node.py"
 PROCESS_TIMEOUT_S = 60  # a stuck process fails its test instead of hanging the suite
-TRACKING_TABLES = frozenset({"schema_migrations", "schema_migration_replies",
-                             "schema_migration_history"})
+TRACKING_TABLES = frozenset(tracking_tables())
 TEST_IDLE_EXIT_S = 3600  # spawned workers live until the test's teardown kills them
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from broker import codec
 from broker.errors import (
+    CRASH,
     MIGRATION_FAILED,
     PRECONDITION_FAILED,
     TEMPORARILY_UNAVAILABLE,
@@ -785,9 +786,16 @@ def test_only_the_most_recent_replies_are_kept(
     with store.transaction():
         store.store_reply(b"r2", {"type": "x", "n": 22})  # replaced: now the newest
 
-    assert [store.stored_reply(b"r%d" % n) for n in range(5)] == [
-        None, None, {"type": "x", "n": 22}, {"type": "x", "n": 3}, {"type": "x", "n": 4}]
+    assert [store.stored_reply(b"r%d" % n) for n in range(2, 5)] == [
+        {"type": "x", "n": 22}, {"type": "x", "n": 3}, {"type": "x", "n": 4}]
     assert [row[1] for row in node.db.stored_replies()] == [b"r3", b"r4", b"r2"]
+    # A pruned reply is not taken for one never given: its resend is told it is gone.
+    for pruned in (b"r0", b"r1"):
+        with pytest.raises(ReplyError) as raised:
+            store.stored_reply(pruned)
+        assert raised.value.code == CRASH
+        assert "stored reply is gone" in raised.value.text
+    assert store.stored_reply(b"r5") is None
 
 
 # -- 10. resuming an interrupted request ----------------------------------------------------

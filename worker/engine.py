@@ -34,7 +34,7 @@ from broker.kinds import PROGRESS
 from worker.catalog import Catalog, Loaded, Migration, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
-from worker.store import AppliedMigration, Event, Store
+from worker.store import AppliedMigration, Event, Store, TrackingTableMissing
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,10 @@ class Engine:
         """Run a write at most once per request id, unless it killed the worker 3 times.
 
         With `keep` (every write but a dry run, which changes nothing) its answer is stored
-        in the transaction of its last step, and a resend gets that answer.
+        in the transaction of its last step, and a resend gets that answer; one whose
+        stored answer was pruned since gets error 13 saying so (ReplyEvicted), and nothing
+        runs. An answer that depends on the moment (busy: 11; a tracking table dropped by
+        hand: 22 until baseline) is not stored.
         """
         stored = self.store.stored_reply(request_id) if keep else None
         if stored is not None:
@@ -259,7 +262,8 @@ class Engine:
                 )
             return action()
         except ReplyError as error:
-            if keep and error.code != TEMPORARILY_UNAVAILABLE:
+            if (keep and error.code != TEMPORARILY_UNAVAILABLE
+                    and not isinstance(error, TrackingTableMissing)):
                 self._store_error(request_id, error)
             raise
         finally:
@@ -290,7 +294,7 @@ class Engine:
         dry_run: bool,
         progress: bool,
     ) -> Reply:
-        applied = self.store.applied()
+        applied = self._applied(dry_run)
         migrations = self.catalog.migrations()
         self._check_target(to, migrations, applied, allow_zero=False)
         refused = [p for p in self._problems(migrations, applied) if p["kind"] not in allowed]
@@ -344,7 +348,7 @@ class Engine:
         dry_run: bool,
         progress: bool,
     ) -> Reply:
-        applied = self.store.applied()
+        applied = self._applied(dry_run)
         plain = steps is None and to is None
         # Steps this same request took before a crash are part of its answer.
         done = [
@@ -409,7 +413,10 @@ class Engine:
     # -- baseline --------------------------------------------------------------------------
 
     def _baseline(self, request_id: bytes, src: str | None, to: int) -> Reply:
-        recorded = self.store.applied()
+        try:
+            recorded = self.store.applied()
+        except TrackingTableMissing:
+            recorded = []  # dropped by hand: baseline is how it is made again
         if recorded:
             raise ReplyError(
                 PRECONDITION_FAILED,
@@ -423,7 +430,7 @@ class Engine:
         entries = [m.entry(status="baselined") for m in chosen]
         reply = {"type": "migrations_baselined", "count": len(entries), "migrations": entries}
         started_at = _utc_now()
-        with self.store.transaction():
+        with self.store.transaction(restore_tracking=True):
             for seq, migration in enumerate(chosen, start=1):
                 checksum = checksum_of(migration.source())
                 self.store.record(
@@ -438,6 +445,14 @@ class Engine:
         return reply
 
     # -- shared ----------------------------------------------------------------------------
+
+    def _applied(self, dry_run: bool) -> list[AppliedMigration]:
+        """The recorded migrations; a tracking table dropped by hand is error 22 (marked as
+        a dry run's when it was one)."""
+        try:
+            return self.store.applied()
+        except TrackingTableMissing as error:
+            raise _with_dry_run(error, dry_run) from None
 
     def _problems(
         self, migrations: list[Migration], applied: list[AppliedMigration]

@@ -1,9 +1,10 @@
-"""The `db` object a migration's up(db) and down(db) receive.
+"""The `db` object a migration's up(db) and down(db) receive on SQLite.
 
 It runs statements inside the transaction the engine opened and cannot end it: while
 migration code runs, SQLite's authorizer refuses BEGIN, COMMIT, ROLLBACK and END, so a
 migration can never commit half of itself. (sqlite3's own executescript() commits first,
-which is why this class offers a safe one instead.)
+which is why this class offers a safe one instead.) The same authorizer notes what the
+migration changes of its connection (SessionChanges), for the store to undo after it.
 """
 
 from __future__ import annotations
@@ -53,16 +54,61 @@ def _nothing() -> None:
     pass
 
 
-def _refuse_transaction_control(action: int, *_: Any) -> int:
-    return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_TRANSACTION else sqlite3.SQLITE_OK
+# Authorizer actions that create an object; with the database name "temp", a temporary one.
+CREATES = frozenset({
+    sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_TRIGGER,
+    sqlite3.SQLITE_CREATE_VIEW, sqlite3.SQLITE_CREATE_TEMP_INDEX,
+    sqlite3.SQLITE_CREATE_TEMP_TABLE, sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+    sqlite3.SQLITE_CREATE_TEMP_VIEW,
+})
+NOTED = CREATES | {sqlite3.SQLITE_PRAGMA, sqlite3.SQLITE_ATTACH}
+
+
+class SessionChanges:
+    """What migration code changed of its connection rather than of the database, as the
+    authorizer saw its statements being prepared: pragmas given a value, temporary objects
+    created (they outlive the transaction that made them), databases attached."""
+
+    def __init__(self) -> None:
+        self.pragmas: set[str] = set()  # lower-case names
+        self.temporary = False
+        self.attached = False
+
+    def __bool__(self) -> bool:
+        return bool(self.pragmas) or self.temporary or self.attached
+
+    def note(self, action: int, name: str | None, value: str | None, database: str | None
+             ) -> None:
+        if action == sqlite3.SQLITE_PRAGMA:
+            if value is not None and name is not None:
+                self.pragmas.add(name.lower())
+        elif action == sqlite3.SQLITE_ATTACH:
+            self.attached = True
+        elif database == "temp":
+            self.temporary = True
 
 
 @contextmanager
 def guarded(
-    connection: sqlite3.Connection, check: Callable[[], None] | None = None
+    connection: sqlite3.Connection,
+    check: Callable[[], None] | None = None,
+    changes: SessionChanges | None = None,
+    refuse_transaction_control: bool = True,
 ) -> Iterator[MigrationDB]:
-    """Hand out a MigrationDB while transaction control is refused on `connection`."""
-    connection.set_authorizer(_refuse_transaction_control)
+    """Hand out a MigrationDB while transaction control is refused on `connection` (unless
+    the migration runs outside a transaction); what it changes of the connection is noted
+    in `changes`."""
+    noted = changes if changes is not None else SessionChanges()
+
+    def authorize(action: int, name: str | None, value: str | None, database: str | None,
+                  _trigger: str | None) -> int:
+        if action == sqlite3.SQLITE_TRANSACTION and refuse_transaction_control:
+            return sqlite3.SQLITE_DENY
+        if action in NOTED:
+            noted.note(action, name, value, database)
+        return sqlite3.SQLITE_OK
+
+    connection.set_authorizer(authorize)
     try:
         yield MigrationDB(connection, check)
     finally:

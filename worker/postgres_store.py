@@ -4,6 +4,7 @@
         <schema>.schema_migrations           tracking rows     (--table T: T)
         <schema>.schema_migration_replies    stored replies    (T_replies)
         <schema>.schema_migration_history    history           (T_history)
+        <schema>.schema_migration_evicted    pruned replies    (T_evicted)
 
 The names are SQLite's (store.tracking_tables). A session that dies is replaced at the next
 request (see _live); the one lost mid-request ends that request with error 11.
@@ -31,6 +32,11 @@ Where PostgreSQL differs from SQLite, and what this store does about it:
   catches a database error and carries on fails (SQLite would let it continue).
 - The owner lock is a session-level advisory lock: it needs a real session (not a
   transaction-pooling proxy such as PgBouncer in transaction mode) and dies with it.
+- The session is the worker's for its whole life, so what a migration changes of it (SET,
+  SET ROLE, temporary tables, WITH HOLD cursors, LISTEN, sequence state; PREPAREd
+  statements and advisory locks when its SQL names them) is undone after it, failed or not
+  (see RESET_SESSION): each migration meets the session a newly started worker has. DISCARD
+  ALL would do it, but would also let go of the owner lock.
 """
 
 from __future__ import annotations
@@ -58,12 +64,17 @@ from worker.pg_sql import to_psycopg, transaction_control, translate
 from worker.store import (
     DEFAULT_TABLE,
     KEEP_REPLIES,
+    NODE_ID_BYTES,
+    REQUEST_ID_BYTES,
     AppliedMigration,
     CrashHook,
     Event,
     ForeignKeyViolation,
+    ReplyEvicted,
     Store,
+    TrackingTableMissing,
     TrackingTables,
+    node_of,
     tracking_tables,
 )
 
@@ -82,6 +93,10 @@ OWNER_ATTEMPTS = 3  # tries of the owner lock while its holder is seen to let go
 LOCK_KEY_PREFIX = "migrations-node owner of "  # keeps our advisory keys apart from others'
 UTC_NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
+NODE_OF = (  # store.node_of, in SQL
+    f"CASE WHEN length(request_id) = {REQUEST_ID_BYTES}"
+    f" THEN substring(request_id FROM 1 FOR {NODE_ID_BYTES}) ELSE request_id END"
+)
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS {migrations} (
@@ -110,6 +125,11 @@ SCHEMA = (
         src text,
         request_id bytea
     )""",
+    """CREATE TABLE IF NOT EXISTS {evicted} (
+        node bytea PRIMARY KEY,
+        request_id bytea NOT NULL,
+        evicted_at text NOT NULL
+    )""",
 )
 
 STATEMENTS = {
@@ -128,12 +148,23 @@ STATEMENTS = {
     "events_of": f"SELECT {EVENT_COLUMNS} FROM {{history}}"
     " WHERE request_id = %s AND action = %s ORDER BY seq",
     "stored_reply": "SELECT reply FROM {replies} WHERE request_id = %s",
+    "evicted_reply": "SELECT NULL::bytea FROM {evicted} WHERE node = %s AND request_id = %s",
+    # One round trip for both: the stored reply, or NULL for a reply pruned since.
+    "stored_or_evicted": "SELECT reply FROM {replies} WHERE request_id = %s"
+    " UNION ALL SELECT NULL FROM {evicted} WHERE node = %s AND request_id = %s",
     # INSERT OR REPLACE, as on SQLite: a replaced reply moves to the end of the order.
     "store_reply": "INSERT INTO {replies} (seq, request_id, reply, created_at)"
     f" SELECT coalesce(max(seq), 0) + 1, %s::bytea, %s::bytea, {UTC_NOW} FROM {{replies}}"
     " ON CONFLICT (request_id) DO UPDATE SET seq = excluded.seq, reply = excluded.reply,"
     " created_at = excluded.created_at RETURNING seq",
-    "prune_replies": "DELETE FROM {replies} WHERE seq <= %s",
+    # Prune, leaving each node's newest pruned id behind (see Store.store_reply).
+    "prune_replies": "WITH gone AS (DELETE FROM {replies} WHERE seq <= %s RETURNING request_id)"
+    " INSERT INTO {evicted} AS kept (node, request_id, evicted_at)"
+    f" SELECT DISTINCT ON (node) node, request_id, {UTC_NOW}"
+    f" FROM (SELECT {NODE_OF} AS node, request_id FROM gone) AS pruned"
+    " ORDER BY node, request_id DESC"
+    " ON CONFLICT (node) DO UPDATE SET request_id = GREATEST(kept.request_id,"
+    " excluded.request_id), evicted_at = excluded.evicted_at",
     "data_version": "SELECT (SELECT coalesce(max(seq), 0) FROM {history}),"
     " (SELECT count(*) FROM {migrations})",
 }
@@ -141,8 +172,47 @@ STATEMENTS = {
 EXISTING_TABLES = (
     "SELECT c.relname FROM pg_catalog.pg_class c"
     " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')"
+    " WHERE n.nspname = {} AND c.relname = ANY({}) AND c.relkind IN ('r', 'p')"
 )
+# Back to the session a new connection has, but for the owner lock (DISCARD ALL would let
+# go of it): role and session user, settings (those of the URL's options, and of the
+# server, are what RESET goes back to), cursors, LISTEN, temporary objects, sequences.
+# The worker's own settings (lock_timeout) are SET again after it (see _session_reset).
+RESET_SESSION = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; UNLISTEN *;"
+    " DISCARD TEMP; DISCARD SEQUENCES"
+)
+SESSION_SETTINGS = (  # what the worker SET on a new session (see _configure)
+    "SELECT name, current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'"
+)
+# A migration's PREPAREd statements (psycopg's own are _pg3_N) and advisory locks (all but
+# the owner lock) let go of; looked for only when its SQL names them, as the lookup costs
+# more than the rest of the reset.
+RELEASE_PREPARED_AND_ADVISORY = """DO $release$ DECLARE r record; BEGIN
+FOR r IN SELECT name FROM pg_catalog.pg_prepared_statements
+    WHERE name NOT LIKE '\\_pg3\\_%' LOOP
+  EXECUTE format('DEALLOCATE %I', r.name);
+END LOOP;
+FOR r IN SELECT DISTINCT classid::bigint AS high, objid::bigint AS low, objsubid,
+    mode = 'ShareLock' AS shared FROM pg_catalog.pg_locks
+    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted LOOP
+  IF r.objsubid = 1 THEN
+    CONTINUE WHEN (r.high << 32 | r.low) = {key} AND NOT r.shared;
+    IF r.shared THEN
+      WHILE pg_advisory_unlock_shared(r.high << 32 | r.low) LOOP END LOOP;
+    ELSE
+      WHILE pg_advisory_unlock(r.high << 32 | r.low) LOOP END LOOP;
+    END IF;
+  ELSIF r.shared THEN
+    WHILE pg_advisory_unlock_shared((r.high - (r.high >> 31) * 4294967296)::int,
+                                    (r.low - (r.low >> 31) * 4294967296)::int) LOOP END LOOP;
+  ELSE
+    WHILE pg_advisory_unlock((r.high - (r.high >> 31) * 4294967296)::int,
+                             (r.low - (r.low >> 31) * 4294967296)::int) LOOP END LOOP;
+  END IF;
+END LOOP;
+END $release$"""
+MAY_HOLD_MORE = re.compile(r"prepare|advisory", re.IGNORECASE)
 SCHEMA_EXISTS = "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s"
 # Who holds a bigint advisory key: pg_locks splits it into classid (high) and objid (low).
 LOCK_HOLDER = (
@@ -215,8 +285,16 @@ class PostgresStore(Store):
         self._regaining = False  # replacing a session found dead; a second loss is final
         self._migration_running = False  # migration code runs now: interrupt() may cut it
         self._deferred = False  # inside a transaction with foreign keys off
-        self._schema_ready = False  # every tracking table exists
-        self._existing: set[str] = set()  # tracking tables seen to exist, outside transactions
+        # Tracking tables seen to exist, committed (at BEGIN, or outside a transaction); a
+        # read that finds one gone (dropped by hand) forgets them all and looks again.
+        self._existing: set[str] = set()
+        self._created: set[str] = set()  # created by the open transaction
+        names = sql.Literal(self.schema), sql.Literal(list(self.tables))
+        self._existing_sql = sql.SQL(EXISTING_TABLES).format(*names).as_string()
+        # The session migration code ran on since its last reset, if any (see _session_reset).
+        self._dirty: psycopg.Connection[Any] | None = None
+        self._release_due = False  # its SQL named PREPARE or advisory locks
+        self._reset_sql: tuple[psycopg.Connection[Any] | None, str] = (None, "")
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
         self.connection: psycopg.Connection[Any] | None = None
@@ -489,56 +567,91 @@ class PostgresStore(Store):
         status = self.connection.info.transaction_status
         return status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
-    def _ensure_schema(self) -> None:
-        """Create what is missing of the tracking tables in the first write, so read-only
-        work never writes (and needs no right to create)."""
-        if self._schema_ready:
+    def _begin(self) -> None:
+        """BEGIN, and learn which tracking tables exist, in one round trip."""
+        cursor = self._run(f"BEGIN; {self._existing_sql}")
+        cursor.nextset()
+        self._existing = {name for (name,) in cursor.fetchall()}
+        self._created = set()
+
+    def _ensure_schema(self, restore_tracking: bool) -> None:
+        """Create the tracking tables that are missing (as _begin found them), inside the
+        write transaction, so read-only work never writes (and needs no right to create):
+        all of them in a new database, the companions when they were dropped by hand.
+        Raises TrackingTableMissing when the tracking table was dropped and its companions
+        remain, unless `restore_tracking` (baseline)."""
+        existing = set(self._existing)
+        missing = [
+            (name, statement)
+            for name, statement in zip(self.tables, self._schema, strict=True)
+            if name not in existing
+        ]
+        if not missing:
             return
-        names = list(self.tables)
-        existing = {row[0] for row in self._run(EXISTING_TABLES, (self.schema, names))}
-        if len(existing) == len(names):
-            return
-        if self._run(SCHEMA_EXISTS, (self.schema,)).fetchone() is None:
+        if existing and self.tables.migrations not in existing and not restore_tracking:
+            raise self._tracking_missing(existing)
+        dropped = [name for name, _ in missing if name != self.tables.evicted]
+        if existing and dropped:
+            log.warning("creating the tracking tables %s again: they were dropped while %s"
+                        " remained", ", ".join(dropped), ", ".join(sorted(existing)))
+        if not existing and self._run(SCHEMA_EXISTS, (self.schema,)).fetchone() is None:
             self._run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(self.schema)).as_string())
-        for name, statement in zip(names, self._schema, strict=True):
-            if name not in existing:
-                self._run(statement)
+        for name, statement in missing:
+            self._run(statement)
+            self._created.add(name)
 
-    def _has(self, key: str) -> bool:
-        """True if the tracking table exists (they all do once this store has written).
+    def _tracking_missing(self, existing: set[str]) -> TrackingTableMissing:
+        events = self.history() if self.tables.history in existing else []
+        present = [name for name in self.tables if name in existing]
+        return TrackingTableMissing(self.tables.migrations, present, events)
 
-        A table seen outside a transaction is remembered: a server is a round trip away.
-        """
-        table = getattr(self.tables, key)
-        if self._schema_ready or table in self._existing:
-            return True
-        found = self._run(EXISTING_TABLES, (self.schema, [table])).fetchone() is not None
-        if found and not self._in_transaction():
-            self._existing.add(table)
-        return found
+    def _tables(self) -> set[str]:
+        """The tracking tables that exist. Inside a transaction, as BEGIN found them (with
+        those it created); outside, as last seen, looked up while one is not yet seen."""
+        if self._in_transaction():
+            return self._existing | self._created
+        if len(self._existing) < len(self.tables):
+            self._existing = {name for (name,) in self._run(self._existing_sql)}
+        return set(self._existing)
+
+    def _reading(self, read: Callable[[set[str]], Any]) -> Any:
+        """`read` given the tracking tables that exist; when one it read was dropped by
+        hand since it was seen, once more with them looked up again."""
+        try:
+            return read(self._tables())
+        except errors.UndefinedTable:
+            if self._in_transaction():
+                raise
+            self._existing = set()
+        return read(self._tables())
 
     @contextmanager
-    def transaction(self, *, commit: bool = True, foreign_keys: bool = True) -> Iterator[None]:
+    def transaction(
+        self, *, commit: bool = True, foreign_keys: bool = True, restore_tracking: bool = False
+    ) -> Iterator[None]:
         """One write transaction: all of its statements commit, or none do.
 
         With `commit` false (a dry run) the transaction is rolled back at the end instead,
         whatever happened in it. With `foreign_keys` false, deferrable constraints are
         deferred for the transaction and checked before the end: raises
-        ForeignKeyViolation, after rolling back, when rows lost their parent.
+        ForeignKeyViolation, after rolling back, when rows lost their parent. It begins by
+        creating the tracking tables that are missing (see _ensure_schema). When migration
+        code ran in it, the session is reset before COMMIT, in the same round trip (see
+        _session_reset), or after ROLLBACK.
 
         Raises ReplyError(TEMPORARILY_UNAVAILABLE) when a statement waited for a lock past
-        lock_timeout, or hit a serialization failure or deadlock; any other failure is
-        raised as the psycopg error it is.
+        lock_timeout, or hit a serialization failure or deadlock; TrackingTableMissing as
+        _ensure_schema says; any other failure is raised as the psycopg error it is.
         """
         self._ensure_owner()
-        self._run("BEGIN")
+        self._begin()
         self._in_block = True
         try:
             if not foreign_keys:
                 self._run("SET CONSTRAINTS ALL DEFERRED")
                 self._deferred = True
-            self._ensure_schema()
+            self._ensure_schema(restore_tracking)
             yield
             if not foreign_keys:
                 self.check_foreign_keys()
@@ -552,17 +665,22 @@ class PostgresStore(Store):
             raise
         finally:
             self._deferred = self._in_block = self._committing = False
+            if self._dirty is not None:
+                self._reset_after_rollback()
         if not commit:
             return
-        self._schema_ready = True
+        self._existing |= self._created
         self.commits += 1
         if self._crash_hook is not None:
             self._crash_hook.fire_if_armed()
 
     def _commit(self, foreign_keys: bool) -> None:
         self._committing = True
+        reset = self._dirty is self.connection
         try:
-            self._run("COMMIT")
+            self._run(f"{self._session_reset()}; COMMIT" if reset else "COMMIT")
+            if reset:
+                self._dirty, self._release_due = None, False
         except errors.ForeignKeyViolation as exc:
             if foreign_keys:
                 raise
@@ -576,23 +694,40 @@ class PostgresStore(Store):
         transaction control, or (for a migration that cannot run in one) in autocommit.
         `check` runs before each of its statements (a cancel raises there).
 
+        The migration meets the session a new worker has: one that migration code ran on
+        before (another step of a dry run) is reset first, and a migration outside a
+        transaction is followed by a reset; inside one, the reset comes with its COMMIT
+        (see transaction).
+
         Raises RuntimeError afterwards if the migration ended the transaction itself, went
         on after a failed statement (PostgreSQL then aborts the transaction), or left one
         open when it had none.
         """
         if not in_transaction:
             self._ensure_owner()  # a write, even outside a transaction
+        connection = self._live()
+        if self._dirty is connection:
+            self._run(self._session_reset())
+        else:
+            self._learn_session()  # the worker's own settings, while no migration changed them
         db = PostgresMigrationDB(
-            self._live(), guarded=in_transaction, translated=self._translated, check=check
+            connection, guarded=in_transaction, translated=self._translated, check=check,
+            seen=self._seen,
         )
+        self._dirty, self._release_due = connection, False
         self._migration_running = True
+        left_open = False
         try:
             yield db
         finally:
             self._migration_running = False
+            if not in_transaction:
+                if self._in_transaction():
+                    self.connection.execute("ROLLBACK")
+                    left_open = True
+                self._reset_after_rollback()
         if not in_transaction:
-            if self._in_transaction():
-                self.connection.execute("ROLLBACK")
+            if left_open:
                 raise RuntimeError("the migration left a transaction open")
             return
         status = self.connection.info.transaction_status
@@ -603,6 +738,58 @@ class PostgresStore(Store):
                 "a statement of the migration failed and the migration went on, so"
                 " PostgreSQL aborted its transaction"
             )
+
+    def _seen(self, sql_text: str) -> None:
+        """Note a statement of migration code: one naming PREPARE or advisory locks makes
+        the next reset look for them (see RELEASE_PREPARED_AND_ADVISORY)."""
+        if not self._release_due and MAY_HOLD_MORE.search(sql_text):
+            self._release_due = True
+
+    def _learn_session(self) -> str:
+        """RESET_SESSION, then the worker's own settings SET again, as they are on the
+        session now: read once per session, before any migration ran on it."""
+        connection, statements = self._reset_sql
+        if connection is self.connection:
+            return statements
+        settings = self._run(SESSION_SETTINGS).fetchall()
+        statements = RESET_SESSION
+        if settings:
+            values = sql.SQL(", ").join(
+                sql.SQL("({}, {})").format(sql.Literal(name), sql.Literal(value))
+                for name, value in settings
+            )
+            statements += sql.SQL(
+                "; SELECT set_config(name, value, false) FROM (VALUES {}) AS s(name, value)"
+            ).format(values).as_string()
+        self._reset_sql = (self.connection, statements)
+        return statements
+
+    def _session_reset(self) -> str:
+        """The statements that put the session back as a new one is, but for the owner
+        lock (see _learn_session), with, when due, the release of a migration's prepared
+        statements and advisory locks."""
+        statements = self._learn_session()
+        if self._release_due:
+            statements += "; " + RELEASE_PREPARED_AND_ADVISORY.replace(
+                "{key}", str(self._lock_key))
+        return statements
+
+    def _reset_after_rollback(self) -> None:
+        """Reset a session migration code ran on, outside a transaction (after ROLLBACK,
+        or after a migration that runs outside one). A failure is logged and the session
+        stays marked, so the next migration resets it first; a new session needs none."""
+        connection = self.connection
+        if self._dirty is not connection or not _usable(connection):
+            self._dirty = None
+            return
+        if self._in_transaction():
+            return  # the reset rides with COMMIT, or waits for the ROLLBACK
+        try:
+            self._run(self._session_reset())
+        except (psycopg.Error, ReplyError) as exc:
+            log.warning("could not reset the session after a migration: %s", exc)
+            return
+        self._dirty, self._release_due = None, False
 
     def check_foreign_keys(self) -> None:
         """Raise ForeignKeyViolation if rows reference missing rows: checks every deferred
@@ -623,18 +810,27 @@ class PostgresStore(Store):
         added or deleted by hand), one indexed max and one count. It misses a change that
         does neither (an UPDATE of a row by hand). It moves for this store's commits too.
         """
-        if not (self._has("migrations") and self._has("history")):
-            return 0
-        newest, count = self._run(self._sql["data_version"]).fetchone()
-        return newest << 32 | count
+        def read(tables: set[str]) -> int:
+            if not {self.tables.migrations, self.tables.history} <= tables:
+                return 0
+            newest, count = self._run(self._sql["data_version"]).fetchone()
+            return newest << 32 | count
+
+        return self._reading(read)
 
     # -- tracking rows, history, stored replies --------------------------------------------
 
     def applied(self) -> list[AppliedMigration]:
-        """Every recorded migration, in version order."""
-        if not self._has("migrations"):
-            return []
-        return [AppliedMigration(*row) for row in self._run(self._sql["applied"])]
+        """Every recorded migration, in version order. Raises TrackingTableMissing when the
+        tracking table was dropped by hand and its companions remain."""
+        def read(tables: set[str]) -> list[AppliedMigration]:
+            if self.tables.migrations not in tables:
+                if tables:
+                    raise self._tracking_missing(tables)
+                return []
+            return [AppliedMigration(*row) for row in self._run(self._sql["applied"])]
+
+        return self._reading(read)
 
     def record(
         self,
@@ -661,31 +857,53 @@ class PostgresStore(Store):
 
     def history(self, limit: int | None = None) -> list[Event]:
         """The history, oldest first: every event, or the `limit` most recent."""
-        if not self._has("history"):
-            return []
-        if limit is None:
-            rows = self._run(self._sql["history"])
-        else:
-            rows = self._run(self._sql["recent_history"], (limit,))
-        return [Event(*row) for row in rows]
+        def read(tables: set[str]) -> list[Event]:
+            if self.tables.history not in tables:
+                return []
+            if limit is None:
+                rows = self._run(self._sql["history"])
+            else:
+                rows = self._run(self._sql["recent_history"], (limit,))
+            return [Event(*row) for row in rows]
+
+        return self._reading(read)
 
     def events_of(self, request_id: bytes, action: str) -> list[Event]:
         """What one request did of `action`, oldest first (to resume it after a crash)."""
-        if not self._has("history"):
-            return []
-        rows = self._run(self._sql["events_of"], (request_id, action))
-        return [Event(*row) for row in rows]
+        def read(tables: set[str]) -> list[Event]:
+            if self.tables.history not in tables:
+                return []
+            rows = self._run(self._sql["events_of"], (request_id, action))
+            return [Event(*row) for row in rows]
+
+        return self._reading(read)
 
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
-        """The reply already given to this request id, if it was stored."""
-        if not self._has("replies"):
-            return None
-        row = self._run(self._sql["stored_reply"], (request_id,)).fetchone()
-        return None if row is None else codec.unpack(row[0], codec.MAX_REPLY_BYTES)
+        """The reply already given to this request id, if it was stored; raises
+        ReplyEvicted when it was pruned since."""
+        def read(tables: set[str]) -> list[tuple]:
+            kept, evicted = self.tables.replies in tables, self.tables.evicted in tables
+            evicted_key = (node_of(request_id), request_id)
+            if kept and evicted:
+                return self._run(
+                    self._sql["stored_or_evicted"], (request_id, *evicted_key)).fetchall()
+            if kept:
+                return self._run(self._sql["stored_reply"], (request_id,)).fetchall()
+            if evicted:
+                return self._run(self._sql["evicted_reply"], evicted_key).fetchall()
+            return []
+
+        rows = self._reading(read)
+        for (reply,) in rows:
+            if reply is not None:
+                return codec.unpack(reply, codec.MAX_REPLY_BYTES)
+        if rows:
+            raise ReplyEvicted(request_id)
+        return None
 
     def store_reply(self, request_id: bytes, reply: dict[str, Any]) -> None:
-        """Keep a reply for resends (the last KEEP_REPLIES); call inside the transaction
-        whose effect it reports."""
+        """Keep a reply for resends (the last KEEP_REPLIES), inside the transaction whose
+        effect it reports; those pruned leave their node's newest id behind."""
         (seq,) = self._run(
             self._sql["store_reply"], (request_id, codec.pack(reply))
         ).fetchone()
@@ -709,17 +927,20 @@ class PostgresMigrationDB:
         guarded: bool,
         translated: Callable[[], AbstractContextManager[None]] = nullcontext,
         check: Callable[[], None] | None = None,
+        seen: Callable[[str], None] | None = None,
     ) -> None:
         self._connection = connection
         self._guarded = guarded
         self._translated = translated  # the store's: a lost session is error 11, not a failure
         self._check = check or _nothing  # runs before every statement: a cancel raises there
+        self._seen = seen or _noted  # gets every statement's text (see PostgresStore._seen)
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
         """Run one statement with parameters (without, several `;`-separated ones may run,
         exactly as written); returns its rows."""
         self._check()
         self._refuse_transaction_control(sql)
+        self._seen(sql)
         query, values = to_psycopg(sql, params)
         with self._translated():
             # Never prepared: a migration's DDL may change what a prepared plan returns.
@@ -731,6 +952,7 @@ class PostgresMigrationDB:
         """Run one statement once per row of parameters."""
         self._check()
         self._refuse_transaction_control(sql)
+        self._seen(sql)
         rows = iter(rows)
         first = next(rows, None)
         cursor = self._connection.cursor()
@@ -745,6 +967,7 @@ class PostgresMigrationDB:
         round trip. Raises the psycopg error of the first statement that fails."""
         self._check()
         self._refuse_transaction_control(script)
+        self._seen(script)
         with self._translated():
             self._connection.execute(script, prepare=False)  # type: ignore[arg-type]
 
@@ -909,6 +1132,10 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
 
 
 def _nothing() -> None:
+    pass
+
+
+def _noted(_: str) -> None:
     pass
 
 

@@ -2,6 +2,11 @@
 
 Python's sqlite3 implicit transactions are off (autocommit mode): every write goes through
 `transaction()`, which issues BEGIN IMMEDIATE / COMMIT / ROLLBACK itself.
+
+The connection is the worker's for its whole life, so what a migration changes of it (a
+pragma such as query_only or recursive_triggers, a temporary table or trigger, an attached
+database) is undone after the migration, failed or not: each migration meets the connection
+a newly started worker has (see SESSION_PRAGMAS and _restore_session).
 """
 
 from __future__ import annotations
@@ -19,22 +24,45 @@ from broker import codec, endpoint
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
 from worker import sql_file
 from worker.lock import OwnerLock
-from worker.migration_db import MigrationDB, guarded
+from worker.migration_db import MigrationDB, SessionChanges, guarded
 from worker.store import (
     DEFAULT_TABLE,
     KEEP_REPLIES,
+    NODE_ID_BYTES,
+    REQUEST_ID_BYTES,
     AppliedMigration,
     CrashHook,
     Event,
     ForeignKeyViolation,
+    ReplyEvicted,
     Store,
+    TrackingTableMissing,
+    node_of,
     tracking_tables,
 )
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_S = 5.0  # how long BEGIN IMMEDIATE waits for another program's write lock
+BUSY_TIMEOUT_S = 5.0  # how long a statement waits for another program's lock
 BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes): worth a retry
+SQLITE_BUSY = 5  # "database is locked": another connection holds what a statement needs
+# Settings of the connection, not of the database file, that a migration may change with a
+# pragma and that are put back as they were before the first migration after each one.
+# (journal_mode has a rule of its own; user_version, application_id, page_size and
+# auto_vacuum belong to the file, and stay as the migration left them, as after a restart.)
+SESSION_PRAGMAS = (
+    "analysis_limit", "automatic_index", "busy_timeout", "cache_size", "cache_spill",
+    "cell_size_check", "checkpoint_fullfsync", "count_changes", "defer_foreign_keys",
+    "empty_result_callbacks", "foreign_keys", "full_column_names", "fullfsync",
+    "hard_heap_limit", "ignore_check_constraints", "journal_size_limit", "legacy_alter_table",
+    "locking_mode", "max_page_count", "mmap_size", "query_only", "read_uncommitted",
+    "recursive_triggers", "reverse_unordered_selects", "secure_delete", "short_column_names",
+    "soft_heap_limit", "synchronous", "temp_store", "threads", "trusted_schema",
+    "wal_autocheckpoint", "writable_schema",
+)
+# Journal modes that outlive the connection: any other is this connection's alone, and a
+# new connection to the file has DELETE (WAL, once set, stays in the file).
+FILE_JOURNAL_MODES = frozenset({"wal", "delete"})
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS {migrations} (
@@ -63,6 +91,11 @@ SCHEMA = (
     src TEXT,
     request_id BLOB
 )""",
+    """CREATE TABLE IF NOT EXISTS {evicted} (
+    node BLOB PRIMARY KEY,
+    request_id BLOB NOT NULL,
+    evicted_at TEXT NOT NULL
+)""",
 )
 EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
 UTC_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -80,9 +113,20 @@ STATEMENTS = {
     "events_of": f"SELECT {EVENT_COLUMNS} FROM {{history}}"
     " WHERE request_id = ? AND action = ? ORDER BY seq",
     "stored_reply": "SELECT reply FROM {replies} WHERE request_id = ?",
+    "evicted_reply": "SELECT 1 FROM {evicted} WHERE node = ? AND request_id = ?",
     "store_reply": "INSERT OR REPLACE INTO {replies} (request_id, reply, created_at)"
     f" VALUES (?, ?, {UTC_NOW})",
+    # Each node's newest reply among those pruned (node_of, in SQL), remembered by its id.
+    "evict_replies": "INSERT INTO {evicted} (node, request_id, evicted_at)"
+    f" SELECT CASE WHEN length(request_id) = {REQUEST_ID_BYTES}"
+    f" THEN substr(request_id, 1, {NODE_ID_BYTES}) ELSE request_id END, max(request_id),"
+    f" {UTC_NOW} FROM {{replies}} WHERE seq <= ? GROUP BY 1"
+    " ON CONFLICT (node) DO UPDATE SET request_id = max(request_id, excluded.request_id),"
+    " evicted_at = excluded.evicted_at",
     "prune_replies": "DELETE FROM {replies} WHERE seq <= ?",
+    # Prepares only while every tracking table exists, from SQLite's schema in memory.
+    "probe": "SELECT 1 FROM {migrations}, {replies}, {history}, {evicted} LIMIT 0",
+    "existing": "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?, ?, ?)",
 }
 
 
@@ -140,7 +184,11 @@ class SqliteStore(Store):
         # Durability: a migration reported as applied survives a power cut, in WAL too.
         self.connection.execute("PRAGMA synchronous = FULL")
         self._migration_running = False  # migration code runs now: interrupt() may cut it
-        self._schema_ready = False  # every tracking table exists
+        # PRAGMA schema_version when every tracking table was last seen to exist: while it
+        # stays, they still do (a table dropped by hand moves it).
+        self._checked_version: int | None = None
+        self._session: dict[str, Any] | None = None  # SESSION_PRAGMAS before any migration
+        self._changes = SessionChanges()  # what migration code changed, not yet undone
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
 
@@ -255,56 +303,110 @@ class SqliteStore(Store):
                 log.warning("could not empty the write-ahead log of a moved database: %s", exc)
         self._owner.release()
 
-    def _ensure_schema(self) -> None:
-        """Create the tracking tables in the first write, so read-only work never writes."""
-        if not self._schema_ready:
-            for statement in self._schema:
-                self.connection.execute(statement)
+    def _all_tables_exist(self) -> bool:
+        """True if every tracking table exists: a header read while the schema is the one
+        last checked, else a statement naming them all is prepared."""
+        (version,) = self.connection.execute("PRAGMA schema_version").fetchone()
+        if version == self._checked_version:
+            return True
+        try:
+            self.connection.execute(self._sql["probe"])
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return False
+        self._checked_version = version
+        return True
+
+    def _tables(self) -> set[str]:
+        """The tracking tables that exist now."""
+        if self._all_tables_exist():
+            return set(self.tables)
+        rows = self.connection.execute(self._sql["existing"], tuple(self.tables))
+        return {name for (name,) in rows}
 
     def _has(self, table: str) -> bool:
-        """True if the tracking table exists (they all do once this store has written)."""
-        if self._schema_ready:
-            return True
-        row = self.connection.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-        ).fetchone()
-        return row is not None
+        return table in self._tables()
+
+    def _ensure_schema(self, restore_tracking: bool) -> None:
+        """Create the tracking tables that are missing, inside the write transaction, so
+        read-only work never writes: all of them in a new database, the companions when
+        they were dropped by hand. Raises TrackingTableMissing when the tracking table was
+        dropped and its companions remain, unless `restore_tracking` (baseline)."""
+        existing = self._tables()
+        missing = [
+            (name, statement)
+            for name, statement in zip(self.tables, self._schema, strict=True)
+            if name not in existing
+        ]
+        if not missing:
+            return
+        if existing and self.tables.migrations not in existing and not restore_tracking:
+            raise self._tracking_missing(existing)
+        dropped = [name for name, _ in missing if name != self.tables.evicted]
+        if existing and dropped:
+            log.warning("creating the tracking tables %s again: they were dropped while %s"
+                        " remained", ", ".join(dropped), ", ".join(sorted(existing)))
+        for _, statement in missing:
+            self.connection.execute(statement)
+
+    def _tracking_missing(self, existing: set[str]) -> TrackingTableMissing:
+        events = self.history() if self.tables.history in existing else []
+        present = [name for name in self.tables if name in existing]
+        return TrackingTableMissing(self.tables.migrations, present, events)
 
     @contextmanager
-    def transaction(self, *, commit: bool = True, foreign_keys: bool = True) -> Iterator[None]:
+    def transaction(
+        self, *, commit: bool = True, foreign_keys: bool = True, restore_tracking: bool = False
+    ) -> Iterator[None]:
         """One write transaction: all of its statements reach the disk, or none do.
 
-        BEGIN IMMEDIATE takes the write lock up front, so a migration never fails halfway
-        because another program started writing. With `commit` false (a dry run) the
-        transaction is rolled back at the end instead, whatever happened in it. With
-        `foreign_keys` false, foreign keys are off for the transaction (SQLite ignores the
-        pragma inside one, so it is set before BEGIN) and checked before the end: raises
-        ForeignKeyViolation, after rolling back, when rows lost their parent.
+        BEGIN IMMEDIATE takes the write lock up front, so a migration rarely meets another
+        program's lock halfway; with a rollback journal, though, a reader's lock still
+        stops a statement that must write to the file, and COMMIT. With `commit` false (a
+        dry run) the transaction is rolled back at the end instead, whatever happened in
+        it. With `foreign_keys` false, foreign keys are off for the transaction (SQLite
+        ignores the pragma inside one, so it is set before BEGIN) and checked before the
+        end: raises ForeignKeyViolation, after rolling back, when rows lost their parent.
+        It begins by creating the tracking tables that are missing (see _ensure_schema).
 
-        Raises ReplyError(TEMPORARILY_UNAVAILABLE) when the database stays busy or locked
-        for BUSY_TIMEOUT_S; any other failure to begin (a read-only or broken file) is
-        raised as the sqlite3 error it is.
+        Raises ReplyError(TEMPORARILY_UNAVAILABLE), after rolling back, when another
+        program kept the database busy or locked for BUSY_TIMEOUT_S at any step: BEGIN,
+        any statement, COMMIT. Any other failure (a read-only or broken file) is raised as
+        the sqlite3 error it is; TrackingTableMissing as _ensure_schema says.
         """
+        if self._session is None:
+            self._session = self._read_session()
         if not foreign_keys:
             self.connection.execute("PRAGMA foreign_keys = OFF")
         try:
             self._begin()
             try:
-                self._ensure_schema()
+                self._ensure_schema(restore_tracking)
                 yield
                 if not foreign_keys:
                     self.check_foreign_keys()
                 self.connection.execute("COMMIT" if commit else "ROLLBACK")
-            except BaseException:
+                if not commit:
+                    self._checked_version = None  # the schema is as before BEGIN again
+            except BaseException as exc:
                 if self.connection.in_transaction:
                     self.connection.execute("ROLLBACK")
+                self._checked_version = None  # the schema may be as before BEGIN again
+                if _busy(exc):
+                    raise ReplyError(
+                        TEMPORARILY_UNAVAILABLE,
+                        f"the database is locked by another program ({exc}), so the step"
+                        " in progress was rolled back; try again later",
+                    ) from exc
                 raise
         finally:
             if not foreign_keys:
                 self.connection.execute("PRAGMA foreign_keys = ON")
+            if self._changes:
+                self._restore_session()  # what could not be undone inside the transaction
         if not commit:
             return
-        self._schema_ready = True
         self.commits += 1
         if self._crash_hook is not None:
             self._crash_hook.fire_if_armed()
@@ -331,19 +433,25 @@ class SqliteStore(Store):
         Raises RuntimeError afterwards if the migration ended the transaction itself, or
         left one open when it had none.
         """
+        if self._session is None:
+            self._session = self._read_session()
         self._migration_running = True
         try:
             if not in_transaction:
                 # Nothing of ours to protect (VACUUM, say, runs its own transaction inside).
-                yield MigrationDB(self.connection, check)
+                with guarded(self.connection, check, self._changes,
+                             refuse_transaction_control=False) as db:
+                    yield db
                 if self.connection.in_transaction:
                     self.connection.execute("ROLLBACK")
                     raise RuntimeError("the migration left a transaction open")
                 return
-            with guarded(self.connection, check) as db:
+            with guarded(self.connection, check, self._changes) as db:
                 yield db
         finally:
             self._migration_running = False
+            if self._changes:
+                self._restore_session()
         if not self.connection.in_transaction:
             raise RuntimeError("the migration ended the transaction itself")
 
@@ -358,8 +466,12 @@ class SqliteStore(Store):
         return self.connection.execute("PRAGMA data_version").fetchone()[0]
 
     def applied(self) -> list[AppliedMigration]:
-        """Every recorded migration, in version order."""
-        if not self._has(self.tables.migrations):
+        """Every recorded migration, in version order. Raises TrackingTableMissing when the
+        tracking table was dropped by hand and its companions remain."""
+        existing = self._tables()
+        if self.tables.migrations not in existing:
+            if existing:
+                raise self._tracking_missing(existing)
             return []
         return [AppliedMigration(*row) for row in self.connection.execute(self._sql["applied"])]
 
@@ -407,16 +519,119 @@ class SqliteStore(Store):
         return [Event(*row) for row in rows]
 
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
-        """The reply already given to this request id, if it was stored."""
-        if not self._has(self.tables.replies):
-            return None
-        row = self.connection.execute(self._sql["stored_reply"], (request_id,)).fetchone()
-        return None if row is None else codec.unpack(row[0], codec.MAX_REPLY_BYTES)
+        """The reply already given to this request id, if it was stored; raises
+        ReplyEvicted when it was pruned since."""
+        existing = self._tables()
+        if self.tables.replies in existing:
+            row = self.connection.execute(self._sql["stored_reply"], (request_id,)).fetchone()
+            if row is not None:
+                return codec.unpack(row[0], codec.MAX_REPLY_BYTES)
+        if self.tables.evicted in existing:
+            evicted = self.connection.execute(
+                self._sql["evicted_reply"], (node_of(request_id), request_id)
+            ).fetchone()
+            if evicted is not None:
+                raise ReplyEvicted(request_id)
+        return None
 
     def store_reply(self, request_id: bytes, reply: dict[str, Any]) -> None:
-        """Keep a reply for resends; call inside the transaction whose effect it reports."""
+        """Keep a reply for resends; call inside the transaction whose effect it reports.
+        The replies pruned to keep KEEP_REPLIES leave their node's newest id behind."""
         cursor = self.connection.execute(self._sql["store_reply"], (request_id, codec.pack(reply)))
-        self.connection.execute(self._sql["prune_replies"], (cursor.lastrowid - KEEP_REPLIES,))
+        pruned = cursor.lastrowid - KEEP_REPLIES  # this seq and those below it go
+        self.connection.execute(self._sql["evict_replies"], (pruned,))
+        self.connection.execute(self._sql["prune_replies"], (pruned,))
+
+    # -- the connection's own state --------------------------------------------------------
+
+    def _read_session(self) -> dict[str, Any]:
+        """The SESSION_PRAGMAS of the connection as it is (before any migration ran)."""
+        session = {}
+        for name in SESSION_PRAGMAS:
+            row = self.connection.execute(f"PRAGMA {name}").fetchone()
+            if row is not None:  # a pragma this build of SQLite leaves out reads as nothing
+                session[name] = row[0]
+        return session
+
+    def _restore_session(self) -> None:
+        """Undo what migration code changed of the connection: pragmas back to their value
+        before the first migration, temporary objects dropped, attached databases detached.
+        What SQLite refuses inside a transaction (synchronous, temp_store, DETACH...) stays
+        noted, and is undone once the transaction ends (see transaction)."""
+        changes = self._changes
+        for name in sorted(changes.pragmas):
+            if self._restore_pragma(name):
+                changes.pragmas.discard(name)
+        if changes.temporary and self._drop_temporary():
+            changes.temporary = False
+        if changes.attached and self._detach_all():
+            changes.attached = False
+
+    def _restore_pragma(self, name: str) -> bool:
+        """Put one pragma back; False if SQLite refused it for now (inside a transaction)."""
+        connection = self.connection
+        try:
+            if name == "journal_mode":
+                (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+                if mode.lower() in FILE_JOURNAL_MODES:
+                    return True
+                (mode,) = connection.execute("PRAGMA journal_mode = DELETE").fetchone()
+                return mode.lower() == "delete"
+            if name == "case_sensitive_like":  # it cannot be read, and is off by default
+                connection.execute("PRAGMA case_sensitive_like = OFF")
+                return True
+            if name not in self._session:
+                return True  # not a setting of the connection (user_version, table_info(t))
+            before = self._session[name]
+            row = connection.execute(f"PRAGMA {name}").fetchone()
+            if row is None or row[0] == before:
+                return True
+            value = before if isinstance(before, int) else quoted_text(str(before))
+            connection.execute(f"PRAGMA {name} = {value}")
+            return connection.execute(f"PRAGMA {name}").fetchone()[0] == before
+        except sqlite3.Error as exc:
+            if not connection.in_transaction:
+                log.warning("could not put PRAGMA %s back after a migration: %s", name, exc)
+                return True  # nothing more can be done; do not try after every write
+            return False
+
+    def _drop_temporary(self) -> bool:
+        """Drop every temporary trigger, view and table (and so their indexes)."""
+        order = {"trigger": 0, "view": 1, "table": 2}
+        try:
+            rows = self.connection.execute(
+                "SELECT type, name FROM temp.sqlite_master"
+                " WHERE type IN ('trigger', 'view', 'table')").fetchall()
+            for kind, name in sorted(rows, key=lambda row: order[row[0]]):
+                self.connection.execute(f"DROP {kind.upper()} IF EXISTS temp.{quoted(name)}")
+        except sqlite3.Error as exc:
+            log.warning("could not drop a migration's temporary objects: %s", exc)
+            return not self.connection.in_transaction
+        return True
+
+    def _detach_all(self) -> bool:
+        """Detach every database a migration attached; False while SQLite refuses."""
+        try:
+            for _, name, _ in self.connection.execute("PRAGMA database_list").fetchall():
+                if name not in ("main", "temp"):
+                    self.connection.execute(f"DETACH DATABASE {quoted(name)}")
+        except sqlite3.Error as exc:
+            if self.connection.in_transaction:
+                return False
+            log.warning("could not detach a database a migration attached: %s", exc)
+        return True
+
+
+def quoted_text(text: str) -> str:
+    """An SQLite string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _busy(exc: BaseException) -> bool:
+    """True for SQLite's busy condition ("database is locked": another connection holds a
+    lock this one needs, and kept it for BUSY_TIMEOUT_S)."""
+    return (isinstance(exc, sqlite3.OperationalError)
+            and getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_BUSY)
 
 
 def _signature(path: Path) -> tuple[int, int]:

@@ -20,14 +20,20 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 from broker.endpoint import DEFAULT_TABLE, Endpoint
+from broker.errors import CRASH, PRECONDITION_FAILED, ReplyError
 from worker.lock import AlreadyOwned, OwnerLock
 
 __all__ = ["DEFAULT_TABLE", "AlreadyOwned", "AppliedMigration", "CrashHook", "Event",
-           "ForeignKeyViolation", "Store", "open_store"]
+           "ForeignKeyViolation", "ReplyEvicted", "Store", "TrackingTableMissing", "open_store"]
 
 log = logging.getLogger(__name__)
 
 KEEP_REPLIES = 10_000  # stored replies kept for resent requests; older ones are pruned
+# A request id as broker/client.py makes it: 8 bytes naming the node (random, one per node
+# process), then an 8-byte counter. A node resends only its newest write, so a pruned
+# reply needs remembering only while it is its node's newest (see Store.store_reply).
+REQUEST_ID_BYTES = 16
+NODE_ID_BYTES = 8
 CRASH_AFTER_COMMIT_ENV = "MIGRATIONS_TEST_CRASH_AFTER_COMMIT"  # test hook, see CrashHook
 
 
@@ -53,25 +59,86 @@ class Event(NamedTuple):
 
 
 class TrackingTables(NamedTuple):
-    """The names of one tracking table and its two companions."""
+    """The names of one tracking table and its companions, in the order they are created."""
 
     migrations: str  # one row per applied migration
     replies: str  # stored replies to writes, for resent requests
     history: str  # every apply, rollback and baseline
+    evicted: str  # per node, the newest request whose stored reply was pruned
 
 
 def tracking_tables(table: str = DEFAULT_TABLE) -> TrackingTables:
     """The tables `--table` names, on every backend: the default keeps the names databases
-    created before the option have (schema_migration_replies, schema_migration_history);
-    another name T gives T, T_replies and T_history.
+    created before the option have (schema_migration_replies, schema_migration_history,
+    and schema_migration_evicted beside them); another name T gives T, T_replies,
+    T_history and T_evicted.
 
     Raises ValueError for an empty name or one holding NUL.
     """
     if not table or "\x00" in table:
         raise ValueError(f"the tracking table name {table!r} must be non-empty, without NUL")
     if table == DEFAULT_TABLE:
-        return TrackingTables(table, "schema_migration_replies", "schema_migration_history")
-    return TrackingTables(table, f"{table}_replies", f"{table}_history")
+        return TrackingTables(table, "schema_migration_replies", "schema_migration_history",
+                              "schema_migration_evicted")
+    return TrackingTables(table, f"{table}_replies", f"{table}_history", f"{table}_evicted")
+
+
+def node_of(request_id: bytes) -> bytes:
+    """The node part of a request id (see REQUEST_ID_BYTES); an id of another length, which
+    broker/client.py never makes, is its own node."""
+    if len(request_id) == REQUEST_ID_BYTES:
+        return request_id[:NODE_ID_BYTES]
+    return request_id
+
+
+class ReplyEvicted(ReplyError):
+    """Error 13 for a resent write whose stored reply was pruned: it ran, and is not run again."""
+
+    def __init__(self, request_id: bytes) -> None:
+        super().__init__(
+            CRASH,
+            f"request {request_id.hex()} was answered before, but its stored reply is gone"
+            f" (the last {KEEP_REPLIES:,} are kept), so it was not run again: ask for status"
+            " or history to see what it did",
+        )
+
+
+class TrackingTableMissing(ReplyError):
+    """Error 22: the tracking table was dropped by hand while its companions remain.
+
+    Creating it again empty would make every applied migration look pending, and run them
+    all a second time; instead every request that needs it is refused, until `baseline`
+    (which creates it) records what the database has, or a backup restores it.
+    """
+
+    def __init__(self, table: str, present: list[str], events: list[Event]) -> None:
+        applied: dict[int, None] = {}  # in the order the history applied them
+        for event in events:
+            if event.action == "rollback":
+                applied.pop(event.version, None)
+            else:
+                applied[event.version] = None
+        versions = sorted(applied)
+        if versions:
+            said = (f"versions {', '.join(map(str, versions))} are" if len(versions) > 1
+                    else f"version {versions[0]} is")
+            advice = (
+                f"the history says {said} applied: send baseline with to:"
+                f" {versions[-1]} to record every migration up to it without running any"
+                f" (restore {table} from a backup instead if that is not what is applied)"
+            )
+        else:
+            advice = (
+                "the history names no applied migration: send baseline with to: the newest"
+                " version the schema has, to record those without running any, or restore"
+                f" {table} from a backup"
+            )
+        super().__init__(
+            PRECONDITION_FAILED,
+            f"the tracking table {table} is missing while {', '.join(present)} remain: it was"
+            " dropped by hand, so which migrations are applied is unknown and nothing ran;"
+            f" {advice}",
+        )
 
 
 class ForeignKeyViolation(Exception):
@@ -107,12 +174,18 @@ class Store(ABC):
 
     @abstractmethod
     def transaction(
-        self, *, commit: bool = True, foreign_keys: bool = True
+        self, *, commit: bool = True, foreign_keys: bool = True, restore_tracking: bool = False
     ) -> AbstractContextManager[None]:
         """One write transaction: all of it commits, or none (with `commit` false, a dry
-        run: always rolled back). Raises ReplyError(TEMPORARILY_UNAVAILABLE) while another
-        program holds the database; ForeignKeyViolation when foreign keys were off and
-        rows lost their parent."""
+        run: always rolled back). It begins by creating the tracking tables that are
+        missing: all of them in a new database, the companions (replies, history, evicted)
+        when they were dropped by hand; the tracking table itself only with
+        `restore_tracking` (baseline) once its companions exist.
+
+        Raises ReplyError(TEMPORARILY_UNAVAILABLE) while another program holds the database
+        (at any step, COMMIT included: the transaction is rolled back); TrackingTableMissing
+        when the tracking table was dropped by hand; ForeignKeyViolation when foreign keys
+        were off and rows lost their parent."""
 
     @abstractmethod
     def migration_db(
@@ -120,8 +193,10 @@ class Store(ABC):
     ) -> AbstractContextManager[Any]:
         """The `db` migration code gets (execute, executemany, query, executescript, with
         `?` parameters on every backend); `check` runs before each of its statements (a
-        cancel raises there). Raises RuntimeError afterwards if the migration ended the
-        transaction itself."""
+        cancel raises there). What the migration changed of its session (settings,
+        temporary objects; see each store) is undone after it, failed or not, so that
+        every migration starts from the session a newly started worker has. Raises
+        RuntimeError afterwards if the migration ended the transaction itself."""
 
     @abstractmethod
     def interrupt(self) -> None:
@@ -164,7 +239,8 @@ class Store(ABC):
 
     @abstractmethod
     def applied(self) -> list[AppliedMigration]:
-        """Every recorded migration, in version order."""
+        """Every recorded migration, in version order. Raises TrackingTableMissing when the
+        tracking table was dropped by hand (its companions remain)."""
 
     @abstractmethod
     def record(
@@ -196,12 +272,18 @@ class Store(ABC):
 
     @abstractmethod
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
-        """The reply already given to this request id, if it was stored."""
+        """The reply already given to this request id, if it was stored; raises
+        ReplyEvicted when it was stored and has been pruned since."""
 
     @abstractmethod
     def store_reply(self, request_id: bytes, reply: dict[str, Any]) -> None:
-        """Keep a reply for resends (the last KEEP_REPLIES), inside the transaction whose
-        effect it reports."""
+        """Keep a reply for resends, inside the transaction whose effect it reports.
+
+        The last KEEP_REPLIES are kept. Of the ones pruned, the newest of each node (see
+        node_of) is remembered by id in the evicted table, so that its resend is told its
+        reply is gone instead of running again; older ones need no memory, since a node
+        resends only its newest write.
+        """
 
 
 def open_store(
