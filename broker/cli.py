@@ -38,6 +38,9 @@ EXIT_FOR_CODE = {10: EXIT_USAGE, 12: EXIT_USAGE, 11: EXIT_UNREACHABLE, 13: EXIT_
 MSG_ID = 1  # what --json replies answer, as a stdio node answers a request of msg_id 1
 VERSION_DIGITS = 4  # NNNN_name for a new migration in a folder of small versions
 TIMESTAMP_VERSION = 10**10  # versions at least this big are dbmate-style timestamps
+# The largest integer a request field takes (worker/params.py): the stdio node answers
+# error 12 above it; a command refuses it as bad usage, before anything is sent.
+MAX_INTEGER = 2**63 - 1
 
 EXAMPLES = {
     "migrate": "examples:\n  migrations-node migrate\n  migrations-node migrate --to 3 --dry-run",
@@ -105,7 +108,11 @@ def _positive(text: str) -> int:
 def _version(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    return int(text)
+    digits = text.lstrip("0")
+    # Length first: int() refuses strings of more than 4,300 digits with its own message.
+    if len(digits) > len(str(MAX_INTEGER)) or int(digits or "0") > MAX_INTEGER:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_INTEGER} (2^63 - 1)")
+    return int(digits or "0")
 
 
 def run(

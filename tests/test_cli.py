@@ -237,6 +237,21 @@ def test_ctrl_c_during_migrate_rolls_back_the_running_one_and_exits_130(workspac
     assert "slow" not in workspace.tables() and "t3" not in workspace.tables()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["migrate", "--to"], ["history", "--limit"], ["rollback", "--steps"], ["rollback", "--to"]],
+    ids=" ".join)
+def test_integers_above_2_63_minus_1_are_bad_usage_naming_the_option(workspace, folder, command):
+    for value in ("99999999999999999999", str(2**63), "9" * 5000):
+        done = cli(workspace, *command, value, folder=folder)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines()[-1].endswith(
+            f"error: argument {command[1]}: must be at most {2**63 - 1} (2^63 - 1)")
+        assert "Traceback" not in done.stderr
+    largest = cli(workspace, "history", "--limit", str(2**63 - 1), folder=folder)
+    assert largest.returncode == 0, largest.stderr
+
+
 def test_the_console_script_is_python_node_py(workspace):
     script = Path(sys.executable).parent / "migrations-node"
     if not script.exists():
