@@ -28,7 +28,7 @@ from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError
 from broker.stopping import StopRequest
-from broker.terminal import ProgressLine, Style, table
+from broker.terminal import ProgressLine, Style, escape_what_cannot_be_shown, table
 
 if TYPE_CHECKING:
     from broker.client import WorkerClient
@@ -119,6 +119,7 @@ def run(
     args: argparse.Namespace, stop: StopRequest, connect: Callable[[Any], WorkerClient]
 ) -> int:
     """Carry out one command; returns the exit status."""
+    escape_what_cannot_be_shown()
     if args.command == "new":
         return new_migration(args.migrations, args.name, args.sql)
     from broker.client import WorkerRefused

@@ -2,12 +2,15 @@
 
 Colour is used only on a terminal and never when NO_COLOR is set (https://no-color.org);
 the progress line is drawn only when stderr is a terminal, so a pipe or a log file gets
-plain lines and nothing else.
+plain lines and nothing else. Text the terminal's encoding cannot show is escaped
+(`caf\\xe9`).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import TextIO
@@ -16,15 +19,29 @@ COLOURS = {"green": "32", "yellow": "33", "red": "31", "bold": "1", "dim": "2"}
 CLEAR_LINE = "\r\x1b[K"
 
 
+def escape_what_cannot_be_shown() -> None:
+    """Have stdout and stderr write `\\xe9` for what their encoding cannot represent
+    (PYTHONIOENCODING=ascii, a C locale's pipe) instead of raising UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def wants_colour(stream: TextIO) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ
 
 
 class Style:
-    """Colours for one stream, or none."""
+    """Colours for one stream, or none; and text as that stream's encoding can show it."""
 
     def __init__(self, stream: TextIO) -> None:
         self.enabled = wants_colour(stream)
+        self.encoding = getattr(stream, "encoding", None) or "utf-8"
+
+    def shown(self, text: str) -> str:
+        """`text` as the stream writes it: escaped where its encoding cannot represent it
+        (see escape_what_cannot_be_shown), so that a table measures what is written."""
+        return text.encode(self.encoding, "backslashreplace").decode(self.encoding)
 
     def __call__(self, text: str, colour: str) -> str:
         if not self.enabled:
@@ -35,7 +52,7 @@ class Style:
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], style: Style) -> str:
     """Rows under their headers, columns padded to their widest cell (colour codes aside:
     cells are padded before they are coloured, so pass (text, colour) pairs to colour)."""
-    cells = [[_text(cell) for cell in row] for row in rows]
+    cells = [[style.shown(_text(cell)) for cell in row] for row in rows]
     widths = [len(header) for header in headers]
     for row in cells:
         for column, cell in enumerate(row):

@@ -252,6 +252,24 @@ def test_integers_above_2_63_minus_1_are_bad_usage_naming_the_option(workspace, 
     assert largest.returncode == 0, largest.stderr
 
 
+def test_text_the_output_encoding_cannot_show_is_escaped_not_a_traceback(workspace, folder):
+    write_migration(folder, "0001_ajout_café.py", "db.execute('CREATE TABLE café (id INTEGER)')",
+                    down="db.execute('DROP TABLE café')")
+    write_migration(folder, "0002_échec.py", "raise ValueError('déjà vu')")
+    ascii_only = {**workspace.env, "PYTHONIOENCODING": "ascii"}
+    failed = cli(workspace, "migrate", folder=folder, env=ascii_only)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert failed.stdout.startswith("applied  1  ajout_caf\\xe9  ")
+    assert "migration 2 \\xe9chec failed" in failed.stderr and "d\\xe9j\\xe0 vu" in failed.stderr
+    (folder / "0002_échec.py").unlink()
+    for command in ("status", "history", "rollback"):
+        done = cli(workspace, command, folder=folder, env=ascii_only)
+        assert done.returncode == 0, done.stderr
+        assert "ajout_caf\\xe9" in done.stdout and "Traceback" not in done.stderr, command
+    header, row = cli(workspace, "status", folder=folder, env=ascii_only).stdout.splitlines()[:2]
+    assert header.index("state") == row.index("pending")  # columns measured as written
+
+
 def test_the_console_script_is_python_node_py(workspace):
     script = Path(sys.executable).parent / "migrations-node"
     if not script.exists():
