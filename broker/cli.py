@@ -177,12 +177,14 @@ class Session:
         self, *requests: tuple[str, dict[str, Any]],
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         tick: Callable[[], None] | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Send `requests` together; return their replies, in order, once all are in.
 
-        `on_progress` gets each progress body, `tick` runs about ten times a second. A
-        first Ctrl-C cancels the write among them (its reply then tells what committed);
-        a second raises Abandoned.
+        `on_progress` gets each progress body, `tick` runs about ten times a second, and
+        `notice` writes what there is to say meanwhile on stderr (say() if None). A first
+        Ctrl-C cancels the write among them (its reply then tells what committed); a second
+        raises Abandoned.
         """
         tokens = [next(self._tokens) for _ in requests]
         for token, (kind, params) in zip(tokens, requests, strict=True):
@@ -190,7 +192,7 @@ class Session:
         self.client.flush()
         replies: dict[int, dict[str, Any]] = {}
         while len(replies) < len(tokens):
-            self._mind_signals()
+            self._mind_signals(notice or say)
             events = dict(self.client.poller.poll(min(self.client.timeout_ms(), 100)))
             for token, body in self.client.process(events):
                 if token is None:
@@ -204,7 +206,7 @@ class Session:
                 tick()
         return [replies[token] for token in tokens]
 
-    def _mind_signals(self) -> None:
+    def _mind_signals(self, notice: Callable[[str], None]) -> None:
         if not self.stop.requested:
             return
         if self.stop.count > 1:
@@ -215,8 +217,8 @@ class Session:
             raise Abandoned
         if not self.cancelled:
             self.cancelled = True
-            say("cancelling: the migration in progress is rolled back, none after it starts"
-                " (Ctrl-C again to stop waiting)")
+            notice("cancelling: the migration in progress is rolled back, none after it starts"
+                   " (Ctrl-C again to stop waiting)")
             for token, _ in self.client.cancel_writes(None, self.src):
                 assert token is None, "only writes are cancelled, and they have no token here"
             self.client.flush()
@@ -297,10 +299,9 @@ def run_write(
 
     progress.step(0, steps[0] if steps else "")
     started = time.monotonic()
-    try:
-        (body,) = session.ask((kind, params), on_progress=moved, tick=progress.draw)
-    finally:
-        progress.clear()
+    with progress:  # cleared before anything else is written to stderr, and at the end
+        (body,) = session.ask((kind, params), on_progress=moved, tick=progress.draw,
+                              notice=progress.say)
     elapsed = time.monotonic() - started
     taken = taken_steps(body)
     asked_to_stop = session.stop.requested  # then no more waiting: what is known is shown
@@ -472,10 +473,13 @@ def report_error(body: dict[str, Any], session: Session) -> int:
     status = exit_status(body, session)
     style = Style(sys.stderr)
     failed = body.get("failed")
-    if failed and not body.get("cancelled"):
+    if body.get("cancelled"):
+        text = body["text"]  # it says "cancelled..." itself
+        say(text if text.startswith("cancelled") else f"cancelled: {text}")
+        return status
+    if failed:
         say(f"{style('failed', 'red')}  {failed['version']}  {failed['name']}: {failed['error']}")
-    prefix = "cancelled" if status == EXIT_CANCELLED else f"error {body['code']}"
-    say(f"{prefix}: {body['text']}")
+    say(f"error {body['code']}: {body['text']}")
     return status
 
 

@@ -9,6 +9,7 @@ plain lines and nothing else. Text the terminal's encoding cannot show is escape
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sys
 import time
@@ -75,7 +76,12 @@ def _text(cell: str | tuple[str, str]) -> str:
 
 class ProgressLine:
     """`[n/N] doing what  elapsed 1.2 s` redrawn in place on stderr while a write runs;
-    nothing at all when stderr is not a terminal."""
+    nothing at all when stderr is not a terminal.
+
+    Used as a context manager: inside it, a log record clears the line before it is
+    written (the next draw puts the line back below it), and on leaving the line is cleared.
+    Anything else written to the terminal meanwhile goes through say() or after clear().
+    """
 
     def __init__(self, stream: TextIO, total: int, verb: str) -> None:
         self.stream = stream
@@ -101,7 +107,29 @@ class ProgressLine:
         )
         self.stream.flush()
 
+    def say(self, text: str) -> None:
+        """A line of text on the stream, above the progress line."""
+        self.clear()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+        self.draw()
+
     def clear(self) -> None:
         if self.enabled:
             self.stream.write(CLEAR_LINE)
             self.stream.flush()
+
+    def __enter__(self) -> ProgressLine:
+        if self.enabled:
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(self._before_log)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(self._before_log)
+        self.clear()
+
+    def _before_log(self, _record: logging.LogRecord) -> bool:
+        self.clear()
+        return True  # a filter that lets every record through, on a clean line

@@ -10,10 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from broker.terminal import CLEAR_LINE
 from tests.support import (
     NODE,
     PROCESS_TIMEOUT_S,
@@ -30,6 +32,63 @@ def folder(workspace) -> Path:
     path = workspace.root / "migrations"
     path.mkdir()
     return path
+
+
+class Output:
+    """What a command writes on one descriptor (a pipe, or a terminal's main side), read
+    as it comes: each wait is for bytes to arrive, bounded by PROCESS_TIMEOUT_S."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.seen = b""
+        self.ended = False
+
+    def until(self, marker: bytes, start: int = 0) -> bytes:
+        """Read until `marker` appears after `start`; returns everything seen so far."""
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        while marker not in self.seen[start:]:
+            assert not self.ended, f"{marker!r} never came; the command wrote {self.seen!r}"
+            self._read(deadline)
+        return self.seen
+
+    def to_end(self) -> bytes:
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        while not self.ended:
+            self._read(deadline)
+        return self.seen
+
+    def _read(self, deadline: float) -> None:
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"nothing more came in {PROCESS_TIMEOUT_S} s after {self.seen!r}"
+        try:
+            chunk = os.read(self.fd, 4096)
+        except OSError:  # EIO: a terminal's last writer has gone
+            chunk = b""
+        self.ended = not chunk
+        self.seen += chunk
+
+
+def blocking_migrations(folder: Path, started: Path, block: Path, in_down: bool = False) -> None:
+    """t1, then 0002_slow, whose up() (or down()) creates `started` and waits while `block`
+    exists, then t3: the test decides when migration 2 may finish."""
+    table_migrations(folder, range(1, 2))
+    wait = ("import os, time\n"
+            f"open({str(started)!r}, 'w').close()\n"
+            f"while os.path.exists({str(block)!r}):\n    time.sleep(0.01)\n")
+    create = "db.execute('CREATE TABLE slow (id INTEGER)')\n"
+    if in_down:
+        write_migration(folder, "0002_slow.py", create, down=wait + "db.execute('DROP TABLE slow')")
+    else:
+        write_migration(folder, "0002_slow.py",
+                        create + wait + "db.execute('INSERT INTO slow VALUES (1)')",
+                        down="db.execute('DROP TABLE slow')")
+    table_migrations(folder, range(3, 4))
+
+
+def cancel_reached(workspace) -> bool:
+    """The worker logged that it took a cancel (warnings reach its log at once)."""
+    return any("cancelled 1 write(s)" in log.read_text(errors="replace")
+               for log in workspace.runtime.glob("*.log"))
 
 
 def cli(workspace, *args: str, folder: Path | None = None, env: dict | None = None):
@@ -211,14 +270,7 @@ def test_progress_goes_to_a_terminal_and_never_into_a_pipe(workspace, folder):
 def test_ctrl_c_during_migrate_rolls_back_the_running_one_and_exits_130(workspace, folder):
     started, block = workspace.root / "started", workspace.root / "block"
     block.touch()
-    table_migrations(folder, range(1, 2))
-    write_migration(
-        folder, "0002_slow.py",
-        "import os, time\ndb.execute('CREATE TABLE slow (id INTEGER)')\n"
-        f"open({str(started)!r}, 'w').close()\n"
-        f"while os.path.exists({str(block)!r}):\n    time.sleep(0.01)\n"
-        "db.execute('INSERT INTO slow VALUES (1)')")
-    table_migrations(folder, range(3, 4))
+    blocking_migrations(folder, started, block)
     process = subprocess.Popen(
         workspace.node_command("--migrations", str(folder), "migrate"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=workspace.env,
@@ -227,14 +279,47 @@ def test_ctrl_c_during_migrate_rolls_back_the_running_one_and_exits_130(workspac
     wait_until(started.exists, what="migration 2 to start")
     process.send_signal(signal.SIGINT)
     assert process.stderr.readline().startswith("cancelling: ")  # the cancel went out
+    wait_until(lambda: cancel_reached(workspace), what="the worker to take the cancel")
     block.unlink()
     out, err = process.communicate(timeout=PROCESS_TIMEOUT_S)
     assert process.returncode == 130, err
     assert out, err
     assert out.splitlines()[0].split()[:3] == ["applied", "1", "t1"]
-    assert "cancelled: cancelled: migration 2 slow was interrupted" in err
+    assert err.splitlines()[-1].startswith("cancelled: migration 2 slow was interrupted")
+    assert "cancelled: cancelled" not in err
     assert workspace.recorded() == [(1, "t1")]
     assert "slow" not in workspace.tables() and "t3" not in workspace.tables()
+
+
+def test_ctrl_c_on_a_terminal_clears_the_progress_line_before_saying_anything(workspace, folder):
+    started, block = workspace.root / "started", workspace.root / "block"
+    block.touch()
+    blocking_migrations(folder, started, block)
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        workspace.node_command("--migrations", str(folder), "migrate"),
+        stdout=subprocess.PIPE, stderr=secondary, env=workspace.env, cwd=workspace.root)
+    workspace.started.append(process)
+    os.close(secondary)
+    terminal = Output(main)
+    try:
+        terminal.until(b"applying 2 slow")  # the progress line is on the terminal
+        wait_until(started.exists, what="migration 2 to start")
+        process.send_signal(signal.SIGINT)
+        terminal.until(b"cancelling: ")
+        wait_until(lambda: cancel_reached(workspace), what="the worker to take the cancel")
+        block.unlink()
+        seen = terminal.to_end()
+    finally:
+        os.close(main)
+    assert process.wait(timeout=PROCESS_TIMEOUT_S) == 130, seen
+    # Each sentence starts a line of its own: the progress line was cleared before it.
+    for sentence in (b"cancelling: ", b"cancelled: "):
+        assert seen[:seen.index(sentence)].endswith((CLEAR_LINE.encode(), b"\n")), seen
+    assert b"cancelled: migration 2 slow was interrupted" in seen
+    assert b"cancelled: cancelled" not in seen
+    assert process.stdout.read().split()[:3] == [b"applied", b"1", b"t1"]
+    assert workspace.recorded() == [(1, "t1")]
 
 
 @pytest.mark.parametrize(
