@@ -271,67 +271,78 @@ def show_status(session: Session, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_migrate(session: Session, args: argparse.Namespace) -> int:
-    return run_write(session, args, "apply", "applied", "applying")
+WORDS = {"migrate": ("applied", "applying"), "rollback": ("rolled back", "rolling back")}
 
 
-def run_rollback(session: Session, args: argparse.Namespace) -> int:
-    return run_write(session, args, "rollback", "rolled back", "rolling back")
-
-
-def run_write(
-    session: Session, args: argparse.Namespace, action: str, done_word: str, verb: str
-) -> int:
-    """migrate or rollback: a line per step with its duration, then a summary; progress on
-    a terminal's stderr while it runs; Ctrl-C cancels it (exit 130)."""
+def run_write(session: Session, args: argparse.Namespace) -> int:
+    """migrate or rollback: a line per step as it commits, with the time it took, then a
+    summary; progress on a terminal's stderr while it runs; Ctrl-C cancels it (exit 130)."""
     kind, params = request_of(args)
     (status,) = session.ask(("status", {}))
     if status["type"] == "error":
         return report_error(status, session)
-    steps = planned_steps(status["migrations"], action, params)
-    progress = ProgressLine(sys.stderr, len(steps), verb)
-    if progress.enabled and not args.dry_run:
+    steps = planned_steps(status["migrations"], kind, params)
+    if not args.dry_run:  # a dry run commits nothing, so it has no progress to tell
         params = {**params, "progress": True}
+    style = Style(sys.stdout)
+    word = done_word(kind, args.dry_run)
+    shown: set[Any] = set()
 
-    def moved(body: dict[str, Any]) -> None:
-        following = steps[body["done"]] if body["done"] < len(steps) else ""
-        progress.step(body["done"], following)
+    def show(entry: dict[str, Any], took_ms: float | None) -> None:
+        shown.add(entry["version"])
+        took = "" if took_ms is None else f"  {took_ms:.1f} ms"
+        print(f"{style(word, 'green')}  {entry['version']}  {entry['name']}{took}", flush=True)
 
-    progress.step(0, steps[0] if steps else "")
-    started = time.monotonic()
-    with progress:  # cleared before anything else is written to stderr, and at the end
-        (body,) = session.ask((kind, params), on_progress=moved, tick=progress.draw,
+    # Cleared before anything else is written to stderr, and at the end.
+    with ProgressLine(sys.stderr, len(steps), WORDS[kind][1]) as progress:
+        started = last_commit = time.monotonic()
+
+        def committed(body: dict[str, Any]) -> None:
+            # A step's time is the wall time from the commit before it (the first: from the
+            # request), as seen here: loading its file and its commit count too.
+            nonlocal last_commit
+            if body["version"] not in shown:  # a new worker may tell a step again
+                now = time.monotonic()
+                progress.clear()  # stdout may be the same terminal
+                show(body, (now - last_commit) * 1000)
+                last_commit = now
+            following = steps[body["done"]] if body["done"] < len(steps) else ""
+            progress.step(body["done"], following)
+
+        progress.step(0, steps[0] if steps else "")
+        (body,) = session.ask((kind, params), on_progress=committed, tick=progress.draw,
                               notice=progress.say)
     elapsed = time.monotonic() - started
     taken = taken_steps(body)
-    asked_to_stop = session.stop.requested  # then no more waiting: what is known is shown
-    durations = {}
-    if taken and not args.dry_run and not asked_to_stop:
-        durations = step_durations(session, taken, action)
-    style = Style(sys.stdout)
-    word = f"would be {done_word}" if args.dry_run else done_word
-    for entry in taken:
-        duration = durations.get(entry["version"])
-        shown = f"  {duration:.1f} ms" if duration is not None else ""
-        print(f"{style(word, 'green')}  {entry['version']}  {entry['name']}{shown}")
+    for entry in taken:  # a dry run's steps, and any whose progress a killed worker never sent
+        if entry["version"] not in shown:
+            show(entry, None)
     if body["type"] == "error":
         return report_error(body, session)
     if not taken:
         print("nothing to do: the database is already there")
     else:
-        noun = "migration" if len(taken) == 1 else "migrations"
         tail = " (dry run: all rolled back)" if args.dry_run else ""
-        print(f"{len(taken)} {noun} {word} in {elapsed:.2f} s{tail}")
-    if asked_to_stop:
+        print(f"{counted(taken)} {word} in {elapsed:.2f} s{tail}")
+    if session.stop.requested:
         say("interrupted: the request had finished before the cancel reached it")
     return exit_status(body, session)
 
 
+def done_word(kind: str, dry_run: bool) -> str:
+    word = WORDS[kind][0]
+    return f"would be {word}" if dry_run else word
+
+
+def counted(steps: list[dict[str, Any]]) -> str:
+    return f"{len(steps)} migration{'' if len(steps) == 1 else 's'}"
+
+
 def planned_steps(
-    migrations: list[dict[str, Any]], action: str, params: dict[str, Any]
+    migrations: list[dict[str, Any]], kind: str, params: dict[str, Any]
 ) -> list[str]:
     """What a migrate or rollback will take, for the progress line (`V name` each)."""
-    if action == "apply":
+    if kind == "migrate":
         chosen = [m for m in migrations if not m["applied"]
                   and ("to" not in params or m["version"] <= params["to"])]
     else:
@@ -350,15 +361,6 @@ def taken_steps(body: dict[str, Any]) -> list[dict[str, Any]]:
     if body["type"] in ("migrations_applied", "migrations_rolled_back"):
         return body["migrations"]
     return body.get("applied") or body.get("rolled_back") or []
-
-
-def step_durations(session: Session, taken: list[dict[str, Any]], action: str) -> dict[int, float]:
-    """Each taken step's duration, from the history the worker kept of them."""
-    (history,) = session.ask(("history", {"limit": len(taken)}))
-    if history["type"] != "migration_history":
-        return {}
-    return {event["version"]: event["duration_ms"] for event in history["events"]
-            if event["action"] == action}
 
 
 def run_validate(session: Session, args: argparse.Namespace) -> int:
@@ -403,8 +405,8 @@ def show_health(session: Session, args: argparse.Namespace) -> int:
 
 HANDLERS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
     "status": show_status,
-    "migrate": run_migrate,
-    "rollback": run_rollback,
+    "migrate": run_write,
+    "rollback": run_write,
     "validate": run_validate,
     "history": show_history,
     "health": show_health,

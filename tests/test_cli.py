@@ -355,6 +355,35 @@ def test_text_the_output_encoding_cannot_show_is_escaped_not_a_traceback(workspa
     assert header.index("state") == row.index("pending")  # columns measured as written
 
 
+@pytest.mark.parametrize("command", [["migrate"], ["rollback", "--steps", "3"]],
+                         ids=["migrate", "rollback --steps 3"])
+def test_each_step_is_printed_as_it_commits(workspace, folder, command):
+    started, block = workspace.root / "started", workspace.root / "block"
+    migrating = command[0] == "migrate"
+    blocking_migrations(folder, started, block, in_down=not migrating)
+    if not migrating:
+        assert cli(workspace, "migrate", folder=folder).returncode == 0
+    block.touch()
+    process = subprocess.Popen(
+        workspace.node_command("--migrations", str(folder), *command),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=workspace.env, cwd=workspace.root)
+    workspace.started.append(process)
+    stdout = Output(process.stdout.fileno())
+    # The first step's line comes while migration 2 is still held, so before it commits.
+    first = stdout.until(b"\n").decode()
+    word, version = ("applied", "1") if migrating else ("rolled back", "3")
+    assert first.startswith(f"{word}  {version}  t{version}  ") and first.endswith(" ms\n")
+    assert block.exists()
+    wait_until(started.exists, what="migration 2 to start")
+    block.unlink()
+    lines = stdout.to_end().decode().splitlines()
+    assert process.wait(timeout=PROCESS_TIMEOUT_S) == 0, process.stderr.read()
+    order = ["1", "2", "3"] if migrating else ["3", "2", "1"]
+    assert [line.split("  ")[1] for line in lines[:3]] == order
+    assert all(line.startswith(f"{word}  ") and line.endswith(" ms") for line in lines[:3])
+    assert lines[3].startswith(f"3 migrations {word} in ") and len(lines) == 4
+
+
 def test_the_console_script_is_python_node_py(workspace):
     script = Path(sys.executable).parent / "migrations-node"
     if not script.exists():
