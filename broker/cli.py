@@ -8,12 +8,14 @@
 
 Exit status: 0 done, 1 a migration failed or validation found problems, 2 bad usage (or a
 worker that cannot start with this configuration), 3 the database or worker could not be
-reached (error 11 or 13), 130 cancelled by Ctrl-C. Errors go to stderr as one sentence.
+reached (error 11 or 13), 130 cancelled by Ctrl-C, 141 stdout closed before every line was
+written (as a program killed by SIGPIPE). Errors go to stderr as one sentence.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import os
 import sys
@@ -28,12 +30,13 @@ from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError
 from broker.stopping import StopRequest
-from broker.terminal import ProgressLine, Style, escape_what_cannot_be_shown, table
+from broker.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
 
 if TYPE_CHECKING:
     from broker.client import WorkerClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_CANCELLED = 0, 1, 2, 3, 130
+EXIT_STDOUT_CLOSED = 128 + 13  # as the stdio node, and a shell for a program SIGPIPE ended
 EXIT_FOR_CODE = {10: EXIT_USAGE, 12: EXIT_USAGE, 11: EXIT_UNREACHABLE, 13: EXIT_UNREACHABLE}
 MSG_ID = 1  # what --json replies answer, as a stdio node answers a request of msg_id 1
 VERSION_DIGITS = 4  # NNNN_name for a new migration in a folder of small versions
@@ -120,8 +123,19 @@ def run(
 ) -> int:
     """Carry out one command; returns the exit status."""
     escape_what_cannot_be_shown()
+    out = Lines(sys.stdout)
+    status = _run_command(args, stop, connect, out)
+    if out.lost and status != EXIT_STDOUT_CLOSED:  # a write has said what it did already
+        return fail("stdout was closed before every line was written", EXIT_STDOUT_CLOSED)
+    return status
+
+
+def _run_command(
+    args: argparse.Namespace, stop: StopRequest, connect: Callable[[Any], WorkerClient],
+    out: Lines,
+) -> int:
     if args.command == "new":
-        return new_migration(args.migrations, args.name, args.sql)
+        return new_migration(args.migrations, args.name, args.sql, out)
     from broker.client import WorkerRefused
 
     try:
@@ -133,8 +147,8 @@ def run(
     session = Session(client, stop)
     try:
         if args.json:
-            return print_json(session, args)
-        return HANDLERS[args.command](session, args)
+            return print_json(session, args, out)
+        return HANDLERS[args.command](session, args, out)
     except Abandoned:
         return EXIT_CANCELLED
     except WorkerConfigError as exc:
@@ -224,14 +238,18 @@ class Session:
             self.client.flush()
 
 
-def print_json(session: Session, args: argparse.Namespace) -> int:
+def print_json(session: Session, args: argparse.Namespace, out: Lines) -> int:
     """The reply as the stdio node writes it for the same request with msg_id 1."""
     kind, params = request_of(args)
     (body,) = session.ask((kind, params))
-    replies = OrderedReplies(sys.stdout.buffer)
+    line = io.BytesIO()
+    replies = OrderedReplies(line)
     request = parse_request({"body": {"type": kind, "msg_id": MSG_ID, **params}})
     replies.fill(replies.reserve(request), body)
     replies.flush()
+    out.raw(line.getvalue())
+    if out.lost and kind in WORDS:
+        return stdout_closed(taken_steps(body), done_word(kind, args.dry_run))
     return exit_status(body, session)
 
 
@@ -248,7 +266,7 @@ def exit_status(body: dict[str, Any], session: Session) -> int:
 # -- the commands --------------------------------------------------------------------------
 
 
-def show_status(session: Session, args: argparse.Namespace) -> int:
+def show_status(session: Session, args: argparse.Namespace, out: Lines) -> int:
     status, history = session.ask(("status", {}), ("history", {}))
     if status["type"] == "error":
         return report_error(status, session)
@@ -265,16 +283,16 @@ def show_status(session: Session, args: argparse.Namespace) -> int:
         for m in status["migrations"]
     ]
     if rows:
-        print(table(("version", "name", "state", "applied at"), rows, style))
+        out(table(("version", "name", "state", "applied at"), rows, style))
     pending = sum(not m["applied"] for m in status["migrations"])
-    print(f"{len(rows) - pending} applied, {pending} pending")
+    out(f"{len(rows) - pending} applied, {pending} pending")
     return EXIT_OK
 
 
 WORDS = {"migrate": ("applied", "applying"), "rollback": ("rolled back", "rolling back")}
 
 
-def run_write(session: Session, args: argparse.Namespace) -> int:
+def run_write(session: Session, args: argparse.Namespace, out: Lines) -> int:
     """migrate or rollback: a line per step as it commits, with the time it took, then a
     summary; progress on a terminal's stderr while it runs; Ctrl-C cancels it (exit 130)."""
     kind, params = request_of(args)
@@ -291,7 +309,7 @@ def run_write(session: Session, args: argparse.Namespace) -> int:
     def show(entry: dict[str, Any], took_ms: float | None) -> None:
         shown.add(entry["version"])
         took = "" if took_ms is None else f"  {took_ms:.1f} ms"
-        print(f"{style(word, 'green')}  {entry['version']}  {entry['name']}{took}", flush=True)
+        out(f"{style(word, 'green')}  {entry['version']}  {entry['name']}{took}")
 
     # Cleared before anything else is written to stderr, and at the end.
     with ProgressLine(sys.stderr, len(steps), WORDS[kind][1]) as progress:
@@ -318,15 +336,19 @@ def run_write(session: Session, args: argparse.Namespace) -> int:
         if entry["version"] not in shown:
             show(entry, None)
     if body["type"] == "error":
-        return report_error(body, session)
-    if not taken:
-        print("nothing to do: the database is already there")
+        status = report_error(body, session)
     else:
-        tail = " (dry run: all rolled back)" if args.dry_run else ""
-        print(f"{counted(taken)} {word} in {elapsed:.2f} s{tail}")
-    if session.stop.requested:
-        say("interrupted: the request had finished before the cancel reached it")
-    return exit_status(body, session)
+        if not taken:
+            out("nothing to do: the database is already there")
+        else:
+            tail = " (dry run: all rolled back)" if args.dry_run else ""
+            out(f"{counted(taken)} {word} in {elapsed:.2f} s{tail}")
+        if session.stop.requested:
+            say("interrupted: the request had finished before the cancel reached it")
+        status = exit_status(body, session)
+    if out.lost:  # the write went on to its end: say what it did, since stdout could not
+        return stdout_closed(taken, word)
+    return status
 
 
 def done_word(kind: str, dry_run: bool) -> str:
@@ -363,47 +385,47 @@ def taken_steps(body: dict[str, Any]) -> list[dict[str, Any]]:
     return body.get("applied") or body.get("rolled_back") or []
 
 
-def run_validate(session: Session, args: argparse.Namespace) -> int:
+def run_validate(session: Session, args: argparse.Namespace, out: Lines) -> int:
     (body,) = session.ask(("validate", {}))
     if body["type"] == "error":
         return report_error(body, session)
     if body["ok"]:
-        print("ok: every applied migration matches its file, none is missing or out of order")
+        out("ok: every applied migration matches its file, none is missing or out of order")
         return EXIT_OK
     style = Style(sys.stdout)
     rows = [(str(p["version"]), p["name"], (p["kind"].replace("_", " "), "red"))
             for p in body["problems"]]
-    print(table(("version", "name", "problem"), rows, style))
+    out(table(("version", "name", "problem"), rows, style))
     say(f"validation found {len(rows)} problem{'s' if len(rows) != 1 else ''}")
     return EXIT_FAILED
 
 
-def show_history(session: Session, args: argparse.Namespace) -> int:
+def show_history(session: Session, args: argparse.Namespace, out: Lines) -> int:
     (body,) = session.ask(request_of(args))
     if body["type"] == "error":
         return report_error(body, session)
     rows = [(e["started_at"], e["action"], str(e["version"]), e["name"],
              f"{e['duration_ms']:.1f} ms", e["src"] or "") for e in body["events"]]
     if rows:
-        print(table(("started at", "action", "version", "name", "took", "by"), rows,
-                    Style(sys.stdout)))
+        out(table(("started at", "action", "version", "name", "took", "by"), rows,
+                  Style(sys.stdout)))
     else:
-        print("no history: nothing was ever applied")
+        out("no history: nothing was ever applied")
     return EXIT_OK
 
 
-def show_health(session: Session, args: argparse.Namespace) -> int:
+def show_health(session: Session, args: argparse.Namespace, out: Lines) -> int:
     (body,) = session.ask(("health", {}))
     if body["type"] == "error":
         return report_error(body, session)
     fields = {key: value for key, value in body.items() if key != "type"}
     width = max(len(key) for key in fields)
-    for key, value in fields.items():
-        print(f"{key.ljust(width)}  {'none' if value is None else value}")
+    out("\n".join(f"{key.ljust(width)}  {'none' if value is None else value}"
+                  for key, value in fields.items()))
     return EXIT_OK
 
 
-HANDLERS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
+HANDLERS: dict[str, Callable[[Session, argparse.Namespace, Lines], int]] = {
     "status": show_status,
     "migrate": run_write,
     "rollback": run_write,
@@ -434,7 +456,7 @@ SQL_STUB = """-- migrate:up
 """
 
 
-def new_migration(folder: Path, name: str, sql: bool) -> int:
+def new_migration(folder: Path, name: str, sql: bool, out: Lines) -> int:
     """Create the next-numbered file in `folder`; refuse a name that is not an identifier,
     and never overwrite a file."""
     if not (name.isascii() and name.isidentifier()):
@@ -463,7 +485,7 @@ def new_migration(folder: Path, name: str, sql: bool) -> int:
         return fail(f"cannot create {path}: {exc.strerror}", EXIT_USAGE)
     with os.fdopen(fd, "w") as file:
         file.write(text)
-    print(path)
+    out(str(path))
     return EXIT_OK
 
 
@@ -483,6 +505,16 @@ def report_error(body: dict[str, Any], session: Session) -> int:
         say(f"{style('failed', 'red')}  {failed['version']}  {failed['name']}: {failed['error']}")
     say(f"error {body['code']}: {body['text']}")
     return status
+
+
+def stdout_closed(taken: list[dict[str, Any]], word: str) -> int:
+    """Say what a write did when stdout closed before its lines were written: exit 141."""
+    if not taken:
+        return fail(f"stdout was closed before every line was written; no migration {word}",
+                    EXIT_STDOUT_CLOSED)
+    steps = ", ".join(f"{entry['version']} {entry['name']}" for entry in taken)
+    return fail(f"stdout was closed before every line was written; {counted(taken)} {word}:"
+                f" {steps}", EXIT_STDOUT_CLOSED)
 
 
 def fail(text: str, status: int) -> int:

@@ -1,9 +1,10 @@
-"""What a person sees: tables, colour, and a progress line on a terminal, with the stdlib only.
+"""What a person sees: lines, tables, colour, and a progress line on a terminal, with the
+stdlib only.
 
 Colour is used only on a terminal and never when NO_COLOR is set (https://no-color.org);
 the progress line is drawn only when stderr is a terminal, so a pipe or a log file gets
 plain lines and nothing else. Text the terminal's encoding cannot show is escaped
-(`caf\\xe9`).
+(`caf\\xe9`), and a reader that goes away early loses lines, not the command.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 COLOURS = {"green": "32", "yellow": "33", "red": "31", "bold": "1", "dim": "2"}
 CLEAR_LINE = "\r\x1b[K"
@@ -26,6 +27,36 @@ def escape_what_cannot_be_shown() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
+
+
+class Lines:
+    """A person's lines on stdout, each written at once; once the reader has gone (`| head`,
+    `| true`), the rest are dropped and `lost` is True, so that the command can finish its
+    work and say so on stderr instead of dying in the middle with a traceback."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lost = False
+
+    def __call__(self, text: str) -> None:
+        self._put(self.stream, text + "\n")
+
+    def raw(self, data: bytes) -> None:
+        """Bytes as they are (a JSON line written exactly as the stdio node writes it)."""
+        self._put(self.stream.buffer, data)
+
+    def _put(self, target: TextIO | BinaryIO, data: str | bytes) -> None:
+        if self.lost:
+            return
+        try:
+            target.write(data)
+            target.flush()
+        except BrokenPipeError:
+            self.lost = True
+            # What is still buffered, and the interpreter's flush at exit, go nowhere.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
 
 
 def wants_colour(stream: TextIO) -> bool:

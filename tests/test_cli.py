@@ -384,6 +384,49 @@ def test_each_step_is_printed_as_it_commits(workspace, folder, command):
     assert lines[3].startswith(f"3 migrations {word} in ") and len(lines) == 4
 
 
+def test_a_closed_stdout_is_exit_141_and_stderr_says_what_was_applied(workspace, folder):
+    table_migrations(folder, range(1, 3))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will ever read: as `migrations-node migrate | true`
+    try:
+        done = subprocess.run(
+            workspace.node_command("--migrations", str(folder), "migrate"), stdout=write_end,
+            stderr=subprocess.PIPE, text=True, env=workspace.env, cwd=workspace.root,
+            timeout=PROCESS_TIMEOUT_S)
+        status = subprocess.run(
+            workspace.node_command("--migrations", str(folder), "status"), stdout=write_end,
+            stderr=subprocess.PIPE, text=True, env=workspace.env, cwd=workspace.root,
+            timeout=PROCESS_TIMEOUT_S)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ("error: stdout was closed before every line was written;"
+                           " 2 migrations applied: 1 t1, 2 t2\n")
+    assert workspace.recorded() == [(1, "t1"), (2, "t2")]
+    assert status.returncode == 141, status.stderr
+    assert status.stderr == "error: stdout was closed before every line was written\n"
+
+
+def test_a_reader_gone_after_the_first_line_loses_lines_not_the_migration(workspace, folder):
+    started, block = workspace.root / "started", workspace.root / "block"
+    block.touch()
+    blocking_migrations(folder, started, block)
+    process = subprocess.Popen(
+        workspace.node_command("--migrations", str(folder), "migrate"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=workspace.env, cwd=workspace.root)
+    workspace.started.append(process)
+    # As `| head -1`: one line read, then the reader goes while migration 2 runs.
+    assert Output(process.stdout.fileno()).until(b"\n").startswith(b"applied  1  t1  ")
+    process.stdout.close()
+    wait_until(started.exists, what="migration 2 to start")
+    block.unlink()
+    assert process.wait(timeout=PROCESS_TIMEOUT_S) == 141
+    assert process.stderr.read().decode() == (
+        "error: stdout was closed before every line was written;"
+        " 3 migrations applied: 1 t1, 2 slow, 3 t3\n")
+    assert workspace.recorded() == [(1, "t1"), (2, "slow"), (3, "t3")]
+
+
 def test_the_console_script_is_python_node_py(workspace):
     script = Path(sys.executable).parent / "migrations-node"
     if not script.exists():
