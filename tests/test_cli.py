@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -353,6 +354,35 @@ def test_text_the_output_encoding_cannot_show_is_escaped_not_a_traceback(workspa
         assert "ajout_caf\\xe9" in done.stdout and "Traceback" not in done.stderr, command
     header, row = cli(workspace, "status", folder=folder, env=ascii_only).stdout.splitlines()[:2]
     assert header.index("state") == row.index("pending")  # columns measured as written
+
+
+def test_a_log_line_during_progress_starts_on_a_cleared_line(workspace, folder):
+    started, block = workspace.root / "started", workspace.root / "block"
+    block.touch()
+    blocking_migrations(folder, started, block)
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        workspace.node_command("--migrations", str(folder), "migrate"),
+        stdout=subprocess.PIPE, stderr=secondary, env=workspace.env, cwd=workspace.root)
+    workspace.started.append(process)
+    os.close(secondary)
+    terminal = Output(main)
+    try:
+        terminal.until(b"applying 2 slow")
+        wait_until(started.exists, what="migration 2 to start")
+        started.unlink()
+        assert workspace.kill_worker() is not None
+        terminal.until(b"disconnected")  # the node logs it at warning
+        wait_until(started.exists, what="migration 2 to start again in a new worker")
+        block.unlink()
+        seen = terminal.to_end()
+    finally:
+        os.close(main)
+    assert process.wait(timeout=PROCESS_TIMEOUT_S) == 0, seen
+    log_line = re.search(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ node\[\d+\] WARNING", seen)
+    assert log_line, seen
+    assert seen[:log_line.start()].endswith((CLEAR_LINE.encode(), b"\n")), seen
+    assert workspace.recorded() == [(1, "t1"), (2, "slow"), (3, "t3")]
 
 
 @pytest.mark.parametrize("command", [["migrate"], ["rollback", "--steps", "3"]],
