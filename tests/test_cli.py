@@ -461,6 +461,11 @@ def test_the_console_script_is_python_node_py(workspace):
     script = Path(sys.executable).parent / "migrations-node"
     if not script.exists():
         pytest.skip(f"{script} is not installed (pip install -e . puts it there)")
+    installed = subprocess.run(
+        [sys.executable, "-c", "import node; print(node.__file__)"], capture_output=True,
+        text=True, cwd=workspace.root, timeout=PROCESS_TIMEOUT_S).stdout.strip()
+    if installed != str(NODE):  # another checkout (a git worktree) was installed
+        pytest.skip(f"{script} runs {installed or 'no node.py'}, not {NODE}")
     done = subprocess.run([str(script), "--db", str(workspace.db), "status", "--json"],
                           capture_output=True, text=True, env=workspace.env,
                           cwd=workspace.root, timeout=PROCESS_TIMEOUT_S)
