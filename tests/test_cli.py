@@ -44,10 +44,10 @@ class Output:
         self.seen = b""
         self.ended = False
 
-    def until(self, marker: bytes, start: int = 0) -> bytes:
-        """Read until `marker` appears after `start`; returns everything seen so far."""
+    def until(self, marker: bytes) -> bytes:
+        """Read until `marker` appears; returns everything seen so far."""
         deadline = time.monotonic() + PROCESS_TIMEOUT_S
-        while marker not in self.seen[start:]:
+        while marker not in self.seen:
             assert not self.ended, f"{marker!r} never came; the command wrote {self.seen!r}"
             self._read(deadline)
         return self.seen
@@ -383,6 +383,11 @@ def test_a_log_line_during_progress_starts_on_a_cleared_line(workspace, folder):
     assert log_line, seen
     assert seen[:log_line.start()].endswith((CLEAR_LINE.encode(), b"\n")), seen
     assert workspace.recorded() == [(1, "t1"), (2, "slow"), (3, "t3")]
+    # Each step once, whichever worker told it.
+    lines = process.stdout.read().decode().splitlines()
+    assert [line.split("  ")[:2] for line in lines[:3]] == [["applied", "1"], ["applied", "2"],
+                                                           ["applied", "3"]]
+    assert lines[3].startswith("3 migrations applied in ") and len(lines) == 4
 
 
 @pytest.mark.parametrize("command", [["migrate"], ["rollback", "--steps", "3"]],
