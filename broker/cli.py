@@ -8,12 +8,14 @@
 
 Exit status: 0 done, 1 a migration failed or validation found problems, 2 bad usage (or a
 worker that cannot start with this configuration), 3 the database or worker could not be
-reached (error 11 or 13), 130 cancelled by Ctrl-C. Errors go to stderr as one sentence.
+reached (error 11 or 13), 130 cancelled by Ctrl-C, 141 stdout closed before every line was
+written (as a program killed by SIGPIPE). Errors go to stderr as one sentence.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import os
 import sys
@@ -28,16 +30,20 @@ from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError
 from broker.stopping import StopRequest
-from broker.terminal import ProgressLine, Style, table
+from broker.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
 
 if TYPE_CHECKING:
     from broker.client import WorkerClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_CANCELLED = 0, 1, 2, 3, 130
+EXIT_STDOUT_CLOSED = 128 + 13  # as the stdio node, and a shell for a program SIGPIPE ended
 EXIT_FOR_CODE = {10: EXIT_USAGE, 12: EXIT_USAGE, 11: EXIT_UNREACHABLE, 13: EXIT_UNREACHABLE}
 MSG_ID = 1  # what --json replies answer, as a stdio node answers a request of msg_id 1
 VERSION_DIGITS = 4  # NNNN_name for a new migration in a folder of small versions
 TIMESTAMP_VERSION = 10**10  # versions at least this big are dbmate-style timestamps
+# The largest integer a request field takes (worker/params.py): the stdio node answers
+# error 12 above it; a command refuses it as bad usage, before anything is sent.
+MAX_INTEGER = 2**63 - 1
 
 EXAMPLES = {
     "migrate": "examples:\n  migrations-node migrate\n  migrations-node migrate --to 3 --dry-run",
@@ -105,15 +111,31 @@ def _positive(text: str) -> int:
 def _version(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    return int(text)
+    digits = text.lstrip("0")
+    # Length first: int() refuses strings of more than 4,300 digits with its own message.
+    if len(digits) > len(str(MAX_INTEGER)) or int(digits or "0") > MAX_INTEGER:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_INTEGER} (2^63 - 1)")
+    return int(digits or "0")
 
 
 def run(
     args: argparse.Namespace, stop: StopRequest, connect: Callable[[Any], WorkerClient]
 ) -> int:
     """Carry out one command; returns the exit status."""
+    escape_what_cannot_be_shown()
+    out = Lines(sys.stdout)
+    status = _run_command(args, stop, connect, out)
+    if out.lost and status != EXIT_STDOUT_CLOSED:  # a write has said what it did already
+        return fail("stdout was closed before every line was written", EXIT_STDOUT_CLOSED)
+    return status
+
+
+def _run_command(
+    args: argparse.Namespace, stop: StopRequest, connect: Callable[[Any], WorkerClient],
+    out: Lines,
+) -> int:
     if args.command == "new":
-        return new_migration(args.migrations, args.name, args.sql)
+        return new_migration(args.migrations, args.name, args.sql, out)
     from broker.client import WorkerRefused
 
     try:
@@ -125,8 +147,8 @@ def run(
     session = Session(client, stop)
     try:
         if args.json:
-            return print_json(session, args)
-        return HANDLERS[args.command](session, args)
+            return print_json(session, args, out)
+        return HANDLERS[args.command](session, args, out)
     except Abandoned:
         return EXIT_CANCELLED
     except WorkerConfigError as exc:
@@ -169,12 +191,14 @@ class Session:
         self, *requests: tuple[str, dict[str, Any]],
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         tick: Callable[[], None] | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Send `requests` together; return their replies, in order, once all are in.
 
-        `on_progress` gets each progress body, `tick` runs about ten times a second. A
-        first Ctrl-C cancels the write among them (its reply then tells what committed);
-        a second raises Abandoned.
+        `on_progress` gets each progress body, `tick` runs about ten times a second, and
+        `notice` writes what there is to say meanwhile on stderr (say() if None). A first
+        Ctrl-C cancels the write among them (its reply then tells what committed); a second
+        raises Abandoned.
         """
         tokens = [next(self._tokens) for _ in requests]
         for token, (kind, params) in zip(tokens, requests, strict=True):
@@ -182,7 +206,7 @@ class Session:
         self.client.flush()
         replies: dict[int, dict[str, Any]] = {}
         while len(replies) < len(tokens):
-            self._mind_signals()
+            self._mind_signals(notice or say)
             events = dict(self.client.poller.poll(min(self.client.timeout_ms(), 100)))
             for token, body in self.client.process(events):
                 if token is None:
@@ -196,7 +220,7 @@ class Session:
                 tick()
         return [replies[token] for token in tokens]
 
-    def _mind_signals(self) -> None:
+    def _mind_signals(self, notice: Callable[[str], None]) -> None:
         if not self.stop.requested:
             return
         if self.stop.count > 1:
@@ -207,21 +231,25 @@ class Session:
             raise Abandoned
         if not self.cancelled:
             self.cancelled = True
-            say("cancelling: the migration in progress is rolled back, none after it starts"
-                " (Ctrl-C again to stop waiting)")
+            notice("cancelling: the migration in progress is rolled back, none after it starts"
+                   " (Ctrl-C again to stop waiting)")
             for token, _ in self.client.cancel_writes(None, self.src):
                 assert token is None, "only writes are cancelled, and they have no token here"
             self.client.flush()
 
 
-def print_json(session: Session, args: argparse.Namespace) -> int:
+def print_json(session: Session, args: argparse.Namespace, out: Lines) -> int:
     """The reply as the stdio node writes it for the same request with msg_id 1."""
     kind, params = request_of(args)
     (body,) = session.ask((kind, params))
-    replies = OrderedReplies(sys.stdout.buffer)
+    line = io.BytesIO()
+    replies = OrderedReplies(line)
     request = parse_request({"body": {"type": kind, "msg_id": MSG_ID, **params}})
     replies.fill(replies.reserve(request), body)
     replies.flush()
+    out.raw(line.getvalue())
+    if out.lost and kind in WORDS:
+        return stdout_closed(taken_steps(body), done_word(kind, args.dry_run))
     return exit_status(body, session)
 
 
@@ -238,7 +266,7 @@ def exit_status(body: dict[str, Any], session: Session) -> int:
 # -- the commands --------------------------------------------------------------------------
 
 
-def show_status(session: Session, args: argparse.Namespace) -> int:
+def show_status(session: Session, args: argparse.Namespace, out: Lines) -> int:
     status, history = session.ask(("status", {}), ("history", {}))
     if status["type"] == "error":
         return report_error(status, session)
@@ -255,74 +283,88 @@ def show_status(session: Session, args: argparse.Namespace) -> int:
         for m in status["migrations"]
     ]
     if rows:
-        print(table(("version", "name", "state", "applied at"), rows, style))
+        out(table(("version", "name", "state", "applied at"), rows, style))
     pending = sum(not m["applied"] for m in status["migrations"])
-    print(f"{len(rows) - pending} applied, {pending} pending")
+    out(f"{len(rows) - pending} applied, {pending} pending")
     return EXIT_OK
 
 
-def run_migrate(session: Session, args: argparse.Namespace) -> int:
-    return run_write(session, args, "apply", "applied", "applying")
+WORDS = {"migrate": ("applied", "applying"), "rollback": ("rolled back", "rolling back")}
 
 
-def run_rollback(session: Session, args: argparse.Namespace) -> int:
-    return run_write(session, args, "rollback", "rolled back", "rolling back")
-
-
-def run_write(
-    session: Session, args: argparse.Namespace, action: str, done_word: str, verb: str
-) -> int:
-    """migrate or rollback: a line per step with its duration, then a summary; progress on
-    a terminal's stderr while it runs; Ctrl-C cancels it (exit 130)."""
+def run_write(session: Session, args: argparse.Namespace, out: Lines) -> int:
+    """migrate or rollback: a line per step as it commits, with the time it took, then a
+    summary; progress on a terminal's stderr while it runs; Ctrl-C cancels it (exit 130)."""
     kind, params = request_of(args)
     (status,) = session.ask(("status", {}))
     if status["type"] == "error":
         return report_error(status, session)
-    steps = planned_steps(status["migrations"], action, params)
-    progress = ProgressLine(sys.stderr, len(steps), verb)
-    if progress.enabled and not args.dry_run:
+    steps = planned_steps(status["migrations"], kind, params)
+    if not args.dry_run:  # a dry run commits nothing, so it has no progress to tell
         params = {**params, "progress": True}
+    style = Style(sys.stdout)
+    word = done_word(kind, args.dry_run)
+    shown: set[Any] = set()
 
-    def moved(body: dict[str, Any]) -> None:
-        following = steps[body["done"]] if body["done"] < len(steps) else ""
-        progress.step(body["done"], following)
+    def show(entry: dict[str, Any], took_ms: float | None) -> None:
+        shown.add(entry["version"])
+        took = "" if took_ms is None else f"  {took_ms:.1f} ms"
+        out(f"{style(word, 'green')}  {entry['version']}  {entry['name']}{took}")
 
-    progress.step(0, steps[0] if steps else "")
-    started = time.monotonic()
-    try:
-        (body,) = session.ask((kind, params), on_progress=moved, tick=progress.draw)
-    finally:
-        progress.clear()
+    # Cleared before anything else is written to stderr, and at the end.
+    with ProgressLine(sys.stderr, len(steps), WORDS[kind][1]) as progress:
+        started = last_commit = time.monotonic()
+
+        def committed(body: dict[str, Any]) -> None:
+            # A step's time is the wall time from the commit before it (the first: from the
+            # request), as seen here: loading its file and its commit count too.
+            nonlocal last_commit
+            if body["version"] not in shown:  # a new worker may tell a step again
+                now = time.monotonic()
+                progress.clear()  # stdout may be the same terminal
+                show(body, (now - last_commit) * 1000)
+                last_commit = now
+            following = steps[body["done"]] if body["done"] < len(steps) else ""
+            progress.step(body["done"], following)
+
+        progress.step(0, steps[0] if steps else "")
+        (body,) = session.ask((kind, params), on_progress=committed, tick=progress.draw,
+                              notice=progress.say)
     elapsed = time.monotonic() - started
     taken = taken_steps(body)
-    asked_to_stop = session.stop.requested  # then no more waiting: what is known is shown
-    durations = {}
-    if taken and not args.dry_run and not asked_to_stop:
-        durations = step_durations(session, taken, action)
-    style = Style(sys.stdout)
-    word = f"would be {done_word}" if args.dry_run else done_word
-    for entry in taken:
-        duration = durations.get(entry["version"])
-        shown = f"  {duration:.1f} ms" if duration is not None else ""
-        print(f"{style(word, 'green')}  {entry['version']}  {entry['name']}{shown}")
+    for entry in taken:  # a dry run's steps, and any whose progress a killed worker never sent
+        if entry["version"] not in shown:
+            show(entry, None)
     if body["type"] == "error":
-        return report_error(body, session)
-    if not taken:
-        print("nothing to do: the database is already there")
+        status = report_error(body, session)
     else:
-        noun = "migration" if len(taken) == 1 else "migrations"
-        tail = " (dry run: all rolled back)" if args.dry_run else ""
-        print(f"{len(taken)} {noun} {word} in {elapsed:.2f} s{tail}")
-    if asked_to_stop:
-        say("interrupted: the request had finished before the cancel reached it")
-    return exit_status(body, session)
+        if not taken:
+            out("nothing to do: the database is already there")
+        else:
+            tail = " (dry run: all rolled back)" if args.dry_run else ""
+            out(f"{counted(taken)} {word} in {elapsed:.2f} s{tail}")
+        if session.stop.requested:
+            say("interrupted: the request had finished before the cancel reached it")
+        status = exit_status(body, session)
+    if out.lost:  # the write went on to its end: say what it did, since stdout could not
+        return stdout_closed(taken, word)
+    return status
+
+
+def done_word(kind: str, dry_run: bool) -> str:
+    word = WORDS[kind][0]
+    return f"would be {word}" if dry_run else word
+
+
+def counted(steps: list[dict[str, Any]]) -> str:
+    return f"{len(steps)} migration{'' if len(steps) == 1 else 's'}"
 
 
 def planned_steps(
-    migrations: list[dict[str, Any]], action: str, params: dict[str, Any]
+    migrations: list[dict[str, Any]], kind: str, params: dict[str, Any]
 ) -> list[str]:
     """What a migrate or rollback will take, for the progress line (`V name` each)."""
-    if action == "apply":
+    if kind == "migrate":
         chosen = [m for m in migrations if not m["applied"]
                   and ("to" not in params or m["version"] <= params["to"])]
     else:
@@ -343,59 +385,50 @@ def taken_steps(body: dict[str, Any]) -> list[dict[str, Any]]:
     return body.get("applied") or body.get("rolled_back") or []
 
 
-def step_durations(session: Session, taken: list[dict[str, Any]], action: str) -> dict[int, float]:
-    """Each taken step's duration, from the history the worker kept of them."""
-    (history,) = session.ask(("history", {"limit": len(taken)}))
-    if history["type"] != "migration_history":
-        return {}
-    return {event["version"]: event["duration_ms"] for event in history["events"]
-            if event["action"] == action}
-
-
-def run_validate(session: Session, args: argparse.Namespace) -> int:
+def run_validate(session: Session, args: argparse.Namespace, out: Lines) -> int:
     (body,) = session.ask(("validate", {}))
     if body["type"] == "error":
         return report_error(body, session)
     if body["ok"]:
-        print("ok: every applied migration matches its file, none is missing or out of order")
+        out("ok: every applied migration matches its file, none is missing or out of order")
         return EXIT_OK
     style = Style(sys.stdout)
     rows = [(str(p["version"]), p["name"], (p["kind"].replace("_", " "), "red"))
             for p in body["problems"]]
-    print(table(("version", "name", "problem"), rows, style))
+    out(table(("version", "name", "problem"), rows, style))
     say(f"validation found {len(rows)} problem{'s' if len(rows) != 1 else ''}")
     return EXIT_FAILED
 
 
-def show_history(session: Session, args: argparse.Namespace) -> int:
+def show_history(session: Session, args: argparse.Namespace, out: Lines) -> int:
     (body,) = session.ask(request_of(args))
     if body["type"] == "error":
         return report_error(body, session)
     rows = [(e["started_at"], e["action"], str(e["version"]), e["name"],
              f"{e['duration_ms']:.1f} ms", e["src"] or "") for e in body["events"]]
     if rows:
-        print(table(("started at", "action", "version", "name", "took", "by"), rows,
-                    Style(sys.stdout)))
+        out(table(("started at", "action", "version", "name", "took", "by"), rows,
+                  Style(sys.stdout)))
     else:
-        print("no history: nothing was ever applied")
+        out("no history: nothing was ever applied")
     return EXIT_OK
 
 
-def show_health(session: Session, args: argparse.Namespace) -> int:
+def show_health(session: Session, args: argparse.Namespace, out: Lines) -> int:
     (body,) = session.ask(("health", {}))
     if body["type"] == "error":
         return report_error(body, session)
     fields = {key: value for key, value in body.items() if key != "type"}
     width = max(len(key) for key in fields)
-    for key, value in fields.items():
-        print(f"{key.ljust(width)}  {'none' if value is None else value}")
+    out("\n".join(f"{key.ljust(width)}  {'none' if value is None else value}"
+                  for key, value in fields.items()))
     return EXIT_OK
 
 
-HANDLERS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
+HANDLERS: dict[str, Callable[[Session, argparse.Namespace, Lines], int]] = {
     "status": show_status,
-    "migrate": run_migrate,
-    "rollback": run_rollback,
+    "migrate": run_write,
+    "rollback": run_write,
     "validate": run_validate,
     "history": show_history,
     "health": show_health,
@@ -423,7 +456,7 @@ SQL_STUB = """-- migrate:up
 """
 
 
-def new_migration(folder: Path, name: str, sql: bool) -> int:
+def new_migration(folder: Path, name: str, sql: bool, out: Lines) -> int:
     """Create the next-numbered file in `folder`; refuse a name that is not an identifier,
     and never overwrite a file."""
     if not (name.isascii() and name.isidentifier()):
@@ -452,7 +485,7 @@ def new_migration(folder: Path, name: str, sql: bool) -> int:
         return fail(f"cannot create {path}: {exc.strerror}", EXIT_USAGE)
     with os.fdopen(fd, "w") as file:
         file.write(text)
-    print(path)
+    out(str(path))
     return EXIT_OK
 
 
@@ -464,11 +497,24 @@ def report_error(body: dict[str, Any], session: Session) -> int:
     status = exit_status(body, session)
     style = Style(sys.stderr)
     failed = body.get("failed")
-    if failed and not body.get("cancelled"):
+    if body.get("cancelled"):
+        text = body["text"]  # it says "cancelled..." itself
+        say(text if text.startswith("cancelled") else f"cancelled: {text}")
+        return status
+    if failed:
         say(f"{style('failed', 'red')}  {failed['version']}  {failed['name']}: {failed['error']}")
-    prefix = "cancelled" if status == EXIT_CANCELLED else f"error {body['code']}"
-    say(f"{prefix}: {body['text']}")
+    say(f"error {body['code']}: {body['text']}")
     return status
+
+
+def stdout_closed(taken: list[dict[str, Any]], word: str) -> int:
+    """Say what a write did when stdout closed before its lines were written: exit 141."""
+    if not taken:
+        return fail(f"stdout was closed before every line was written; no migration {word}",
+                    EXIT_STDOUT_CLOSED)
+    steps = ", ".join(f"{entry['version']} {entry['name']}" for entry in taken)
+    return fail(f"stdout was closed before every line was written; {counted(taken)} {word}:"
+                f" {steps}", EXIT_STDOUT_CLOSED)
 
 
 def fail(text: str, status: int) -> int:

@@ -20,6 +20,8 @@ from typing import Any, BinaryIO
 from broker.kinds import PROGRESS
 from broker.requests import Request
 
+NODE_FIELDS = ("type", "in_reply_to")  # a reply line's first two, written by the node
+
 
 class Slot:
     """One reply's place in the output; `line` is set when the reply is ready."""
@@ -90,7 +92,10 @@ class OrderedReplies:
         A body object seen again (the worker's unchanged status) is not rendered again.
         """
         if body is not self._last_body:
-            rest = json.dumps({key: value for key, value in body.items() if key != "type"})
+            # in_reply_to is the request's msg_id, written here: one a body carried would
+            # put a second in_reply_to in the line, which a JSON reader takes as the answer.
+            rest = json.dumps({key: value for key, value in body.items()
+                               if key not in NODE_FIELDS})
             self._last_body, self._last_rest = body, rest[1:-1]
         parts = ['{"type": ', json.dumps(body["type"])]
         if slot.msg_id is not None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from broker.terminal import CLEAR_LINE
 from tests.support import (
     NODE,
     PROCESS_TIMEOUT_S,
@@ -30,6 +33,63 @@ def folder(workspace) -> Path:
     path = workspace.root / "migrations"
     path.mkdir()
     return path
+
+
+class Output:
+    """What a command writes on one descriptor (a pipe, or a terminal's main side), read
+    as it comes: each wait is for bytes to arrive, bounded by PROCESS_TIMEOUT_S."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.seen = b""
+        self.ended = False
+
+    def until(self, marker: bytes) -> bytes:
+        """Read until `marker` appears; returns everything seen so far."""
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        while marker not in self.seen:
+            assert not self.ended, f"{marker!r} never came; the command wrote {self.seen!r}"
+            self._read(deadline)
+        return self.seen
+
+    def to_end(self) -> bytes:
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        while not self.ended:
+            self._read(deadline)
+        return self.seen
+
+    def _read(self, deadline: float) -> None:
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"nothing more came in {PROCESS_TIMEOUT_S} s after {self.seen!r}"
+        try:
+            chunk = os.read(self.fd, 4096)
+        except OSError:  # EIO: a terminal's last writer has gone
+            chunk = b""
+        self.ended = not chunk
+        self.seen += chunk
+
+
+def blocking_migrations(folder: Path, started: Path, block: Path, in_down: bool = False) -> None:
+    """t1, then 0002_slow, whose up() (or down()) creates `started` and waits while `block`
+    exists, then t3: the test decides when migration 2 may finish."""
+    table_migrations(folder, range(1, 2))
+    wait = ("import os, time\n"
+            f"open({str(started)!r}, 'w').close()\n"
+            f"while os.path.exists({str(block)!r}):\n    time.sleep(0.01)\n")
+    create = "db.execute('CREATE TABLE slow (id INTEGER)')\n"
+    if in_down:
+        write_migration(folder, "0002_slow.py", create, down=wait + "db.execute('DROP TABLE slow')")
+    else:
+        write_migration(folder, "0002_slow.py",
+                        create + wait + "db.execute('INSERT INTO slow VALUES (1)')",
+                        down="db.execute('DROP TABLE slow')")
+    table_migrations(folder, range(3, 4))
+
+
+def cancel_reached(workspace) -> bool:
+    """The worker logged that it took a cancel (warnings reach its log at once)."""
+    return any("cancelled 1 write(s)" in log.read_text(errors="replace")
+               for log in workspace.runtime.glob("*.log"))
 
 
 def cli(workspace, *args: str, folder: Path | None = None, env: dict | None = None):
@@ -211,14 +271,7 @@ def test_progress_goes_to_a_terminal_and_never_into_a_pipe(workspace, folder):
 def test_ctrl_c_during_migrate_rolls_back_the_running_one_and_exits_130(workspace, folder):
     started, block = workspace.root / "started", workspace.root / "block"
     block.touch()
-    table_migrations(folder, range(1, 2))
-    write_migration(
-        folder, "0002_slow.py",
-        "import os, time\ndb.execute('CREATE TABLE slow (id INTEGER)')\n"
-        f"open({str(started)!r}, 'w').close()\n"
-        f"while os.path.exists({str(block)!r}):\n    time.sleep(0.01)\n"
-        "db.execute('INSERT INTO slow VALUES (1)')")
-    table_migrations(folder, range(3, 4))
+    blocking_migrations(folder, started, block)
     process = subprocess.Popen(
         workspace.node_command("--migrations", str(folder), "migrate"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=workspace.env,
@@ -227,20 +280,197 @@ def test_ctrl_c_during_migrate_rolls_back_the_running_one_and_exits_130(workspac
     wait_until(started.exists, what="migration 2 to start")
     process.send_signal(signal.SIGINT)
     assert process.stderr.readline().startswith("cancelling: ")  # the cancel went out
+    wait_until(lambda: cancel_reached(workspace), what="the worker to take the cancel")
     block.unlink()
     out, err = process.communicate(timeout=PROCESS_TIMEOUT_S)
     assert process.returncode == 130, err
     assert out, err
     assert out.splitlines()[0].split()[:3] == ["applied", "1", "t1"]
-    assert "cancelled: cancelled: migration 2 slow was interrupted" in err
+    assert err.splitlines()[-1].startswith("cancelled: migration 2 slow was interrupted")
+    assert "cancelled: cancelled" not in err
     assert workspace.recorded() == [(1, "t1")]
     assert "slow" not in workspace.tables() and "t3" not in workspace.tables()
+
+
+def test_ctrl_c_on_a_terminal_clears_the_progress_line_before_saying_anything(workspace, folder):
+    started, block = workspace.root / "started", workspace.root / "block"
+    block.touch()
+    blocking_migrations(folder, started, block)
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        workspace.node_command("--migrations", str(folder), "migrate"),
+        stdout=subprocess.PIPE, stderr=secondary, env=workspace.env, cwd=workspace.root)
+    workspace.started.append(process)
+    os.close(secondary)
+    terminal = Output(main)
+    try:
+        terminal.until(b"applying 2 slow")  # the progress line is on the terminal
+        wait_until(started.exists, what="migration 2 to start")
+        process.send_signal(signal.SIGINT)
+        terminal.until(b"cancelling: ")
+        wait_until(lambda: cancel_reached(workspace), what="the worker to take the cancel")
+        block.unlink()
+        seen = terminal.to_end()
+    finally:
+        os.close(main)
+    assert process.wait(timeout=PROCESS_TIMEOUT_S) == 130, seen
+    # Each sentence starts a line of its own: the progress line was cleared before it.
+    for sentence in (b"cancelling: ", b"cancelled: "):
+        assert seen[:seen.index(sentence)].endswith((CLEAR_LINE.encode(), b"\n")), seen
+    assert b"cancelled: migration 2 slow was interrupted" in seen
+    assert b"cancelled: cancelled" not in seen
+    assert process.stdout.read().split()[:3] == [b"applied", b"1", b"t1"]
+    assert workspace.recorded() == [(1, "t1")]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["migrate", "--to"], ["history", "--limit"], ["rollback", "--steps"], ["rollback", "--to"]],
+    ids=" ".join)
+def test_integers_above_2_63_minus_1_are_bad_usage_naming_the_option(workspace, folder, command):
+    for value in ("99999999999999999999", str(2**63), "9" * 5000):
+        done = cli(workspace, *command, value, folder=folder)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines()[-1].endswith(
+            f"error: argument {command[1]}: must be at most {2**63 - 1} (2^63 - 1)")
+        assert "Traceback" not in done.stderr
+    largest = cli(workspace, "history", "--limit", str(2**63 - 1), folder=folder)
+    assert largest.returncode == 0, largest.stderr
+
+
+def test_text_the_output_encoding_cannot_show_is_escaped_not_a_traceback(workspace, folder):
+    write_migration(folder, "0001_ajout_café.py", "db.execute('CREATE TABLE café (id INTEGER)')",
+                    down="db.execute('DROP TABLE café')")
+    write_migration(folder, "0002_échec.py", "raise ValueError('déjà vu')")
+    ascii_only = {**workspace.env, "PYTHONIOENCODING": "ascii"}
+    failed = cli(workspace, "migrate", folder=folder, env=ascii_only)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert failed.stdout.startswith("applied  1  ajout_caf\\xe9  ")
+    assert "migration 2 \\xe9chec failed" in failed.stderr and "d\\xe9j\\xe0 vu" in failed.stderr
+    (folder / "0002_échec.py").unlink()
+    for command in ("status", "history", "rollback"):
+        done = cli(workspace, command, folder=folder, env=ascii_only)
+        assert done.returncode == 0, done.stderr
+        assert "ajout_caf\\xe9" in done.stdout and "Traceback" not in done.stderr, command
+    header, row = cli(workspace, "status", folder=folder, env=ascii_only).stdout.splitlines()[:2]
+    assert header.index("state") == row.index("pending")  # columns measured as written
+
+
+def test_a_log_line_during_progress_starts_on_a_cleared_line(workspace, folder):
+    started, block = workspace.root / "started", workspace.root / "block"
+    block.touch()
+    blocking_migrations(folder, started, block)
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        workspace.node_command("--migrations", str(folder), "migrate"),
+        stdout=subprocess.PIPE, stderr=secondary, env=workspace.env, cwd=workspace.root)
+    workspace.started.append(process)
+    os.close(secondary)
+    terminal = Output(main)
+    try:
+        terminal.until(b"applying 2 slow")
+        wait_until(started.exists, what="migration 2 to start")
+        started.unlink()
+        assert workspace.kill_worker() is not None
+        terminal.until(b"disconnected")  # the node logs it at warning
+        wait_until(started.exists, what="migration 2 to start again in a new worker")
+        block.unlink()
+        seen = terminal.to_end()
+    finally:
+        os.close(main)
+    assert process.wait(timeout=PROCESS_TIMEOUT_S) == 0, seen
+    log_line = re.search(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ node\[\d+\] WARNING", seen)
+    assert log_line, seen
+    assert seen[:log_line.start()].endswith((CLEAR_LINE.encode(), b"\n")), seen
+    assert workspace.recorded() == [(1, "t1"), (2, "slow"), (3, "t3")]
+    # Each step once, whichever worker told it.
+    lines = process.stdout.read().decode().splitlines()
+    assert [line.split("  ")[:2] for line in lines[:3]] == [["applied", "1"], ["applied", "2"],
+                                                           ["applied", "3"]]
+    assert lines[3].startswith("3 migrations applied in ") and len(lines) == 4
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["rollback", "--steps", "3"]],
+                         ids=["migrate", "rollback --steps 3"])
+def test_each_step_is_printed_as_it_commits(workspace, folder, command):
+    started, block = workspace.root / "started", workspace.root / "block"
+    migrating = command[0] == "migrate"
+    blocking_migrations(folder, started, block, in_down=not migrating)
+    if not migrating:
+        assert cli(workspace, "migrate", folder=folder).returncode == 0
+    block.touch()
+    process = subprocess.Popen(
+        workspace.node_command("--migrations", str(folder), *command),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=workspace.env, cwd=workspace.root)
+    workspace.started.append(process)
+    stdout = Output(process.stdout.fileno())
+    # The first step's line comes while migration 2 is still held, so before it commits.
+    first = stdout.until(b"\n").decode()
+    word, version = ("applied", "1") if migrating else ("rolled back", "3")
+    assert first.startswith(f"{word}  {version}  t{version}  ") and first.endswith(" ms\n")
+    assert block.exists()
+    wait_until(started.exists, what="migration 2 to start")
+    block.unlink()
+    lines = stdout.to_end().decode().splitlines()
+    assert process.wait(timeout=PROCESS_TIMEOUT_S) == 0, process.stderr.read()
+    order = ["1", "2", "3"] if migrating else ["3", "2", "1"]
+    assert [line.split("  ")[1] for line in lines[:3]] == order
+    assert all(line.startswith(f"{word}  ") and line.endswith(" ms") for line in lines[:3])
+    assert lines[3].startswith(f"3 migrations {word} in ") and len(lines) == 4
+
+
+def test_a_closed_stdout_is_exit_141_and_stderr_says_what_was_applied(workspace, folder):
+    table_migrations(folder, range(1, 3))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will ever read: as `migrations-node migrate | true`
+    try:
+        done = subprocess.run(
+            workspace.node_command("--migrations", str(folder), "migrate"), stdout=write_end,
+            stderr=subprocess.PIPE, text=True, env=workspace.env, cwd=workspace.root,
+            timeout=PROCESS_TIMEOUT_S)
+        status = subprocess.run(
+            workspace.node_command("--migrations", str(folder), "status"), stdout=write_end,
+            stderr=subprocess.PIPE, text=True, env=workspace.env, cwd=workspace.root,
+            timeout=PROCESS_TIMEOUT_S)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ("error: stdout was closed before every line was written;"
+                           " 2 migrations applied: 1 t1, 2 t2\n")
+    assert workspace.recorded() == [(1, "t1"), (2, "t2")]
+    assert status.returncode == 141, status.stderr
+    assert status.stderr == "error: stdout was closed before every line was written\n"
+
+
+def test_a_reader_gone_after_the_first_line_loses_lines_not_the_migration(workspace, folder):
+    started, block = workspace.root / "started", workspace.root / "block"
+    block.touch()
+    blocking_migrations(folder, started, block)
+    process = subprocess.Popen(
+        workspace.node_command("--migrations", str(folder), "migrate"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=workspace.env, cwd=workspace.root)
+    workspace.started.append(process)
+    # As `| head -1`: one line read, then the reader goes while migration 2 runs.
+    assert Output(process.stdout.fileno()).until(b"\n").startswith(b"applied  1  t1  ")
+    process.stdout.close()
+    wait_until(started.exists, what="migration 2 to start")
+    block.unlink()
+    assert process.wait(timeout=PROCESS_TIMEOUT_S) == 141
+    assert process.stderr.read().decode() == (
+        "error: stdout was closed before every line was written;"
+        " 3 migrations applied: 1 t1, 2 slow, 3 t3\n")
+    assert workspace.recorded() == [(1, "t1"), (2, "slow"), (3, "t3")]
 
 
 def test_the_console_script_is_python_node_py(workspace):
     script = Path(sys.executable).parent / "migrations-node"
     if not script.exists():
         pytest.skip(f"{script} is not installed (pip install -e . puts it there)")
+    installed = subprocess.run(
+        [sys.executable, "-c", "import node; print(node.__file__)"], capture_output=True,
+        text=True, cwd=workspace.root, timeout=PROCESS_TIMEOUT_S).stdout.strip()
+    if installed != str(NODE):  # another checkout (a git worktree) was installed
+        pytest.skip(f"{script} runs {installed or 'no node.py'}, not {NODE}")
     done = subprocess.run([str(script), "--db", str(workspace.db), "status", "--json"],
                           capture_output=True, text=True, env=workspace.env,
                           cwd=workspace.root, timeout=PROCESS_TIMEOUT_S)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from broker.replies import OrderedReplies
@@ -17,19 +17,26 @@ json_values = st.recursive(
                                                                   max_size=3),
     max_leaves=8,
 )
+# Keys of every length, and often the ones a reply line is built around: a body that carries
+# its own `type`, `in_reply_to` or envelope field must still give exactly one line.
+REAL_KEYS = ("type", "in_reply_to", "msg_id", "src", "dest", "body", "code", "text", "version",
+             "migrations", "migration_progress")
+keys = st.sampled_from(REAL_KEYS) | st.text(max_size=20)
 bodies = st.builds(
     lambda kind, rest: {"type": kind, **rest},
     st.text(min_size=1, max_size=10),
-    st.dictionaries(st.text(max_size=6).filter(lambda key: key != "type"), json_values,
-                    max_size=4),
+    st.dictionaries(keys, json_values, max_size=6),
 )
 
 
 def expected_line(body: dict, msg_id: int | None, envelope: tuple | None) -> bytes:
+    """The line for `body`: in_reply_to is the request's msg_id (absent without one), never
+    a value the body carried."""
     reply = {"type": body["type"]}
     if msg_id is not None:
         reply["in_reply_to"] = msg_id
-    reply.update((key, value) for key, value in body.items() if key != "type")
+    reply.update((key, value) for key, value in body.items()
+                 if key not in ("type", "in_reply_to"))
     if envelope is not None:
         reply = {"src": envelope[0], "dest": envelope[1], "body": reply}
     return (json.dumps(reply) + "\n").encode()
@@ -43,6 +50,10 @@ def expected_line(body: dict, msg_id: int | None, envelope: tuple | None) -> byt
     framed=st.booleans(),
     repeats=st.integers(min_value=1, max_value=3),
 )
+@example(body={"type": "x", "in_reply_to": 7}, msg_id=5, src=None, dest=None, framed=False,
+         repeats=1)
+@example(body={"type": "x", "in_reply_to": 7}, msg_id=None, src="c1", dest="n1", framed=True,
+         repeats=2)
 def test_each_line_is_exactly_json_dumps_of_the_reply(body, msg_id, src, dest, framed, repeats):
     stream = io.BytesIO()
     replies = OrderedReplies(stream, envelope=framed)
