@@ -29,7 +29,7 @@ from broker.kinds import COMMANDS, PROGRESS
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError
-from broker.stopping import StopRequest
+from broker.stopping import Stopped, StopRequest
 from broker.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
 
 if TYPE_CHECKING:
@@ -54,6 +54,8 @@ EXAMPLES = {
     "history": "example:\n  migrations-node history --limit 10",
     "new": "examples:\n  migrations-node new add_user_email\n  migrations-node new audit_log --sql",
     "health": "example:\n  migrations-node health --json",
+    "stop": "example, to restore a backup:\n  migrations-node --db app.db stop &&"
+            " cp backup.db app.db",
 }
 HELP = {
     "migrate": "apply every pending migration, each in its own transaction",
@@ -63,6 +65,7 @@ HELP = {
     "history": "every apply, rollback and baseline, oldest first",
     "new": "create the next-numbered migration file with up and down stubs",
     "health": "the worker's pid, database, uptime and what runs now",
+    "stop": "stop the database's worker cleanly (its migration in progress finishes first)",
 }
 
 
@@ -74,7 +77,7 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
         "--json", action="store_true", help="print the reply exactly as the stdio node does"
     )
     for name in COMMANDS:
-        parents = [common] if name == "new" else [common, output]
+        parents = [common] if name in ("new", "stop") else [common, output]
         command = commands.add_parser(
             name, parents=parents, help=HELP[name], description=HELP[name],
             epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -136,6 +139,8 @@ def _run_command(
 ) -> int:
     if args.command == "new":
         return new_migration(args.migrations, args.name, args.sql, out)
+    if args.command == "stop":
+        return stop_worker(args.db, stop, out)
     from broker.client import WorkerRefused
 
     try:
@@ -486,6 +491,35 @@ def new_migration(folder: Path, name: str, sql: bool, out: Lines) -> int:
     with os.fdopen(fd, "w") as file:
         file.write(text)
     out(str(path))
+    return EXIT_OK
+
+
+def stop_worker(database: str, stop: StopRequest, out: Lines) -> int:
+    """Stop the worker that owns `database` (wherever its runtime directory is) and wait
+    until it has exited; a database without one is not an error."""
+    from broker import endpoint
+    from broker.spawn import stop_owner
+
+    try:
+        where = endpoint.for_database(database)
+    except (OSError, ValueError) as exc:
+        return fail(f"cannot tell where the worker of {database} lives: {exc}", EXIT_USAGE)
+
+    def waiting(pid: int) -> None:
+        say(f"waiting for worker pid {pid} to finish its migration in progress (Ctrl-C stops"
+            " waiting; the worker still stops after it)")
+
+    try:
+        with stop.interruptible():
+            pid = stop_owner(where, waiting)
+    except Stopped:
+        return EXIT_CANCELLED
+    except PermissionError as exc:
+        return fail(f"cannot stop the worker of {where.database}: {exc}", EXIT_UNREACHABLE)
+    if pid is None:
+        out(f"no worker runs for {where.database}")
+    else:
+        out(f"stopped worker pid {pid} of {where.database}")
     return EXIT_OK
 
 

@@ -15,5 +15,6 @@ WRITES = frozenset({"migrate", "rollback", "baseline"})
 CONTROLS = frozenset({"cancel"})
 WORKER_KINDS = READS | WRITES | CONTROLS
 PROGRESS = "migration_progress"  # a reply body that comes before a write's one reply
-# What a person types (`node.py COMMAND`): the requests above, and `new`, which needs no worker.
-COMMANDS = ("migrate", "rollback", "status", "validate", "history", "new", "health")
+# What a person types (`node.py COMMAND`): the requests above, and `new` and `stop`, which
+# send none (`stop` signals the database's worker).
+COMMANDS = ("migrate", "rollback", "status", "validate", "history", "new", "health", "stop")

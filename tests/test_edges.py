@@ -12,12 +12,14 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 import zmq
 
 from broker import codec, endpoint
+from tests.processes import gone
 from tests.support import (
     PROCESS_TIMEOUT_S,
     request,
@@ -218,7 +220,8 @@ def test_a_backup_copied_over_the_database_in_place_is_noticed_and_served_as_res
     node.send(request("migrate", 1, to=2))
     assert node.replies(1)[0]["count"] == 2
     backup = workspace.root / "backup.db"
-    with sqlite3.connect(workspace.db) as source, sqlite3.connect(backup) as copy:
+    with closing(sqlite3.connect(workspace.db)) as source, \
+            closing(sqlite3.connect(backup)) as copy:
         source.backup(copy)
     node.send(request("migrate", 2))
     assert node.replies(1)[0]["count"] == 1
@@ -238,7 +241,7 @@ def test_a_backup_copied_over_the_database_in_place_is_noticed_and_served_as_res
     assert node.replies(1)[0]["migrations"] == [
         {"version": 3, "name": "t3", "status": "applied"}]
     assert node.finish() == 0
-    with sqlite3.connect(workspace.db) as check:
+    with closing(sqlite3.connect(workspace.db)) as check:
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert workspace.recorded() == [(1, "t1"), (2, "t2"), (3, "t3")]
 
@@ -272,3 +275,34 @@ def test_a_worker_refuses_a_request_that_names_another_database(workspace, folde
     assert (second_id, status["type"]) == (b"r-mine", "migration_status")
     assert "schema_migrations" not in workspace.tables()  # the refused migrate never ran
     assert node.finish() == 0
+
+
+def test_stop_ends_the_worker_cleanly_so_that_a_backup_can_be_copied_over_the_file(
+        workspace, folder):
+    table_migrations(folder, range(1, 4))
+    migrated, _ = workspace.run([request("migrate", 1, to=1)], "--migrations", str(folder))
+    assert migrated[0]["count"] == 1
+    backup = workspace.root / "backup.db"
+    with closing(sqlite3.connect(workspace.db)) as source, \
+            closing(sqlite3.connect(backup)) as copy:
+        source.backup(copy)
+    workspace.run([request("migrate", 2)], "--migrations", str(folder))
+    owner = workspace.worker_pid()
+    assert owner is not None and not gone(owner)
+
+    stopped = subprocess.run(workspace.node_command("stop"), capture_output=True,
+                             env=workspace.env, timeout=PROCESS_TIMEOUT_S)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.decode() == (
+        f"stopped worker pid {owner} of {workspace.db.resolve()}\n")
+    assert gone(owner)
+    again = subprocess.run(workspace.node_command("stop"), capture_output=True,
+                           env=workspace.env, timeout=PROCESS_TIMEOUT_S)
+    assert (again.returncode, again.stdout.decode()) == (
+        0, f"no worker runs for {workspace.db.resolve()}\n")
+
+    for leftover in ("-wal", "-shm"):  # the worker that stopped folded them into the file
+        assert not Path(f"{workspace.db}{leftover}").exists()
+    shutil.copyfile(backup, workspace.db)
+    replies, _ = workspace.run([request("status", 1)], "--migrations", str(folder))
+    assert [m["applied"] for m in replies[0]["migrations"]] == [True, False, False]
