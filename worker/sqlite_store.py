@@ -244,8 +244,14 @@ class SqliteStore(Store):
             return  # a rollback journal: SQLite notices a rewritten file by its header
         with self._settling:
             self._settled = None
-            checkpoint = self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            busy, frames, _ = checkpoint.fetchone()
+            # Never wait for a reader on an old snapshot (the next write would wait too):
+            # with no busy timeout, a checkpoint that cannot finish does what it can.
+            self.connection.execute("PRAGMA busy_timeout = 0")
+            try:
+                checkpoint = self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy, frames, _ = checkpoint.fetchone()
+            finally:
+                self.connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             if not busy and frames == 0:
                 self._settled = _signature(self.path)
 
