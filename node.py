@@ -126,11 +126,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     words = set(sys.argv[1:] if argv is None else argv)
     if words & {*COMMANDS, "-h", "--help"}:
         # Only then are the commands loaded: the stdio node's start-up does not pay for them.
-        from broker import cli
+        from broker.cli import commands
 
         common = argparse.ArgumentParser(add_help=False)
         add_options(common, defaults=False)
-        cli.add_commands(parser, common)
+        commands.add_commands(parser, common)
     else:
         parser.set_defaults(command=None)
     args = parser.parse_args(argv)
@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s node[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     if args.command is not None:
-        from broker import cli
+        from broker.cli import commands
 
-        return cli.run(args, stop, connect)
+        return commands.run(args, stop, connect)
     try:
         client = connect(args)
     except WorkerConfigError as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.terminal import CLEAR_LINE
+from broker.cli.terminal import CLEAR_LINE
 from tests.support import (
     NODE,
     PROCESS_TIMEOUT_S,

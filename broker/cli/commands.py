@@ -24,13 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.cli.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
 from broker.errors import ReplyError
 from broker.kinds import COMMANDS, PROGRESS
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError
 from broker.stopping import Stopped, StopRequest
-from broker.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
 
 if TYPE_CHECKING:
     from broker.client import WorkerClient
