@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker import database_url, endpoint
+from broker.cli import settings
+from broker.cli.settings import OWNER_WAIT_S
 from broker.errors import MALFORMED_REQUEST, ReplyError
 from broker.framing import Malformed, RequestFramer
 from broker.kinds import COMMANDS
@@ -33,10 +35,8 @@ if TYPE_CHECKING:
     from broker.client import WorkerClient
 
 READ_BYTES = 1 << 16
-DEFAULT_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 EXIT_WORKER_CANNOT_START = 2
 EXIT_REFUSED = 3
-OWNER_WAIT_S = 30.0  # PostgreSQL: a write waits this long for another host's worker to go
 EXIT_STDOUT_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
 ENVELOPE_FIELDS = frozenset({"type", "msg_id"})  # the body's own; the rest are the request's
 USAGE_EXAMPLES = """examples:
@@ -49,93 +49,113 @@ USAGE_EXAMPLES = """examples:
 log = logging.getLogger("node")
 
 
-def add_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
-    """The node's options; without `defaults`, an option not given stays unset."""
+def add_options(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
+    """The node's options, without defaults: an option not given stays unset, and
+    settings.resolve() fills it in from the environment, the project file or a default.
+    `hidden` ones are accepted but not listed (after a command: its --help lists its own)."""
 
-    def default(value: object) -> object:
-        return value if defaults else argparse.SUPPRESS
+    def helping(text: str) -> str:
+        return argparse.SUPPRESS if hidden else text
 
     parser.add_argument(
         "--db",
-        default=default("migrations.db"),
-        help="SQLite file (default: ./migrations.db) or postgresql://user@host:port/dbname",
+        default=argparse.SUPPRESS,
+        help=helping("SQLite file or postgresql://user@host:port/dbname (default: $DATABASE_URL,"
+                     " else the project's, else ./migrations.db)"),
     )
     parser.add_argument(
         "--migrations",
         type=Path,
-        default=default(DEFAULT_MIGRATIONS),
-        help="folder of NNNN_name.py migrations (default: migrations/ beside node.py)",
+        default=argparse.SUPPRESS,
+        help=helping("folder of migration files (default: $MIGRATIONS_DIR, else the project's,"
+                     " else ./migrations, else the bundled examples)"),
     )
     parser.add_argument(
         "--table",
-        default=default(endpoint.DEFAULT_TABLE),
-        help="tracking table, created on first use (default: schema_migrations)",
+        default=argparse.SUPPRESS,
+        help=helping("tracking table, created on first use (default: schema_migrations)"),
     )
     parser.add_argument(
         "--schema",
-        default=default(None),
-        help="PostgreSQL schema of the tracking tables, created on first use (default: public)",
+        default=argparse.SUPPRESS,
+        help=helping("PostgreSQL schema of the tracking tables, created on first use"
+                     " (default: public)"),
     )
     parser.add_argument(
         "--wal",
         action="store_true",
-        default=default(False),
-        help="SQLite: have the worker turn an existing database's rollback journal into WAL"
-        " (a database it creates starts in WAL)",
+        default=argparse.SUPPRESS,
+        help=helping("SQLite: have the worker turn an existing database's rollback journal into"
+                     " WAL (a database it creates starts in WAL)"),
     )
     parser.add_argument(
         "--owner-wait",
         type=float,
-        default=default(OWNER_WAIT_S),
+        default=argparse.SUPPRESS,
         metavar="SECONDS",
-        help="PostgreSQL: how long a write waits while a worker on another host owns the"
-        f" database before error 11 names it (default: {OWNER_WAIT_S:g})",
+        help=helping("PostgreSQL: how long a write waits while a worker on another host owns the"
+                     f" database before error 11 names it (default: {OWNER_WAIT_S:g})"),
     )
     parser.add_argument(
         "--envelope",
         action="store_true",
-        default=default(False),
-        help='wrap every reply as {"src", "dest", "body"} from the start, as after init',
+        default=argparse.SUPPRESS,
+        help=helping('wrap every reply as {"src", "dest", "body"} from the start, as after init'),
     )
     parser.add_argument(
         "--connect",
         metavar="ADDRESS",
-        default=default(None),
-        help="use the standalone worker at ADDRESS (tcp://HOST:PORT) and never start one",
+        default=argparse.SUPPRESS,
+        help=helping("use the standalone worker at ADDRESS (tcp://HOST:PORT) and never start"
+                     " one"),
     )
     parser.add_argument(
         "--keys",
         type=Path,
-        default=default(None),
-        help="CurveZMQ key folder (node.key_secret, worker.key); required for tcp://",
+        default=argparse.SUPPRESS,
+        help=helping("CurveZMQ key folder (node.key_secret, worker.key); required for tcp://"),
     )
     parser.add_argument(
-        "--log-level", default=default("WARNING"), help="stderr log level (default: WARNING)"
+        "--log-level",
+        default=argparse.SUPPRESS,
+        help=helping("stderr log level (default: WARNING)"),
     )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with every setting it leaves out resolved (broker/cli/settings.py):
+    `args.settings` says where each value came from."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0] + " With a COMMAND, a command line for people.",
         epilog=USAGE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_options(parser, defaults=True)
-    # The same options after the command too (`status --db app.db`), without defaults of
-    # their own, which would override those given before it.
+    add_options(parser)
+    # The same options after the command too (`status --db app.db`), hidden from its help.
     words = set(sys.argv[1:] if argv is None else argv)
     if words & {*COMMANDS, "-h", "--help"}:
         # Only then are the commands loaded: the stdio node's start-up does not pay for them.
         from broker.cli import commands
 
         common = argparse.ArgumentParser(add_help=False)
-        add_options(common, defaults=False)
+        add_options(common, hidden=True)
         commands.add_commands(parser, common)
     else:
         parser.set_defaults(command=None)
     args = parser.parse_args(argv)
-    if not args.migrations.is_dir():
-        parser.error(f"--migrations {args.migrations} is not a folder")
+    try:
+        args.settings = settings.resolve(vars(args), os.environ, Path.cwd())
+    except settings.SettingsError as exc:
+        parser.error(str(exc))
+    for key, setting in args.settings.items():
+        setattr(args, key, setting.value)
+    if args.keys is not None:
+        args.keys = Path(args.keys)
+    if args.command == "new" and args.settings["migrations"].origin == settings.BUNDLED:
+        args.migrations = Path.cwd() / settings.DEFAULT_FOLDER  # `new` writes here, never there
+    elif not args.migrations.is_dir() and args.command != "new":
+        origin = args.settings["migrations"].origin
+        parser.error(f"the migrations folder {args.migrations} (from {origin}) is not a folder")
     args.migrations = args.migrations.resolve()
     if args.schema is not None and not database_url.is_url(args.db):
         parser.error("--schema is for a PostgreSQL database; a SQLite file has no schemas")

@@ -15,6 +15,7 @@ WRITES = frozenset({"migrate", "rollback", "baseline"})
 CONTROLS = frozenset({"cancel"})
 WORKER_KINDS = READS | WRITES | CONTROLS
 PROGRESS = "migration_progress"  # a reply body that comes before a write's one reply
-# What a person types (`node.py COMMAND`): the requests above, and `new` and `stop`, which
-# send none (`stop` signals the database's worker).
-COMMANDS = ("migrate", "rollback", "status", "validate", "history", "new", "health", "stop")
+# What a person types (`node.py COMMAND`): the requests above, and `new`, `stop` and
+# `config`, which send none (`stop` signals the database's worker).
+COMMANDS = ("migrate", "rollback", "status", "validate", "history", "new", "health", "stop",
+            "config")

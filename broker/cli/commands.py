@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker import database_url
+from broker.cli import settings
 from broker.cli.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
 from broker.errors import ReplyError
 from broker.kinds import COMMANDS, PROGRESS
@@ -56,6 +58,7 @@ EXAMPLES = {
     "health": "example:\n  migrations-node health --json",
     "stop": "example, to restore a backup:\n  migrations-node --db app.db stop &&"
             " cp backup.db app.db",
+    "config": "example:\n  DATABASE_URL=postgresql://app@db/appdb migrations-node config",
 }
 HELP = {
     "migrate": "apply every pending migration, each in its own transaction",
@@ -66,6 +69,7 @@ HELP = {
     "new": "create the next-numbered migration file with up and down stubs",
     "health": "the worker's pid, database, uptime and what runs now",
     "stop": "stop the database's worker cleanly (its migration in progress finishes first)",
+    "config": "each effective setting and where it came from",
 }
 
 
@@ -77,7 +81,7 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
         "--json", action="store_true", help="print the reply exactly as the stdio node does"
     )
     for name in COMMANDS:
-        parents = [common] if name in ("new", "stop") else [common, output]
+        parents = [common] if name in ("new", "stop", "config") else [common, output]
         command = commands.add_parser(
             name, parents=parents, help=HELP[name], description=HELP[name],
             epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,6 +145,12 @@ def _run_command(
         return new_migration(args.migrations, args.name, args.sql, out)
     if args.command == "stop":
         return stop_worker(args.db, stop, out)
+    if args.command == "config":
+        return show_config(args.settings, out)
+    if args.settings["migrations"].origin == settings.BUNDLED:
+        say(f"using the bundled example migrations in {args.migrations}: there is no"
+            " migrations/ here and none is configured (--migrations, $MIGRATIONS_DIR or"
+            " [tool.migrations-node] migrations in pyproject.toml)")
     from broker.client import WorkerRefused
 
     try:
@@ -470,6 +480,7 @@ def new_migration(folder: Path, name: str, sql: bool, out: Lines) -> int:
     from worker.catalog import scan
 
     try:
+        folder.mkdir(parents=True, exist_ok=True)  # ./migrations, when none is configured
         versions = [migration.version for migration in scan(folder)]
     except (OSError, ReplyError) as exc:
         return fail(f"cannot read {folder}: {getattr(exc, 'text', exc)}", EXIT_USAGE)
@@ -520,6 +531,19 @@ def stop_worker(database: str, stop: StopRequest, out: Lines) -> int:
         out(f"no worker runs for {where.database}")
     else:
         out(f"stopped worker pid {pid} of {where.database}")
+    return EXIT_OK
+
+
+def show_config(resolved: dict[str, settings.Setting], out: Lines) -> int:
+    """Each effective setting, its value (a URL without its secrets) and where it came from."""
+    rows = []
+    for key, setting in resolved.items():
+        value = setting.value
+        if key == "db" and database_url.is_url(str(value)):
+            value = database_url.split_secrets(str(value))[0]
+        shown = "" if value is None else str(value)
+        rows.append((key.replace("_", "-"), shown, setting.origin))
+    out(table(("setting", "value", "from"), rows, Style(sys.stdout)))
     return EXIT_OK
 
 
