@@ -1,6 +1,6 @@
 """The command line for people: `python node.py COMMAND` (or `migrations-node COMMAND`).
 
-    status, migrate, rollback, validate, history, health
+    status, migrate, rollback, baseline, validate, history, health
         -> the same requests a program sends -> WorkerClient -> the database's one worker
         <- replies, drawn as tables and lines (or printed as JSON lines with --json)
     new NAME [--sql]
@@ -49,6 +49,8 @@ EXAMPLES = {
     "migrate": "examples:\n  migrations-node migrate\n  migrations-node migrate --to 3 --dry-run",
     "rollback": "examples:\n  migrations-node rollback\n  migrations-node rollback --steps 2"
                 "\n  migrations-node rollback --to 0 --dry-run",
+    "baseline": "example, for a database that already has the schema of versions 1 to 3:\n"
+                "  migrations-node baseline --to 3",
     "status": "example:\n  migrations-node --db app.db status",
     "validate": "example:\n  migrations-node validate || echo 'applied files were edited'",
     "history": "example:\n  migrations-node history --limit 10",
@@ -60,6 +62,7 @@ EXAMPLES = {
 HELP = {
     "migrate": "apply every pending migration, each in its own transaction",
     "rollback": "revert the most recent migration (or --steps K, or down --to V)",
+    "baseline": "record every migration up to V as applied without running it",
     "status": "list every migration: applied or pending, and when",
     "validate": "check applied files against their checksums (drift), exit 1 on problems",
     "history": "every apply, rollback and baseline, oldest first",
@@ -95,6 +98,9 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
                                 help="revert every migration above V (0: all)")
             command.add_argument("--dry-run", action="store_true",
                                  help="run every step for real, then roll it all back")
+        elif name == "baseline":
+            command.add_argument("--to", type=_positive, metavar="V", required=True,
+                                 help="the newest version the database's schema already has")
         elif name == "history":
             command.add_argument("--limit", type=_positive, metavar="N",
                                  help="only the N most recent events")
@@ -430,10 +436,23 @@ def show_health(session: Session, args: argparse.Namespace, out: Lines) -> int:
     return EXIT_OK
 
 
+def run_baseline(session: Session, args: argparse.Namespace, out: Lines) -> int:
+    """baseline: a line per migration recorded (all in one transaction), then a summary."""
+    (body,) = session.ask(request_of(args))
+    if body["type"] == "error":
+        return report_error(body, session)
+    style = Style(sys.stdout)
+    for entry in body["migrations"]:
+        out(f"{style('baselined', 'green')}  {entry['version']}  {entry['name']}")
+    out(f"{counted(body['migrations'])} baselined: recorded as applied, none of them run")
+    return exit_status(body, session)
+
+
 HANDLERS: dict[str, Callable[[Session, argparse.Namespace, Lines], int]] = {
     "status": show_status,
     "migrate": run_write,
     "rollback": run_write,
+    "baseline": run_baseline,
     "validate": run_validate,
     "history": show_history,
     "health": show_health,

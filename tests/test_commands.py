@@ -1,0 +1,81 @@
+"""The commands people expect beyond the first ones, run as real processes: baseline,
+status --exit-code, .sql stubs that refuse to apply, misspelt commands, each command's own
+--help, and shell completion."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import NODE, PROCESS_TIMEOUT_S, table_migrations
+from tests.test_cli import cli
+
+
+@pytest.fixture
+def folder(workspace) -> Path:
+    path = workspace.root / "migrations"
+    path.mkdir()
+    return path
+
+
+def stdio(workspace, db: Path, folder: Path, line: str) -> str:
+    """What the stdio node writes for one request line on database `db`."""
+    return subprocess.run(
+        [sys.executable, str(NODE), "--db", str(db), "--migrations", str(folder)],
+        input=line + "\n", capture_output=True, text=True, env=workspace.env,
+        timeout=PROCESS_TIMEOUT_S).stdout
+
+
+def test_baseline_records_up_to_v_without_running_them_a_line_each(workspace, folder):
+    table_migrations(folder, range(1, 4))
+    done = cli(workspace, "baseline", "--to", "2", folder=folder)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "baselined  1  t1", "baselined  2  t2",
+        "2 migrations baselined: recorded as applied, none of them run"]
+    assert workspace.recorded() == [(1, "t1"), (2, "t2")]
+    assert not {"t1", "t2"} & workspace.tables()  # recorded, not run
+    status = cli(workspace, "status", folder=folder)
+    assert status.stdout.splitlines()[-1] == "2 applied, 1 pending"
+
+
+def test_baseline_on_a_database_with_records_is_error_22_and_exit_1(workspace, folder):
+    table_migrations(folder, range(1, 3))
+    assert cli(workspace, "migrate", "--to", "1", folder=folder).returncode == 0
+    refused = cli(workspace, "baseline", "--to", "2", folder=folder)
+    assert refused.returncode == 1
+    assert refused.stderr == ("error 22: baseline is for a database with nothing recorded,"
+                              " and 1 migrations are recorded here\n")
+    assert refused.stdout == "" and workspace.recorded() == [(1, "t1")]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [([], "the following arguments are required: --to"),
+     (["--to", "0"], "argument --to: must be at least 1, not 0"),
+     (["--to", "x"], "argument --to: 'x' is not a whole number")],
+    ids=["no --to", "--to 0", "--to x"])
+def test_baseline_without_a_version_from_1_is_bad_usage(workspace, folder, arguments, said):
+    table_migrations(folder, range(1, 2))
+    done = cli(workspace, "baseline", *arguments, folder=folder)
+    assert done.returncode == 2 and done.stderr.splitlines()[-1].endswith(f"error: {said}")
+    assert not workspace.db.exists()  # nothing was sent
+
+
+def test_baseline_json_is_what_the_stdio_node_writes_byte_for_byte(
+    workspace, folder, tmp_path_factory
+):
+    table_migrations(folder, range(1, 3))
+    twin = tmp_path_factory.mktemp("twin") / "test.db"
+    from_cli = cli(workspace, "baseline", "--to", "2", "--json", folder=folder)
+    assert from_cli.returncode == 0, from_cli.stderr
+    line = '{"body": {"type": "baseline", "msg_id": 1, "to": 2}}'
+    expected = stdio(workspace, twin, folder, line)
+    assert from_cli.stdout == expected and expected.startswith('{"type": "migrations_baselined"')
+    again = cli(workspace, "baseline", "--to", "2", "--json", folder=folder)
+    assert again.returncode == 1
+    assert again.stdout == stdio(workspace, twin, folder, line)
+    assert '"code": 22' in again.stdout
