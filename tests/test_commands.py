@@ -79,3 +79,15 @@ def test_baseline_json_is_what_the_stdio_node_writes_byte_for_byte(
     assert again.returncode == 1
     assert again.stdout == stdio(workspace, twin, folder, line)
     assert '"code": 22' in again.stdout
+
+
+@pytest.mark.parametrize("json", [[], ["--json"]], ids=["table", "--json"])
+def test_status_exit_code_is_1_while_anything_is_pending_and_0_after(workspace, folder, json):
+    table_migrations(folder, range(1, 3))
+    assert cli(workspace, "status", *json, folder=folder).returncode == 0  # without the flag
+    waiting = cli(workspace, "status", "--exit-code", *json, folder=folder)
+    assert waiting.returncode == 1 and waiting.stderr == ""
+    assert waiting.stdout == cli(workspace, "status", *json, folder=folder).stdout
+    assert cli(workspace, "migrate", folder=folder).returncode == 0
+    done = cli(workspace, "status", "--exit-code", *json, folder=folder)
+    assert done.returncode == 0, done.stderr

@@ -51,7 +51,8 @@ EXAMPLES = {
                 "\n  migrations-node rollback --to 0 --dry-run",
     "baseline": "example, for a database that already has the schema of versions 1 to 3:\n"
                 "  migrations-node baseline --to 3",
-    "status": "example:\n  migrations-node --db app.db status",
+    "status": "examples:\n  migrations-node --db app.db status\n"
+              "  migrations-node status --exit-code || migrations-node migrate",
     "validate": "example:\n  migrations-node validate || echo 'applied files were edited'",
     "history": "example:\n  migrations-node history --limit 10",
     "new": "examples:\n  migrations-node new add_user_email\n  migrations-node new audit_log --sql",
@@ -101,6 +102,9 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
         elif name == "baseline":
             command.add_argument("--to", type=_positive, metavar="V", required=True,
                                  help="the newest version the database's schema already has")
+        elif name == "status":
+            command.add_argument("--exit-code", action="store_true",
+                                 help="exit 1 when any migration is pending (as dbmate's flag)")
         elif name == "history":
             command.add_argument("--limit", type=_positive, metavar="N",
                                  help="only the N most recent events")
@@ -261,6 +265,8 @@ def print_json(session: Session, args: argparse.Namespace, out: Lines) -> int:
     out.raw(line.getvalue())
     if out.lost and kind in WORDS:
         return stdout_closed(taken_steps(body), done_word(kind, args.dry_run))
+    if body["type"] == "migration_status" and args.exit_code and pending(body):
+        return EXIT_FAILED
     return exit_status(body, session)
 
 
@@ -295,9 +301,14 @@ def show_status(session: Session, args: argparse.Namespace, out: Lines) -> int:
     ]
     if rows:
         out(table(("version", "name", "state", "applied at"), rows, style))
-    pending = sum(not m["applied"] for m in status["migrations"])
-    out(f"{len(rows) - pending} applied, {pending} pending")
-    return EXIT_OK
+    waiting = pending(status)
+    out(f"{len(rows) - waiting} applied, {waiting} pending")
+    return EXIT_FAILED if args.exit_code and waiting else EXIT_OK
+
+
+def pending(status: dict[str, Any]) -> int:
+    """How many migrations a status reply lists as not applied."""
+    return sum(not m["applied"] for m in status["migrations"])
 
 
 WORDS = {"migrate": ("applied", "applying"), "rollback": ("rolled back", "rolling back")}
