@@ -91,3 +91,33 @@ def test_status_exit_code_is_1_while_anything_is_pending_and_0_after(workspace, 
     assert cli(workspace, "migrate", folder=folder).returncode == 0
     done = cli(workspace, "status", "--exit-code", *json, folder=folder)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_unedited_sql_stub_fails_loudly_and_each_section_runs_once_written(workspace, folder):
+    made = cli(workspace, "new", "audit", "--sql", folder=folder)
+    assert made.returncode == 0, made.stderr
+    stub = folder / "0001_audit.sql"
+    unwritten = ("0001_audit.sql line 2: the up section is an unwritten stub; write its SQL,"
+                 " then delete this '-- migrate:stub' line")
+    for dry_run in (["--dry-run"], []):
+        refused = cli(workspace, "migrate", *dry_run, folder=folder)
+        assert refused.returncode == 1, refused.stdout
+        assert refused.stderr.splitlines()[-1] == (
+            "error 14: migration 1 audit failed and was rolled back, so it is not applied:"
+            f" UnwrittenSection: {unwritten}"), refused.stderr
+    assert workspace.recorded() == []
+
+    # The up section written and its stub line deleted: it applies; the down stub refuses.
+    lines = stub.read_text().splitlines()
+    assert lines[1].startswith("-- migrate:stub ") and lines[4].startswith("-- migrate:stub ")
+    stub.write_text("\n".join([lines[0], "CREATE TABLE audit (id INTEGER);", *lines[2:]]))
+    assert cli(workspace, "migrate", folder=folder).returncode == 0
+    assert "audit" in workspace.tables()
+    refused = cli(workspace, "rollback", folder=folder)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[-1] == (
+        "error 14: rollback of migration 1 audit failed, so it stays applied and unchanged:"
+        " UnwrittenSection: 0001_audit.sql line 5: the down section is an unwritten stub;"
+        " write its SQL, then delete this '-- migrate:stub' line (or delete the whole section"
+        " if the change cannot be undone)")
+    assert workspace.recorded() == [(1, "audit")] and "audit" in workspace.tables()

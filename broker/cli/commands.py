@@ -483,11 +483,13 @@ def up(db):
 def down(db):
     raise NotImplementedError("{filename}: write how to undo it, or delete down()")
 '''
+# Each `-- migrate:stub` line makes its section refuse to run until it is deleted (see
+# worker/sql_file.py): an unedited stub cannot be applied by mistake, as the .py one.
 SQL_STUB = """-- migrate:up
--- {filename}: write the change here, e.g. CREATE TABLE ...;
+-- migrate:stub (delete this line once this section holds the change, CREATE TABLE ...)
 
 -- migrate:down
--- write how to undo it here, or delete this section
+-- migrate:stub (delete this line once this section undoes it, or delete the section)
 """
 
 
