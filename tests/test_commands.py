@@ -4,12 +4,15 @@ status --exit-code, .sql stubs that refuse to apply, misspelt commands, each com
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from broker.cli import commands
+from broker.kinds import COMMANDS
 from tests.support import NODE, PROCESS_TIMEOUT_S, table_migrations
 from tests.test_cli import cli
 
@@ -121,3 +124,46 @@ def test_an_unedited_sql_stub_fails_loudly_and_each_section_runs_once_written(wo
         " write its SQL, then delete this '-- migrate:stub' line (or delete the whole section"
         " if the change cannot be undone)")
     assert workspace.recorded() == [(1, "audit")] and "audit" in workspace.tables()
+
+
+class Refused(Exception):
+    """What argparse's error() was called with."""
+
+
+class CapturingParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise Refused(message)
+
+
+def argparse_message(words: list[str]) -> str:
+    """What argparse says about `words`, on a parser built as node.py builds it: with the
+    commands when a word is one (or -h), without them (the stdio node's) otherwise."""
+    parser = CapturingParser(prog="migrations-node")
+    parser.add_argument("--db")
+    if set(words) & {*COMMANDS, "-h", "--help"}:
+        common = argparse.ArgumentParser(add_help=False)
+        common.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        commands.add_commands(parser, common)
+    with pytest.raises(Refused) as refused:
+        parser.parse_args(words)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("words", "said"),
+    [(["stauts"], "'stauts' is not a command; did you mean 'status'?"),
+     (["--db", "app.db", "migarte", "--to", "3"], "'migarte' is not a command;"
+      " did you mean 'migrate'?"),
+     (["Rollback"], "'Rollback' is not a command; did you mean 'rollback'?"),
+     (["--db", "status", "stauts"], "'stauts' is not a command; did you mean 'status'?"),
+     (["frobnicate"], "'frobnicate' is not a command;")],
+    ids=" ".join)
+def test_a_word_that_is_no_command_is_named_with_the_nearest_and_the_list(words, said):
+    sentence = commands.misspelt_command(words, argparse_message(words))
+    assert sentence == f"{said} commands: {', '.join(COMMANDS)}"
+
+
+@pytest.mark.parametrize(
+    "words", [["status", "extra"], ["--frob"], ["migrate", "--to", "x"], ["--db"]], ids=" ".join)
+def test_other_usage_errors_keep_what_argparse_says(words):
+    assert commands.misspelt_command(words, argparse_message(words)) is None

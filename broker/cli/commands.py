@@ -18,9 +18,10 @@ import argparse
 import io
 import itertools
 import os
+import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,9 @@ TIMESTAMP_VERSION = 10**10  # versions at least this big are dbmate-style timest
 # The largest integer a request field takes (worker/params.py): the stdio node answers
 # error 12 above it; a command refuses it as bad usage, before anything is sent.
 MAX_INTEGER = 2**63 - 1
+# What argparse's error() says about a word that is no command (see misspelt_command).
+INVALID_COMMAND = re.compile(r"argument COMMAND: invalid choice: (.+?) \(choose from ")
+UNRECOGNIZED = "unrecognized arguments: "
 
 EXAMPLES = {
     "migrate": "examples:\n  migrations-node migrate\n  migrations-node migrate --to 3 --dry-run",
@@ -112,6 +116,35 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
             command.add_argument("name", metavar="NAME", help="an identifier: add_user_email")
             command.add_argument("--sql", action="store_true",
                                  help="a .sql file with -- migrate:up/down sections")
+
+
+def misspelt_command(words: Sequence[str], message: str) -> str | None:
+    """What to say when the word where a command goes is none: `'stauts' is not a command;
+    did you mean 'status'? commands: migrate, ...`; None for any other usage error.
+
+    `words` are the command line's (sys.argv[1:]), `message` what argparse's error() got:
+    `invalid choice` about COMMAND when the commands were built, or `unrecognized
+    arguments` when no word of the line was a command (the stdio node's parser).
+    """
+    word = None
+    choice = INVALID_COMMAND.match(message)
+    if choice is not None:
+        import ast
+
+        try:
+            word = ast.literal_eval(choice[1])
+        except (ValueError, SyntaxError):
+            return None
+    elif message.startswith(UNRECOGNIZED) and not set(words) & set(COMMANDS):
+        extra = message[len(UNRECOGNIZED):]  # argparse joins the extra words with spaces
+        word = next((w for w in words if extra == w or extra.startswith(w + " ")), None)
+    if not isinstance(word, str) or not word or word.startswith("-") or word not in words:
+        return None
+    import difflib
+
+    guess = difflib.get_close_matches(word.lower(), COMMANDS, n=1)
+    mean = f" did you mean {guess[0]!r}?" if guess else ""
+    return f"{word!r} is not a command;{mean} commands: {', '.join(COMMANDS)}"
 
 
 def _positive(text: str) -> int:
