@@ -167,3 +167,39 @@ def test_a_word_that_is_no_command_is_named_with_the_nearest_and_the_list(words,
     "words", [["status", "extra"], ["--frob"], ["migrate", "--to", "x"], ["--db"]], ids=" ".join)
 def test_other_usage_errors_keep_what_argparse_says(words):
     assert commands.misspelt_command(words, argparse_message(words)) is None
+
+
+OWN_OPTIONS = {
+    "migrate": {"--json", "--to", "--dry-run"},
+    "rollback": {"--json", "--steps", "--to", "--dry-run"},
+    "baseline": {"--json", "--to"},
+    "status": {"--json", "--exit-code"},
+    "validate": {"--json"},
+    "history": {"--json", "--limit"},
+    "new": {"--sql"},
+    "health": {"--json"},
+    "stop": set(),
+}
+
+
+def test_with_hidden_common_options_each_command_help_lists_only_its_own():
+    # As node.py builds it, its options for after the command hidden (help=SUPPRESS).
+    parser = argparse.ArgumentParser(prog="migrations-node")
+    common = argparse.ArgumentParser(add_help=False)
+    for option in ("--db", "--migrations"):
+        parser.add_argument(option)
+        common.add_argument(option, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    commands.add_commands(parser, common)
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subcommands.choices) == set(OWN_OPTIONS)
+    for name, command in subcommands.choices.items():
+        shown = command.format_help()
+        options = shown.partition("\noptions:\n")[2].partition("\n\n")[0]
+        listed = {word.rstrip(",") for line in options.splitlines() if line.startswith("  -")
+                  for word in line.split()[:2] if word.startswith("--")}
+        assert listed == {"--help", *OWN_OPTIONS[name]}, name
+        assert "--db" not in shown.partition("\n\n")[0], name  # nor in its usage line
+        assert shown.endswith(f"{commands.GLOBAL_OPTIONS}\n"), name
+    # Hidden, not gone: they still work after the command.
+    args = parser.parse_args(["status", "--db", "app.db", "--exit-code"])
+    assert args.db == "app.db" and args.exit_code

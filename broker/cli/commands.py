@@ -66,7 +66,7 @@ EXAMPLES = {
 }
 HELP = {
     "migrate": "apply every pending migration, each in its own transaction",
-    "rollback": "revert the most recent migration (or --steps K, or down --to V)",
+    "rollback": "revert the most recent migration (or the K most recent, or all above V)",
     "baseline": "record every migration up to V as applied without running it",
     "status": "list every migration: applied or pending, and when",
     "validate": "check applied files against their checksums (drift), exit 1 on problems",
@@ -77,8 +77,18 @@ HELP = {
 }
 
 
+# After each command's examples: where the options every command takes are told.
+GLOBAL_OPTIONS = ("options for every command (--db, --migrations, ...) go before or after it:"
+                  " see migrations-node --help")
+
+
 def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    """The commands, each with its options, `--json` and an example in its --help."""
+    """The commands, each with its options, `--json` and an example in its --help.
+
+    `common` is the parent parser of the options every command also takes after its name
+    (`status --db app.db`); give them help=argparse.SUPPRESS, and each command's --help
+    lists its own options only, with a line sending to the program's --help for the rest.
+    """
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
@@ -88,7 +98,8 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
         parents = [common] if name in ("new", "stop") else [common, output]
         command = commands.add_parser(
             name, parents=parents, help=HELP[name], description=HELP[name],
-            epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=f"{EXAMPLES[name]}\n\n{GLOBAL_OPTIONS}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if name == "migrate":
             command.add_argument("--to", type=_version, metavar="V",
