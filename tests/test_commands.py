@@ -13,7 +13,7 @@ import pytest
 
 from broker.cli import commands
 from broker.kinds import COMMANDS
-from tests.support import NODE, PROCESS_TIMEOUT_S, table_migrations
+from tests.support import NODE, PROCESS_TIMEOUT_S, PROJECT, table_migrations
 from tests.test_cli import cli
 
 
@@ -203,3 +203,70 @@ def test_with_hidden_common_options_each_command_help_lists_only_its_own():
     # Hidden, not gone: they still work after the command.
     args = parser.parse_args(["status", "--db", "app.db", "--exit-code"])
     assert args.db == "app.db" and args.exit_code
+
+
+# node.py's parser with the commands, as node.py builds it when a shell asks for completions,
+# then the call node.py makes before parsing. (Until node.py makes that call itself, this is
+# the program the shell runs; then it can be node.py, with `python node.py` for COMP_LINE.)
+COMPLETING = """
+import argparse, sys, node
+from broker.cli import commands
+parser = argparse.ArgumentParser(prog="migrations-node")
+node.add_options(parser, defaults=True)
+common = argparse.ArgumentParser(add_help=False)
+node.add_options(common, defaults=False)
+commands.add_commands(parser, common)
+commands.offer_completions(parser)
+print("argcomplete" in sys.modules)
+"""
+
+
+def complete(workspace, line: str, shell: str = "bash") -> list[str]:
+    """What a shell's completion function gets for `line`, the cursor at its end: the
+    program run as bash or zsh runs it (argcomplete's protocol), its answer in a file."""
+    answer = workspace.root / "completions"
+    env = {**workspace.env, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_SHELL": shell,
+           "COMP_LINE": line, "COMP_POINT": str(len(line.encode())),
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(answer)}
+    done = subprocess.run([sys.executable, "-c", COMPLETING], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, env=env, cwd=PROJECT,
+                          timeout=PROCESS_TIMEOUT_S)
+    assert done.returncode == 0 and done.stdout == "", done.stderr  # it exits before parsing
+    # One completion comes with the space that ends its word; the shell adds it.
+    return [word.rstrip(" ") for word in answer.read_text().split("\v")]
+
+
+@pytest.mark.parametrize(
+    ("line", "offered"),
+    [("migrations-node sta", {"status"}),
+     ("migrations-node st", {"status", "stop"}),
+     ("migrations-node --db app.db mig", {"migrate"}),
+     ("migrations-node migrate --", {"--to", "--dry-run", "--json", "--help"}),
+     ("migrations-node rollback --s", {"--steps"}),
+     ("migrations-node status --exit", {"--exit-code"}),
+     ("migrations-node --mig", {"--migrations"})],
+    ids=lambda value: value if isinstance(value, str) else "")
+def test_the_shell_completes_commands_and_their_options(workspace, line, offered):
+    assert offered <= set(complete(workspace, line))
+
+
+def test_completion_of_a_new_name_or_a_number_offers_no_file_names(workspace):
+    # Files of the working directory (the project's) would be argcomplete's default.
+    for line in ("migrations-node new ", "migrations-node migrate --to ",
+                 "migrations-node history --limit ", "migrations-node new n"):
+        offered = complete(workspace, line)
+        assert not [word for word in offered if word and not word.startswith("-")], line
+    assert "node.py" in complete(workspace, "migrations-node --db n")  # where files fit
+
+
+def test_zsh_gets_each_command_with_what_it_does(workspace):
+    offered = complete(workspace, "migrations-node st", shell="zsh")
+    assert sorted(offered) == [f"status:{commands.HELP['status']}",
+                               f"stop:{commands.HELP['stop']}"]
+
+
+def test_without_a_shell_asking_argcomplete_is_not_even_imported(workspace):
+    done = subprocess.run([sys.executable, "-c", COMPLETING], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, env=workspace.env, cwd=PROJECT,
+                          timeout=PROCESS_TIMEOUT_S)
+    assert done.returncode == 0 and done.stdout == "False\n", done.stderr

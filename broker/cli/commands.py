@@ -103,30 +103,54 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
         )
         if name == "migrate":
             command.add_argument("--to", type=_version, metavar="V",
-                                 help="apply only up to and including version V")
+                                 help="apply only up to and including version V"
+                                 ).completer = _no_files
             command.add_argument("--dry-run", action="store_true",
                                  help="run every step for real, then roll it all back")
         elif name == "rollback":
             target = command.add_mutually_exclusive_group()
             target.add_argument("--steps", type=_positive, metavar="K",
-                                help="revert the K most recent migrations")
+                                help="revert the K most recent migrations"
+                                ).completer = _no_files
             target.add_argument("--to", type=_version, metavar="V",
-                                help="revert every migration above V (0: all)")
+                                help="revert every migration above V (0: all)"
+                                ).completer = _no_files
             command.add_argument("--dry-run", action="store_true",
                                  help="run every step for real, then roll it all back")
         elif name == "baseline":
             command.add_argument("--to", type=_positive, metavar="V", required=True,
-                                 help="the newest version the database's schema already has")
+                                 help="the newest version the database's schema already has"
+                                 ).completer = _no_files
         elif name == "status":
             command.add_argument("--exit-code", action="store_true",
                                  help="exit 1 when any migration is pending (as dbmate's flag)")
         elif name == "history":
             command.add_argument("--limit", type=_positive, metavar="N",
-                                 help="only the N most recent events")
+                                 help="only the N most recent events").completer = _no_files
         elif name == "new":
-            command.add_argument("name", metavar="NAME", help="an identifier: add_user_email")
+            command.add_argument("name", metavar="NAME", help="an identifier: add_user_email"
+                                 ).completer = _no_files
             command.add_argument("--sql", action="store_true",
                                  help="a .sql file with -- migrate:up/down sections")
+
+
+def offer_completions(parser: argparse.ArgumentParser) -> None:
+    """When a shell asks for completions of a command line (argcomplete's protocol: the
+    `_ARGCOMPLETE` environment variable, set by the function `register-python-argcomplete
+    migrations-node` defines), write them for `parser` and exit the process; otherwise
+    return at once. argcomplete is imported only then, so that no other start-up pays for it.
+    """
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    import argcomplete
+
+    argcomplete.autocomplete(parser)
+
+
+def _no_files(**_context: object) -> tuple[str, ...]:
+    """An argcomplete completer that offers nothing, for a value that is no file name
+    (argcomplete would offer the files of the working directory)."""
+    return ()
 
 
 def misspelt_command(words: Sequence[str], message: str) -> str | None:
