@@ -6,10 +6,11 @@
     new NAME [--sql]
         -> the next-numbered migration file in the migrations folder (no worker)
 
-Exit status: 0 done, 1 a migration failed or validation found problems, 2 bad usage (or a
-worker that cannot start with this configuration), 3 the database or worker could not be
-reached (error 11 or 13), 130 cancelled by Ctrl-C, 141 stdout closed before every line was
-written (as a program killed by SIGPIPE). Errors go to stderr as one sentence.
+Exit status: 0 done, 1 a migration failed, validation found problems or `status
+--exit-code` found migrations pending, 2 bad usage (or a worker that cannot start with this
+configuration), 3 the database or worker could not be reached (error 11 or 13), 130
+cancelled by Ctrl-C, 141 stdout closed before every line was written (as a program killed by
+SIGPIPE). Errors go to stderr as one sentence.
 """
 
 from __future__ import annotations
