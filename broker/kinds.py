@@ -17,5 +17,7 @@ WORKER_KINDS = READS | WRITES | CONTROLS
 PROGRESS = "migration_progress"  # a reply body that comes before a write's one reply
 # What a person types (`node.py COMMAND`): the requests above, and `new`, `stop` and
 # `config`, which send none (`stop` signals the database's worker).
-COMMANDS = ("migrate", "rollback", "status", "validate", "history", "new", "health", "stop",
-            "config")
+COMMANDS = (
+    "migrate", "rollback", "baseline", "status", "validate", "history", "new", "health", "stop",
+    "config",
+)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from broker.cli.terminal import CLEAR_LINE
+from broker.kinds import COMMANDS
 from tests.support import (
     NODE,
     PROCESS_TIMEOUT_S,
@@ -231,9 +232,12 @@ def test_new_never_overwrites_a_file_that_appears_at_its_name(workspace, folder)
 
 
 def test_every_command_has_help_with_an_example(workspace):
-    for command in ("migrate", "rollback", "status", "validate", "history", "new", "health"):
+    for command in COMMANDS:
         done = cli(workspace, command, "--help")
         assert done.returncode == 0 and "example" in done.stdout, command
+        examples = done.stdout.partition("\nexample")[2].partition("\n\n")[0].splitlines()[1:]
+        assert examples and all(line.startswith("  migrations-node ") for line in examples)
+        assert done.stdout.endswith("go before or after it: see migrations-node --help\n")
     top = cli(workspace, "--help")
     assert "examples:" in top.stdout and "migrate" in top.stdout
 

@@ -83,12 +83,12 @@ class Migration(NamedTuple):
             text = sql_file.decode(source, filename)
             parsed = sql_file.parse(text, filename, self.split_statements)
             return Loaded(
-                _statements_runner(parsed.up, "up", filename),
+                _statements_runner(parsed.up, "up", filename, parsed.up_stub),
                 # An empty down section reverts nothing and succeeds, as in dbmate; only a
                 # file without one cannot be reverted.
                 None
                 if parsed.down is None
-                else _statements_runner(parsed.down, "down", filename),
+                else _statements_runner(parsed.down, "down", filename, parsed.down_stub),
                 parsed.foreign_keys,
                 checksum_of(source),
                 parsed.up_transaction,
@@ -127,15 +127,19 @@ def _callable(module: types.ModuleType, name: str) -> Callable[[Any], object] | 
 
 
 def _statements_runner(
-    statements: list[str], section: str, filename: str
+    statements: list[str], section: str, filename: str, stub_line: int = 0
 ) -> Callable[[Any], object]:
     """A function of `db` that executes `statements` in order, each as written.
 
     Whatever a statement raises propagates unchanged (the store reads sqlite3 error codes
-    from it), with a note saying which statement it was.
+    from it), with a note saying which statement it was. For a section that is still a
+    stub (`stub_line`, see sql_file), it raises sql_file.UnwrittenSection and runs nothing:
+    only when called, so that a stub's unwritten down section does not stop its up.
     """
 
     def run(db: Any) -> None:
+        if stub_line:
+            raise sql_file.UnwrittenSection(filename, section, stub_line)
         for number, statement in enumerate(statements, 1):
             try:
                 db.execute(statement)

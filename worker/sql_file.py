@@ -7,11 +7,18 @@
     -- migrate:down                       its own options             -> SqlFile.down_transaction
     DROP TABLE users;                     no such section: None;      -> SqlFile.down
                                             an empty one: []
+    -- migrate:stub (any text)            its section is unwritten    -> SqlFile.up_stub,
+                                            (`migrations-node new`)        SqlFile.down_stub
 
 Directive lines are found line by line before any SQL is read, as dbmate finds them: a line
 inside a multi-line string or block comment that looks like a directive is read as one.
 Statements are never rewritten, because SQLite keeps a CREATE statement's text (its comments
 included) in its schema.
+
+`-- migrate:stub` is this project's own directive (dbmate has none of that name, and every
+unknown directive is refused here anyway): `migrations-node new --sql` writes one into each
+section, and a section that still holds one refuses to run, so that an unedited stub cannot
+be applied, nor reverted, by mistake. The rest of its line is free text.
 """
 
 from __future__ import annotations
@@ -38,10 +45,25 @@ class SqlFile(NamedTuple):
     # marker's options say nothing about the down section, nor the reverse).
     up_transaction: bool
     down_transaction: bool
+    # The line of a `-- migrate:stub` in that section (0: none): the section is unwritten.
+    up_stub: int = 0
+    down_stub: int = 0
 
 
 class SqlFileError(ValueError):
     """A SQL migration file that cannot be read as one; the text names the file and line."""
+
+
+class UnwrittenSection(SqlFileError):
+    """A section that still holds the `-- migrate:stub` line of `migrations-node new`."""
+
+    def __init__(self, filename: str, section: str, line: int) -> None:
+        undo = (" (or delete the whole section if the change cannot be undone)"
+                if section == "down" else "")
+        super().__init__(
+            f"{filename} line {line}: the {section} section is an unwritten stub; write its"
+            f" SQL, then delete this '-- migrate:stub' line{undo}"
+        )
 
 
 class IncompleteStatement(sqlite3.ProgrammingError):
@@ -107,6 +129,9 @@ def parse(
 ) -> SqlFile:
     """The sections of a SQL migration file, each split into its statements as written.
 
+    A `-- migrate:stub` line is noted in its section's up_stub or down_stub (one before the
+    up marker counts for the up section), not refused: see UnwrittenSection.
+
     Raises SqlFileError, naming `filename` and the line, for a file without a
     `-- migrate:up` line, a second up or down marker, a down marker before the up one,
     SQL before the up marker, an unknown directive or option, or a section that ends
@@ -116,6 +141,7 @@ def parse(
     """
     markers: dict[str, _Marker] = {}
     foreign_keys, foreign_keys_line = True, 0
+    stubs: list[tuple[int, int]] = []  # (line, offset) of each `-- migrate:stub`
     transactions = {"up": True, "down": True}
     for match in DIRECTIVE.finditer(text):
         line = text.count("\n", 0, match.start()) + 1
@@ -138,6 +164,8 @@ def parse(
                     f" (the first is on line {foreign_keys_line})"
                 )
             foreign_keys, foreign_keys_line = _foreign_keys_option(options, where), line
+        elif name == "stub":
+            stubs.append((line, match.start()))
         else:
             raise SqlFileError(
                 f"{where}: unknown directive {_shown('-- migrate:' + name)}"
@@ -157,8 +185,15 @@ def parse(
         if down is None
         else _statements(split_statements, text[down.body :], "down", down.line + 1, filename)
     )
+    up_stub = down_stub = 0
+    for line, offset in reversed(stubs):  # the first of a section's stub lines is named
+        if down is not None and offset > down.start:
+            down_stub = line
+        else:
+            up_stub = line
     return SqlFile(
-        up_statements, down_statements, foreign_keys, transactions["up"], transactions["down"]
+        up_statements, down_statements, foreign_keys, transactions["up"], transactions["down"],
+        up_stub, down_stub,
     )
 
 

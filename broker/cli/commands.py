@@ -1,15 +1,16 @@
 """The command line for people: `python node.py COMMAND` (or `migrations-node COMMAND`).
 
-    status, migrate, rollback, validate, history, health
+    status, migrate, rollback, baseline, validate, history, health
         -> the same requests a program sends -> WorkerClient -> the database's one worker
         <- replies, drawn as tables and lines (or printed as JSON lines with --json)
     new NAME [--sql]
         -> the next-numbered migration file in the migrations folder (no worker)
 
-Exit status: 0 done, 1 a migration failed or validation found problems, 2 bad usage (or a
-worker that cannot start with this configuration), 3 the database or worker could not be
-reached (error 11 or 13), 130 cancelled by Ctrl-C, 141 stdout closed before every line was
-written (as a program killed by SIGPIPE). Errors go to stderr as one sentence.
+Exit status: 0 done, 1 a migration failed, validation found problems or `status
+--exit-code` found migrations pending, 2 bad usage (or a worker that cannot start with this
+configuration), 3 the database or worker could not be reached (error 11 or 13), 130
+cancelled by Ctrl-C, 141 stdout closed before every line was written (as a program killed by
+SIGPIPE). Errors go to stderr as one sentence.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import argparse
 import io
 import itertools
 import os
+import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,12 +48,18 @@ TIMESTAMP_VERSION = 10**10  # versions at least this big are dbmate-style timest
 # The largest integer a request field takes (worker/params.py): the stdio node answers
 # error 12 above it; a command refuses it as bad usage, before anything is sent.
 MAX_INTEGER = 2**63 - 1
+# What argparse's error() says about a word that is no command (see misspelt_command).
+INVALID_COMMAND = re.compile(r"argument COMMAND: invalid choice: (.+?) \(choose from ")
+UNRECOGNIZED = "unrecognized arguments: "
 
 EXAMPLES = {
     "migrate": "examples:\n  migrations-node migrate\n  migrations-node migrate --to 3 --dry-run",
     "rollback": "examples:\n  migrations-node rollback\n  migrations-node rollback --steps 2"
                 "\n  migrations-node rollback --to 0 --dry-run",
-    "status": "example:\n  migrations-node --db app.db status",
+    "baseline": "example, for a database that already has the schema of versions 1 to 3:\n"
+                "  migrations-node baseline --to 3",
+    "status": "examples:\n  migrations-node --db app.db status\n"
+              "  migrations-node status --exit-code || migrations-node migrate",
     "validate": "example:\n  migrations-node validate || echo 'applied files were edited'",
     "history": "example:\n  migrations-node history --limit 10",
     "new": "examples:\n  migrations-node new add_user_email\n  migrations-node new audit_log --sql",
@@ -62,7 +70,8 @@ EXAMPLES = {
 }
 HELP = {
     "migrate": "apply every pending migration, each in its own transaction",
-    "rollback": "revert the most recent migration (or --steps K, or down --to V)",
+    "rollback": "revert the most recent migration (or the K most recent, or all above V)",
+    "baseline": "record every migration up to V as applied without running it",
     "status": "list every migration: applied or pending, and when",
     "validate": "check applied files against their checksums (drift), exit 1 on problems",
     "history": "every apply, rollback and baseline, oldest first",
@@ -73,8 +82,18 @@ HELP = {
 }
 
 
+# After each command's examples: where the options every command takes are told.
+GLOBAL_OPTIONS = ("options for every command (--db, --migrations, ...) go before or after it:"
+                  " see migrations-node --help")
+
+
 def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    """The commands, each with its options, `--json` and an example in its --help."""
+    """The commands, each with its options, `--json` and an example in its --help.
+
+    `common` is the parent parser of the options every command also takes after its name
+    (`status --db app.db`); give them help=argparse.SUPPRESS, and each command's --help
+    lists its own options only, with a line sending to the program's --help for the rest.
+    """
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
@@ -84,28 +103,88 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
         parents = [common] if name in ("new", "stop", "config") else [common, output]
         command = commands.add_parser(
             name, parents=parents, help=HELP[name], description=HELP[name],
-            epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=f"{EXAMPLES[name]}\n\n{GLOBAL_OPTIONS}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if name == "migrate":
             command.add_argument("--to", type=_version, metavar="V",
-                                 help="apply only up to and including version V")
+                                 help="apply only up to and including version V"
+                                 ).completer = _no_files
             command.add_argument("--dry-run", action="store_true",
                                  help="run every step for real, then roll it all back")
         elif name == "rollback":
             target = command.add_mutually_exclusive_group()
             target.add_argument("--steps", type=_positive, metavar="K",
-                                help="revert the K most recent migrations")
+                                help="revert the K most recent migrations"
+                                ).completer = _no_files
             target.add_argument("--to", type=_version, metavar="V",
-                                help="revert every migration above V (0: all)")
+                                help="revert every migration above V (0: all)"
+                                ).completer = _no_files
             command.add_argument("--dry-run", action="store_true",
                                  help="run every step for real, then roll it all back")
+        elif name == "baseline":
+            command.add_argument("--to", type=_positive, metavar="V", required=True,
+                                 help="the newest version the database's schema already has"
+                                 ).completer = _no_files
+        elif name == "status":
+            command.add_argument("--exit-code", action="store_true",
+                                 help="exit 1 when any migration is pending (as dbmate's flag)")
         elif name == "history":
             command.add_argument("--limit", type=_positive, metavar="N",
-                                 help="only the N most recent events")
+                                 help="only the N most recent events").completer = _no_files
         elif name == "new":
-            command.add_argument("name", metavar="NAME", help="an identifier: add_user_email")
+            command.add_argument("name", metavar="NAME", help="an identifier: add_user_email"
+                                 ).completer = _no_files
             command.add_argument("--sql", action="store_true",
                                  help="a .sql file with -- migrate:up/down sections")
+
+
+def offer_completions(parser: argparse.ArgumentParser) -> None:
+    """When a shell asks for completions of a command line (argcomplete's protocol: the
+    `_ARGCOMPLETE` environment variable, set by the function `register-python-argcomplete
+    migrations-node` defines), write them for `parser` and exit the process; otherwise
+    return at once. argcomplete is imported only then, so that no other start-up pays for it.
+    """
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    import argcomplete
+
+    argcomplete.autocomplete(parser)
+
+
+def _no_files(**_context: object) -> tuple[str, ...]:
+    """An argcomplete completer that offers nothing, for a value that is no file name
+    (argcomplete would offer the files of the working directory)."""
+    return ()
+
+
+def misspelt_command(words: Sequence[str], message: str) -> str | None:
+    """What to say when the word where a command goes is none: `'stauts' is not a command;
+    did you mean 'status'? commands: migrate, ...`; None for any other usage error.
+
+    `words` are the command line's (sys.argv[1:]), `message` what argparse's error() got:
+    `invalid choice` about COMMAND when the commands were built, or `unrecognized
+    arguments` when no word of the line was a command (the stdio node's parser).
+    """
+    word = None
+    choice = INVALID_COMMAND.match(message)
+    if choice is not None:
+        import ast
+
+        try:
+            word = ast.literal_eval(choice[1])
+        except (ValueError, SyntaxError):
+            return None
+    elif message.startswith(UNRECOGNIZED) and not set(words) & set(COMMANDS):
+        extra = message[len(UNRECOGNIZED):]  # argparse joins the extra words with spaces
+        word = next((w for w in words if extra == w or extra.startswith(w + " ")), None)
+    if not isinstance(word, str) or not word or word.startswith("-") or word not in words:
+        return None
+    import difflib
+
+    guess = difflib.get_close_matches(word.lower(), COMMANDS, n=1)
+    mean = f" did you mean {guess[0]!r}?" if guess else ""
+    return f"{word!r} is not a command;{mean} commands: {', '.join(COMMANDS)}"
 
 
 def _positive(text: str) -> int:
@@ -265,6 +344,8 @@ def print_json(session: Session, args: argparse.Namespace, out: Lines) -> int:
     out.raw(line.getvalue())
     if out.lost and kind in WORDS:
         return stdout_closed(taken_steps(body), done_word(kind, args.dry_run))
+    if body["type"] == "migration_status" and args.exit_code and pending(body):
+        return EXIT_FAILED
     return exit_status(body, session)
 
 
@@ -299,9 +380,14 @@ def show_status(session: Session, args: argparse.Namespace, out: Lines) -> int:
     ]
     if rows:
         out(table(("version", "name", "state", "applied at"), rows, style))
-    pending = sum(not m["applied"] for m in status["migrations"])
-    out(f"{len(rows) - pending} applied, {pending} pending")
-    return EXIT_OK
+    waiting = pending(status)
+    out(f"{len(rows) - waiting} applied, {waiting} pending")
+    return EXIT_FAILED if args.exit_code and waiting else EXIT_OK
+
+
+def pending(status: dict[str, Any]) -> int:
+    """How many migrations a status reply lists as not applied."""
+    return sum(not m["applied"] for m in status["migrations"])
 
 
 WORDS = {"migrate": ("applied", "applying"), "rollback": ("rolled back", "rolling back")}
@@ -440,10 +526,23 @@ def show_health(session: Session, args: argparse.Namespace, out: Lines) -> int:
     return EXIT_OK
 
 
+def run_baseline(session: Session, args: argparse.Namespace, out: Lines) -> int:
+    """baseline: a line per migration recorded (all in one transaction), then a summary."""
+    (body,) = session.ask(request_of(args))
+    if body["type"] == "error":
+        return report_error(body, session)
+    style = Style(sys.stdout)
+    for entry in body["migrations"]:
+        out(f"{style('baselined', 'green')}  {entry['version']}  {entry['name']}")
+    out(f"{counted(body['migrations'])} baselined: recorded as applied, none of them run")
+    return exit_status(body, session)
+
+
 HANDLERS: dict[str, Callable[[Session, argparse.Namespace, Lines], int]] = {
     "status": show_status,
     "migrate": run_write,
     "rollback": run_write,
+    "baseline": run_baseline,
     "validate": run_validate,
     "history": show_history,
     "health": show_health,
@@ -463,11 +562,13 @@ def up(db):
 def down(db):
     raise NotImplementedError("{filename}: write how to undo it, or delete down()")
 '''
+# Each `-- migrate:stub` line makes its section refuse to run until it is deleted (see
+# worker/sql_file.py): an unedited stub cannot be applied by mistake, as the .py one.
 SQL_STUB = """-- migrate:up
--- {filename}: write the change here, e.g. CREATE TABLE ...;
+-- migrate:stub (delete this line once this section holds the change, CREATE TABLE ...)
 
 -- migrate:down
--- write how to undo it here, or delete this section
+-- migrate:stub (delete this line once this section undoes it, or delete the section)
 """
 
 
