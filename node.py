@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker import database_url, endpoint
+from broker.cli.bundled import bundled_migrations
 from broker.errors import MALFORMED_REQUEST, ReplyError
 from broker.framing import Malformed, RequestFramer
 from broker.kinds import COMMANDS
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from broker.client import WorkerClient
 
 READ_BYTES = 1 << 16
-DEFAULT_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+DEFAULT_MIGRATIONS = bundled_migrations()
 EXIT_WORKER_CANNOT_START = 2
 EXIT_REFUSED = 3
 OWNER_WAIT_S = 30.0  # PostgreSQL: a write waits this long for another host's worker to go
