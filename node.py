@@ -115,12 +115,44 @@ def add_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     )
 
 
+class ShowVersion(argparse.Action):
+    """--version: print `migrations-node X.Y.Z` on stdout and exit 0, as argparse's own
+    "version" action does; the version is looked up only then, because importing
+    importlib.metadata would cost every node's start-up about 50 ms."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        sys.stdout.write(f"migrations-node {installed_version()}\n")
+        parser.exit()
+
+
+def installed_version() -> str:
+    """The installed distribution's version; in a source checkout without installed
+    metadata, the one pyproject.toml beside node.py gives, said so."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("migrations-node")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        try:
+            with open(Path(__file__).with_name("pyproject.toml"), "rb") as file:
+                version = tomllib.load(file)["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "(unknown: not installed, and no pyproject.toml beside node.py)"
+        return f"{version} (source checkout, not installed)"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0] + " With a COMMAND, a command line for people.",
         epilog=USAGE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=ShowVersion, help="print the version and exit")
     add_options(parser, defaults=True)
     # The same options after the command too (`status --db app.db`), without defaults of
     # their own, which would override those given before it.
