@@ -17,7 +17,7 @@ import pytest
 
 from broker.cli.bundled import bundled_migrations
 from tests.processes import alive_owner
-from tests.support import NODE, PROCESS_TIMEOUT_S, PROJECT
+from tests.support import PROCESS_TIMEOUT_S, PROJECT
 
 INSTALL_TIMEOUT_S = 600  # pip fetching setuptools, pyzmq and msgpack from a slow index
 README = PROJECT / "README.md"
@@ -230,8 +230,12 @@ def test_in_a_source_checkout_the_bundled_migrations_are_the_repository_folder()
 
 
 def test_a_source_checkout_without_installed_metadata_prints_its_pyproject_version(tmp_path):
-    # -S: no site-packages, so no installed metadata; node.py's own folder is still imported.
-    done = subprocess.run([sys.executable, "-S", str(NODE), "--version"], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=PROCESS_TIMEOUT_S)
+    # A copy without the .egg-info an editable install leaves in the tree, run with -S (no
+    # site-packages): no metadata anywhere, while node.py's own folder is still imported.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(PROJECT, checkout, ignore=NOT_SOURCE)
+    done = subprocess.run([sys.executable, "-S", str(checkout / "node.py"), "--version"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          timeout=PROCESS_TIMEOUT_S)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"migrations-node {VERSION} (source checkout, not installed)\n"
