@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from broker import database_url, endpoint
 from broker.cli import settings
@@ -40,11 +40,13 @@ EXIT_REFUSED = 3
 EXIT_STDOUT_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
 ENVELOPE_FIELDS = frozenset({"type", "msg_id"})  # the body's own; the rest are the request's
 USAGE_EXAMPLES = """examples:
-  echo '{"body": {"type": "status", "msg_id": 1}}' | python node.py   # the stdio JSON node
-  python node.py status                      # a table: applied or pending, and when
-  python node.py migrate --to 3 --dry-run    # run it all for real, then roll it back
-  python node.py --db postgresql://app@db/appdb migrate
-  python node.py COMMAND --help              # each command's options and an example"""
+  echo '{"body": {"type": "status", "msg_id": 1}}' | migrations-node   # the stdio JSON node
+  migrations-node status                      # a table: applied or pending, and when
+  migrations-node migrate --to 3 --dry-run    # run it all for real, then roll it back
+  migrations-node --db postgresql://app@db/appdb migrate
+  migrations-node config                      # each setting, and where it came from
+  migrations-node COMMAND --help              # each command's options and an example
+(in a source checkout, `python node.py` is the same program)"""
 
 log = logging.getLogger("node")
 
@@ -122,24 +124,74 @@ def add_options(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
     )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a word where a command goes that is none gets `did you mean`."""
+
+    words: tuple[str, ...] = ()  # the command line's words (only the top-level parser's)
+
+    def error(self, message: str) -> NoReturn:
+        from broker.cli import commands  # only a usage error pays for it
+
+        sentence = commands.misspelt_command(self.words, message) if self.words else None
+        if sentence is None:
+            super().error(message)
+        self.exit(2, f"{self.prog}: error: {sentence}\n")
+
+
+class ShowVersion(argparse.Action):
+    """--version: print `migrations-node X.Y.Z` on stdout and exit 0, as argparse's own
+    "version" action does; the version is looked up only then, because importing
+    importlib.metadata would cost every node's start-up about 50 ms."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        sys.stdout.write(f"migrations-node {installed_version()}\n")
+        parser.exit()
+
+
+def installed_version() -> str:
+    """The installed distribution's version; in a source checkout without installed
+    metadata, the one pyproject.toml beside node.py gives, said so."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("migrations-node")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        try:
+            with open(Path(__file__).with_name("pyproject.toml"), "rb") as file:
+                version = tomllib.load(file)["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "(unknown: not installed, and no pyproject.toml beside node.py)"
+        return f"{version} (source checkout, not installed)"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line, with every setting it leaves out resolved (broker/cli/settings.py):
     `args.settings` says where each value came from."""
-    parser = argparse.ArgumentParser(
+    line = sys.argv[1:] if argv is None else argv
+    parser = Parser(
+        prog="migrations-node",
         description=__doc__.splitlines()[0] + " With a COMMAND, a command line for people.",
         epilog=USAGE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.words = tuple(line)
+    parser.add_argument("--version", action=ShowVersion, help="print the version and exit")
     add_options(parser)
     # The same options after the command too (`status --db app.db`), hidden from its help.
-    words = set(sys.argv[1:] if argv is None else argv)
-    if words & {*COMMANDS, "-h", "--help"}:
+    completing = "_ARGCOMPLETE" in os.environ  # a shell asking for tab completions
+    if completing or set(line) & {*COMMANDS, "-h", "--help"}:
         # Only then are the commands loaded: the stdio node's start-up does not pay for them.
         from broker.cli import commands
 
         common = argparse.ArgumentParser(add_help=False)
         add_options(common, hidden=True)
         commands.add_commands(parser, common)
+        commands.offer_completions(parser)  # answers a completing shell and exits
     else:
         parser.set_defaults(command=None)
     args = parser.parse_args(argv)

@@ -179,6 +179,7 @@ OWN_OPTIONS = {
     "new": {"--sql"},
     "health": {"--json"},
     "stop": set(),
+    "config": set(),
 }
 
 
@@ -205,18 +206,10 @@ def test_with_hidden_common_options_each_command_help_lists_only_its_own():
     assert args.db == "app.db" and args.exit_code
 
 
-# node.py's parser with the commands, as node.py builds it when a shell asks for completions,
-# then the call node.py makes before parsing. (Until node.py makes that call itself, this is
-# the program the shell runs; then it can be node.py, with `python node.py` for COMP_LINE.)
-COMPLETING = """
-import argparse, sys, node
-from broker.cli import commands
-parser = argparse.ArgumentParser(prog="migrations-node")
-node.add_options(parser, defaults=True)
-common = argparse.ArgumentParser(add_help=False)
-node.add_options(common, defaults=False)
-commands.add_commands(parser, common)
-commands.offer_completions(parser)
+# The stdio node's start-up, as a program: whether argcomplete was imported on the way.
+IMPORTS_ARGCOMPLETE = """
+import sys, node
+node.parse_args([])
 print("argcomplete" in sys.modules)
 """
 
@@ -228,7 +221,7 @@ def complete(workspace, line: str, shell: str = "bash") -> list[str]:
     env = {**workspace.env, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_SHELL": shell,
            "COMP_LINE": line, "COMP_POINT": str(len(line.encode())),
            "_ARGCOMPLETE_STDOUT_FILENAME": str(answer)}
-    done = subprocess.run([sys.executable, "-c", COMPLETING], stdin=subprocess.DEVNULL,
+    done = subprocess.run([sys.executable, str(NODE)], stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, env=env, cwd=PROJECT,
                           timeout=PROCESS_TIMEOUT_S)
     assert done.returncode == 0 and done.stdout == "", done.stderr  # it exits before parsing
@@ -266,7 +259,7 @@ def test_zsh_gets_each_command_with_what_it_does(workspace):
 
 
 def test_without_a_shell_asking_argcomplete_is_not_even_imported(workspace):
-    done = subprocess.run([sys.executable, "-c", COMPLETING], stdin=subprocess.DEVNULL,
+    done = subprocess.run([sys.executable, "-c", IMPORTS_ARGCOMPLETE], stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, env=workspace.env, cwd=PROJECT,
                           timeout=PROCESS_TIMEOUT_S)
     assert done.returncode == 0 and done.stdout == "False\n", done.stderr

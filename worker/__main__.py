@@ -17,6 +17,7 @@ from typing import TextIO
 import zmq
 
 from broker import database_url, endpoint
+from broker.cli.bundled import bundled_migrations
 from broker.errors import ReplyError
 from broker.exits import EXIT_CONFIG, EXIT_OWNED
 from broker.stopping import Stopped, StopRequest
@@ -63,8 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--migrations",
-        default=str(Path(__file__).resolve().parent.parent / "migrations"),
-        help="folder of NNNN_name.py migrations (default: the project's migrations/)",
+        default=str(bundled_migrations()),
+        help="folder of migration files (default: the bundled examples; a node passes its own)",
     )
     parser.add_argument(
         "--bind",

@@ -66,7 +66,7 @@ EXAMPLES = {
     "health": "example:\n  migrations-node health --json",
     "stop": "example, to restore a backup:\n  migrations-node --db app.db stop &&"
             " cp backup.db app.db",
-    "config": "example:\n  DATABASE_URL=postgresql://app@db/appdb migrations-node config",
+    "config": "example:\n  migrations-node --db postgresql://app@db/appdb config",
 }
 HELP = {
     "migrate": "apply every pending migration, each in its own transaction",
