@@ -1,4 +1,5 @@
-"""Errors that say what to do, with real processes: a SQLite path that cannot be opened."""
+"""Errors that say what to do, with real processes: a PostgreSQL URL without the driver, and
+a SQLite path that cannot be opened."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgpack
 import pytest
+import zmq
 
+from tests.backends import PG_SERVER
 from tests.support import NODE, PROCESS_TIMEOUT_S, request
+
+INSTALL = "pip install 'migrations-node[postgres]'"
 
 
 def cli(workspace, *args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
@@ -28,6 +34,59 @@ def stdio(workspace, *args: str, python: str = sys.executable) -> subprocess.Com
         capture_output=True, text=True, env=workspace.env, cwd=workspace.root,
         timeout=PROCESS_TIMEOUT_S,
     )
+
+
+# -- a PostgreSQL URL without the postgres extra -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def python_without_psycopg(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The interpreter of a real virtual environment that holds what the node and its
+    worker need (pyzmq and msgpack) and not psycopg: `import psycopg` fails there as it
+    does for anyone who installed migrations-node without its `postgres` extra.
+
+    pyzmq and msgpack are linked in from this interpreter's own installation, rather than
+    installed from the package index: the same files, without a network or the seconds a
+    download takes.
+    """
+    home = tmp_path_factory.mktemp("without-psycopg")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(home / "venv")],
+                   check=True, timeout=PROCESS_TIMEOUT_S)
+    python = home / "venv" / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
+    ).stdout.strip()
+    for module in (zmq, msgpack):
+        package = Path(module.__file__).parent
+        (Path(site) / package.name).symlink_to(package)
+        libs = package.parent / f"py{package.name}.libs"  # libzmq, for zmq's extension
+        if libs.exists():
+            (Path(site) / libs.name).symlink_to(libs)
+    lacking = subprocess.run([python, "-c", "import psycopg"], capture_output=True, text=True,
+                             timeout=PROCESS_TIMEOUT_S)
+    assert "No module named 'psycopg'" in lacking.stderr
+    subprocess.run([python, "-c", "import zmq, msgpack"], check=True, timeout=PROCESS_TIMEOUT_S)
+    return str(python)
+
+
+def test_a_postgresql_url_without_the_extra_stops_at_once_with_the_pip_command(
+    workspace, python_without_psycopg
+):
+    url = f"{PG_SERVER}/postgres"
+    done = cli(workspace, "--db", url, "status", python=python_without_psycopg)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: the worker cannot start: a PostgreSQL URL needs"
+                                  " psycopg 3, which is not installed"), done.stderr
+    assert done.stderr.rstrip().endswith(f": {INSTALL}"), done.stderr
+    assert "restarting" not in done.stderr
+
+    node = stdio(workspace, "--db", url, python=python_without_psycopg)
+    assert node.returncode == 2, node.stderr
+    assert node.stdout == ""
+    assert INSTALL in node.stderr and "restarting" not in node.stderr, node.stderr
+    assert "worker[" not in node.stderr, "the worker's log line is not pasted in"
 
 
 # -- a SQLite path that cannot be opened ----------------------------------------------------

@@ -47,14 +47,10 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
-
-import psycopg
-from psycopg import errors, sql
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import TransactionStatus
 
 from broker import codec, database_url
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
@@ -77,6 +73,21 @@ from worker.store import (
     node_of,
     tracking_tables,
 )
+
+INSTALL_DRIVER = "pip install 'migrations-node[postgres]'"  # psycopg: the optional extra
+try:
+    import psycopg
+    from psycopg import errors, sql
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.pq import TransactionStatus
+except ImportError as exc:
+    # The worker stops with this as the reason (EXIT_CONFIG): no restart can install it.
+    if exc.name == "psycopg":
+        missing = f"psycopg 3, which is not installed for {sys.executable}"
+    else:  # installed, but it cannot load (no libpq for it, for one)
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        missing = f"psycopg 3, which cannot be loaded ({cause})"
+    raise ImportError(f"a PostgreSQL URL needs {missing}: {INSTALL_DRIVER}") from None
 
 log = logging.getLogger(__name__)
 
