@@ -1,22 +1,26 @@
-"""Errors that say what to do, with real processes: a PostgreSQL URL without the driver, and
-a SQLite path that cannot be opened."""
+"""Errors that say what to do, with real processes: a PostgreSQL URL without the driver, a
+server that refuses us for good or only for now, and a SQLite path that cannot be opened."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
 
-from tests.backends import PG_SERVER
-from tests.support import NODE, PROCESS_TIMEOUT_S, request
+from tests.backends import PG_HOST, PG_PORT, PG_SERVER, postgres_answers
+from tests.support import NODE, PROCESS_TIMEOUT_S, free_port, request
 
 INSTALL = "pip install 'migrations-node[postgres]'"
+TRANSIENT = "nothing ran, try again"
+LASTING = "nothing ran, and nothing will until"  # error 11 for good: README, PostgreSQL
 
 
 def cli(workspace, *args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
@@ -87,6 +91,71 @@ def test_a_postgresql_url_without_the_extra_stops_at_once_with_the_pip_command(
     assert node.stdout == ""
     assert INSTALL in node.stderr and "restarting" not in node.stderr, node.stderr
     assert "worker[" not in node.stderr, "the worker's log line is not pasted in"
+
+
+# -- a server that refuses us: for good (exit 2) or for now (exit 3) ------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> str:
+    pytest.importorskip("psycopg", reason="psycopg 3 is not installed (extra: postgres)")
+    if not postgres_answers():
+        pytest.skip(f"no PostgreSQL server answers at {PG_HOST}:{PG_PORT}")
+    return PG_SERVER
+
+
+@pytest.fixture
+def role_without_login(server: str) -> Iterator[str]:
+    """A role that exists on the real server but may not log in."""
+    import psycopg
+
+    name = f"mn_nologin_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"CREATE ROLE {name} NOLOGIN")
+        try:
+            yield name
+        finally:
+            admin.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+@pytest.mark.parametrize(
+    ("url", "wrong"),
+    [
+        (f"{PG_SERVER}/mn_no_such_database", "the database does not exist"),
+        (f"postgresql://mn_no_such_role@{PG_HOST}:{PG_PORT}/postgres",
+         "the role does not exist"),
+    ],
+    ids=["database", "role"],
+)
+def test_a_database_or_role_that_does_not_exist_is_exit_2_while_a_server_down_stays_3(
+    workspace, server, url, wrong
+):
+    refused = cli(workspace, "--db", url, "status")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith(f"error 11: cannot connect to {url}: {wrong} ("), \
+        refused.stderr
+    assert LASTING in refused.stderr and "try again" not in refused.stderr
+    assert refused.stderr.count("\n") == 1
+
+    (reply,) = [json.loads(line) for line in stdio(workspace, "--db", url).stdout.splitlines()]
+    assert reply["code"] == 11 and reply["text"] == refused.stderr[len("error 11: "):].rstrip()
+
+    # The contrast, on the same server: nothing listens on this port, which may change.
+    down = f"postgresql://postgres@{PG_HOST}:{free_port()}/postgres"
+    unreachable = cli(workspace, "--db", down, "status")
+    assert unreachable.returncode == 3, unreachable.stderr
+    assert unreachable.stderr.startswith(f"error 11: cannot connect to {down}: ")
+    assert unreachable.stderr.rstrip().endswith(TRANSIENT) and LASTING not in unreachable.stderr
+
+
+def test_a_role_that_may_not_log_in_is_exit_2_and_says_so(workspace, role_without_login):
+    url = f"postgresql://{role_without_login}@{PG_HOST}:{PG_PORT}/postgres"
+    refused = cli(workspace, "--db", url, "status")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith(f"error 11: cannot connect to {url}: the role may not"
+                                     " log in ("), refused.stderr
+    assert f'role "{role_without_login}" is not permitted to log in' in refused.stderr
+    assert LASTING in refused.stderr and "try again" not in refused.stderr
 
 
 # -- a SQLite path that cannot be opened ----------------------------------------------------

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_CANCELLED = 0, 1, 2, 3, 130
 EXIT_STDOUT_CLOSED = 128 + 13  # as the stdio node, and a shell for a program SIGPIPE ended
 EXIT_FOR_CODE = {10: EXIT_USAGE, 12: EXIT_USAGE, 11: EXIT_UNREACHABLE, 13: EXIT_UNREACHABLE}
+# An error 11 no wait ends (a database or role that does not exist, a password refused) says
+# this instead of "try again" (worker/postgres_store.py, LASTING): exit 2, not 3.
+LASTING_11 = "nothing ran, and nothing will until"
 MSG_ID = 1  # what --json replies answer, as a stdio node answers a request of msg_id 1
 VERSION_DIGITS = 4  # NNNN_name for a new migration in a folder of small versions
 TIMESTAMP_VERSION = 10**10  # versions at least this big are dbmate-style timestamps
@@ -262,6 +265,8 @@ def exit_status(body: dict[str, Any], session: Session) -> int:
     if session.stop.requested or body.get("cancelled"):
         return EXIT_CANCELLED
     if body["type"] == "error":
+        if body["code"] == 11 and LASTING_11 in body["text"]:
+            return EXIT_USAGE
         return EXIT_FOR_CODE.get(body["code"], EXIT_FAILED)
     if body["type"] == "validation" and not body["ok"]:
         return EXIT_FAILED
