@@ -1,10 +1,12 @@
 """Errors that say what to do, with real processes: a PostgreSQL URL without the driver, a
-server that refuses us for good or only for now, and a SQLite path that cannot be opened."""
+server that refuses us for good or only for now, a SQLite path that cannot be opened, and
+the stdio node started by a person on a terminal."""
 
 from __future__ import annotations
 
 import json
 import os
+import pty
 import secrets
 import subprocess
 import sys
@@ -16,11 +18,13 @@ import pytest
 import zmq
 
 from tests.backends import PG_HOST, PG_PORT, PG_SERVER, postgres_answers
-from tests.support import NODE, PROCESS_TIMEOUT_S, free_port, request
+from tests.support import NODE, PROCESS_TIMEOUT_S, PROJECT, free_port, request
 
 INSTALL = "pip install 'migrations-node[postgres]'"
 TRANSIENT = "nothing ran, try again"
 LASTING = "nothing ran, and nothing will until"  # error 11 for good: README, PostgreSQL
+HINT = ("migrations-node: reading JSON requests on stdin (the stdio node); type Ctrl-D to end,"
+        " or run 'migrations-node --help' for the commands")
 
 
 def cli(workspace, *args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
@@ -215,3 +219,44 @@ def test_a_sqlite_file_without_permission_is_named_with_the_reason(workspace):
     assert done.returncode == 2, done.stderr
     assert done.stderr == ("error: the worker cannot start: cannot open"
                            f" {path} as a SQLite database: permission denied\n")
+
+
+# -- the stdio node on a terminal -----------------------------------------------------------
+
+
+def run_on_terminal(command: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Run `command` with a real terminal (a pty) as its stdin and a pipe as stderr; type
+    Ctrl-D at once (the end of input, whenever it reads); returns its status and stderr."""
+    main, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(command, stdin=terminal, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, cwd=cwd, env=env)
+        os.close(terminal)
+        terminal = -1
+        os.write(main, b"\x04")  # Ctrl-D on an empty line: end of input
+        _, said = process.communicate(timeout=PROCESS_TIMEOUT_S)
+        return process.returncode, said.decode()
+    finally:
+        os.close(main)
+        if terminal != -1:
+            os.close(terminal)
+
+
+def test_the_hint_is_one_line_on_stderr_when_stdin_is_a_terminal_and_nothing_otherwise(tmp_path):
+    say = [sys.executable, "-c",
+           "from broker.cli.hints import hint_on_terminal; hint_on_terminal()"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    status, said = run_on_terminal(say, cwd=tmp_path, env=env)
+    assert status == 0 and said == HINT + "\n"
+    piped = subprocess.run(say, input="", capture_output=True, text=True, cwd=tmp_path, env=env,
+                           timeout=PROCESS_TIMEOUT_S)
+    assert piped.returncode == 0 and piped.stderr == ""
+
+
+@pytest.mark.xfail(strict=True, reason="node.py calls broker.cli.hints.hint_on_terminal() once"
+                   " its option parsing rewrite lands (see broker/cli/hints.py)")
+def test_the_stdio_node_on_a_terminal_says_what_it_reads_instead_of_waiting_silently(workspace):
+    status, said = run_on_terminal([sys.executable, str(NODE), "--db", str(workspace.db)],
+                                   cwd=workspace.root, env=workspace.env)
+    assert status == 0
+    assert said == HINT + "\n"
