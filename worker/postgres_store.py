@@ -109,8 +109,8 @@ EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, 
 LASTING = "nothing ran, and nothing will until"
 # The server's refusals that waiting does not end: its message as libpq quotes it, what is
 # wrong, and what would end it. libpq gives no SQLSTATE for a failed connection (psycopg's
-# exception has none), so these are the server's words, stable since PostgreSQL 9, with
-# their SQLSTATE beside them; a server whose lc_messages is not English words them
+# exception has none), so these are the server's words, unchanged for many major versions,
+# with their SQLSTATE beside them; a server whose lc_messages is not English words them
 # otherwise, and its refusals are "try again", as before.
 LASTING_REFUSALS = (
     ('database ".*" does not exist', "the database does not exist",  # 3D000
