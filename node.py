@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from broker import database_url, endpoint
-from broker.cli import settings
+from broker.cli import hints, settings
 from broker.cli.settings import OWNER_WAIT_S
 from broker.errors import MALFORMED_REQUEST, ReplyError
 from broker.framing import Malformed, RequestFramer
@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         from broker.cli import commands
 
         return commands.run(args, stop, connect)
+    hints.hint_on_terminal()  # a person at a terminal learns what the node waits for
     try:
         client = connect(args)
     except WorkerConfigError as exc:

@@ -13,6 +13,9 @@ MALFORMED_REQUEST = 12  # not JSON, not an object, no body, no type, a field of 
 CRASH = 13  # the worker died or failed unexpectedly; the request may not have run
 MIGRATION_FAILED = 14  # up() or down() raised; its transaction was rolled back
 PRECONDITION_FAILED = 22  # rollback with nothing applied, or of a migration without down()
+# An error 11 that no wait ends (a database or role that does not exist, a password refused)
+# says this instead of "try again"; a command exits 2 for it, not 3.
+LASTING = "nothing ran, and nothing will until"
 
 
 class ReplyError(Exception):

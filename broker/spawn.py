@@ -38,6 +38,8 @@ IDLE_EXIT_ENV = "MIGRATIONS_IDLE_EXIT_S"  # ... unless this says how many second
 FIRST_BACKOFF_S = 0.1  # after the second death in a row, restarts wait, doubling each time
 MAX_BACKOFF_S = 5.0
 OWNER_GRACE_S = 1.0  # after losing the lock race, how long to wait for the winner to listen
+# How worker/__main__.py logs why it exits with EXIT_CONFIG, after "worker[PID] ".
+START_REFUSAL = "ERROR worker: cannot start: "
 
 
 class WorkerSettings(NamedTuple):
@@ -184,12 +186,14 @@ class WorkerSupervisor:
         code = self._child.poll()
         if code is None:
             return False
+        pid = self._child.pid
         self._child = None
         if self.sentinel is not None:
             os.close(self.sentinel)
             self.sentinel = None
         if code == EXIT_CONFIG:
-            raise WorkerConfigError(self.last_words() or f"it exited with status {code}")
+            raise WorkerConfigError(start_refusal(self.where, self._log_offset, pid)
+                                    or self.last_words() or f"it exited with status {code}")
         if code == EXIT_OWNED:
             # Another node's worker won the lock and is about to bind: give it time. One
             # that never binds where we look (another runtime directory, --bind) counts as
@@ -310,6 +314,19 @@ def log_size(where: endpoint.Endpoint) -> int:
         return os.path.getsize(where.log_path)
     except OSError:
         return 0
+
+
+def start_refusal(where: endpoint.Endpoint, offset: int, pid: int) -> str:
+    """Why worker `pid` would not start, as it logged it after `offset`: the reason alone,
+    one sentence, without the log line's time, pid and level ("" if it logged none)."""
+    tag = f"worker[{pid}] {START_REFUSAL}"
+    try:
+        with open(where.log_path, errors="replace") as log_file:
+            log_file.seek(offset)
+            reasons = [line.split(tag, 1)[1].strip() for line in log_file if tag in line]
+    except OSError:
+        return ""
+    return reasons[-1] if reasons else ""
 
 
 def log_since(where: endpoint.Endpoint, offset: int, lines: int = 3) -> str:

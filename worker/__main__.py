@@ -191,16 +191,17 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("not starting: database %s is already owned: %s", shown, exc)
         _close(store)
         return EXIT_OWNED
-    except (ReplyError, OSError, ValueError, sqlite3.Error) as exc:
-        # A start-up error: say why once, with an exit status that stops restarts.
-        log.error("cannot start: %s", getattr(exc, "text", exc))
+    except (ReplyError, OSError, ValueError, sqlite3.Error, ImportError) as exc:
+        # A start-up error: say why once, with an exit status that stops restarts. (An
+        # ImportError: a PostgreSQL URL without the driver, see worker/postgres_store.py.)
+        _cannot_start(getattr(exc, "text", exc))
         _close(store)
         return EXIT_CONFIG
     try:
         # Reads are answered from a connection of their own, beside a running write.
         reader = store.reader()
     except (OSError, sqlite3.Error) as exc:
-        log.error("cannot start: cannot open a second connection for reads: %s", exc)
+        _cannot_start(f"cannot open a second connection for reads: {exc}")
         _close(store)
         return EXIT_CONFIG
     server = WorkerServer(
@@ -222,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         _close(store)
         context.term()
     return 0
+
+
+def _cannot_start(reason: object) -> None:
+    """Log why the worker exits with EXIT_CONFIG, on one line: the node that started it
+    finds that line (broker/spawn.py, START_REFUSAL) and quotes the reason alone."""
+    log.error("cannot start: %s", " ".join(str(reason).splitlines()))
 
 
 def _close(store: Store | None) -> None:

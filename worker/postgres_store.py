@@ -47,17 +47,13 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-import psycopg
-from psycopg import errors, sql
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import TransactionStatus
-
 from broker import codec, database_url
-from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
+from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
 from worker import pg_sql
 from worker.lock import AlreadyOwned, OwnerLock
 from worker.pg_sql import to_psycopg, transaction_control, translate
@@ -78,6 +74,21 @@ from worker.store import (
     tracking_tables,
 )
 
+INSTALL_DRIVER = "pip install 'migrations-node[postgres]'"  # psycopg: the optional extra
+try:
+    import psycopg
+    from psycopg import errors, sql
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.pq import TransactionStatus
+except ImportError as exc:
+    # The worker stops with this as the reason (EXIT_CONFIG): no restart can install it.
+    if exc.name == "psycopg":
+        missing = f"psycopg 3, which is not installed for {sys.executable}"
+    else:  # installed, but it cannot load (no libpq for it, for one)
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        missing = f"psycopg 3, which cannot be loaded ({cause})"
+    raise ImportError(f"a PostgreSQL URL needs {missing}: {INSTALL_DRIVER}") from None
+
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 5  # how long a statement waits for a lock (SQLite's busy timeout), if unset
@@ -93,6 +104,31 @@ OWNER_ATTEMPTS = 3  # tries of the owner lock while its holder is seen to let go
 LOCK_KEY_PREFIX = "migrations-node owner of "  # keeps our advisory keys apart from others'
 UTC_NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
+# The server's refusals that waiting does not end: its message as libpq quotes it, what is
+# wrong, and what would end it. libpq gives no SQLSTATE for a failed connection (psycopg's
+# exception has none), so these are the server's words, unchanged for many major versions,
+# with their SQLSTATE beside them; a server whose lc_messages is not English words them
+# otherwise, and its refusals are "try again", as before.
+LASTING_REFUSALS = (
+    ('database ".*" does not exist', "the database does not exist",  # 3D000
+     "it is created or the URL names another"),
+    ('role ".*" does not exist', "the role does not exist",  # 28000
+     "it is created or the URL names another"),
+    ('role ".*" is not permitted to log in', "the role may not log in",  # 28000
+     "it is given LOGIN or the URL names another"),
+    ("password authentication failed for user", "the password was refused",  # 28P01
+     "PGPASSWORD, ~/.pgpass or the URL gives the right one"),
+    (r"(no pg_hba\.conf entry|pg_hba\.conf rejects connection)",  # 28000
+     "the server's pg_hba.conf does not let this role in from here",
+     "pg_hba.conf lets it in or the URL names another role"),
+    ('permission denied for database ".*"', "the role may not connect to this database",  # 42501
+     "it is granted CONNECT on it"),
+    ("[A-Za-z]+ authentication failed for user",  # 28000: ident, peer, ldap, cert, ...
+     "the server refused the role's credentials",
+     "the role is given the credentials the server's pg_hba.conf method expects"),
+)
+NO_PASSWORD = ("the server wants a password and none was given",  # libpq: fe_sendauth
+               "PGPASSWORD, ~/.pgpass or the URL gives one")
 NODE_OF = (  # store.node_of, in SQL
     f"CASE WHEN length(request_id) = {REQUEST_ID_BYTES}"
     f" THEN substring(request_id FROM 1 FOR {NODE_ID_BYTES}) ELSE request_id END"
@@ -301,7 +337,7 @@ class PostgresStore(Store):
         try:
             self._live()
         except ReplyError as exc:
-            log.warning("%s; requests get error 11 until it answers", exc.text)
+            log.warning("%s; each request gets error 11 until a connection succeeds", exc.text)
 
     # -- the connection --------------------------------------------------------------------
 
@@ -310,19 +346,14 @@ class PostgresStore(Store):
         transaction, whose loss must end its step: see _lost).
 
         Raises ReplyError(TEMPORARILY_UNAVAILABLE) when no session can be had; nothing has
-        run then.
+        run then (see _connect for the text of one the server refuses for good).
         """
         if _usable(self.connection):
             return self.connection
         if self._in_block:
             raise self._lost(psycopg.OperationalError("the server closed the connection"))
         self._drop()
-        try:
-            connection = _connect(self._url, self.database)
-        except ConnectionError as exc:
-            raise ReplyError(
-                TEMPORARILY_UNAVAILABLE, f"{exc}; nothing ran, try again"
-            ) from None
+        connection = _connect(self._url, self.database)
         try:
             _configure(connection)
             wrong = _wrong_target(connection, self._target)
@@ -1047,6 +1078,13 @@ def describe(url: str) -> str:
 
 
 def _connect(url: str, where: str) -> psycopg.Connection[Any]:
+    """A new session with the server at `url` (`where` names it, without secrets).
+
+    Raises ReplyError(TEMPORARILY_UNAVAILABLE) with libpq's reason, secrets cut out: for
+    a refusal that waiting does not end (LASTING_REFUSALS, or a password wanted and none
+    given) saying what is wrong and LASTING; for any other failure (a server down, one
+    that refuses connections for now, a timeout) "try again".
+    """
     params = conninfo_to_dict(url)  # describe() has checked that it parses
     # The secrets the node took out of the URL and put in our environment (the password,
     # in PGPASSWORD, libpq reads by itself).
@@ -1067,7 +1105,25 @@ def _connect(url: str, where: str) -> psycopg.Connection[Any]:
             if secret:
                 text = text.replace(str(secret), "***")
         # libpq's message runs over several lines; a reply's text is one.
-        raise ConnectionError(f"cannot connect to {where}: {' '.join(text.split())}") from None
+        reason = " ".join(text.split())
+        needs_password = exc.pgconn is not None and exc.pgconn.needs_password
+        raise _not_connected(where, reason, needs_password) from None
+
+
+def _not_connected(where: str, reason: str, needs_password: bool) -> ReplyError:
+    """Error 11 for a failed connection: LASTING and what would end it when the server
+    refused it for good (any one of its hosts: the others being down changes nothing), or
+    libpq found a password wanted and none given; else "try again"."""
+    lasting = next((
+        (wrong, until) for said, wrong, until in LASTING_REFUSALS
+        if re.search(f"FATAL: +{said}", reason)
+    ), NO_PASSWORD if needs_password else None)
+    if lasting is None:
+        return ReplyError(TEMPORARILY_UNAVAILABLE,
+                          f"cannot connect to {where}: {reason}; nothing ran, try again")
+    wrong, until = lasting
+    return ReplyError(TEMPORARILY_UNAVAILABLE,
+                      f"cannot connect to {where}: {wrong} ({reason}); {LASTING} {until}")
 
 
 def _wrong_target(

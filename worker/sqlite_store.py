@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -130,6 +131,65 @@ STATEMENTS = {
 }
 
 
+class CannotOpen(sqlite3.OperationalError):
+    """The database file cannot be opened; the text names the path and the reason."""
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection to the database at `path` in autocommit mode, its header read.
+
+    Raises CannotOpen: for a file that is not a database (reading the header now makes it
+    a start-up error), and for any path SQLite cannot open, saying why.
+    """
+    connection = None
+    try:
+        connection = sqlite3.connect(
+            path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
+        )
+        connection.execute("PRAGMA schema_version")
+    except sqlite3.Error as exc:
+        if connection is not None:
+            connection.close()
+        raise CannotOpen(f"cannot open {path} as a SQLite database: {_why(path, exc)}") from None
+    return connection
+
+
+def _why(path: Path, exc: sqlite3.Error) -> str:
+    """Why SQLite could not open `path`, in words that name the cause: its own "unable to
+    open database file" says neither which part of the path failed nor how."""
+    if getattr(exc, "sqlite_errorname", None) != "SQLITE_CANTOPEN":
+        return str(exc)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        parent = path.parent
+        if not os.path.exists(parent):
+            return f"its folder {parent} does not exist"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"no permission to create it in {parent}"
+        return str(exc)
+    except NotADirectoryError:
+        for ancestor in reversed(path.parents):
+            if os.path.exists(ancestor) and not os.path.isdir(ancestor):
+                return f"{ancestor} is not a folder"
+        return str(exc)
+    except OSError as error:
+        return _said(error)
+    if stat.S_ISDIR(mode):
+        return "it is a folder"
+    try:  # O_NONBLOCK: a FIFO would wait for a writer
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as error:
+        return _said(error)
+    return str(exc)
+
+
+def _said(error: OSError) -> str:
+    """The system's words for an error, as the middle of a sentence: "permission denied"."""
+    text = error.strerror or str(error)
+    return text[:1].lower() + text[1:]
+
+
 def quoted(name: str) -> str:
     """An SQLite identifier, quoted so that any name is taken as written."""
     return '"' + name.replace('"', '""') + '"'
@@ -148,8 +208,8 @@ class SqliteStore(Store):
         (query_only), beside the writer's: the worker answers status from it while a
         migration runs.
 
-        Raises sqlite3.Error for a file that is not a database, ValueError for an empty
-        table name.
+        Raises CannotOpen (a sqlite3.Error) for a path that cannot be opened as a database,
+        naming it and why; ValueError for an empty table name.
         """
         self.path = path
         self.table = table
@@ -160,11 +220,7 @@ class SqliteStore(Store):
         self._sql = {key: statement.format(**names) for key, statement in STATEMENTS.items()}
         self._owner = OwnerLock(endpoint.lock_file(path))
         # Autocommit mode: sqlite3 must never open or commit a transaction behind our back.
-        self.connection = sqlite3.connect(
-            path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
-        )
-        # Reading the header now makes a file that is not a database a start-up error.
-        self.connection.execute("PRAGMA schema_version")
+        self.connection = _open(path)
         self._opened = _identity(path)  # the file this connection has, whatever its path
         # The file as it was when this store last emptied its -wal (see settle()); None
         # while the -wal holds pages, from us or another program.

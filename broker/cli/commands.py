@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from broker import database_url
 from broker.cli import settings
 from broker.cli.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
-from broker.errors import ReplyError
+from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
 from broker.kinds import COMMANDS, PROGRESS
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
@@ -353,6 +353,8 @@ def exit_status(body: dict[str, Any], session: Session) -> int:
     if session.stop.requested or body.get("cancelled"):
         return EXIT_CANCELLED
     if body["type"] == "error":
+        if body["code"] == TEMPORARILY_UNAVAILABLE and LASTING in body["text"]:
+            return EXIT_USAGE
         return EXIT_FOR_CODE.get(body["code"], EXIT_FAILED)
     if body["type"] == "validation" and not body["ok"]:
         return EXIT_FAILED
