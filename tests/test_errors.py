@@ -27,11 +27,18 @@ HINT = ("migrations-node: reading JSON requests on stdin (the stdio node); type 
         " or run 'migrations-node --help' for the commands")
 
 
+def here(workspace) -> Path:
+    """The test's folder, with a migrations/ of its own (empty), so that a command says
+    nothing of the bundled examples and stderr holds the error alone."""
+    (workspace.root / "migrations").mkdir(exist_ok=True)
+    return workspace.root
+
+
 def cli(workspace, *args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
-    """`python node.py ARGS` (the project's migrations), run to its end."""
+    """`python node.py ARGS` in the test's folder, run to its end."""
     return subprocess.run(
         [python, str(NODE), *args], capture_output=True, text=True, env=workspace.env,
-        cwd=workspace.root, timeout=PROCESS_TIMEOUT_S,
+        cwd=here(workspace), timeout=PROCESS_TIMEOUT_S,
     )
 
 
@@ -39,7 +46,7 @@ def stdio(workspace, *args: str, python: str = sys.executable) -> subprocess.Com
     """The stdio node with one status request on stdin, run to its end."""
     return subprocess.run(
         [python, str(NODE), *args], input=json.dumps(request("status", 1)) + "\n",
-        capture_output=True, text=True, env=workspace.env, cwd=workspace.root,
+        capture_output=True, text=True, env=workspace.env, cwd=here(workspace),
         timeout=PROCESS_TIMEOUT_S,
     )
 
@@ -213,7 +220,7 @@ def test_a_sqlite_file_without_permission_is_named_with_the_reason(workspace):
     path.chmod(0)
     done = subprocess.run(
         [sys.executable, str(NODE), "--db", str(path), "status"], capture_output=True,
-        text=True, env=workspace.env, cwd=workspace.root, timeout=PROCESS_TIMEOUT_S,
+        text=True, env=workspace.env, cwd=here(workspace), timeout=PROCESS_TIMEOUT_S,
         preexec_fn=without_permission_override if os.geteuid() == 0 else None,
     )
     assert done.returncode == 2, done.stderr
