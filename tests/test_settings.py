@@ -150,3 +150,25 @@ def test_new_with_no_folder_anywhere_creates_one_here_never_in_the_tool(workspac
     assert status == 0, err
     assert out.strip() == str(empty / "migrations" / "0001_add_users.sql")
     assert sorted(path.name for path in (PROJECT / "migrations").iterdir()) == before
+
+
+@pytest.mark.parametrize(("given", "path"), [
+    ("sqlite:var/app.db", "var/app.db"),  # dbmate
+    ("sqlite3://var/app.db", "var/app.db"),  # golang-migrate
+    ("sqlite:///srv/app.db", "/srv/app.db"),
+    ("app:2024.db", "app:2024.db"),  # a file with a colon in its name
+])
+def test_sqlite_urls_as_dbmate_and_golang_migrate_write_them_name_their_file(
+        workspace, given, path):
+    here = folder(workspace.root / "here")
+    assert config(workspace, here, DATABASE_URL=given)["db"] == (path, "DATABASE_URL")
+
+
+def test_a_url_of_a_database_this_tool_does_not_reach_is_refused_without_its_password(
+        workspace):
+    here = folder(workspace.root / "here")
+    status, out, err = node(workspace, here, "status",
+                            DATABASE_URL="mysql://root:s3cret@db/app")
+    assert (status, out) == (2, "")
+    assert "the database from DATABASE_URL is a mysql: URL" in err and "s3cret" not in err
+    assert not list(here.iterdir())  # no file named after the URL

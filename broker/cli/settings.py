@@ -13,6 +13,7 @@ else reads the environment for a setting.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,6 +21,8 @@ from typing import Any, NamedTuple
 from broker import database_url
 
 PROJECT_FILE = "pyproject.toml"
+SQLITE_SCHEMES = frozenset({"sqlite", "sqlite3"})
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 TABLE = "migrations-node"  # [tool.migrations-node]
 ENVIRONMENT = {"db": "DATABASE_URL", "migrations": "MIGRATIONS_DIR"}
 DEFAULT_DB = "migrations.db"
@@ -107,10 +110,36 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str], cwd: Path) -> 
             settings[key] = default_folder(home)
         else:
             settings[key] = Setting(DEFAULTS[key], DEFAULT)
+    settings["db"] = settings["db"]._replace(value=database_path(settings["db"]))
     if not isinstance(settings["migrations"].value, Path):
         settings["migrations"] = settings["migrations"]._replace(
             value=Path(settings["migrations"].value))
     return settings
+
+
+def database_path(setting: Setting) -> str:
+    """What `--db` names: a PostgreSQL URL as it is, a SQLite file path, or a SQLite URL as
+    dbmate and golang-migrate write them (`sqlite:db/app.db`, `sqlite3://db/app.db`,
+    `sqlite:///abs/app.db`) turned into its path. Raises SettingsError for another scheme,
+    which would otherwise become a file of that name."""
+    value = str(setting.value)
+    if database_url.is_url(value):
+        return value
+    scheme, colon, rest = value.partition(":")
+    if not colon or not SCHEME.fullmatch(scheme):
+        return value
+    if scheme.lower() in SQLITE_SCHEMES:
+        path = rest.removeprefix("//").partition("?")[0]
+        if path:
+            return path
+        raise SettingsError(f"the database from {setting.origin} is a {scheme}: URL that names"
+                            " no file: sqlite:PATH")
+    if not rest.startswith("//"):
+        return value  # a file whose name has a colon in it
+    # Never the value itself: a URL may hold a password.
+    raise SettingsError(f"the database from {setting.origin} is a {scheme}: URL, which this"
+                        " tool does not reach: give a SQLite file path (or sqlite:PATH) or a"
+                        " postgresql:// URL")
 
 
 def default_folder(home: Path) -> Setting:
