@@ -603,6 +603,6 @@ def test_a_session_that_reaches_another_database_than_the_url_names_is_refused(
     for reply in (migrate, status):
         assert reply["code"] == 11, reply
         assert f'reached database "{other_database}", not "{name}"' in reply["text"]
-        assert "nothing ran" in reply["text"]
+        assert "nothing ran, and nothing will until the URL names" in reply["text"]
     assert health["type"] == "health_ok"
     assert not tables(f"{SERVER}/{other_database}") and not tables(database)

@@ -367,7 +367,7 @@ class PostgresStore(Store):
             connection.close()
             raise ReplyError(
                 TEMPORARILY_UNAVAILABLE, f"refused the session with {self.database}: {wrong};"
-                " nothing ran")
+                f" {LASTING} the URL names where its sessions lead")
         self.connection = connection
         log.info("connected to %s, tracking in %s", self.database, self.tracking)
         return connection
