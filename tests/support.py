@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -50,6 +51,44 @@ def write_migration(folder: Path, filename: str, up: str, down: str | None = "pa
     path = folder / filename
     path.write_text(source + "\n")
     return path
+
+
+BLOCKING_UP = """
+import os, time
+open({started!r}, "w").close()
+while os.path.exists({block!r}):
+    time.sleep(0.01)
+db.execute("CREATE TABLE {table} (id INTEGER)")
+"""
+
+
+def blocking_migration(folder: Path, filename: str, table: str) -> tuple[Path, Path]:
+    """A migration that signals it started, then waits while a block file exists."""
+    started, block = folder.parent / f"{table}.started", folder.parent / f"{table}.block"
+    write_migration(
+        folder,
+        filename,
+        BLOCKING_UP.format(started=str(started), block=str(block), table=table),
+        down=f'db.execute("DROP TABLE {table}")',
+    )
+    block.touch()
+    return started, block
+
+
+def wait_for_stderr(process, text: bytes) -> bytes:
+    """Read the process's stderr until `text` appears; fails the test if it does not."""
+    seen = b""
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    fd = process.stderr.fileno()
+    while text not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            pytest.fail(f"the node never wrote {text!r} on stderr; it wrote {seen!r}")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            pytest.fail(f"the node closed stderr without writing {text!r}: {seen!r}")
+        seen += chunk
+    return seen
 
 
 def table_migrations(folder: Path, versions: range) -> None:

@@ -17,32 +17,12 @@ from tests.support import (
     PROCESS_TIMEOUT_S,
     PROJECT,
     TRACKING_TABLES,
+    blocking_migration,
     request,
     table_migrations,
     wait_until,
     write_migration,
 )
-
-BLOCKING_UP = """
-import os, time
-open({started!r}, "w").close()
-while os.path.exists({block!r}):
-    time.sleep(0.01)
-db.execute("CREATE TABLE {table} (id INTEGER)")
-"""
-
-
-def blocking_migration(folder: Path, filename: str, table: str) -> tuple[Path, Path]:
-    """A migration that signals it started, then waits while a block file exists."""
-    started, block = folder.parent / f"{table}.started", folder.parent / f"{table}.block"
-    write_migration(
-        folder,
-        filename,
-        BLOCKING_UP.format(started=str(started), block=str(block), table=table),
-        down=f'db.execute("DROP TABLE {table}")',
-    )
-    block.touch()
-    return started, block
 
 
 def signal_during_slow_migrate(workspace, folder: Path, signum: int, started: Path,

@@ -22,19 +22,12 @@ from broker import codec, endpoint
 from tests.processes import gone
 from tests.support import (
     PROCESS_TIMEOUT_S,
+    blocking_migration,
     request,
     table_migrations,
+    wait_for_stderr,
     wait_until,
-    write_migration,
 )
-
-BLOCKING_UP = """
-import os, time
-open({started!r}, "w").close()
-while os.path.exists({block!r}):
-    time.sleep(0.01)
-db.execute("CREATE TABLE t1 (id INTEGER)")
-"""
 
 
 @pytest.fixture
@@ -44,50 +37,23 @@ def folder(workspace) -> Path:
     return path
 
 
-def blocking_first(folder: Path) -> tuple[Path, Path]:
-    """Version 1 waits while a block file exists (after saying it started); 2 and 3 are
-    plain tables. Returns (started, block)."""
-    started, block = folder.parent / "started", folder.parent / "block"
-    write_migration(folder, "0001_t1.py", BLOCKING_UP.format(started=str(started),
-                                                             block=str(block)),
-                    down='db.execute("DROP TABLE t1")')
-    table_migrations(folder, range(2, 4))
-    block.touch()
-    return started, block
-
-
-def read_stderr_until(process, text: bytes) -> bytes:
-    """Read a process's stderr until `text` appears; fails the test if it never does."""
-    seen = b""
-    deadline = time.monotonic() + PROCESS_TIMEOUT_S
-    fd = process.stderr.fileno()
-    while text not in seen:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            pytest.fail(f"never saw {text!r} on stderr; got {seen[-2000:]!r}")
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            pytest.fail(f"stderr closed before {text!r}: {seen[-2000:]!r}")
-        seen += chunk
-    return seen
-
-
 # -- 2. an acknowledged cancel holds across a worker's death --------------------------------
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_a_write_whose_cancel_was_acknowledged_never_runs_after_the_worker_dies(
         workspace, folder, signum):
-    started, block = blocking_first(folder)
+    started, block = blocking_migration(folder, "0001_t1.py", "t1")
+    table_migrations(folder, range(2, 4))
     runner = workspace.live("--migrations", str(folder))
     runner.send(request("migrate", 1, to=1))
     wait_until(started.exists, timeout=PROCESS_TIMEOUT_S, what="the slow migration to start")
     canceller = workspace.live("--migrations", str(folder), "--log-level", "DEBUG")
     canceller.send(request("migrate", 1))
-    read_stderr_until(canceller.process, b"sent migrate")  # so the worker queues it
+    wait_for_stderr(canceller.process, b"sent migrate")  # so the worker queues it
     canceller.send(request("cancel", 2))
     # The node has the worker's cancel_ok (its reply waits behind the migrate's, in order).
-    read_stderr_until(canceller.process, b"the worker took the cancel of write")
+    wait_for_stderr(canceller.process, b"the worker took the cancel of write")
     workspace.kill_worker(signum)
     block.unlink()
 
@@ -107,12 +73,13 @@ def test_a_running_write_whose_cancel_was_acknowledged_is_not_run_again_by_the_n
         workspace, folder):
     """The cancel reached the write while its Python code ran (no statement to interrupt);
     the worker died before answering: the next worker must not start it again."""
-    started, block = blocking_first(folder)
+    started, block = blocking_migration(folder, "0001_t1.py", "t1")
+    table_migrations(folder, range(2, 4))
     node = workspace.live("--migrations", str(folder), "--log-level", "DEBUG")
     node.send(request("migrate", 1))
     wait_until(started.exists, timeout=PROCESS_TIMEOUT_S, what="the slow migration to start")
     node.send(request("cancel", 2))
-    read_stderr_until(node.process, b"the worker took the cancel of write")
+    wait_for_stderr(node.process, b"the worker took the cancel of write")
     workspace.kill_worker(signal.SIGKILL)
     block.unlink()
 

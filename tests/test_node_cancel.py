@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import select
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import PROCESS_TIMEOUT_S, request, table_migrations, wait_until, write_migration
+from tests.support import (
+    PROCESS_TIMEOUT_S,
+    request,
+    table_migrations,
+    wait_for_stderr,
+    wait_until,
+    write_migration,
+)
 
 # Migration code runs statements through `db` until the test is done with it: a cancel
 # takes effect at the next statement. The table shows whether its rollback happened.
@@ -57,22 +61,6 @@ def slow_second_migration(workspace, folder: Path, block: Path, up: str) -> Path
     write_migration(folder, "0002_slow.py", up.format(started=str(started), block=str(block)),
                     down='db.execute("DROP TABLE slow")')
     return started
-
-
-def wait_for_stderr(process, text: bytes) -> bytes:
-    """Read the process's stderr until `text` appears; fails the test if it does not."""
-    seen = b""
-    deadline = time.monotonic() + PROCESS_TIMEOUT_S
-    fd = process.stderr.fileno()
-    while text not in seen:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            pytest.fail(f"the node never wrote {text!r} on stderr; it wrote {seen!r}")
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            pytest.fail(f"the node closed stderr without writing {text!r}: {seen!r}")
-        seen += chunk
-    return seen
 
 
 def cancelled_running(reply: dict, msg_id: int) -> bool:

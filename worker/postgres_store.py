@@ -68,7 +68,6 @@ from worker.store import (
     ForeignKeyViolation,
     ReplyEvicted,
     Store,
-    TrackingTableMissing,
     TrackingTables,
     node_of,
     tracking_tables,
@@ -612,30 +611,15 @@ class PostgresStore(Store):
         Raises TrackingTableMissing when the tracking table was dropped and its companions
         remain, unless `restore_tracking` (baseline)."""
         existing = set(self._existing)
-        missing = [
-            (name, statement)
-            for name, statement in zip(self.tables, self._schema, strict=True)
-            if name not in existing
-        ]
+        missing = self._tables_to_create(existing, restore_tracking)
         if not missing:
             return
-        if existing and self.tables.migrations not in existing and not restore_tracking:
-            raise self._tracking_missing(existing)
-        dropped = [name for name, _ in missing if name != self.tables.evicted]
-        if existing and dropped:
-            log.warning("creating the tracking tables %s again: they were dropped while %s"
-                        " remained", ", ".join(dropped), ", ".join(sorted(existing)))
         if not existing and self._run(SCHEMA_EXISTS, (self.schema,)).fetchone() is None:
             self._run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(self.schema)).as_string())
         for name, statement in missing:
             self._run(statement)
             self._created.add(name)
-
-    def _tracking_missing(self, existing: set[str]) -> TrackingTableMissing:
-        events = self.history() if self.tables.history in existing else []
-        present = [name for name in self.tables if name in existing]
-        return TrackingTableMissing(self.tables.migrations, present, events)
 
     def _tables(self) -> set[str]:
         """The tracking tables that exist. Inside a transaction, as BEGIN found them (with

@@ -37,7 +37,6 @@ from worker.store import (
     ForeignKeyViolation,
     ReplyEvicted,
     Store,
-    TrackingTableMissing,
     node_of,
     tracking_tables,
 )
@@ -396,26 +395,11 @@ class SqliteStore(Store):
         they were dropped by hand. Raises TrackingTableMissing when the tracking table was
         dropped and its companions remain, unless `restore_tracking` (baseline)."""
         existing = self._tables()
-        missing = [
-            (name, statement)
-            for name, statement in zip(self.tables, self._schema, strict=True)
-            if name not in existing
-        ]
+        missing = self._tables_to_create(existing, restore_tracking)
         if not missing:
             return
-        if existing and self.tables.migrations not in existing and not restore_tracking:
-            raise self._tracking_missing(existing)
-        dropped = [name for name, _ in missing if name != self.tables.evicted]
-        if existing and dropped:
-            log.warning("creating the tracking tables %s again: they were dropped while %s"
-                        " remained", ", ".join(dropped), ", ".join(sorted(existing)))
         for _, statement in missing:
             self.connection.execute(statement)
-
-    def _tracking_missing(self, existing: set[str]) -> TrackingTableMissing:
-        events = self.history() if self.tables.history in existing else []
-        present = [name for name in self.tables if name in existing]
-        return TrackingTableMissing(self.tables.migrations, present, events)
 
     @contextmanager
     def transaction(

@@ -159,6 +159,37 @@ class Store(ABC):
     commits: int  # transactions this store committed; with data_version(), a change stamp
     # Cuts a .sql section into statements by this database's rules (see sql_file).
     split_statements: Callable[[str], Iterator[str]]
+    tables: TrackingTables  # the tracking table's name and its companions'
+    _schema: list[str]  # the CREATE statement of each, in the same order
+
+    def _tables_to_create(
+        self, existing: set[str], restore_tracking: bool
+    ) -> list[tuple[str, str]]:
+        """The (name, CREATE statement) of each tracking table missing from `existing`: all
+        of them in a new database, the companions when they were dropped by hand.
+
+        Raises TrackingTableMissing when the tracking table itself was dropped and its
+        companions remain, unless `restore_tracking` (baseline)."""
+        missing = [
+            (name, statement)
+            for name, statement in zip(self.tables, self._schema, strict=True)
+            if name not in existing
+        ]
+        if not missing:
+            return []
+        if existing and self.tables.migrations not in existing and not restore_tracking:
+            raise self._tracking_missing(existing)
+        dropped = [name for name, _ in missing if name != self.tables.evicted]
+        if existing and dropped:
+            log.warning("creating the tracking tables %s again: they were dropped while %s"
+                        " remained", ", ".join(dropped), ", ".join(sorted(existing)))
+        return missing
+
+    def _tracking_missing(self, existing: set[str]) -> TrackingTableMissing:
+        """Error 22 for a tracking table dropped by hand, with what the history says."""
+        events = self.history() if self.tables.history in existing else []
+        present = [name for name in self.tables if name in existing]
+        return TrackingTableMissing(self.tables.migrations, present, events)
 
     @abstractmethod
     def close(self) -> None: ...
