@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from broker import database_url, endpoint
 from broker.cli import hints, settings
-from broker.cli.settings import OWNER_WAIT_S
+from broker.cli.settings import LOCK_RETRIES, LOCK_TIMEOUT_S, OWNER_WAIT_S
 from broker.errors import MALFORMED_REQUEST, ReplyError
 from broker.framing import Malformed, RequestFramer
 from broker.kinds import COMMANDS
@@ -97,6 +97,23 @@ def add_options(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
         metavar="SECONDS",
         help=helping("PostgreSQL: how long a write waits while a worker on another host owns the"
                      f" database before error 11 names it (default: {OWNER_WAIT_S:g})"),
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help=helping("PostgreSQL: how long each statement of a migration waits for a lock"
+                     " before the migration is rolled back and tried again; 0: no limit"
+                     f" (default: the URL's lock_timeout, else {LOCK_TIMEOUT_S:g})"),
+    )
+    parser.add_argument(
+        "--lock-retries",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help=helping("PostgreSQL: how many more times a migration is tried after a lock"
+                     f" timeout, each after a longer wait (default: {LOCK_RETRIES})"),
     )
     parser.add_argument(
         "--envelope",
@@ -213,8 +230,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--schema is for a PostgreSQL database; a SQLite file has no schemas")
     if not args.table or "\x00" in args.table:
         parser.error("--table must be a non-empty name")
-    if args.owner_wait < 0:
-        parser.error("--owner-wait must be 0 or more seconds")
+    for option, seconds in (("--owner-wait", args.owner_wait),
+                            ("--lock-timeout", args.lock_timeout)):
+        if seconds is not None and not 0 <= seconds < 2**63:
+            parser.error(f"{option} must be 0 or more seconds")
+    if not 0 <= args.lock_retries < 2**31:
+        parser.error("--lock-retries must be 0 or more")
     remote = args.connect and not args.connect.startswith("ipc://")
     if remote and args.keys is None:
         parser.error(f"--connect {args.connect} leaves this machine: --keys is required")
@@ -234,7 +255,8 @@ def connect(args: argparse.Namespace) -> WorkerClient:
         if database_url.is_url(args.db):
             secrets = database_url.split_secrets(args.db)[1]
         settings = WorkerSettings(
-            args.migrations, args.table, args.schema, args.owner_wait, wal=args.wal
+            args.migrations, args.table, args.schema, args.owner_wait, wal=args.wal,
+            lock_timeout_s=args.lock_timeout, lock_retries=args.lock_retries,
         )
         supervisor = WorkerSupervisor(where, settings, secrets)
         supervisor.ensure()

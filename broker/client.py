@@ -4,7 +4,7 @@
     cancel_writes() ------------------------^ at once, ahead of the backlog
     process() <- replies matched by request id (order is restored by the caller)
 
-A request's reply is its last body from the worker; progress bodies before it (PROGRESS)
+A request's reply is its last body from the worker; progress bodies before it (BEFORE_REPLY)
 are handed on as they come and leave the request in flight.
 
 Like the ZeroMQ guide's Lazy Pirate client, it never trusts a socket after trouble: when the
@@ -31,7 +31,7 @@ import zmq
 
 from broker import codec
 from broker.errors import CRASH, ReplyError, cancelled_before_start
-from broker.kinds import PROGRESS, READS, WRITES
+from broker.kinds import READS, WRITES, before_reply
 from broker.monitor import pending_events
 from broker.spawn import WorkerSupervisor
 
@@ -321,7 +321,7 @@ class WorkerClient:
 
         A progress body leaves its request in flight: the final reply is still to come.
         """
-        if body["type"] == PROGRESS:
+        if before_reply(body):
             outstanding = self.in_flight.get(request_id)
             return [] if outstanding is None else [(outstanding.token, body)]
         outstanding = self.in_flight.pop(request_id, None)

@@ -15,6 +15,15 @@ WRITES = frozenset({"migrate", "rollback", "baseline"})
 CONTROLS = frozenset({"cancel"})
 WORKER_KINDS = READS | WRITES | CONTROLS
 PROGRESS = "migration_progress"  # a reply body that comes before a write's one reply
+WAITING = "migration_waiting"  # another: a step waits for a lock, or will be tried again
+BEFORE_REPLY = frozenset({PROGRESS, WAITING})  # the bodies that leave their request open
+
+
+def before_reply(body: dict) -> bool:
+    """Whether `body` comes before its request's one reply (its type is in BEFORE_REPLY);
+    a type of any kind may arrive, hashable or not."""
+    kind = body.get("type")
+    return isinstance(kind, str) and kind in BEFORE_REPLY
 # What a person types (`node.py COMMAND`): the requests above, and `new`, `stop` and
 # `config`, which send none (`stop` signals the database's worker).
 COMMANDS = (

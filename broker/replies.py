@@ -17,7 +17,7 @@ import json
 from collections import deque
 from typing import Any, BinaryIO
 
-from broker.kinds import PROGRESS
+from broker.kinds import WAITING, before_reply
 from broker.requests import Request
 
 NODE_FIELDS = ("type", "in_reply_to")  # a reply line's first two, written by the node
@@ -66,17 +66,21 @@ class OrderedReplies:
 
     def fill(self, slot: Slot, body: dict[str, Any]) -> None:
         """Take a reply for `slot`: its one final reply, or before it a progress body
-        (type PROGRESS), which adds a line unless the slot showed that version already.
+        (BEFORE_REPLY), which adds a line unless the slot showed it already: a
+        migration_progress of that version, a migration_waiting of that event, version and
+        attempt (a new worker may tell them again).
 
         A progress body that comes after the final reply is dropped.
         """
-        if body["type"] != PROGRESS:
+        if not before_reply(body):
             slot.line = self._render(slot, body)
         elif slot.line is None:
             self._add_progress(slot, body)
 
     def _add_progress(self, slot: Slot, body: dict[str, Any]) -> None:
         version = body.get("version")
+        if body["type"] == WAITING:
+            version = (body.get("event"), version, body.get("attempt"))
         if slot.versions is None:
             slot.versions, slot.progress = set(), []
         elif version in slot.versions:

@@ -50,6 +50,10 @@ class WorkerSettings(NamedTuple):
     schema: str | None = None  # PostgreSQL: the tracking tables' schema (None: public)
     owner_wait_s: float | None = None  # PostgreSQL: how long a write waits for another owner
     wal: bool = False  # SQLite: turn an existing rollback-journal database into WAL
+    # PostgreSQL: how long a migration's statement waits for a lock (None: the URL's, else
+    # the worker's default), and how many more tries a migration gets after such a wait.
+    lock_timeout_s: float | None = None
+    lock_retries: int | None = None
 
     def argv(self) -> list[str]:
         args = ["--migrations", str(self.migrations), "--table", self.table]
@@ -59,6 +63,10 @@ class WorkerSettings(NamedTuple):
             args += ["--owner-wait", str(self.owner_wait_s)]
         if self.wal:
             args.append("--wal")
+        if self.lock_timeout_s is not None:
+            args += ["--lock-timeout", repr(self.lock_timeout_s)]
+        if self.lock_retries is not None:
+            args += ["--lock-retries", str(self.lock_retries)]
         return args
 
 

@@ -290,8 +290,40 @@ def test_markers_are_matched_after_trailing_whitespace_and_carriage_returns():
 def test_an_unknown_option_is_an_error_naming_it_and_its_line():
     assert sql_error("-- header\n-- migrate:up transaction:false nocache:true\nSELECT 1;\n") == (
         "0001_bad.sql line 2: unknown option 'nocache:true' after '-- migrate:up'"
-        " (known: transaction:true, transaction:false)"
+        " (known: transaction:true, transaction:false, lock_timeout:SECONDS)"
     )
+
+
+def test_a_sections_lock_timeout_is_its_own_in_seconds():
+    parsed = parse("-- migrate:up lock_timeout:0 transaction:false\nSELECT 1;\n"
+                   "-- migrate:down lock_timeout:1.5s\nSELECT 2;\n", "a.sql")
+    default = parse("-- migrate:up\nSELECT 1;\n", "b.sql")
+
+    assert (parsed.up_lock_timeout, parsed.down_lock_timeout) == (0.0, 1.5)
+    assert parsed.up_transaction is False
+    assert (default.up_lock_timeout, default.down_lock_timeout) == (None, None)
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf", ""])
+def test_a_lock_timeout_that_is_not_seconds_is_an_error_naming_it(value):
+    assert sql_error(f"-- migrate:up lock_timeout:{value}\nSELECT 1;\n") == (
+        f"0001_bad.sql line 1: option lock_timeout takes a number of seconds, 0 or more,"
+        f" not {value!r}"
+    )
+
+
+def test_a_python_files_lock_timeout_is_for_both_up_and_down(folder):
+    loaded = load(folder, "0001_a.py", "LOCK_TIMEOUT = 0.25\n\ndef up(db):\n    pass\n")
+    default = load(folder, "0002_b.py", "def up(db):\n    pass\n")
+
+    assert (loaded.up_lock_timeout_s, loaded.down_lock_timeout_s) == (0.25, 0.25)
+    assert (default.up_lock_timeout_s, default.down_lock_timeout_s) == (None, None)
+
+
+@pytest.mark.parametrize("value", ["True", "-1", "'3'"])
+def test_a_python_lock_timeout_that_is_not_seconds_is_refused(folder, value):
+    with pytest.raises(TypeError, match="LOCK_TIMEOUT"):
+        load(folder, "0001_a.py", f"LOCK_TIMEOUT = {value}\n\ndef up(db):\n    pass\n")
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import zmq
 
 from broker import database_url, endpoint
 from broker.cli.bundled import bundled_migrations
+from broker.cli.settings import LOCK_RETRIES, LOCK_TIMEOUT_S
 from broker.errors import ReplyError
 from broker.exits import EXIT_CONFIG, EXIT_OWNED
 from broker.stopping import Stopped, StopRequest
@@ -63,6 +64,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " naming it (default: exit with status 75 naming it)",
     )
     parser.add_argument(
+        "--lock-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="PostgreSQL: how long each statement of a migration waits for a lock before"
+        " its migration is rolled back and tried again; 0: no limit (default: the URL's"
+        f" lock_timeout, else {LOCK_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--lock-retries",
+        type=int,
+        default=LOCK_RETRIES,
+        metavar="N",
+        help="PostgreSQL: how many more times a migration is tried after a lock timeout,"
+        " after a growing wait (default: %(default)s)",
+    )
+    parser.add_argument(
         "--migrations",
         default=str(bundled_migrations()),
         help="folder of migration files (default: the bundled examples; a node passes its own)",
@@ -86,7 +103,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--wait", action="store_true", help="wait for the database's owner to go instead of exiting"
     )
     parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.lock_retries < 0:
+        parser.error("--lock-retries must be 0 or more")
+    return args
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds, 0 or more (argparse's type: ValueError is its usage error)."""
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
 
 
 def configure_logging(level: str) -> None:
@@ -162,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         where = endpoint.for_database(args.db)
         if args.bind and args.bind.startswith("ipc://"):
             endpoint.check_ipc_address(args.bind)
-        store = open_store(where, args.table, args.schema, args.owner_wait, wal=args.wal)
+        store = open_store(where, args.table, args.schema, args.owner_wait, wal=args.wal,
+                           lock_timeout_s=args.lock_timeout)
         # .sql files are cut into statements by the rules of the database they run on.
         catalog = Catalog(
             Path(args.migrations).resolve(), split_statements=store.split_statements
@@ -206,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     server = WorkerServer(
         Engine(reader, Catalog(catalog.folder, split_statements=store.split_statements)),
-        Engine(store, catalog, journal=journal),  # the server says when to stop
+        # The server says when to stop.
+        Engine(store, catalog, journal=journal, lock_retries=args.lock_retries),
         address=args.bind or where.address,
         describe={"database": str(where.database), "migrations_dir": str(catalog.folder)},
         idle_exit_s=args.idle_exit,

@@ -40,6 +40,10 @@ class Loaded(NamedTuple):
     checksum: str  # checksum_of() the bytes that were loaded
     up_transaction: bool = True  # False: up's statements run outside a transaction
     down_transaction: bool = True  # False: down's statements run outside a transaction
+    # How long each statement waits for a lock, in seconds (0: for ever; None: as the
+    # worker is told): `lock_timeout:` on a section marker, LOCK_TIMEOUT in a .py file.
+    up_lock_timeout_s: float | None = None
+    down_lock_timeout_s: float | None = None
 
 
 class Migration(NamedTuple):
@@ -93,6 +97,8 @@ class Migration(NamedTuple):
                 checksum_of(source),
                 parsed.up_transaction,
                 parsed.down_transaction,
+                parsed.up_lock_timeout,
+                parsed.down_lock_timeout,
             )
         module = types.ModuleType(f"migration_{self.version}_{self.name}")
         module.__file__ = self.path
@@ -100,6 +106,7 @@ class Migration(NamedTuple):
         foreign_keys, transaction = (
             _declared(module, name, filename) for name in ("FOREIGN_KEYS", "TRANSACTION")
         )
+        lock_timeout = _lock_timeout(module, filename)
         return Loaded(
             _callable(module, "up"),
             _callable(module, "down"),
@@ -107,6 +114,8 @@ class Migration(NamedTuple):
             checksum_of(source),
             transaction,  # a .py file's TRANSACTION is for both of its functions
             transaction,
+            lock_timeout,  # and so is its LOCK_TIMEOUT
+            lock_timeout,
         )
 
 
@@ -119,6 +128,20 @@ def _declared(module: types.ModuleType, name: str, filename: str) -> bool:
             f"{filename} sets {name} to a {type(value).__name__}; it must be True or False"
         )
     return value
+
+
+def _lock_timeout(module: types.ModuleType, filename: str) -> float | None:
+    """A module's LOCK_TIMEOUT in seconds (0: wait for ever), None when it sets none;
+    raises TypeError naming the file for anything but a number, 0 or more."""
+    value = module.__dict__.get("LOCK_TIMEOUT")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**63:
+        raise TypeError(
+            f"{filename} sets LOCK_TIMEOUT to {value!r}; it must be a number of seconds,"
+            " 0 or more (0: wait for the lock for ever)"
+        )
+    return float(value)
 
 
 def _callable(module: types.ModuleType, name: str) -> Callable[[Any], object] | None:

@@ -14,7 +14,10 @@ nothing runs twice, which makes resending a request after a worker crash safe.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,11 +33,11 @@ from broker.errors import (
     ReplyError,
     cancelled_before_start,
 )
-from broker.kinds import PROGRESS
+from broker.kinds import PROGRESS, WAITING
 from worker.catalog import Catalog, Loaded, Migration, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
-from worker.store import AppliedMigration, Event, Store, TrackingTableMissing
+from worker.store import AppliedMigration, Event, LockTimeout, Store, TrackingTableMissing
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,10 @@ NO_PARAMS = Params({})
 MIGRATION_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 PROBLEM_KINDS = ("changed", "missing", "out_of_order")
 MAY_BE_ALLOWED = frozenset({"out_of_order"})  # changed and missing are never accepted
+LOCK_RETRIES = 5  # more tries of a migration after a lock timeout, if not told
+RETRY_PAUSE_S = 0.5  # the wait before the first retry; it doubles each time, jittered
+MAX_RETRY_PAUSE_S = 30.0
+PAUSE_SLICE_S = 0.1  # a pause looks this often for a stop request (a signal sets a flag)
 
 
 class StatusStamp(NamedTuple):
@@ -75,6 +82,7 @@ class Running(NamedTuple):
     since: float  # time.monotonic() when the step started
     done: int  # steps of the request done before it
     total: int  # steps the request takes in all
+    attempt: int = 1  # its try: more than 1 after lock timeouts
 
 
 class Step(NamedTuple):
@@ -93,17 +101,24 @@ class Engine:
         journal: CrashJournal | None = None,
         cancelled: Callable[[], bool] = lambda: False,
         on_progress: Callable[[bytes, Reply], None] | None = None,
+        lock_retries: int = LOCK_RETRIES,
     ) -> None:
         """`should_stop` says the worker is stopping (the request is left for a resend);
         `cancelled` that the running request was cancelled (it ends with error 14 and
         `"cancelled": true` at the next cancellation point); `on_progress` gets a
-        migration_progress body for each step a real run commits."""
+        migration_progress body for each step a real run commits, and a migration_waiting
+        body when a step waits for a lock or is tried again. A step whose statement gave
+        up waiting for a lock (LockTimeout) is tried `lock_retries` more times."""
         self.store = store
         self.catalog = catalog
         self.should_stop = should_stop
         self.cancelled = cancelled
         self.on_progress = on_progress
+        self.lock_retries = lock_retries
         self.running: Running | None = None  # read by health, from another thread
+        self.wake = threading.Event()  # set by a cancel: a pause between tries ends at once
+        self._waiting_run: _Run | None = None  # the run whose waits are told (progress)
+        store.watch_lock_waits(self._lock_wait_started)
         self.journal = journal if journal is not None else NoJournal()
         self._status: Reply = {}
         self._status_stamp = StatusStamp(-1, -1, -1)  # what the kept reply was computed from
@@ -236,6 +251,27 @@ class Engine:
 
     def _took_steps(self, request_id: bytes) -> bool:
         return any(self.store.events_of(request_id, action) for action in ("apply", "rollback"))
+
+    # -- lock waits ------------------------------------------------------------------------
+
+    def _lock_wait_started(self, wait: Any) -> None:
+        """From the store's watch thread: a statement of the running step waits for a lock."""
+        run, running = self._waiting_run, self.running
+        if running is not None:
+            log.warning("migration %s %s waits for %s", running.version, running.name,
+                        wait.describe())
+        if run is not None and running is not None:
+            run.tell_wait("waiting", running, wait)
+
+    def pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the request is cancelled or the worker is to stop."""
+        deadline = time.monotonic() + seconds
+        self.wake.clear()
+        while not (self.cancelled() or self.should_stop()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.wake.wait(min(left, PAUSE_SLICE_S))
 
     # -- exactly once ----------------------------------------------------------------------
 
@@ -573,25 +609,11 @@ class _Run:
             self._started_at = _utc_now()
             if self.dry_run:
                 step = Step(migration, self._loaded[migration.version])
-                finish(step, self._call(step))
+                finish(step, self._call(step, lock_timeout_s=self._lock_timeout_of(step)))
                 if not self._dry_foreign_keys:
                     self.store.check_foreign_keys()
             else:
-                step = Step(migration, migration.load())
-                loaded = step.loaded
-                in_transaction = (
-                    loaded.up_transaction if self.action == "apply" else loaded.down_transaction
-                )
-                self._outside_transaction = not in_transaction  # a failure's text says so
-                if in_transaction:
-                    with self.store.transaction(foreign_keys=step.loaded.foreign_keys):
-                        finish(step, self._call(step))
-                else:
-                    if not step.loaded.foreign_keys:
-                        raise ValueError("foreign keys off needs a transaction to check them")
-                    elapsed_ms = self._call(step, in_transaction=False)
-                    with self.store.transaction():
-                        finish(step, elapsed_ms)
+                self._take_trying(Step(migration, migration.load()), finish)
         self.done.append(migration.entry(status=self.status))
         if self.progress and self.engine.on_progress is not None and not self.dry_run:
             self.engine.on_progress(self.request_id, {
@@ -599,7 +621,122 @@ class _Run:
                 **migration.entry(status=self.status),
             })
 
-    def _call(self, step: Step, in_transaction: bool = True) -> float:
+    def _take_trying(self, step: Step, finish: Callable[[Step, float], None]) -> None:
+        """Take a real step, trying it again after a lock timeout, up to the engine's
+        lock_retries more times, each after a longer pause with nothing held: the table's
+        other users wait at most about one lock timeout per try."""
+        self.engine._waiting_run = self
+        try:
+            for attempt in itertools.count(1):
+                if attempt > 1:
+                    self.engine.running = self.engine.running._replace(
+                        attempt=attempt, since=time.monotonic())
+                    self._started_at = _utc_now()
+                try:
+                    self._take_once(step, finish)
+                    return
+                except LockTimeout as timeout:
+                    self._after_lock_timeout(step, timeout, attempt)
+        finally:
+            self.engine._waiting_run = None
+
+    def _take_once(self, step: Step, finish: Callable[[Step, float], None]) -> None:
+        loaded = step.loaded
+        applying = self.action == "apply"
+        in_transaction = loaded.up_transaction if applying else loaded.down_transaction
+        lock_timeout_s = self._lock_timeout_of(step)
+        self._outside_transaction = not in_transaction  # a failure's text says so
+        if in_transaction:
+            with self.store.transaction(foreign_keys=loaded.foreign_keys):
+                finish(step, self._call(step, lock_timeout_s=lock_timeout_s))
+        else:
+            if not loaded.foreign_keys:
+                raise ValueError("foreign keys off needs a transaction to check them")
+            elapsed_ms = self._call(step, in_transaction=False, lock_timeout_s=lock_timeout_s)
+            with self.store.transaction():
+                finish(step, elapsed_ms)
+
+    def _lock_timeout_of(self, step: Step) -> float | None:
+        loaded = step.loaded
+        return loaded.up_lock_timeout_s if self.action == "apply" else loaded.down_lock_timeout_s
+
+    def _after_lock_timeout(self, step: Step, timeout: LockTimeout, attempt: int) -> None:
+        """After a try that gave up waiting for a lock (rolled back already): record it in
+        the history, tell it, and pause before the next; raise the step's error 11 when no
+        try is left (or a retry would run again what stayed of a migration outside a
+        transaction), Interrupted when the worker is to stop."""
+        migration = step.migration
+        tries = self.engine.lock_retries + 1
+        waited_ms = (time.monotonic() - self.engine.running.since) * 1000
+        self._record_lock_timeout(step, waited_ms)
+        name = f"{migration.version} {migration.name}"
+        what = "migration" if self.action == "apply" else "the rollback of migration"
+        if attempt >= tries or not timeout.nothing_stayed:
+            kept = ("it is not applied" if self.action == "apply" else "it stays applied")
+            if not timeout.nothing_stayed:
+                tried = (f"gave up after try {attempt}: it runs outside a transaction and its"
+                         " earlier statements stayed, so it is not tried again")
+            else:
+                tried = f"gave up after {attempt} {'try' if attempt == 1 else 'tries'}"
+            raise LockTimeout(
+                f"{what} {name} {tried}: {timeout.text}; each try was rolled back, so {kept};"
+                " try again once that session has finished",
+                timeout.wait, timeout.nothing_stayed,
+            )
+        pause = min(MAX_RETRY_PAUSE_S, RETRY_PAUSE_S * 2 ** (attempt - 1))
+        pause *= random.uniform(0.5, 1.0)  # tries of several hosts' workers drift apart
+        log.warning("%s %s, try %d of %d: %s; trying again in %.2f s", what, name, attempt,
+                    tries, timeout.text, pause)
+        self.tell_wait("retrying", self.engine.running, timeout.wait, attempt=attempt + 1,
+                       after_s=pause)
+        self.engine.pause(pause)
+        if self.engine.should_stop():
+            raise Interrupted(f"stopped while waiting to try migration {migration.version} again")
+        if self.engine.cancelled():
+            raise Cancelled("cancelled")
+
+    def _record_lock_timeout(self, step: Step, waited_ms: float) -> None:
+        """A "lock_timeout" event in the history, in a transaction of its own (the try's
+        was rolled back). Failing to record it does not end the step."""
+        try:
+            with self.store.transaction():
+                self.store.record_event(
+                    Event(step.migration.version, step.migration.name, "lock_timeout",
+                          step.loaded.checksum, self._started_at, waited_ms, self.src,
+                          self.request_id))
+        except (ReplyError, *MIGRATION_ERRORS) as exc:
+            log.warning("could not record the lock timeout in the history: %s", exc)
+
+    def tell_wait(self, event: str, running: Running, wait: Any, attempt: int | None = None,
+                  after_s: float | None = None) -> None:
+        """A migration_waiting body for a request that asked for progress: a statement of
+        the step waits for a lock (`waiting`), or the step will be tried again
+        (`retrying`, `after_s` from now); with the lock and who held it, when seen."""
+        if not self.progress or self.dry_run or self.engine.on_progress is None:
+            return
+        body: Reply = {
+            "type": WAITING, "event": event, "version": running.version,
+            "name": running.name, "attempt": attempt or running.attempt,
+            "tries": self.engine.lock_retries + 1,
+        }
+        name = f"{running.version} {running.name}"
+        lock = "" if wait is None else f" for {wait.describe()}"
+        if event == "retrying":
+            body["after_s"] = round(after_s or 0, 3)
+            text = (f"{name} gave up waiting{lock or ' for a lock'}; try {body['attempt']} of"
+                    f" {body['tries']} in {body['after_s']:.1f} s")
+        else:
+            text = f"{name} is waiting{lock}"
+        if wait is not None:
+            shown = wait.as_reply()
+            body.update(relation=shown["relation"], mode=shown["mode"],
+                        blockers=shown["blockers"])
+        body["text"] = text
+        self.engine.on_progress(self.request_id, body)
+
+    def _call(
+        self, step: Step, in_transaction: bool = True, lock_timeout_s: float | None = None
+    ) -> float:
         """Run the step's up() or down() with the guarded db; return its milliseconds.
 
         Raises LookupError for a file without up, ReplyError 22 for one without down, and
@@ -616,7 +753,8 @@ class _Run:
                 f" {_DOWN_OF[migration.kind]}, so it cannot be rolled back",
             )
         started = time.perf_counter()
-        with self.store.migration_db(in_transaction, check=self._check_cancelled) as db:
+        with self.store.migration_db(in_transaction, check=self._check_cancelled,
+                                     lock_timeout_s=lock_timeout_s) as db:
             function(db)
         self._check_cancelled()  # a cancel during code between statements ends here
         return (time.perf_counter() - started) * 1000
@@ -645,6 +783,8 @@ class _Run:
         steps done before it; an 11 keeps them too; a dry run says it was one."""
         try:
             yield
+        except Interrupted:
+            raise  # the worker stops: no reply, the node resends the request
         except ReplyError as error:
             if self.engine.cancelled() and not error.extra.get("cancelled"):
                 raise self._cancelled(migration, started=True) from error

@@ -53,10 +53,12 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from broker import codec, database_url
+from broker.cli.settings import LOCK_TIMEOUT_S as MIGRATION_LOCK_TIMEOUT_S
 from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
 from worker import pg_sql
 from worker.lock import AlreadyOwned, OwnerLock
 from worker.pg_sql import to_psycopg, transaction_control, translate
+from worker.pg_waits import LockWait, LockWaitWatch
 from worker.store import (
     DEFAULT_TABLE,
     KEEP_REPLIES,
@@ -66,6 +68,7 @@ from worker.store import (
     CrashHook,
     Event,
     ForeignKeyViolation,
+    LockTimeout,
     ReplyEvicted,
     Store,
     TrackingTables,
@@ -90,7 +93,7 @@ except ImportError as exc:
 
 log = logging.getLogger(__name__)
 
-LOCK_TIMEOUT_S = 5  # how long a statement waits for a lock (SQLite's busy timeout), if unset
+LOCK_TIMEOUT_S = 5  # how long the store's own statements wait for a lock, if the URL sets none
 CONNECT_TIMEOUT_S = 10  # libpq waits for the system's TCP timeout otherwise, if unset
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL cuts longer names silently (NAMEDATALEN - 1)
 OWNER_WAIT_S = 30.0  # how long a write waits for another worker's owner lock, if not told
@@ -278,6 +281,7 @@ class PostgresStore(Store):
         schema: str = "public",
         local_lock: OwnerLock | None = None,
         owner_wait_s: float | None = None,
+        lock_timeout_s: float | None = None,
     ) -> None:
         """A store for the database at `url` (a libpq URL or key=value string), tracking in
         `schema`.`table`; connects now if the server answers, else at the first request.
@@ -291,6 +295,11 @@ class PostgresStore(Store):
 
         Each session is checked, once connected, against the target the URL names (see
         _wrong_target); one that reached another is closed, and the request gets error 11.
+
+        `lock_timeout_s` is how long a statement of migration code waits for a lock (0: for
+        ever) unless the migration says otherwise; None: the URL's (or the server's)
+        lock_timeout, else MIGRATION_LOCK_TIMEOUT_S. The store's own statements keep the
+        session's (LOCK_TIMEOUT_S unless the URL sets one).
 
         Raises ValueError for a malformed URL or a table or schema name PostgreSQL would
         cut; its text never holds the password.
@@ -312,6 +321,11 @@ class PostgresStore(Store):
         }
         self._lock_key = owner_lock_key(schema, table)
         self._owner_wait_s = owner_wait_s
+        self._lock_timeout_s = lock_timeout_s  # for migration code; None: see MIGRATION_...
+        self._server_lock_timeout_ms = 0  # the URL's or server's lock_timeout (0: none)
+        self._own_lock_timeout_ms = LOCK_TIMEOUT_S * 1000  # the session's, for our statements
+        self._watch: LockWaitWatch | None = None  # who blocks migration code (see waiting)
+        self._on_lock_wait: Callable[[LockWait], None] | None = None
         self._owner = False  # we are the database's worker (the local lock, if any, is ours)
         self._advisory = False  # the current session holds the advisory owner lock
         self._local_lock = local_lock  # the owner lock file on this machine, if any
@@ -354,7 +368,7 @@ class PostgresStore(Store):
         self._drop()
         connection = _connect(self._url, self.database)
         try:
-            _configure(connection)
+            self._server_lock_timeout_ms, self._own_lock_timeout_ms = _configure(connection)
             wrong = _wrong_target(connection, self._target)
         except psycopg.Error as exc:
             connection.close()
@@ -397,6 +411,8 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         """Close the connection; the owner lock, if held, goes with it."""
+        if self._watch is not None:
+            self._watch.close()
         if self.connection is not None:
             self.connection.close()
 
@@ -407,6 +423,32 @@ class PostgresStore(Store):
     def facts(self) -> dict[str, Any]:
         """Nothing beyond the database's name: the server keeps its own journal."""
         return {}
+
+    def waiting(self) -> LockWait | None:
+        """What the statement of migration code running now waits for, as last seen."""
+        return None if self._watch is None else self._watch.current
+
+    def watch_lock_waits(self, on_wait: Callable[[LockWait], None]) -> None:
+        self._on_lock_wait = on_wait
+        if self._watch is not None:
+            self._watch.on_wait = on_wait
+
+    def _watching(self, connection: psycopg.Connection[Any], timeout_ms: int
+                  ) -> AbstractContextManager[None]:
+        """Watch the session for lock waits while migration code runs (see pg_waits)."""
+        if self._watch is None:
+            self._watch = LockWaitWatch(lambda: _connect(self._url, self.database),
+                                        self._on_lock_wait)
+        return self._watch.watching(connection.info.backend_pid, timeout_ms / 1000)
+
+    def _migration_lock_timeout_ms(self, lock_timeout_s: float | None) -> int:
+        """The lock_timeout for one migration's statements, in milliseconds (0: none)."""
+        if lock_timeout_s is None:
+            lock_timeout_s = self._lock_timeout_s
+        if lock_timeout_s is None:
+            return self._server_lock_timeout_ms or round(MIGRATION_LOCK_TIMEOUT_S * 1000)
+        # A positive timeout below 1 ms is 1 ms, not 0 (which would mean none).
+        return max(1, round(lock_timeout_s * 1000)) if lock_timeout_s > 0 else 0
 
     def interrupt(self) -> None:
         """Cancel the query migration code runs now (the server's cancel request, sent
@@ -703,11 +745,22 @@ class PostgresStore(Store):
 
     @contextmanager
     def migration_db(
-        self, in_transaction: bool = True, check: Callable[[], None] | None = None
+        self,
+        in_transaction: bool = True,
+        check: Callable[[], None] | None = None,
+        lock_timeout_s: float | None = None,
     ) -> Iterator[PostgresMigrationDB]:
         """The `db` that migration code gets: inside the open transaction, refusing
         transaction control, or (for a migration that cannot run in one) in autocommit.
         `check` runs before each of its statements (a cancel raises there).
+
+        Its statements wait for a lock at most `lock_timeout_s` (see
+        _migration_lock_timeout_ms): SET LOCAL for a migration in a transaction, and SET
+        back to the session's after it, so the tracking rows written next keep the
+        session's; outside a transaction, SET for the session, which the reset after it
+        puts back. One that waits longer raises LockTimeout naming what it waited for and
+        who held it, as the watch saw it (see pg_waits), and the wait is shown by
+        waiting() meanwhile.
 
         The migration meets the session a new worker has: one that migration code ran on
         before (another step of a dry run) is reset first, and a migration outside a
@@ -721,19 +774,36 @@ class PostgresStore(Store):
         if not in_transaction:
             self._ensure_owner()  # a write, even outside a transaction
         connection = self._live()
+        timeout_ms = self._migration_lock_timeout_ms(lock_timeout_s)
+        set_timeout = f"SET {'LOCAL ' if in_transaction else ''}lock_timeout = {timeout_ms}"
         if self._dirty is connection:
-            self._run(self._session_reset())
+            self._run(f"{self._session_reset()}; {set_timeout}")
         else:
             self._learn_session()  # the worker's own settings, while no migration changed them
+            self._run(set_timeout)
+
+        @contextmanager
+        def translated() -> Iterator[None]:
+            with self._session_errors(), _retryable_as_unavailable():
+                try:
+                    yield
+                except errors.LockNotAvailable as exc:
+                    nothing_stayed = in_transaction or db.statements <= 1
+                    raise self._lock_timeout(exc, timeout_ms, nothing_stayed) from exc
+
         db = PostgresMigrationDB(
-            connection, guarded=in_transaction, translated=self._translated, check=check,
+            connection, guarded=in_transaction, translated=translated, check=check,
             seen=self._seen,
         )
         self._dirty, self._release_due = connection, False
         self._migration_running = True
         left_open = False
         try:
-            yield db
+            with self._watching(connection, timeout_ms):
+                yield db
+            if in_transaction and self._in_transaction() and (
+                    connection.info.transaction_status == TransactionStatus.INTRANS):
+                self._run(f"SET LOCAL lock_timeout = {self._own_lock_timeout_ms}")
         finally:
             self._migration_running = False
             if not in_transaction:
@@ -753,6 +823,18 @@ class PostgresStore(Store):
                 "a statement of the migration failed and the migration went on, so"
                 " PostgreSQL aborted its transaction"
             )
+
+    def _lock_timeout(self, exc: psycopg.Error, timeout_ms: int, nothing_stayed: bool
+                      ) -> LockTimeout:
+        """The LockTimeout for a statement of migration code that waited `timeout_ms`."""
+        wait = None if self._watch is None else self._watch.seen
+        waited = f"waited {timeout_ms / 1000:g} s (its lock timeout)"
+        if wait is not None:
+            text = f"a statement {waited} for {wait.describe()}"
+        else:
+            cause = exc.diag.message_primary or str(exc)
+            text = f"a statement {waited} for a lock ({cause}); what held it was not seen"
+        return LockTimeout(text, wait, nothing_stayed)
 
     def _seen(self, sql_text: str) -> None:
         """Note a statement of migration code: one naming PREPARE or advisory locks makes
@@ -949,6 +1031,7 @@ class PostgresMigrationDB:
         self._translated = translated  # the store's: a lost session is error 11, not a failure
         self._check = check or _nothing  # runs before every statement: a cancel raises there
         self._seen = seen or _noted  # gets every statement's text (see PostgresStore._seen)
+        self.statements = 0  # statements sent so far
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
         """Run one statement with parameters (without, several `;`-separated ones may run,
@@ -956,6 +1039,7 @@ class PostgresMigrationDB:
         self._check()
         self._refuse_transaction_control(sql)
         self._seen(sql)
+        self.statements += 1
         query, values = to_psycopg(sql, params)
         with self._translated():
             # Never prepared: a migration's DDL may change what a prepared plan returns.
@@ -968,6 +1052,7 @@ class PostgresMigrationDB:
         self._check()
         self._refuse_transaction_control(sql)
         self._seen(sql)
+        self.statements += 1
         rows = iter(rows)
         first = next(rows, None)
         cursor = self._connection.cursor()
@@ -983,6 +1068,7 @@ class PostgresMigrationDB:
         self._check()
         self._refuse_transaction_control(script)
         self._seen(script)
+        self.statements += 1
         with self._translated():
             self._connection.execute(script, prepare=False)  # type: ignore[arg-type]
 
@@ -1164,11 +1250,16 @@ def _check_names(tables: TrackingTables, schema: str) -> None:
             )
 
 
-def _configure(connection: psycopg.Connection[Any]) -> None:
-    """A lock wait ends like SQLite's busy timeout, unless the URL or server chose."""
-    (lock_timeout,) = connection.execute("SHOW lock_timeout").fetchone()
-    if lock_timeout == "0":
-        connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+def _configure(connection: psycopg.Connection[Any]) -> tuple[int, int]:
+    """A lock wait ends like SQLite's busy timeout, unless the URL or server chose; returns
+    the lock_timeout the URL or server chose (0: none) and the session's now, in ms."""
+    (chosen,) = connection.execute(
+        "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'lock_timeout'"
+    ).fetchone()
+    if chosen:
+        return chosen, chosen
+    connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+    return 0, LOCK_TIMEOUT_S * 1000
 
 
 def _nothing() -> None:

@@ -160,6 +160,7 @@ class Writer:
                     self._current_cancelled = interrupt = True
                     reached.append(request_id)
         if interrupt:
+            self.engine.wake.set()  # a pause between tries of a step
             self.engine.store.interrupt()
         return reached
 
@@ -287,8 +288,15 @@ class WorkerServer:
                 "since_s": round(time.monotonic() - running.since, 3),
                 "done": running.done,
                 "total": running.total,
+                "attempt": running.attempt,
+                "waiting": self._waiting(),
             },
         }
+
+    def _waiting(self) -> dict[str, Any] | None:
+        """What the running step waits for, and who holds it (PostgreSQL), or None."""
+        wait = self.writer.engine.store.waiting()
+        return None if wait is None else wait.as_reply()
 
     def cancel(self, request_id: bytes, params: Params) -> dict[str, Any]:
         """Cancel the writes a node names: queued ones never run, the running one stops at

@@ -2,6 +2,7 @@
 
     -- migrate:foreign_keys off           optional, on any line       -> SqlFile.foreign_keys
     -- migrate:up transaction:false       options optional            -> SqlFile.up_transaction
+                  lock_timeout:SECONDS                                  SqlFile.up_lock_timeout
     CREATE TABLE users (...);             one string per statement,   -> SqlFile.up
     CREATE TRIGGER ... BEGIN ...; END;      exactly as written
     -- migrate:down                       its own options             -> SqlFile.down_transaction
@@ -48,6 +49,9 @@ class SqlFile(NamedTuple):
     # The line of a `-- migrate:stub` in that section (0: none): the section is unwritten.
     up_stub: int = 0
     down_stub: int = 0
+    # That section's `lock_timeout:SECONDS` option (0: wait for ever; None: the worker's).
+    up_lock_timeout: float | None = None
+    down_lock_timeout: float | None = None
 
 
 class SqlFileError(ValueError):
@@ -142,7 +146,7 @@ def parse(
     markers: dict[str, _Marker] = {}
     foreign_keys, foreign_keys_line = True, 0
     stubs: list[tuple[int, int]] = []  # (line, offset) of each `-- migrate:stub`
-    transactions = {"up": True, "down": True}
+    options_of: dict[str, SectionOptions] = {}
     for match in DIRECTIVE.finditer(text):
         line = text.count("\n", 0, match.start()) + 1
         name, options = match[1], match[2].split()
@@ -155,7 +159,7 @@ def parse(
                 )
             if name == "down" and "up" not in markers:
                 raise SqlFileError(f"{where}: '-- migrate:down' comes before '-- migrate:up'")
-            transactions[name] = _transaction_option(options, name, where)
+            options_of[name] = _section_options(options, name, where)
             markers[name] = _Marker(line, match.start(), match.end() + 1)
         elif name == "foreign_keys":
             if foreign_keys_line:
@@ -191,9 +195,11 @@ def parse(
             down_stub = line
         else:
             up_stub = line
+    down_options = options_of.get("down", SectionOptions())
     return SqlFile(
-        up_statements, down_statements, foreign_keys, transactions["up"], transactions["down"],
-        up_stub, down_stub,
+        up_statements, down_statements, foreign_keys, options_of["up"].transaction,
+        down_options.transaction, up_stub, down_stub, options_of["up"].lock_timeout,
+        down_options.lock_timeout,
     )
 
 
@@ -209,28 +215,52 @@ def _code_start(sql: str) -> int:
     return match.end() if match else 0  # NOISE matches the empty string: always a match
 
 
-def _transaction_option(options: list[str], marker: str, where: str) -> bool:
-    """The `transaction:` option of a section marker (True when absent).
+class SectionOptions(NamedTuple):
+    """The options after a section's marker."""
 
-    Raises SqlFileError for any other option, a value other than true or false, or a
-    repeated option.
+    transaction: bool = True  # `transaction:false`: its statements run outside one
+    lock_timeout: float | None = None  # `lock_timeout:SECONDS`, 0 for none (PostgreSQL)
+
+
+def _section_options(options: list[str], marker: str, where: str) -> SectionOptions:
+    """The options of a section marker: `transaction:true|false` (true when absent) and
+    `lock_timeout:SECONDS` (a number, 0 or more: 0 waits for ever).
+
+    Raises SqlFileError for any other option, a value of the wrong kind, or a repeated
+    option.
     """
-    transaction: bool | None = None
+    values: dict[str, object] = {}
     for option in options:
         key, _, value = option.partition(":")
-        if key != "transaction":
+        if key not in SectionOptions._fields:
             raise SqlFileError(
                 f"{where}: unknown option {_shown(option)} after '-- migrate:{marker}'"
-                " (known: transaction:true, transaction:false)"
+                " (known: transaction:true, transaction:false, lock_timeout:SECONDS)"
             )
-        if value not in ("true", "false"):
-            raise SqlFileError(
-                f"{where}: option transaction takes true or false, not {_shown(value)}"
-            )
-        if transaction is not None:
-            raise SqlFileError(f"{where}: option transaction is given twice")
-        transaction = value == "true"
-    return transaction is not False
+        if key in values:
+            raise SqlFileError(f"{where}: option {key} is given twice")
+        if key == "transaction":
+            if value not in ("true", "false"):
+                raise SqlFileError(
+                    f"{where}: option transaction takes true or false, not {_shown(value)}"
+                )
+            values[key] = value == "true"
+        else:
+            values[key] = _seconds_option(key, value, where)
+    return SectionOptions(**values)  # type: ignore[arg-type]
+
+
+def _seconds_option(key: str, value: str, where: str) -> float:
+    """A number of seconds, 0 or more (`3`, `0.5`, with an optional `s`)."""
+    try:
+        seconds = float(value.removesuffix("s"))
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 2**63:
+        raise SqlFileError(
+            f"{where}: option {key} takes a number of seconds, 0 or more, not {_shown(value)}"
+        )
+    return seconds
 
 
 def _foreign_keys_option(options: list[str], where: str) -> bool:

@@ -470,11 +470,15 @@ class SqliteStore(Store):
 
     @contextmanager
     def migration_db(
-        self, in_transaction: bool = True, check: Callable[[], None] | None = None
+        self,
+        in_transaction: bool = True,
+        check: Callable[[], None] | None = None,
+        lock_timeout_s: float | None = None,
     ) -> Iterator[MigrationDB]:
         """The `db` that migration code gets: inside the open transaction, or (for a
         migration that cannot run in one) in autocommit mode. `check` runs before each of
-        its statements (a cancel raises there).
+        its statements (a cancel raises there). `lock_timeout_s` has no effect: SQLite
+        locks the whole database, and its busy timeout is the store's.
 
         Raises RuntimeError afterwards if the migration ended the transaction itself, or
         left one open when it had none.

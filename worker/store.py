@@ -20,11 +20,12 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 from broker.endpoint import DEFAULT_TABLE, Endpoint
-from broker.errors import CRASH, PRECONDITION_FAILED, ReplyError
+from broker.errors import CRASH, PRECONDITION_FAILED, TEMPORARILY_UNAVAILABLE, ReplyError
 from worker.lock import AlreadyOwned, OwnerLock
 
 __all__ = ["DEFAULT_TABLE", "AlreadyOwned", "AppliedMigration", "CrashHook", "Event",
-           "ForeignKeyViolation", "ReplyEvicted", "Store", "TrackingTableMissing", "open_store"]
+           "ForeignKeyViolation", "LockTimeout", "ReplyEvicted", "Store", "TrackingTableMissing",
+           "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,27 @@ class Event(NamedTuple):
 
     version: int
     name: str
-    action: str  # "apply", "rollback" or "baseline"
+    action: str  # "apply", "rollback", "baseline", or "lock_timeout" (a try that gave up)
     checksum: str
     started_at: str  # ISO 8601, UTC
     duration_ms: float
     src: str | None  # who sent the request
     request_id: bytes | None
+
+
+class LockTimeout(ReplyError):
+    """Error 11 for a statement of migration code that gave up waiting for a lock: its step
+    was rolled back, and is worth another try once the holder is gone.
+
+    `wait` is what it waited for and who held it, when the store saw it (a wait shorter
+    than a look of the watch is not seen); `nothing_stayed` is False when statements of a
+    migration outside a transaction ran before it (a retry would run them again).
+    """
+
+    def __init__(self, text: str, wait: Any = None, nothing_stayed: bool = True) -> None:
+        super().__init__(TEMPORARILY_UNAVAILABLE, text)
+        self.wait = wait
+        self.nothing_stayed = nothing_stayed
 
 
 class TrackingTables(NamedTuple):
@@ -220,14 +236,22 @@ class Store(ABC):
 
     @abstractmethod
     def migration_db(
-        self, in_transaction: bool = True, check: Callable[[], None] | None = None
+        self,
+        in_transaction: bool = True,
+        check: Callable[[], None] | None = None,
+        lock_timeout_s: float | None = None,
     ) -> AbstractContextManager[Any]:
         """The `db` migration code gets (execute, executemany, query, executescript, with
         `?` parameters on every backend); `check` runs before each of its statements (a
         cancel raises there). What the migration changed of its session (settings,
         temporary objects; see each store) is undone after it, failed or not, so that
         every migration starts from the session a newly started worker has. Raises
-        RuntimeError afterwards if the migration ended the transaction itself."""
+        RuntimeError afterwards if the migration ended the transaction itself.
+
+        `lock_timeout_s` is how long each of its statements may wait for a lock (0: for
+        ever; None: the store's default) where the database has such a setting; a
+        statement that waits longer raises LockTimeout. SQLite has none: its busy
+        timeout is the whole database's, and stays as it is."""
 
     @abstractmethod
     def interrupt(self) -> None:
@@ -247,6 +271,17 @@ class Store(ABC):
     def moved(self) -> str | None:
         """Why the database this store has open is no longer the one its name gives (a
         SQLite file deleted or replaced since it was opened), or None while it is."""
+        return None
+
+    def waiting(self) -> Any:
+        """What the migration running now waits for (pg_waits.LockWait: the lock, who holds
+        it), or None; read from another thread (health). SQLite waits unseen."""
+        return None
+
+    def watch_lock_waits(self, on_wait: Callable[[Any], None]) -> None:
+        """Have `on_wait(LockWait)` called, from another thread, when a statement of
+        migration code starts waiting for a lock; a store that cannot see waits never
+        calls it."""
         return None
 
     def settle(self) -> None:
@@ -323,6 +358,7 @@ def open_store(
     schema: str | None = None,
     owner_wait_s: float | None = None,
     wal: bool = False,
+    lock_timeout_s: float | None = None,
 ) -> Store:
     """The store for a worker's endpoint: a PostgreSQL URL's, or a SQLite file's.
 
@@ -330,7 +366,9 @@ def open_store(
     none, so giving one is a ValueError. `owner_wait_s` is how long a write may wait for
     the owner lock while another worker (on another host) holds it; see PostgresStore.
     `wal` turns an existing SQLite database's rollback journal into WAL (one it creates
-    starts in WAL anyway); a server keeps its own journal.
+    starts in WAL anyway); a server keeps its own journal. `lock_timeout_s` is how long a
+    statement of migration code waits for a lock on a server (None: its default); SQLite
+    has no such wait.
     """
     if isinstance(where.database, str):
         from worker.postgres_store import PostgresStore  # only a PostgreSQL worker loads psycopg
@@ -341,6 +379,7 @@ def open_store(
             schema=schema or "public",
             local_lock=OwnerLock(where.lock_path),
             owner_wait_s=owner_wait_s,
+            lock_timeout_s=lock_timeout_s,
         )
     if schema is not None:
         raise ValueError("--schema is for a PostgreSQL database; a SQLite file has no schemas")

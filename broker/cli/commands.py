@@ -30,7 +30,7 @@ from broker import database_url
 from broker.cli import settings
 from broker.cli.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
 from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
-from broker.kinds import COMMANDS, PROGRESS
+from broker.kinds import COMMANDS, WAITING, before_reply
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError
@@ -305,7 +305,7 @@ class Session:
             for token, body in self.client.process(events):
                 if token is None:
                     continue  # the answer to our own cancel
-                if body["type"] == PROGRESS:
+                if before_reply(body):
                     if on_progress is not None:
                         on_progress(body)
                 else:
@@ -419,6 +419,9 @@ def run_write(session: Session, args: argparse.Namespace, out: Lines) -> int:
         started = last_commit = time.monotonic()
 
         def committed(body: dict[str, Any]) -> None:
+            if body["type"] == WAITING:
+                progress.say(body["text"])
+                return
             # A step's time is the wall time from the commit before it (the first: from the
             # request), as seen here: loading its file and its commit count too.
             nonlocal last_commit

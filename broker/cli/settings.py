@@ -28,11 +28,17 @@ ENVIRONMENT = {"db": "DATABASE_URL", "migrations": "MIGRATIONS_DIR"}
 DEFAULT_DB = "migrations.db"
 DEFAULT_FOLDER = "migrations"
 OWNER_WAIT_S = 30.0  # PostgreSQL: a write waits this long for another host's worker to go
+# PostgreSQL: how long a statement of a migration waits for a lock (when neither this setting
+# nor the URL says), and how many more tries a migration gets after such a wait.
+LOCK_TIMEOUT_S = 3.0
+LOCK_RETRIES = 5
 DEFAULTS: dict[str, Any] = {
     "table": "schema_migrations",
     "schema": None,
     "wal": False,
     "owner_wait": OWNER_WAIT_S,
+    "lock_timeout": None,  # the URL's lock_timeout, else LOCK_TIMEOUT_S (see the worker)
+    "lock_retries": LOCK_RETRIES,
     "envelope": False,
     "connect": None,
     "keys": None,
@@ -66,9 +72,15 @@ def _flag(value: Any) -> bool:
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**63:
         raise ValueError("a number of seconds, 0 or more")
     return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise ValueError("a whole number, 0 or more")
+    return value
 
 
 # The keys a project file may set (the long option names), and how each value is read.
@@ -79,6 +91,8 @@ FILE_KEYS: dict[str, Callable[[Any], Any]] = {
     "schema": _text,
     "wal": _flag,
     "owner-wait": _seconds,
+    "lock-timeout": _seconds,
+    "lock-retries": _count,
     "envelope": _flag,
     "connect": _text,
     "keys": _text,
@@ -88,8 +102,9 @@ PATHS = frozenset({"migrations", "keys"})  # relative to the file that names the
 
 
 def resolve(given: Mapping[str, Any], environ: Mapping[str, str], cwd: Path) -> dict[str, Setting]:
-    """Every setting (db, migrations, table, schema, wal, owner_wait, envelope, connect,
-    keys, log_level) with its origin. `given` holds only the options on the command line.
+    """Every setting (db, migrations, table, schema, wal, owner_wait, lock_timeout,
+    lock_retries, envelope, connect, keys, log_level) with its origin. `given` holds only
+    the options on the command line.
 
     Raises SettingsError naming the file and key, or the variable, that cannot be used.
     """
