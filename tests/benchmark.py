@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import sqlite3
@@ -978,6 +979,135 @@ def server_description(server: str) -> str:
     )
 
 
+def set_local_floor(count: int, server: str, set_local: bool) -> float:
+    """The plain psycopg loop (see loop_floor), with `set_local` also the two SET LOCAL
+    lock_timeout a migration of ours costs (before its code, and back after it)."""
+    import psycopg
+
+    with postgres_database(server) as url, psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                           " name TEXT, applied_at TEXT)")
+        insert = "INSERT INTO schema_migrations VALUES (%s, %s, now()::text)"
+        started = time.perf_counter()
+        for version in range(1, count + 1):
+            connection.execute("BEGIN")
+            if set_local:
+                connection.execute("SET LOCAL lock_timeout = 3000")
+            connection.execute(create_table(version))
+            if set_local:
+                connection.execute("SET LOCAL lock_timeout = 5000")
+            connection.execute(insert, (version, f"t{version}"))
+            connection.execute("COMMIT")
+        return time.perf_counter() - started
+
+
+def commit_to_apply_s(server: str, args: tuple[str, ...], retrying: bool) -> float:
+    """Seconds from a blocking session's COMMIT to the reply of the `migrate` that waited
+    for it: the migration (ALTER TABLE on a table the blocker has read) waits in one lock
+    wait (`retrying` false: LOCK_TIMEOUT = 0), or gives up and is tried again (true); the
+    COMMIT comes once the worker is seen waiting, for a retrying one after its first
+    lock timeout, at a random point of its next try or pause."""
+    import psycopg
+
+    with Sandbox(server) as sandbox:
+        folder = sandbox.root / "migrations"
+        folder.mkdir()
+        sandbox.migrations = folder
+        (folder / "0001_note.py").write_text(
+            ("" if retrying else "LOCK_TIMEOUT = 0\n")
+            + 'def up(db):\n    db.execute("ALTER TABLE accounts ADD COLUMN note text")\n')
+        with psycopg.connect(str(sandbox.db), autocommit=True) as admin:
+            admin.execute("CREATE TABLE accounts (id int PRIMARY KEY)")
+        blocker = psycopg.connect(str(sandbox.db))
+        blocker.execute("SELECT * FROM accounts").fetchall()
+        node = sandbox.node(*args)
+        try:
+            node.stdin.write(json.dumps({"src": "b", "dest": "m", "body": {
+                "type": "migrate", "msg_id": 1, "progress": True}}).encode() + b"\n")
+            node.stdin.flush()
+            want = "retrying" if retrying else "waiting"
+            while json.loads(node.stdout.readline()).get("event") != want:
+                pass
+            if retrying:
+                time.sleep(random.uniform(0, 1.0))  # a random moment, not a handshake
+            started = time.perf_counter()
+            blocker.commit()
+            while True:
+                reply = json.loads(node.stdout.readline())
+                if reply["type"] == "migrations_applied":
+                    return time.perf_counter() - started
+                assert reply["type"].startswith("migration_"), reply
+        finally:
+            blocker.close()
+            node.stdin.close()
+            node.wait()
+
+
+def plain_commit_to_alter_s(server: str) -> float:
+    """The floor: a plain psycopg session's ALTER TABLE waiting behind the same blocker,
+    from the blocker's COMMIT to the ALTER's return (the waiter is seen in pg_locks)."""
+    import threading
+
+    import psycopg
+
+    with postgres_database(server) as url, psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("CREATE TABLE accounts (id int PRIMARY KEY)")
+        blocker = psycopg.connect(url)
+        blocker.execute("SELECT * FROM accounts").fetchall()
+        done: list[float] = []
+        with psycopg.connect(url, autocommit=True) as waiter:
+            thread = threading.Thread(target=lambda: (
+                waiter.execute("ALTER TABLE accounts ADD COLUMN note text"),
+                done.append(time.perf_counter())))
+            thread.start()
+            while admin.execute("SELECT 1 FROM pg_locks WHERE NOT granted").fetchone() is None:
+                time.sleep(0.001)  # polling another process's state
+            started = time.perf_counter()
+            blocker.commit()
+            thread.join()
+        blocker.close()
+        return done[0] - started
+
+
+def lock_figures(quick: bool) -> list[Figure | Unmeasured]:
+    """What lock timeouts cost on the local server: SET LOCAL per migration, and how soon
+    a waiting migration applies once its blocker commits."""
+    problem = postgres_problem(POSTGRES_SERVER)
+    if problem is not None:
+        return [Unmeasured("lock timeouts on PostgreSQL", problem)]
+    count, runs = (50, 1) if quick else (1000, 5)
+    server = POSTGRES_SERVER
+    with_set, without = interleaved(runs, lambda: set_local_floor(count, server, True),
+                                    lambda: set_local_floor(count, server, False))
+    waits = interleaved(runs, lambda: commit_to_apply_s(server, (), retrying=False),
+                        lambda: plain_commit_to_alter_s(server))
+    retries = interleaved(
+        runs, lambda: commit_to_apply_s(server, ("--lock-timeout", "0.5"), retrying=True),
+        lambda: plain_commit_to_alter_s(server))
+    return [
+        Figure(
+            f"SET LOCAL lock_timeout, {count:,} migrations on PostgreSQL",
+            "the plain psycopg loop with the two SET LOCAL lock_timeout a migration of ours"
+            " sends (before its code, and back after it)",
+            "s", with_set, "the same loop without them", without, "(informative)",
+        ),
+        Figure(
+            "blocker's COMMIT to the waiting migration's reply, LOCK_TIMEOUT = 0",
+            "one `migrate` through a running node waits in one lock wait for a session idle"
+            " in transaction; from its COMMIT to the reply", "s", waits[0],
+            "a plain psycopg ALTER TABLE waiting for the same COMMIT", waits[1],
+            "<= 0.05 s",
+        ),
+        Figure(
+            "blocker's COMMIT to the retried migration's reply, --lock-timeout 0.5",
+            "as above, but the migration gives up after 0.5 s and is tried again after a"
+            " pause; the COMMIT comes at a random moment after its first retry began",
+            "s", retries[0], "a plain psycopg ALTER TABLE waiting for the same COMMIT",
+            retries[1], "<= one lock timeout plus one pause (0.5 + 1.0 s)",
+        ),
+    ]
+
+
 # Each group's title heads its section of the output file when run alone (--only).
 GROUPS = {
     "start": "Cold start",
@@ -989,6 +1119,7 @@ GROUPS = {
     "responsive": "Responsive worker, WAL",
     "peers": "Peers",
     "postgres": "PostgreSQL",
+    "locks": "Lock timeouts on PostgreSQL",
 }
 
 FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
@@ -1028,6 +1159,7 @@ FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
     ),
     ("peers", lambda quick: peer_figures(20 if quick else 1000, 1 if quick else 3)),
     ("postgres", postgres_figures),
+    ("locks", lock_figures),
 ]
 
 
