@@ -9,6 +9,8 @@ checked to be as they were: no `locks` at all.
 
 from __future__ import annotations
 
+import io
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +18,11 @@ from typing import Any
 
 import pytest
 
+from broker.cli.lock_table import lock_table, size_text
+from broker.cli.terminal import Style
 from broker.errors import MIGRATION_FAILED, ReplyError
 from tests.backends import PostgresBackend, SqliteBackend
+from tests.support import PROCESS_TIMEOUT_S
 from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.params import Params
@@ -308,3 +313,46 @@ def test_the_strongest_mode_follows_postgresql_order() -> None:
         "ShareUpdateExclusiveLock"
     assert strongest(["SIReadLock"]) is None
     assert strongest(reversed(LOCK_MODES)) == "AccessExclusiveLock"
+
+
+# -- what the command prints ----------------------------------------------------------------
+
+
+def test_migrate_dry_run_prints_the_locks_as_a_table_marking_access_exclusive_and_rewrites(
+    pg: PostgresBackend, folder: Path, workspace: Any
+) -> None:
+    accounts(pg)
+    sql_migration(folder, "0001_index.sql", "CREATE INDEX accounts_email ON accounts (email)")
+    sql_migration(folder, "0002_widen.sql", "ALTER TABLE accounts ALTER COLUMN x TYPE bigint")
+    workspace.db = pg.url
+
+    done = subprocess.run(
+        workspace.node_command("--schema", pg.schema, "--migrations", str(folder),
+                               "migrate", "--dry-run"),
+        capture_output=True, text=True, env={**workspace.env, "NO_COLOR": "1"},
+        cwd=workspace.root, timeout=PROCESS_TIMEOUT_S,
+    )
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["!", "version"])
+    assert lines[header].split() == ["!", "version", "relation", "mode", "rewritten", "size"]
+    rows = [line.split() for line in lines[header + 1:header + 5]]
+    kb = f"{round(size(pg, 'accounts') / 1024)}"
+    assert rows == [
+        ["1", f"{pg.schema}.accounts", "SHARE", "no", kb, "kB"],
+        ["!", "2", f"{pg.schema}.accounts", "ACCESS", "EXCLUSIVE", "yes", kb, "kB"],
+        ["!", "2", f"{pg.schema}.accounts_pkey", "ACCESS", "EXCLUSIVE", "yes", *rows[2][-2:]],
+        ["!", "2", f"{pg.schema}.accounts_x", "ACCESS", "EXCLUSIVE", "yes", *rows[3][-2:]],
+    ]
+    assert any(line.startswith("! ") and "ACCESS EXCLUSIVE" in line
+               for line in lines[header + 5:])
+    assert lines[-1].startswith("2 migrations would be applied in ")
+    assert "\x1b[" not in done.stdout
+    assert pg.versions() == []
+
+
+def test_sizes_read_as_pg_size_pretty_writes_them_and_no_locks_is_a_sentence() -> None:
+    assert [size_text(n) for n in (0, 10239, 10240, 8863744, 10 * 1024**3, None)] == [
+        "0 bytes", "10239 bytes", "10 kB", "8656 kB", "10 GB", "unknown"]
+    assert lock_table([], Style(io.StringIO())) == "no existing relation was locked"
