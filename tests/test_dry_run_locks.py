@@ -21,12 +21,14 @@ import pytest
 from broker.cli.lock_table import lock_table, size_text
 from broker.cli.terminal import Style
 from broker.errors import MIGRATION_FAILED, ReplyError
-from tests.backends import PostgresBackend, SqliteBackend
+from tests.backends import SHORT_LOCK_WAIT_MS, PostgresBackend, SqliteBackend
 from tests.support import PROCESS_TIMEOUT_S
 from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.params import Params
 from worker.pg_locks import HELD, LOCK_MODES, SNAPSHOT, strongest
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install .[test])")
 
 DRY_RUN = Params({"dry_run": True})
 
@@ -208,6 +210,22 @@ def test_a_dry_run_leaves_the_tables_and_tracking_rows_as_they_were(
                     " AND table_name = 'accounts' AND column_name = 'x'",
                     (pg.schema,)) == [("integer",)]
     assert pg.versions() == [1]
+
+
+def test_a_relation_another_session_holds_is_not_waited_for_when_the_dry_run_leaves_it(
+    pg: PostgresBackend, folder: Path
+) -> None:
+    accounts(pg)
+    pg.query("CREATE TABLE busy (id integer)")
+    other = pg.keep(psycopg.connect(pg.url))  # not autocommit: its lock lasts until closed
+    other.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
+    pg.settings.append(f"lock_timeout={SHORT_LOCK_WAIT_MS}")  # a wait would fail at once
+    sql_migration(folder, "0001_column.sql", "ALTER TABLE accounts ADD COLUMN c integer")
+
+    reply = engine_on(pg, folder).migrate(b"d1", DRY_RUN)
+
+    assert reply["locks"] == [
+        lock(pg, 1, "accounts", "AccessExclusiveLock", False, size(pg, "accounts"))]
 
 
 def test_a_failing_dry_run_lists_the_locks_taken_before_it_failed(

@@ -56,6 +56,7 @@ WITH tracking AS (
     SELECT relation FROM pg_catalog.pg_locks
     WHERE locktype = 'relation' AND mode = 'AccessExclusiveLock'
     AND pid <> pg_catalog.pg_backend_pid()
+    AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
 )
 SELECT c.oid, format('%%I.%%I', n.nspname, c.relname), c.relkind, c.relfilenode,
     CASE WHEN c.oid NOT IN (SELECT relation FROM held WHERE relation IS NOT NULL)
