@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 
 from worker.store import LockWatch
 
-# PostgreSQL's table-level lock modes as pg_locks names them, weakest first: each conflicts
-# with at least what the one before it conflicts with. Anything else (SIReadLock, a
+# PostgreSQL's table-level lock modes as pg_locks names them, weakest first, in the order
+# its documentation lists them and lockdefs.h numbers them. Anything else (SIReadLock, a
 # serializable transaction's predicate lock) blocks nobody and is not reported.
 LOCK_MODES = (
     "AccessShareLock",
