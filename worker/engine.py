@@ -37,7 +37,15 @@ from broker.kinds import PROGRESS, WAITING
 from worker.catalog import Catalog, Loaded, Migration, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
-from worker.store import AppliedMigration, Event, LockTimeout, Store, TrackingTableMissing
+from worker.store import (
+    NO_LOCK_WATCH,
+    AppliedMigration,
+    Event,
+    LockTimeout,
+    LockWatch,
+    Store,
+    TrackingTableMissing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +379,7 @@ class Engine:
                 seq += 1
                 run.take(migration, record)
                 log.info("applied %s %s", migration.version, migration.name)
-        return _with_dry_run(_applied_reply(done), dry_run)
+        return run.outcome(_applied_reply(done))
 
     # -- rollback --------------------------------------------------------------------------
 
@@ -429,7 +437,7 @@ class Engine:
             for migration in steps:
                 run.take(migration, unrecord)
                 log.info("rolled back %s %s", migration.version, migration.name)
-        return _with_dry_run(_reply_of(plain, done), dry_run)
+        return run.outcome(_reply_of(plain, done))
 
     def _file_of(
         self, row: AppliedMigration, files: dict[int, Migration], done: list[Entry], dry_run: bool
@@ -555,6 +563,7 @@ class _Run:
         self._dry_foreign_keys = True
         self._started_at = ""
         self._outside_transaction = False  # the real run's step in progress runs outside one
+        self._locks: LockWatch = NO_LOCK_WATCH  # a dry run's, when its store watches them
         self.total = 0  # steps of the request in all, those done before a crash included
 
     @contextmanager
@@ -576,7 +585,8 @@ class _Run:
         # Foreign keys cannot be switched inside a transaction: off for the whole dry run
         # if one step needs them off, and then checked after every step instead.
         self._dry_foreign_keys = all(loaded.foreign_keys for loaded in self._loaded.values())
-        with self.store.transaction(commit=False, foreign_keys=self._dry_foreign_keys):
+        with (self.store.watching_locks() as self._locks,
+              self.store.transaction(commit=False, foreign_keys=self._dry_foreign_keys)):
             yield iter(to_run)
             if failure is not None:
                 with self._failing_as(failure[0]):
@@ -609,6 +619,7 @@ class _Run:
             self._started_at = _utc_now()
             if self.dry_run:
                 step = Step(migration, self._loaded[migration.version])
+                self._locks.begin(migration.version)
                 finish(step, self._call(step, lock_timeout_s=self._lock_timeout_of(step)))
                 if not self._dry_foreign_keys:
                     self.store.check_foreign_keys()
@@ -791,7 +802,7 @@ class _Run:
             # An 11 lists what was applied only when something was (as before dry runs).
             if error.code != TEMPORARILY_UNAVAILABLE or self.done:
                 error.extra = {**self._done_field(), **error.extra}
-            raise _with_dry_run(error, self.dry_run) from None
+            raise self.outcome(error) from None
         except MIGRATION_ERRORS as exc:
             if self.engine.cancelled():
                 # Whatever the interrupted statement raised, the cause is the cancel.
@@ -814,7 +825,7 @@ class _Run:
             error = ReplyError(
                 MIGRATION_FAILED, text, **self._done_field(), failed=migration.entry(error=cause)
             )
-            raise _with_dry_run(error, self.dry_run) from exc
+            raise self.outcome(error) from exc
 
 
     def _cancelled(self, migration: Migration, started: bool) -> ReplyError:
@@ -832,7 +843,19 @@ class _Run:
         log.warning("%s", text)
         error = ReplyError(MIGRATION_FAILED, text, cancelled=True, **self._done_field(),
                            failed=migration.entry(error="cancelled"))
-        return _with_dry_run(error, self.dry_run)
+        return self.outcome(error)
+
+    def outcome(self, reply: Any) -> Any:
+        """A reply body or ReplyError of this run, marked as a dry run's when it was one,
+        with the locks its statements took when its store watched them (PostgreSQL)."""
+        reply = _with_dry_run(reply, self.dry_run)
+        locks = self._locks.report()
+        if locks is None:
+            return reply
+        if isinstance(reply, ReplyError):
+            reply.extra = {**reply.extra, "locks": locks}
+            return reply
+        return {**reply, "locks": locks}
 
 
 _DOWN_OF = {"py": "down() function", "sql": "-- migrate:down section"}  # by file kind

@@ -57,6 +57,7 @@ from broker.cli.settings import LOCK_TIMEOUT_S as MIGRATION_LOCK_TIMEOUT_S
 from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
 from worker import pg_sql
 from worker.lock import AlreadyOwned, OwnerLock
+from worker.pg_locks import PgLockWatch
 from worker.pg_sql import to_psycopg, transaction_control, translate
 from worker.pg_waits import LockWait, LockWaitWatch
 from worker.store import (
@@ -334,6 +335,7 @@ class PostgresStore(Store):
         self._regaining = False  # replacing a session found dead; a second loss is final
         self._migration_running = False  # migration code runs now: interrupt() may cut it
         self._deferred = False  # inside a transaction with foreign keys off
+        self._lock_watch: PgLockWatch | None = None  # a dry run watching its locks
         # Tracking tables seen to exist, committed (at BEGIN, or outside a transaction); a
         # read that finds one gone (dropped by hand) forgets them all and looks again.
         self._existing: set[str] = set()
@@ -791,9 +793,10 @@ class PostgresStore(Store):
                     nothing_stayed = in_transaction or db.statements <= 1
                     raise self._lock_timeout(exc, timeout_ms, nothing_stayed) from exc
 
+        watch = self._lock_watch
         db = PostgresMigrationDB(
             connection, guarded=in_transaction, translated=translated, check=check,
-            seen=self._seen,
+            seen=self._seen, after=watch.observe if watch is not None else None,
         )
         self._dirty, self._release_due = connection, False
         self._migration_running = True
@@ -835,6 +838,16 @@ class PostgresStore(Store):
             cause = exc.diag.message_primary or str(exc)
             text = f"a statement {waited} for a lock ({cause}); what held it was not seen"
         return LockTimeout(text, wait, nothing_stayed)
+
+    @contextmanager
+    def watching_locks(self) -> Iterator[PgLockWatch]:
+        """Around a dry run's transaction: after each statement of migration code, the
+        locks our session holds are read (see worker/pg_locks.py); real runs pay nothing."""
+        self._lock_watch = PgLockWatch(self._run, self.schema, list(self.tables))
+        try:
+            yield self._lock_watch
+        finally:
+            self._lock_watch = None
 
     def _seen(self, sql_text: str) -> None:
         """Note a statement of migration code: one naming PREPARE or advisory locks makes
@@ -1025,6 +1038,7 @@ class PostgresMigrationDB:
         translated: Callable[[], AbstractContextManager[None]] = nullcontext,
         check: Callable[[], None] | None = None,
         seen: Callable[[str], None] | None = None,
+        after: Callable[[], None] | None = None,
     ) -> None:
         self._connection = connection
         self._guarded = guarded
@@ -1032,6 +1046,7 @@ class PostgresMigrationDB:
         self._check = check or _nothing  # runs before every statement: a cancel raises there
         self._seen = seen or _noted  # gets every statement's text (see PostgresStore._seen)
         self.statements = 0  # statements sent so far
+        self._after = after or _nothing  # runs after every statement that succeeded
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
         """Run one statement with parameters (without, several `;`-separated ones may run,
@@ -1043,7 +1058,9 @@ class PostgresMigrationDB:
         query, values = to_psycopg(sql, params)
         with self._translated():
             # Never prepared: a migration's DDL may change what a prepared plan returns.
-            return Rows(self._connection.execute(query, values, prepare=False))  # type: ignore[arg-type]
+            rows = Rows(self._connection.execute(query, values, prepare=False))  # type: ignore[arg-type]
+        self._after()
+        return rows
 
     def executemany(
         self, sql: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]
@@ -1060,6 +1077,7 @@ class PostgresMigrationDB:
             query = translate(sql, named=isinstance(first, Mapping))
             with self._translated():
                 cursor.executemany(query, itertools.chain([first], rows))  # type: ignore[arg-type]
+            self._after()
         return Rows(cursor)
 
     def executescript(self, script: str) -> None:
@@ -1071,6 +1089,7 @@ class PostgresMigrationDB:
         self.statements += 1
         with self._translated():
             self._connection.execute(script, prepare=False)  # type: ignore[arg-type]
+        self._after()
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
         """Run one statement and return all its rows ([] for one that returns none)."""

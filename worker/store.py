@@ -24,8 +24,8 @@ from broker.errors import CRASH, PRECONDITION_FAILED, TEMPORARILY_UNAVAILABLE, R
 from worker.lock import AlreadyOwned, OwnerLock
 
 __all__ = ["DEFAULT_TABLE", "AlreadyOwned", "AppliedMigration", "CrashHook", "Event",
-           "ForeignKeyViolation", "LockTimeout", "ReplyEvicted", "Store", "TrackingTableMissing",
-           "open_store"]
+           "ForeignKeyViolation", "LockTimeout", "LockWatch", "ReplyEvicted", "Store",
+           "TrackingTableMissing", "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,21 @@ class ForeignKeyViolation(Exception):
         self.tables = tables
 
 
+class LockWatch:
+    """What a dry run learns of the locks its statements take. This one, the default of
+    every store, learns nothing, so that a dry run's reply has no `locks` at all;
+    worker/pg_locks.py has PostgreSQL's."""
+
+    def begin(self, version: int) -> None:
+        """Migration `version` is about to run its first statement."""
+
+    def report(self) -> list[dict[str, Any]] | None:
+        """The reply's `locks`, or None for no such field."""
+        return None
+
+
+NO_LOCK_WATCH = LockWatch()
+
 
 class Store(ABC):
     """One database as the engine sees it. Every write goes through `transaction()`."""
@@ -289,6 +304,11 @@ class Store(ABC):
         means can be told from this worker's own (SQLite: an empty -wal); by default,
         nothing to do."""
         return None
+
+    def watching_locks(self) -> AbstractContextManager[LockWatch]:
+        """Around a dry run's transaction: a watch on the locks its migrations take, told
+        by the engine when each migration begins; by default one that sees nothing."""
+        return nullcontext(NO_LOCK_WATCH)
 
     def reading(self) -> AbstractContextManager[None]:
         """A consistent view for a read made of several queries (status: the stamp, then

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker import database_url
 from broker.cli import settings
+from broker.cli.lock_table import lock_table
 from broker.cli.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
 from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
 from broker.kinds import COMMANDS, WAITING, before_reply
@@ -441,6 +442,8 @@ def run_write(session: Session, args: argparse.Namespace, out: Lines) -> int:
     for entry in taken:  # a dry run's steps, and any whose progress a killed worker never sent
         if entry["version"] not in shown:
             show(entry, None)
+    if "locks" in body:  # a dry run on PostgreSQL: what it locked, its failure's too
+        out(lock_table(body["locks"], style))
     if body["type"] == "error":
         status = report_error(body, session)
     else:
