@@ -270,6 +270,7 @@ class TransactionControlRefused(psycopg.ProgrammingError):
 
 class PostgresStore(Store):
     split_statements = staticmethod(pg_sql.split_statements)
+    dialect = "postgresql"
 
     def __init__(
         self,

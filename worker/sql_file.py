@@ -48,6 +48,10 @@ class SqlFile(NamedTuple):
     # The line of a `-- migrate:stub` in that section (0: none): the section is unwritten.
     up_stub: int = 0
     down_stub: int = 0
+    # Where each section's text is in the file: (start, end) offsets, (0, 0) for none; lint
+    # reads a statement's line from them.
+    up_span: tuple[int, int] = (0, 0)
+    down_span: tuple[int, int] = (0, 0)
 
 
 class SqlFileError(ValueError):
@@ -193,7 +197,7 @@ def parse(
             up_stub = line
     return SqlFile(
         up_statements, down_statements, foreign_keys, transactions["up"], transactions["down"],
-        up_stub, down_stub,
+        up_stub, down_stub, (up.body, up_end), (0, 0) if down is None else (down.body, len(text)),
     )
 
 
