@@ -47,8 +47,8 @@ NO_PARAMS = Params({})
 MIGRATION_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 PROBLEM_KINDS = ("changed", "missing", "out_of_order")
 LINT_RESULT = "lint_result"
-LINT_NOTE = ("lint's rules are PostgreSQL's (locks held while a server under load waits, code"
-             " that a rename breaks), and none of them applies to {dialect}, so nothing was"
+LINT_NOTE = ("lint's rules are PostgreSQL's (locks that make a server under load wait, renames"
+             " that break running code), and none of them applies to SQLite, so nothing was"
              " linted")
 MAY_BE_ALLOWED = frozenset({"out_of_order"})  # changed and missing are never accepted
 
@@ -473,7 +473,7 @@ class Engine:
             chosen = [files[version] for version in sorted(set(versions))]
         if self.store.dialect != "postgresql":
             return {"type": LINT_RESULT, "ok": True, "findings": [], "linted": [],
-                    "not_linted": [], "note": LINT_NOTE.format(dialect=self.store.dialect)}
+                    "not_linted": [], "note": LINT_NOTE}
         from worker.lint import parser
 
         parser.require()  # before anything imports it: error 22 saying how to install it
