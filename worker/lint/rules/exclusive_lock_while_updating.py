@@ -6,10 +6,15 @@ from worker.lint.rule import Rule
 
 
 def check(node: ast.Node, facts: Facts) -> bool:
+    """At the statement that makes a migration both hold the lock and change rows (once: an
+    ignore there accepts the pair for the rest of the migration)."""
     if not facts.transactional or facts.lock_timeout:
         return False
+    if facts.exclusive_lock and facts.rows_changed:
+        return False  # said at the statement that brought them together
     locks = any(facts.existing(table) for table in tree.access_exclusive_tables(node))
-    return (tree.changes_rows(node) and facts.exclusive_lock) or (locks and facts.rows_changed)
+    return ((facts.exclusive_lock or locks)
+            and (facts.rows_changed or tree.changes_rows(node)))
 
 
 RULE = Rule(
