@@ -724,6 +724,28 @@ def dry_run_figure(count: int, runs: int) -> Figure:
     )
 
 
+def lint_import(runs: int) -> list[Figure]:
+    """What loading lint costs, which only a lint request pays: pglast (the PostgreSQL
+    parser) alone, and worker.lint's runner with every rule, each as a whole process beside
+    `python -c pass`."""
+    def bare() -> float:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        return (time.perf_counter() - started) * 1000
+
+    figures = []
+    for imports, name in (("pglast", "import pglast (lint's parser)"),
+                          ("worker.lint.runner", "import worker.lint.runner (pglast, rules)")):
+        process_once(imports)  # warms the disk cache
+        samples, floors = interleaved(runs, lambda imports=imports: process_once(imports), bare)
+        figures.append(Figure(
+            name, "a whole process that imports it, beside one that imports nothing", "ms",
+            samples, "python -c pass (whole process)", floors,
+            "(informative: paid by the first lint of a worker, never at start-up)",
+        ))
+    return figures
+
+
 def import_rss_mb() -> float:
     code = (
         "import zmq, msgpack, sqlite3\n"
@@ -989,6 +1011,7 @@ GROUPS = {
     "responsive": "Responsive worker, WAL",
     "peers": "Peers",
     "postgres": "PostgreSQL",
+    "lint": "Lint's parser",
 }
 
 FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
@@ -1028,6 +1051,7 @@ FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
     ),
     ("peers", lambda quick: peer_figures(20 if quick else 1000, 1 if quick else 3)),
     ("postgres", postgres_figures),
+    ("lint", lambda quick: lint_import(1 if quick else 20)),
 ]
 
 
