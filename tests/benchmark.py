@@ -726,24 +726,25 @@ def dry_run_figure(count: int, runs: int) -> Figure:
 
 def lint_import(runs: int) -> list[Figure]:
     """What loading lint costs, which only a lint request pays: pglast (the PostgreSQL
-    parser) alone, and worker.lint's runner with every rule, each as a whole process beside
-    `python -c pass`."""
+    parser) as a whole process beside `python -c pass`, and what a worker that has its
+    engine loaded adds for worker.lint's runner and every rule."""
     def bare() -> float:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         return (time.perf_counter() - started) * 1000
 
-    figures = []
-    for imports, name in (("pglast", "import pglast (lint's parser)"),
-                          ("worker.lint.runner", "import worker.lint.runner (pglast, rules)")):
-        process_once(imports)  # warms the disk cache
-        samples, floors = interleaved(runs, lambda imports=imports: process_once(imports), bare)
-        figures.append(Figure(
-            name, "a whole process that imports it, beside one that imports nothing", "ms",
-            samples, "python -c pass (whole process)", floors,
-            "(informative: paid by the first lint of a worker, never at start-up)",
-        ))
-    return figures
+    aim = "(informative: paid by a worker's first lint, never at start-up)"
+    process_once("pglast, worker.engine, worker.lint.runner")  # warms the disk cache
+    samples, floors = interleaved(runs, lambda: process_once("pglast"), bare)
+    parser = Figure("import pglast (lint's parser)", "a whole process that imports it, beside"
+                    " one that imports nothing", "ms", samples, "python -c pass (whole process)",
+                    floors, aim)
+    samples, floors = interleaved(runs, lambda: process_once("worker.engine, worker.lint.runner"),
+                                  lambda: process_once("worker.engine"))
+    runner = Figure("import worker.lint.runner in a worker", "a whole process that imports the"
+                    " engine, then lint's runner (pglast, every rule)", "ms", samples,
+                    "python -c 'import worker.engine' (whole process)", floors, aim)
+    return [parser, runner]
 
 
 def import_rss_mb() -> float:

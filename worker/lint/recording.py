@@ -17,7 +17,6 @@ from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
-from pglast.stream import RawStream
 
 from worker.catalog import Loaded, Migration
 from worker.lint.sources import Located
@@ -103,6 +102,8 @@ def runnable(sql: str) -> str:
         return sql
     if not any(concurrently(raw.stmt) for raw in parsed):
         return sql
+    from pglast.stream import RawStream  # the printers: loaded by a lint that needs them
+
     parts = []
     for raw in parsed:
         if concurrently(raw.stmt):
