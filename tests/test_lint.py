@@ -378,6 +378,22 @@ def test_a_concurrent_index_outside_a_transaction_lets_the_dry_run_go_on(pg) -> 
     assert backend.snapshot() == before  # no index, no constraint, no tracking table
 
 
+def test_a_step_that_fails_the_dry_run_leaves_the_python_migrations_after_it_unlinted(
+    pg
+) -> None:
+    engine, backend, folder = pg
+    (folder / "0001_bad.sql").write_text(UP + "ALTER TABLE nowhere ADD COLUMN x int;\n")
+    (folder / "0002_py.py").write_text('def up(db):\n    db.execute("DROP TABLE users")\n')
+    reply = engine.lint(b"r1", Params({}))
+    assert reply["findings"] == []  # the .sql file is read from its text: nothing to say
+    assert reply["linted"] == [{"version": 1, "name": "bad"}]
+    (entry,) = reply["not_linted"]
+    assert entry["version"] == 2
+    assert entry["reason"] == "the dry run stopped at migration 1 bad, before it ran"
+    assert reply["ok"] is False
+    assert backend.query("SELECT count(*) FROM users") == [(1,)]
+
+
 def test_an_applied_python_migration_named_is_not_linted_and_says_why(pg) -> None:
     engine, _, folder = pg
     (folder / "0001_py.py").write_text('def up(db):\n    db.execute("CREATE TABLE t (id int)")\n')

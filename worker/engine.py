@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from broker.errors import (
     CRASH,
@@ -35,6 +35,9 @@ from worker.catalog import Catalog, Loaded, Migration, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
 from worker.store import AppliedMigration, Event, Store, TrackingTableMissing
+
+if TYPE_CHECKING:
+    from worker.lint.recording import Recorder  # imports pglast: only a lint loads it
 
 log = logging.getLogger(__name__)
 
@@ -482,28 +485,31 @@ class Engine:
         not_linted = {m.version: "it is applied: a .py migration is linted by what its dry run"
                       " executes, which only a database without it can show"
                       for m in chosen if m.kind == "py" and m.version in applied}
-        dry = [m for m in pending if m.kind == "py" and m in chosen]
+        wanted = {m.version for m in chosen}
+        dry = [m for m in pending if m.kind == "py" and m.version in wanted]
         ran = pending[: pending.index(dry[-1]) + 1] if dry else []
         recorder, failure = self._lint_dry_run(request_id, ran)
         if failure is not None:
             not_linted.update(failure)
         findings, unreadable = lint_migrations(chosen, recorder)
         not_linted.update(unreadable)
+        left = [m.entry(file=m.path, reason=not_linted[m.version])
+                for m in chosen if m.version in not_linted]
         return {
             "type": LINT_RESULT,
-            "ok": not findings and not not_linted,
+            "ok": not findings and not left,
             "findings": findings,
             "linted": [m.entry() for m in chosen if m.version not in not_linted],
-            "not_linted": [m.entry(file=m.path, reason=not_linted[m.version])
-                           for m in chosen if m.version in not_linted],
+            "not_linted": left,
         }
 
     def _lint_dry_run(
         self, request_id: bytes, migrations: list[Migration]
-    ) -> tuple[Any, dict[int, str] | None]:
+    ) -> tuple[Recorder, dict[int, str] | None]:
         """Run `migrations` as a dry run of migrate would, recording what each executes;
-        returns the recorder and, when a step failed, why each step from it on is not fully
-        linted. An error 11 (a lock not had in time, the server gone) is raised as it is."""
+        returns the recorder and, when a step failed, why each .py step from it on is not
+        fully linted (a .sql file is read from its text whatever its dry run did). An error
+        11 (a lock not had in time, the server gone) is raised as it is."""
         from worker.lint.recording import Recorder
 
         recorder = Recorder()
@@ -520,11 +526,15 @@ class Engine:
             if error.code != MIGRATION_FAILED or failed is None:
                 raise
             at = next(i for i, m in enumerate(migrations) if m.version == failed["version"])
-            why = {migrations[at].version: f"its dry run failed, so what it executes after"
-                                           f" that was not linted: {failed['error']}"}
-            for later in migrations[at + 1:]:
-                why[later.version] = (f"the dry run stopped at migration {failed['version']}"
-                                      f" {failed['name']}, before it ran")
+            why = {}
+            for migration in migrations[at:]:
+                if migration.kind != "py":
+                    continue
+                why[migration.version] = (
+                    f"its dry run failed, so what it executes after that was not linted:"
+                    f" {failed['error']}" if migration is migrations[at] else
+                    f"the dry run stopped at migration {failed['version']} {failed['name']},"
+                    " before it ran")
             return recorder, why
         return recorder, None
 

@@ -357,6 +357,8 @@ def print_json(session: Session, args: argparse.Namespace, out: Lines) -> int:
     out.raw(line.getvalue())
     if out.lost and kind in WORDS:
         return stdout_closed(taken_steps(body), done_word(kind, args.dry_run))
+    if kind == "lint" and body["type"] == "error" and body["code"] == PRECONDITION_FAILED:
+        return EXIT_USAGE  # as run_lint: no such version, or no parser
     if body["type"] == "migration_status" and args.exit_code and pending(body):
         return EXIT_FAILED
     return exit_status(body, session)

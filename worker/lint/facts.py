@@ -9,7 +9,7 @@ its transaction ends).
 from __future__ import annotations
 
 from pglast import ast
-from pglast.enums import AlterTableType
+from pglast.enums import AlterTableType, ObjectType
 
 from worker.lint import tree
 
@@ -52,8 +52,8 @@ class Facts:
             self.created_indexes.add(node.idxname)
         elif isinstance(node, ast.VariableSetStmt) and node.name == "lock_timeout":
             self.lock_timeout = True
-        elif (isinstance(node, ast.RenameStmt) and node.relation is not None
-              and tree.table_name(node.relation) in self.created_tables and node.subname is None):
+        elif (isinstance(node, ast.RenameStmt) and node.renameType == ObjectType.OBJECT_TABLE
+              and tree.table_name(node.relation) in self.created_tables):
             self.created_tables.add(node.newname)
         if tree.changes_rows(node):
             self.rows_changed = True

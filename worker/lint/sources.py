@@ -53,10 +53,6 @@ class Source(NamedTuple):
     statements: list[Located]
     lines: list[str]  # the file's lines, where `-- lint:ignore` comments are read
 
-    @property
-    def file(self) -> str:
-        return os.path.basename(self.path)
-
 
 def sql_source(migration: Migration) -> Source:
     """The up section of a .sql migration, each statement at the line its code begins on.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pglast import ast
-from pglast.enums import AlterTableType, ConstrType, ObjectType
+from pglast.enums import AlterTableType, ConstrType, NullTestType, ObjectType
 
 ACCESS_EXCLUSIVE = 8  # LockStmt.mode of ACCESS EXCLUSIVE (lockdefs.h AccessExclusiveLock)
 # ALTER TABLE forms that take less than ACCESS EXCLUSIVE (the ALTER TABLE page's lock notes);
@@ -76,7 +76,8 @@ def not_null_column(constraint: ast.Constraint) -> str | None:
     expression = constraint.raw_expr
     if constraint.contype != ConstrType.CONSTR_CHECK or not isinstance(expression, ast.NullTest):
         return None
-    if expression.nulltesttype != 1 or not isinstance(expression.arg, ast.ColumnRef):  # IS NOT
+    if (expression.nulltesttype != NullTestType.IS_NOT_NULL
+            or not isinstance(expression.arg, ast.ColumnRef)):
         return None
     fields = expression.arg.fields or ()
     last = fields[-1] if fields else None
