@@ -6,6 +6,7 @@ nothing and is not stored, so it may run again after a crash and is pipelined fr
 every other request waits until everything before it is answered (broker/client.py).
 `init` is the front node's own and never reaches the worker. `cancel` is neither: it is sent
 at once, ahead of anything queued, and names the writes it cancels (see worker/server.py).
+`lint` reads, but through a dry run: see DRY_RUNS.
 """
 
 from __future__ import annotations
@@ -13,10 +14,21 @@ from __future__ import annotations
 READS = frozenset({"status", "health", "validate", "history"})
 WRITES = frozenset({"migrate", "rollback", "baseline"})
 CONTROLS = frozenset({"cancel"})
-WORKER_KINDS = READS | WRITES | CONTROLS
+# Change nothing, yet run a dry run (a rolled-back transaction on the write connection), so
+# the worker queues them with the writes and the node orders them as writes; they are
+# neither stored nor cancelled.
+DRY_RUNS = frozenset({"lint"})
+WORKER_KINDS = READS | WRITES | CONTROLS | DRY_RUNS
 PROGRESS = "migration_progress"  # a reply body that comes before a write's one reply
 WAITING = "migration_waiting"  # another: a step waits for a lock, or will be tried again
 BEFORE_REPLY = frozenset({PROGRESS, WAITING})  # the bodies that leave their request open
+
+# What a person types (`node.py COMMAND`): the requests above, and `new`, `stop` and
+# `config`, which send none (`stop` signals the database's worker).
+COMMANDS = (
+    "migrate", "rollback", "baseline", "status", "validate", "lint", "history", "new", "health",
+    "stop", "config",
+)
 
 
 def before_reply(body: dict) -> bool:
@@ -24,9 +36,3 @@ def before_reply(body: dict) -> bool:
     a type of any kind may arrive, hashable or not."""
     kind = body.get("type")
     return isinstance(kind, str) and kind in BEFORE_REPLY
-# What a person types (`node.py COMMAND`): the requests above, and `new`, `stop` and
-# `config`, which send none (`stop` signals the database's worker).
-COMMANDS = (
-    "migrate", "rollback", "baseline", "status", "validate", "history", "new", "health", "stop",
-    "config",
-)

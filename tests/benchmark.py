@@ -725,6 +725,29 @@ def dry_run_figure(count: int, runs: int) -> Figure:
     )
 
 
+def lint_import(runs: int) -> list[Figure]:
+    """What loading lint costs, which only a lint request pays: pglast (the PostgreSQL
+    parser) as a whole process beside `python -c pass`, and what a worker that has its
+    engine loaded adds for worker.lint's runner and every rule."""
+    def bare() -> float:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        return (time.perf_counter() - started) * 1000
+
+    aim = "(informative: paid by a worker's first lint, never at start-up)"
+    process_once("pglast, worker.engine, worker.lint.runner")  # warms the disk cache
+    samples, floors = interleaved(runs, lambda: process_once("pglast"), bare)
+    parser = Figure("import pglast (lint's parser)", "a whole process that imports it, beside"
+                    " one that imports nothing", "ms", samples, "python -c pass (whole process)",
+                    floors, aim)
+    samples, floors = interleaved(runs, lambda: process_once("worker.engine, worker.lint.runner"),
+                                  lambda: process_once("worker.engine"))
+    runner = Figure("import worker.lint.runner in a worker", "a whole process that imports the"
+                    " engine, then lint's runner (pglast, every rule)", "ms", samples,
+                    "python -c 'import worker.engine' (whole process)", floors, aim)
+    return [parser, runner]
+
+
 def import_rss_mb() -> float:
     code = (
         "import zmq, msgpack, sqlite3\n"
@@ -1120,6 +1143,7 @@ GROUPS = {
     "peers": "Peers",
     "postgres": "PostgreSQL",
     "locks": "Lock timeouts on PostgreSQL",
+    "lint": "Lint's parser",
 }
 
 FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
@@ -1160,6 +1184,7 @@ FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
     ("peers", lambda quick: peer_figures(20 if quick else 1000, 1 if quick else 3)),
     ("postgres", postgres_figures),
     ("locks", lock_figures),
+    ("lint", lambda quick: lint_import(1 if quick else 20)),
 ]
 
 

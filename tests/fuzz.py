@@ -80,6 +80,7 @@ FIELDS: dict[str, dict[str, Any]] = {
     "init": {"node_id": "n1"},
     "status": {},
     "validate": {},
+    "lint": {},  # its versions field is checked in tests/test_lint.py
     "health": {},
     "cancel": {},
 }
@@ -90,6 +91,7 @@ ANSWERS = {
     "baseline": {"migrations_baselined"},
     "status": {"migration_status"},
     "validate": {"validation"},
+    "lint": {"lint_result"},
     "history": {"migration_history"},
     "health": {"health_ok"},
     "cancel": {"cancel_ok"},

@@ -175,6 +175,7 @@ OWN_OPTIONS = {
     "baseline": {"--json", "--to"},
     "status": {"--json", "--exit-code"},
     "validate": {"--json"},
+    "lint": {"--json"},
     "history": {"--json", "--limit"},
     "new": {"--sql"},
     "health": {"--json"},

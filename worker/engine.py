@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from broker.errors import (
     CRASH,
@@ -47,6 +47,9 @@ from worker.store import (
     TrackingTableMissing,
 )
 
+if TYPE_CHECKING:
+    from worker.lint.recording import Recorder  # imports pglast: only a lint loads it
+
 log = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
@@ -57,6 +60,10 @@ NO_PARAMS = Params({})
 # stop flag, so it never arrives as KeyboardInterrupt).
 MIGRATION_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 PROBLEM_KINDS = ("changed", "missing", "out_of_order")
+LINT_RESULT = "lint_result"
+LINT_NOTE = ("lint's rules are PostgreSQL's (locks that make a server under load wait, renames"
+             " that break running code), and none of them applies to SQLite, so nothing was"
+             " linted")
 MAY_BE_ALLOWED = frozenset({"out_of_order"})  # changed and missing are never accepted
 LOCK_RETRIES = 5  # more tries of a migration after a lock timeout, if not told
 RETRY_PAUSE_S = 0.5  # the wait before the first retry; it doubles each time, jittered
@@ -197,6 +204,14 @@ class Engine:
     def _history(self, limit: int | None) -> list[Event]:
         with self.store.reading():
             return self.store.history(limit)
+
+    def lint(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """Lint the pending migrations (or those of `versions`) by the PostgreSQL rules of
+        worker/lint: a .sql file by its text, a .py file by what its dry run executes (one
+        transaction, rolled back: nothing is ever committed). On SQLite none applies, and the
+        reply says so. Raises error 22 for a version no file has, or without pglast."""
+        versions = params.integers("versions", minimum=1)
+        return self._once(request_id, lambda: self._lint(request_id, versions), keep=False)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -488,6 +503,85 @@ class Engine:
         log.info("baselined %d migrations up to %s", len(chosen), to)
         return reply
 
+    # -- lint ------------------------------------------------------------------------------
+
+    def _lint(self, request_id: bytes, versions: list[int] | None) -> Reply:
+        applied = {row.version for row in self._applied(dry_run=True)}
+        migrations = self.catalog.migrations()
+        pending = [m for m in migrations if m.version not in applied]
+        if versions is None:
+            chosen = pending
+        else:
+            files = {m.version: m for m in migrations}
+            unknown = sorted(set(versions) - files.keys())
+            if unknown:
+                raise ReplyError(PRECONDITION_FAILED, "no migration file has version"
+                                 f" {', '.join(map(str, unknown))}, so nothing was linted")
+            chosen = [files[version] for version in sorted(set(versions))]
+        if self.store.dialect != "postgresql":
+            return {"type": LINT_RESULT, "ok": True, "findings": [], "linted": [],
+                    "not_linted": [], "note": LINT_NOTE}
+        from worker.lint import parser
+
+        parser.require()  # before anything imports it: error 22 saying how to install it
+        from worker.lint.runner import lint_migrations
+
+        not_linted = {m.version: "it is applied: a .py migration is linted by what its dry run"
+                      " executes, which only a database without it can show"
+                      for m in chosen if m.kind == "py" and m.version in applied}
+        wanted = {m.version for m in chosen}
+        dry = [m for m in pending if m.kind == "py" and m.version in wanted]
+        ran = pending[: pending.index(dry[-1]) + 1] if dry else []
+        recorder, failure = self._lint_dry_run(request_id, ran)
+        if failure is not None:
+            not_linted.update(failure)
+        findings, unreadable = lint_migrations(chosen, recorder)
+        not_linted.update(unreadable)
+        left = [m.entry(file=m.path, reason=not_linted[m.version])
+                for m in chosen if m.version in not_linted]
+        return {
+            "type": LINT_RESULT,
+            "ok": not findings and not left,
+            "findings": findings,
+            "linted": [m.entry() for m in chosen if m.version not in not_linted],
+            "not_linted": left,
+        }
+
+    def _lint_dry_run(
+        self, request_id: bytes, migrations: list[Migration]
+    ) -> tuple[Recorder, dict[int, str] | None]:
+        """Run `migrations` as a dry run of migrate would, recording what each executes;
+        returns the recorder and, when a step failed, why each .py step from it on is not
+        fully linted (a .sql file is read from its text whatever its dry run did). An error
+        11 (a lock not had in time, the server gone) is raised as it is."""
+        from worker.lint.recording import Recorder
+
+        recorder = Recorder()
+        if not migrations:
+            return recorder, None
+        run = _Run(self, request_id, None, "apply", [], dry_run=True, plain=False,
+                   on_load=recorder.wrap)
+        try:
+            with run.series(migrations) as steps:
+                for migration in steps:
+                    run.take(migration, lambda step, elapsed_ms: None)
+        except ReplyError as error:
+            failed = error.extra.get("failed")
+            if error.code != MIGRATION_FAILED or failed is None:
+                raise
+            at = next(i for i, m in enumerate(migrations) if m.version == failed["version"])
+            why = {}
+            for migration in migrations[at:]:
+                if migration.kind != "py":
+                    continue
+                why[migration.version] = (
+                    f"its dry run failed, so what it executes after that was not linted:"
+                    f" {failed['error']}" if migration is migrations[at] else
+                    f"the dry run stopped at migration {failed['version']} {failed['name']},"
+                    " before it ran")
+            return recorder, why
+        return recorder, None
+
     # -- shared ----------------------------------------------------------------------------
 
     def _applied(self, dry_run: bool) -> list[AppliedMigration]:
@@ -548,8 +642,10 @@ class _Run:
         dry_run: bool,
         plain: bool,
         progress: bool = False,
+        on_load: Callable[[Migration, Loaded], Loaded] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_load = on_load  # a dry run's: what it makes of each step it loads (lint's)
         self.progress = progress  # the request asked for a migration_progress per step
         self.plain = plain  # a plain rollback: its reply and errors list no steps
         self.store = engine.store
@@ -577,7 +673,9 @@ class _Run:
         to_run, failure = [], None
         for migration in migrations:
             try:
-                self._loaded[migration.version] = migration.load()
+                loaded = migration.load()
+                self._loaded[migration.version] = (
+                    loaded if self.on_load is None else self.on_load(migration, loaded))
             except MIGRATION_ERRORS as exc:
                 failure = migration, exc  # the steps before it still run, as for real
                 break

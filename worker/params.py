@@ -45,6 +45,22 @@ class Params:
             raise _wrong(name, f"true or false, not {_json_name(value)}")
         return value
 
+    def integers(self, name: str, minimum: int) -> list[int] | None:
+        """The list of integers `name` (None when absent); raises error 12 unless it is a
+        list whose every item is an integer from `minimum` to MAX_INTEGER."""
+        if name not in self.fields:
+            return None
+        value = self.fields[name]
+        if not isinstance(value, list):
+            raise _wrong(name, f"a list of integers, not {_json_name(value)}")
+        for item in value:
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise _wrong(name, f"a list of integers, not one holding {_json_name(item)}")
+            if not minimum <= item <= MAX_INTEGER:
+                raise _wrong(name, f"a list of integers from {minimum} to {MAX_INTEGER},"
+                                   f" not one holding {item}")
+        return value
+
     def request_ids(self, name: str, limit: int) -> list[bytes]:
         """The list of request ids `name` ([] when absent); raises error 12 unless it is a
         list of at most `limit` byte strings of at most codec.MAX_REQUEST_ID_BYTES."""

@@ -7,6 +7,7 @@ reads as one token (strings, quoted names, comments, dollar quotes); the rest bu
     split_sql(text)            code | 'string' | "name" | -- comment | /* comment */ | $$body$$
       _statements(text)          where each statement ends, and its first words
         split_statements(text)     the statements of a .sql migration, as written
+        statements_at(text)        the same, each with where its code begins (lint's lines)
         transaction_control(text)  BEGIN, COMMIT, ... found in code
     translate(text)            ? and :name made psycopg's placeholders
 """
@@ -221,12 +222,22 @@ def split_statements(script: str) -> Iterator[str]:
     from its first code and that code's offset, if the script ends inside a statement,
     a string, a quoted name, a block comment or a dollar quote.
     """
+    for _, statement in statements_at(script):
+        yield statement
+
+
+def statements_at(script: str) -> Iterator[tuple[int, str]]:
+    """split_statements's statements, each with the offset in `script` of its first code
+    (where a person reads it as beginning: past the comments before it), for lint's lines.
+
+    Raises sql_file.IncompleteStatement as split_statements does.
+    """
     for statement in _statements(script):
         if statement.code is None:
             continue
         if not statement.complete:
             raise IncompleteStatement(script[statement.code :], statement.code)
-        yield script[statement.start : statement.end]
+        yield statement.code, script[statement.start : statement.end]
 
 
 def transaction_control(text: str) -> str | None:

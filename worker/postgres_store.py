@@ -274,6 +274,7 @@ class TransactionControlRefused(psycopg.ProgrammingError):
 
 class PostgresStore(Store):
     split_statements = staticmethod(pg_sql.split_statements)
+    dialect = "postgresql"
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
     node DEALER --[msgpack {"id", "type"}]--> ROUTER (socket thread)
         status, health, validate, history --> read Engine --> reader store --> reply now
         cancel                            --> Writer.cancel() (interrupts)  --> reply now
-        migrate, rollback, baseline       --> Writer queue
+        migrate, rollback, baseline, lint --> Writer queue
     Writer thread: write Engine --> store --> outbox + wake pipe --> socket thread --> node
 
 Only the socket thread touches ZeroMQ sockets. Writes run in arrival order, one at a time
@@ -251,6 +251,7 @@ class WorkerServer:
             "status": read_engine.status,
             "validate": read_engine.validate,
             "history": read_engine.history,
+            "lint": write_engine.lint,
             "health": self.health,
             "cancel": self.cancel,
         }
@@ -526,7 +527,7 @@ class WorkerServer:
             return request_id, self._packed(ReplyError(MALFORMED_REQUEST, str(exc)).body())
         except ReplyError as error:
             return request_id, self._packed(error.body())
-        if kind in kinds.WRITES:
+        if kind in kinds.WRITES or kind in kinds.DRY_RUNS:
             self.writer.submit(Job(peer, request_id, handler, params,
                                    cancelled=request.get("cancelled") is True))
             return None

@@ -52,6 +52,10 @@ class SqlFile(NamedTuple):
     # That section's `lock_timeout:SECONDS` option (0: wait for ever; None: the worker's).
     up_lock_timeout: float | None = None
     down_lock_timeout: float | None = None
+    # Where each section's text is in the file: (start, end) offsets, (0, 0) for none; lint
+    # reads a statement's line from them.
+    up_span: tuple[int, int] = (0, 0)
+    down_span: tuple[int, int] = (0, 0)
 
 
 class SqlFileError(ValueError):
@@ -199,7 +203,8 @@ def parse(
     return SqlFile(
         up_statements, down_statements, foreign_keys, options_of["up"].transaction,
         down_options.transaction, up_stub, down_stub, options_of["up"].lock_timeout,
-        down_options.lock_timeout,
+        down_options.lock_timeout, (up.body, up_end),
+        (0, 0) if down is None else (down.body, len(text)),
     )
 
 

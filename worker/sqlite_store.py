@@ -196,6 +196,7 @@ def quoted(name: str) -> str:
 
 class SqliteStore(Store):
     split_statements = staticmethod(sql_file.split_statements)
+    dialect = "sqlite"
 
     def __init__(
         self, path: Path, table: str = DEFAULT_TABLE, *, wal: bool = False, reader: bool = False

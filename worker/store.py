@@ -190,6 +190,7 @@ class Store(ABC):
     commits: int  # transactions this store committed; with data_version(), a change stamp
     # Cuts a .sql section into statements by this database's rules (see sql_file).
     split_statements: Callable[[str], Iterator[str]]
+    dialect: str  # "sqlite" or "postgresql": which lint rules apply
     tables: TrackingTables  # the tracking table's name and its companions'
     _schema: list[str]  # the CREATE statement of each, in the same order
 

@@ -1,16 +1,17 @@
 """The command line for people: `python node.py COMMAND` (or `migrations-node COMMAND`).
 
-    status, migrate, rollback, baseline, validate, history, health
+    status, migrate, rollback, baseline, validate, lint, history, health
         -> the same requests a program sends -> WorkerClient -> the database's one worker
         <- replies, drawn as tables and lines (or printed as JSON lines with --json)
     new NAME [--sql]
         -> the next-numbered migration file in the migrations folder (no worker)
 
-Exit status: 0 done, 1 a migration failed, validation found problems or `status
---exit-code` found migrations pending, 2 bad usage (or a worker that cannot start with this
-configuration), 3 the database or worker could not be reached (error 11 or 13), 130
-cancelled by Ctrl-C, 141 stdout closed before every line was written (as a program killed by
-SIGPIPE). Errors go to stderr as one sentence.
+Exit status: 0 done, 1 a migration failed, validation found problems, lint found what it
+warns of (or could not lint a migration) or `status --exit-code` found migrations pending,
+2 bad usage (or a worker that cannot start with this configuration, or lint without its
+parser or given a version no file has), 3 the database or worker could not be reached
+(error 11 or 13), 130 cancelled by Ctrl-C, 141 stdout closed before every line was written
+(as a program killed by SIGPIPE). Errors go to stderr as one sentence.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from broker import database_url
 from broker.cli import settings
 from broker.cli.lock_table import lock_table
 from broker.cli.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
-from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
+from broker.errors import LASTING, PRECONDITION_FAILED, TEMPORARILY_UNAVAILABLE, ReplyError
 from broker.kinds import COMMANDS, WAITING, before_reply
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_CANCELLED = 0, 1, 2, 3, 130
 EXIT_STDOUT_CLOSED = 128 + 13  # as the stdio node, and a shell for a program SIGPIPE ended
 EXIT_FOR_CODE = {10: EXIT_USAGE, 12: EXIT_USAGE, 11: EXIT_UNREACHABLE, 13: EXIT_UNREACHABLE}
+LINT_RESULT = "lint_result"  # a lint reply's type: not ok while a finding remains
 MSG_ID = 1  # what --json replies answer, as a stdio node answers a request of msg_id 1
 VERSION_DIGITS = 4  # NNNN_name for a new migration in a folder of small versions
 TIMESTAMP_VERSION = 10**10  # versions at least this big are dbmate-style timestamps
@@ -62,6 +64,9 @@ EXAMPLES = {
     "status": "examples:\n  migrations-node --db app.db status\n"
               "  migrations-node status --exit-code || migrations-node migrate",
     "validate": "example:\n  migrations-node validate || echo 'applied files were edited'",
+    "lint": "examples:\n  migrations-node lint\n  migrations-node lint 3 4 --json\n\n"
+            "a finding is silenced by a comment on the line before its statement:\n"
+            "  -- lint:ignore RULE[,RULE] the reason   (# lint:ignore ... in a .py file)",
     "history": "example:\n  migrations-node history --limit 10",
     "new": "examples:\n  migrations-node new add_user_email\n  migrations-node new audit_log --sql",
     "health": "example:\n  migrations-node health --json",
@@ -75,6 +80,8 @@ HELP = {
     "baseline": "record every migration up to V as applied without running it",
     "status": "list every migration: applied or pending, and when",
     "validate": "check applied files against their checksums (drift), exit 1 on problems",
+    "lint": "check pending (or named) migrations for dangerous locks and breaking changes on"
+            " PostgreSQL, exit 1 on findings",
     "history": "every apply, rollback and baseline, oldest first",
     "new": "create the next-numbered migration file with up and down stubs",
     "health": "the worker's pid, database, uptime and what runs now",
@@ -130,6 +137,10 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
         elif name == "status":
             command.add_argument("--exit-code", action="store_true",
                                  help="exit 1 when any migration is pending (as dbmate's flag)")
+        elif name == "lint":
+            command.add_argument("versions", nargs="*", type=_positive, metavar="VERSION",
+                                 help="the migrations to lint (default: the pending ones)"
+                                 ).completer = _no_files
         elif name == "history":
             command.add_argument("--limit", type=_positive, metavar="N",
                                  help="only the N most recent events").completer = _no_files
@@ -262,6 +273,8 @@ def request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     params = {key: value for key, value in fields.items() if value is not None}
     if getattr(args, "dry_run", False):
         params["dry_run"] = True
+    if getattr(args, "versions", None):
+        params["versions"] = args.versions
     return args.command, params
 
 
@@ -345,6 +358,8 @@ def print_json(session: Session, args: argparse.Namespace, out: Lines) -> int:
     out.raw(line.getvalue())
     if out.lost and kind in WORDS:
         return stdout_closed(taken_steps(body), done_word(kind, args.dry_run))
+    if kind == "lint" and body["type"] == "error" and body["code"] == PRECONDITION_FAILED:
+        return EXIT_USAGE  # as run_lint: no such version, or no parser
     if body["type"] == "migration_status" and args.exit_code and pending(body):
         return EXIT_FAILED
     return exit_status(body, session)
@@ -357,7 +372,7 @@ def exit_status(body: dict[str, Any], session: Session) -> int:
         if body["code"] == TEMPORARILY_UNAVAILABLE and LASTING in body["text"]:
             return EXIT_USAGE
         return EXIT_FOR_CODE.get(body["code"], EXIT_FAILED)
-    if body["type"] == "validation" and not body["ok"]:
+    if body["type"] in ("validation", LINT_RESULT) and not body["ok"]:
         return EXIT_FAILED
     return EXIT_OK
 
@@ -509,6 +524,49 @@ def run_validate(session: Session, args: argparse.Namespace, out: Lines) -> int:
     return EXIT_FAILED
 
 
+def run_lint(session: Session, args: argparse.Namespace, out: Lines) -> int:
+    """lint: a block per finding (`file:line rule`, the statement, why, fix), the migrations
+    it could not lint and why, then a summary; exit 1 when any remains."""
+    (body,) = session.ask(request_of(args))
+    if body["type"] == "error":
+        if body["code"] == PRECONDITION_FAILED:  # no such version, or no parser: lasting
+            say(f"error {body['code']}: {body['text']}")
+            return EXIT_USAGE
+        return report_error(body, session)
+    style = Style(sys.stdout)
+    for finding in body["findings"]:
+        where = f"{_shown_path(finding['file'])}:{finding['line']}"
+        out(f"{style(where, 'bold')} {style(finding['rule'], 'red')}")
+        statement = finding.get("statement", "").splitlines()
+        if statement:
+            out(f"  {style(_cut(statement[0]), 'dim')}")
+        out(f"  why: {finding['why']}")
+        out(f"  fix: {finding['fix']}")
+        out("")
+    for entry in body["not_linted"]:
+        out(f"{style('not linted', 'yellow')}  {entry['version']}  {entry['name']}:"
+            f" {entry['reason']}")
+    if "note" in body:
+        out(f"note: {body['note']}")
+    count = len(body["findings"])
+    linted = len(body["linted"])
+    said = "no finding" if not count else f"{count} finding{'' if count == 1 else 's'}"
+    out(f"{said} in {linted} migration{'' if linted == 1 else 's'} linted"
+        + (f", {len(body['not_linted'])} not linted" if body["not_linted"] else ""))
+    return exit_status(body, session)
+
+
+def _shown_path(path: str) -> str:
+    """A finding's file as a person types it here: relative to the working directory when
+    it is below it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def _cut(text: str, width: int = 100) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def show_history(session: Session, args: argparse.Namespace, out: Lines) -> int:
     (body,) = session.ask(request_of(args))
     if body["type"] == "error":
@@ -552,6 +610,7 @@ HANDLERS: dict[str, Callable[[Session, argparse.Namespace, Lines], int]] = {
     "rollback": run_write,
     "baseline": run_baseline,
     "validate": run_validate,
+    "lint": run_lint,
     "history": show_history,
     "health": show_health,
 }
