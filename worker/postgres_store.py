@@ -31,7 +31,10 @@ Where PostgreSQL differs from SQLite, and what this store does about it:
 - PostgreSQL aborts a transaction at its first failing statement, so a migration that
   catches a database error and carries on fails (SQLite would let it continue).
 - The owner lock is a session-level advisory lock: it needs a real session (not a
-  transaction-pooling proxy such as PgBouncer in transaction mode) and dies with it.
+  transaction-pooling proxy such as PgBouncer in transaction mode) and dies with it. A
+  worker waiting for it tries again and again, idle in between, never blocked in a
+  statement or a transaction: the holder's CREATE INDEX CONCURRENTLY waits for every
+  snapshot older than its own, so a waiter holding one would deadlock with it.
 - The session is the worker's for its whole life, so what a migration changes of it (SET,
   SET ROLE, temporary tables, WITH HOLD cursors, LISTEN, sequence state; PREPAREd
   statements and advisory locks when its SQL names them) is undone after it, failed or not
@@ -48,6 +51,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -103,6 +107,8 @@ SECRET_OPTIONS = database_url.SECRET_OPTIONS  # never in a log line or an error 
 APPLICATION_NAME = "migrations worker pid {pid} on {host}"  # how pg_stat_activity shows us
 OUR_APPLICATION = re.compile(r"migrations worker pid (\d+) on (.*)\Z")
 OWNER_ATTEMPTS = 3  # tries of the owner lock while its holder is seen to let go
+OWNER_POLL_FIRST_S = 0.01  # the first pause between tries of a held owner lock, doubled
+OWNER_POLL_MAX_S = 0.25  # up to this: how late a waiter may notice the holder has gone
 LOCK_KEY_PREFIX = "migrations-node owner of "  # keeps our advisory keys apart from others'
 UTC_NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
@@ -471,11 +477,11 @@ class PostgresStore(Store):
         Raises AlreadyOwned naming the holder (its worker pid and host when it is one of
         ours, its backend pid and client address when visible) if the local lock is held,
         or if the advisory lock is and neither `wait` nor owner_wait_s was given. With
-        `wait`, blocks until the holder goes (lock_timeout does not end that wait); an
-        exception raised during the wait (a stop signal's) cancels it and closes the
-        session. With owner_wait_s, a held advisory lock is logged and left to each write
-        to wait for (see transaction). A server that does not answer yet defers the
-        advisory lock to the first write. `note` goes into the local lock file.
+        `wait`, waits until the holder goes (see _wait_for_owner_lock); an exception raised
+        during the wait (a stop signal's) ends it and closes the session. With
+        owner_wait_s, a held advisory lock is logged and left to each write to wait for
+        (see transaction). A server that does not answer yet defers the advisory lock to
+        the first write. `note` goes into the local lock file.
         """
         if self._owner:
             return
@@ -511,12 +517,10 @@ class PostgresStore(Store):
                 self._try_owner_lock()
             else:
                 self._wait_for_owner_lock(timeout_s=wait_s)
-        except (AlreadyOwned, errors.LockNotAvailable) as exc:
-            holder = self._holder() if isinstance(exc, errors.LockNotAvailable) else str(exc)
+        except AlreadyOwned as exc:
             raise ReplyError(
                 TEMPORARILY_UNAVAILABLE,
-                f"{holder or f'{self.tracking} in {self.database} is owned by another worker'};"
-                f" waited {wait_s:g} s for it to go, so nothing ran; try again",
+                f"{exc}; waited {wait_s:g} s for it to go, so nothing ran; try again",
             ) from None
 
     def _try_owner_lock(self) -> None:
@@ -538,33 +542,48 @@ class PostgresStore(Store):
         )
 
     def _wait_for_owner_lock(self, timeout_s: float = 0) -> None:
-        """Block until the advisory lock is ours, or `timeout_s` has passed (0: forever);
-        raises errors.LockNotAvailable when it passed."""
-        connection = self._live()
+        """Take the advisory lock once its holder lets go, or raise AlreadyOwned naming
+        the holder when `timeout_s` has passed first (0: wait for as long as it takes).
+
+        Each try is pg_try_advisory_lock(), which answers at once; between tries the
+        session is idle, in no statement and no transaction, the pause growing up to
+        OWNER_POLL_MAX_S. Blocking in pg_advisory_lock() instead would hold a snapshot
+        for the whole wait, and the holder's CREATE INDEX CONCURRENTLY waits for every
+        snapshot older than its own: a deadlock, which the server ends by failing the
+        index build and leaving it INVALID. An exception raised during the wait (a stop
+        signal's) ends it and closes the session.
+        """
+        deadline = None if timeout_s <= 0 else time.monotonic() + timeout_s
+        pause = OWNER_POLL_FIRST_S
+        said = False
         try:
-            with self._session_errors():
-                connection.execute("BEGIN")
-                connection.execute(f"SET LOCAL lock_timeout = {round(timeout_s * 1000)}")
-                connection.execute("SELECT pg_advisory_lock(%s)", (self._lock_key,))
-                connection.execute("COMMIT")
-        except errors.LockNotAvailable:
-            connection.execute("ROLLBACK")
+            while True:
+                (taken,) = self._execute(
+                    "SELECT pg_try_advisory_lock(%s)", (self._lock_key,)).fetchone()
+                if taken:
+                    self._advisory = True
+                    return
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise AlreadyOwned(self._holder() or (
+                        f"{self.tracking} in {self.database} is owned by another worker"))
+                if not said:
+                    said = True
+                    log.info("waiting %s for the owner lock: %s", "for as long as it takes"
+                             if deadline is None else f"up to {timeout_s:g} s", self._holder())
+                time.sleep(pause if left is None else min(pause, left))
+                pause = min(pause * 2, OWNER_POLL_MAX_S)
+        except AlreadyOwned:
             raise
         except BaseException:
-            # psycopg cancels only on KeyboardInterrupt; a server-side lock wait does not
-            # notice a closed socket, so it is cancelled first, then the session ended.
-            if connection.info.transaction_status == TransactionStatus.ACTIVE:
-                try:
-                    getattr(connection, "cancel_safe", connection.cancel)()
-                except Exception as exc:
-                    log.warning("could not cancel the wait for the owner lock: %s", exc)
+            # Taken or not, whatever the session holds goes with it.
             self._drop()
             raise
-        self._advisory = True
 
     def _holder(self) -> str | None:
         """Who holds the owner lock, for AlreadyOwned; None if nobody does any more."""
-        row = self._run(LOCK_HOLDER, (self._lock_key,)).fetchone()
+        # Not _run: a session lost here must end the wait for the lock, not start one.
+        row = self._execute(LOCK_HOLDER, (self._lock_key,)).fetchone()
         if row is None:
             return None
         where = f"{self.tracking} in {self.database}"
