@@ -35,6 +35,9 @@ Where PostgreSQL differs from SQLite, and what this store does about it:
   worker waiting for it tries again and again, idle in between, never blocked in a
   statement or a transaction: the holder's CREATE INDEX CONCURRENTLY waits for every
   snapshot older than its own, so a waiter holding one would deadlock with it.
+- CREATE INDEX CONCURRENTLY outside a transaction first drops an INVALID index of the name
+  it builds, left by a concurrent build that did not finish (see pg_index); the drop is
+  kept in `repairs` for the history.
 - The session is the worker's for its whole life, so what a migration changes of it (SET,
   SET ROLE, temporary tables, WITH HOLD cursors, LISTEN, sequence state; PREPAREd
   statements and advisory locks when its SQL names them) is undone after it, failed or not
@@ -59,7 +62,7 @@ from typing import Any
 from broker import codec, database_url
 from broker.cli.settings import LOCK_TIMEOUT_S as MIGRATION_LOCK_TIMEOUT_S
 from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
-from worker import pg_sql
+from worker import pg_index, pg_sql
 from worker.lock import AlreadyOwned, OwnerLock
 from worker.pg_sql import to_psycopg, transaction_control, translate
 from worker.pg_waits import LockWait, LockWaitWatch
@@ -73,6 +76,7 @@ from worker.store import (
     Event,
     ForeignKeyViolation,
     LockTimeout,
+    Repair,
     ReplyEvicted,
     Store,
     TrackingTables,
@@ -351,6 +355,7 @@ class PostgresStore(Store):
         self._release_due = False  # its SQL named PREPARE or advisory locks
         self._reset_sql: tuple[psycopg.Connection[Any] | None, str] = (None, "")
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
+        self.repairs: list[Repair] = []  # done during the latest migration_db (see Store)
         self._crash_hook = CrashHook.from_environment()
         self.connection: psycopg.Connection[Any] | None = None
         try:
@@ -747,6 +752,7 @@ class PostgresStore(Store):
             return
         self._existing |= self._created
         self.commits += 1
+        self.repairs = []  # recorded by the transaction that committed (see Store.repairs)
         if self._crash_hook is not None:
             self._crash_hook.fire_if_armed()
 
@@ -784,12 +790,15 @@ class PostgresStore(Store):
         The migration meets the session a new worker has: one that migration code ran on
         before (another step of a dry run) is reset first, and a migration outside a
         transaction is followed by a reset; inside one, the reset comes with its COMMIT
-        (see transaction).
+        (see transaction). Outside a transaction, an INVALID index in the way of a CREATE
+        INDEX CONCURRENTLY is dropped first (see pg_index), and kept in `repairs`, which
+        starts empty for each migration.
 
         Raises RuntimeError afterwards if the migration ended the transaction itself, went
         on after a failed statement (PostgreSQL then aborts the transaction), or left one
         open when it had none.
         """
+        self.repairs = []
         if not in_transaction:
             self._ensure_owner()  # a write, even outside a transaction
         connection = self._live()
@@ -812,7 +821,7 @@ class PostgresStore(Store):
 
         db = PostgresMigrationDB(
             connection, guarded=in_transaction, translated=translated, check=check,
-            seen=self._seen,
+            seen=self._seen, repaired=self._repaired,
         )
         self._dirty, self._release_due = connection, False
         self._migration_running = True
@@ -854,6 +863,9 @@ class PostgresStore(Store):
             cause = exc.diag.message_primary or str(exc)
             text = f"a statement {waited} for a lock ({cause}); what held it was not seen"
         return LockTimeout(text, wait, nothing_stayed)
+
+    def _repaired(self, repair: Repair) -> None:
+        self.repairs.append(repair)
 
     def _seen(self, sql_text: str) -> None:
         """Note a statement of migration code: one naming PREPARE or advisory locks makes
@@ -1034,7 +1046,9 @@ class PostgresMigrationDB:
     a transaction is refused with TransactionControlRefused before it is sent. The check
     reads the leading keywords of each statement (see transaction_control); what runs
     inside a function or procedure is not seen, but PostgreSQL itself refuses COMMIT and
-    ROLLBACK there while a transaction block is open.
+    ROLLBACK there while a transaction block is open. Unguarded and outside a transaction,
+    a statement that builds an index concurrently is preceded by the drop of an INVALID
+    index of that name (see pg_index), which `repaired` is told of.
     """
 
     def __init__(
@@ -1044,12 +1058,14 @@ class PostgresMigrationDB:
         translated: Callable[[], AbstractContextManager[None]] = nullcontext,
         check: Callable[[], None] | None = None,
         seen: Callable[[str], None] | None = None,
+        repaired: Callable[[Repair], None] | None = None,
     ) -> None:
         self._connection = connection
         self._guarded = guarded
         self._translated = translated  # the store's: a lost session is error 11, not a failure
         self._check = check or _nothing  # runs before every statement: a cancel raises there
         self._seen = seen or _noted  # gets every statement's text (see PostgresStore._seen)
+        self._repaired = repaired or _noted  # gets each INVALID index dropped
         self.statements = 0  # statements sent so far
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
@@ -1057,6 +1073,7 @@ class PostgresMigrationDB:
         exactly as written); returns its rows."""
         self._check()
         self._refuse_transaction_control(sql)
+        self._drop_invalid_indexes(sql)
         self._seen(sql)
         self.statements += 1
         query, values = to_psycopg(sql, params)
@@ -1070,6 +1087,7 @@ class PostgresMigrationDB:
         """Run one statement once per row of parameters."""
         self._check()
         self._refuse_transaction_control(sql)
+        self._drop_invalid_indexes(sql)
         self._seen(sql)
         self.statements += 1
         rows = iter(rows)
@@ -1086,6 +1104,7 @@ class PostgresMigrationDB:
         round trip. Raises the psycopg error of the first statement that fails."""
         self._check()
         self._refuse_transaction_control(script)
+        self._drop_invalid_indexes(script)
         self._seen(script)
         self.statements += 1
         with self._translated():
@@ -1094,6 +1113,17 @@ class PostgresMigrationDB:
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
         """Run one statement and return all its rows ([] for one that returns none)."""
         return self.execute(sql, params).fetchall()
+
+    def _drop_invalid_indexes(self, sql: str) -> None:
+        """Before `sql` builds an index concurrently, drop an INVALID index of its name (see
+        pg_index). Only outside a transaction: inside one, the build itself is refused."""
+        if self._guarded or self._connection.info.transaction_status != TransactionStatus.IDLE:
+            return
+        for build in pg_index.index_builds(sql):
+            with self._translated():
+                repair = pg_index.drop_invalid_index(self._connection, build)
+            if repair is not None:
+                self._repaired(repair)
 
     def _refuse_transaction_control(self, sql: str) -> None:
         if not self._guarded:
@@ -1285,7 +1315,7 @@ def _nothing() -> None:
     pass
 
 
-def _noted(_: str) -> None:
+def _noted(_: object) -> None:
     pass
 
 
