@@ -117,10 +117,11 @@ def table_migration(folder: Path, rows: str) -> None:
         "-- migrate:down\nDROP TABLE t1;\n")
 
 
-def index_migration(folder: Path, index_sql: str) -> None:
-    """Version 2: `index_sql`, outside a transaction, as the file says."""
+def index_migration(folder: Path, index_sql: str, options: str = "") -> None:
+    """Version 2: `index_sql`, outside a transaction, as the file says (with `options`
+    on its up marker)."""
     (folder / "0002_index.sql").write_text(
-        f"-- migrate:up transaction:false\n{index_sql}\n"
+        f"-- migrate:up transaction:false {options}\n{index_sql}\n"
         "-- migrate:down transaction:false\nDROP INDEX CONCURRENTLY IF EXISTS t1_id;\n")
 
 
@@ -129,7 +130,8 @@ def test_an_index_built_concurrently_never_waits_for_a_worker_waiting_to_own_the
 ):
     folder = workspace.root / "migrations"
     table_migration(folder, ", ".join(f"({n})" for n in range(1000)))
-    index_migration(folder, "CREATE INDEX CONCURRENTLY t1_id ON t1 (id);")
+    # It waits for the test's writer for as long as it takes (no lock timeout).
+    index_migration(folder, "CREATE INDEX CONCURRENTLY t1_id ON t1 (id);", "lock_timeout:0")
     owner = workspace.live("--migrations", str(folder))
     owner.send(request("migrate", 1, to=1), request("health", 2))
     migrated, health = owner.replies(2)
@@ -234,6 +236,41 @@ def test_an_invalid_index_left_by_a_failed_build_is_dropped_and_built_again(
         (1, "apply"), (2, "drop_invalid_index"), (2, "drop_invalid_index"), (2, "apply")]
     said = "".join(path.read_text() for path in workspace.runtime.glob("*.log"))
     assert said.count("dropped the INVALID index public.t1_id on ") == 2, said
+
+
+def test_a_build_that_timed_out_waiting_for_a_lock_is_dropped_and_built_by_the_next_try(
+    workspace, database
+):
+    """A build gives up at its first wait for the table's writers after creating its
+    index: the retry finds that INVALID index in its way."""
+    folder = workspace.root / "migrations"
+    table_migration(folder, "(1), (2)")
+    index_migration(folder, "CREATE INDEX CONCURRENTLY t1_id ON t1 (id);", "lock_timeout:0.2")
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1, to=1))
+    assert node.replies(1)[0]["count"] == 1
+    writer = psycopg.connect(database)
+    try:
+        writer.execute("INSERT INTO t1 (id) VALUES (3)")
+        node.send(request("migrate", 2))
+        wait_until(lambda: pg_query(
+            database, "SELECT 1 FROM schema_migration_history WHERE action = 'lock_timeout'"),
+            what="the first try to give up waiting for the test's writer")
+        assert pg_query(database, INDEX_VALID, ("t1_id",)) == [(False,)]
+        writer.commit()
+    finally:
+        writer.close()
+
+    (applied,) = node.replies(1)
+    assert applied.get("migrations") == [
+        {"version": 2, "name": "index", "status": "applied"}], applied
+    assert pg_query(database, INDEX_VALID, ("t1_id",)) == [(True,)]
+    events = history(workspace, folder)
+    assert events[:2] == [(1, "apply"), (2, "lock_timeout")], events
+    assert events[-2:] == [(2, "drop_invalid_index"), (2, "apply")], events
+    # On a slow machine a later try may give up too, leaving an index the next one drops.
+    assert set(events[2:-2]) <= {(2, "drop_invalid_index"), (2, "lock_timeout")}, events
+    assert node.finish() == 0
 
 
 def test_a_python_migration_outside_a_transaction_gets_the_repair_too(workspace, database):
