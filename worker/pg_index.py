@@ -16,7 +16,10 @@ dropped (concurrently, so writes to the table go on), and the statement builds i
 Only the statement's leading tokens are read (pg_sql's tokenizer: comments, quoted names
 and strings as PostgreSQL reads them), never the rest of its grammar. An index is always
 created in its table's schema, so the table's name, resolved through the session's
-search_path when it is not qualified, says where the index is.
+search_path when it is not qualified, says where the index is. An index that another
+session is building at this moment is INVALID too: the DROP then waits for that build's
+lock on the table (as long as lock_timeout lets it) and drops what it finds afterwards,
+which the migration builds again as it says.
 """
 
 from __future__ import annotations
