@@ -206,6 +206,21 @@ def test_a_migrations_lock_timeout_comes_from_its_marker_the_option_the_url_or_t
         assert connection.execute("SELECT value FROM seen").fetchone() == (seen,)
 
 
+def test_the_project_file_sets_the_lock_timeout_and_beats_the_url(workspace, folder, accounts):
+    (workspace.root / "pyproject.toml").write_text(
+        '[tool.migrations-node]\nlock-timeout = 0.25\nlock-retries = 2\n')
+    (folder / "0001_seen.sql").write_text(
+        "-- migrate:up\n"
+        "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS value;\n")
+    workspace.db = f"{accounts}?options=-c%20lock_timeout%3D7s"
+
+    replies, _ = workspace.run([request("migrate", 1)], "--migrations", str(folder))
+
+    assert replies[0]["type"] == "migrations_applied", replies
+    with psycopg.connect(accounts) as connection:
+        assert connection.execute("SELECT value FROM seen").fetchone() == ("250ms",)
+
+
 def test_the_session_setting_a_migration_leaves_is_not_the_next_ones(
         workspace, folder, accounts):
     write_migration(folder, "0001_a.py", "db.execute(\"SET lock_timeout = '42s'\")")

@@ -761,9 +761,15 @@ class _Run:
         else:
             if not loaded.foreign_keys:
                 raise ValueError("foreign keys off needs a transaction to check them")
-            elapsed_ms = self._call(step, in_transaction=False, lock_timeout_s=lock_timeout_s)
-            with self.store.transaction():
-                finish(step, elapsed_ms)
+            try:
+                elapsed_ms = self._call(step, in_transaction=False,
+                                        lock_timeout_s=lock_timeout_s)
+                with self.store.transaction():
+                    self._record_repairs(step)
+                    finish(step, elapsed_ms)
+            except BaseException:
+                self._record_repairs(step, alone=True)
+                raise
 
     def _lock_timeout_of(self, step: Step) -> float | None:
         loaded = step.loaded
@@ -867,6 +873,32 @@ class _Run:
             function(db)
         self._check_cancelled()  # a cancel during code between statements ends here
         return (time.perf_counter() - started) * 1000
+
+    def _record_repairs(self, step: Step, alone: bool = False) -> None:
+        """A history event for each repair the store made while the step ran that no
+        commit has recorded yet (see Store.repairs): in the step's own transaction, or,
+        `alone`, in one of their own, as the step failed but what the store did outside a
+        transaction stays done. A failure to record them then is logged, never raised over
+        the step's."""
+        events = [
+            Event(step.migration.version, step.migration.name, repair.action,
+                  step.loaded.checksum, self._started_at, repair.duration_ms, self.src,
+                  self.request_id)
+            for repair in self.store.repairs
+        ]
+        if not alone:
+            for event in events:
+                self.store.record_event(event)
+            return
+        if not events:
+            return
+        try:
+            with self.store.transaction():
+                for event in events:
+                    self.store.record_event(event)
+        except Exception as exc:
+            log.warning("could not record %d repair(s) by migration %s %s in the history: %s",
+                        len(events), step.migration.version, step.migration.name, exc)
 
     def _check_cancelled(self) -> None:
         if self.engine.cancelled():

@@ -9,6 +9,7 @@ reads as one token (strings, quoted names, comments, dollar quotes); the rest bu
         split_statements(text)     the statements of a .sql migration, as written
         statements_at(text)        the same, each with where its code begins (lint's lines)
         transaction_control(text)  BEGIN, COMMIT, ... found in code
+        leading_tokens(text, n)    each statement's first tokens: words, "names", symbols
     translate(text)            ? and :name made psycopg's placeholders
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import islice
 from typing import Any, NamedTuple
 
 from worker.sql_file import IncompleteStatement
@@ -251,6 +253,39 @@ def transaction_control(text: str) -> str | None:
         if _controls_transaction(statement.words):
             return " ".join(statement.words)
     return None
+
+
+WORD, QUOTED_NAME, OTHER = "word", "quoted name", "other"  # the kinds of Token
+
+
+class Token(NamedTuple):
+    """One token of a statement: a WORD (a keyword or an unquoted name, as written), a
+    QUOTED_NAME (its name, the quotes taken off and doubled ones undone) or OTHER (any
+    other character of code, or a whole string or dollar-quoted body, as written)."""
+
+    kind: str
+    text: str
+
+
+def leading_tokens(text: str, count: int) -> Iterator[list[Token]]:
+    """The first `count` tokens of each statement of `text` that holds code, in order (a
+    statement ends where _statements says); comments are skipped, wherever they are."""
+    for statement in _statements(text):
+        if statement.code is not None:
+            yield list(islice(_tokens(text[statement.code : statement.end]), count))
+
+
+def _tokens(text: str) -> Iterator[Token]:
+    for is_code, start, end, closed in _pieces(text):
+        if is_code:
+            for part in CODE_PART.finditer(text, start, end):
+                yield Token(WORD if part.lastgroup == "word" else OTHER, part.group())
+        elif text.startswith(("--", "/*"), start):
+            continue
+        elif text[start] == '"' and closed:
+            yield Token(QUOTED_NAME, text[start + 1 : end - 1].replace('""', '"'))
+        else:
+            yield Token(OTHER, text[start:end])
 
 
 def _controls_transaction(words: list[str]) -> bool:

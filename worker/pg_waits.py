@@ -32,7 +32,8 @@ MAX_INTERVAL_S = 0.25
 # the relation it is on (a row lock's wait is on the transaction holding the row, whose
 # relation comes from the tuple lock our backend holds meanwhile), and who blocks it.
 WAITING_FOR = f"""
-SELECT coalesce(format('%%I.%%I', n.nspname, c.relname), w.locktype),
+SELECT CASE WHEN c.oid IS NULL THEN w.locktype
+            ELSE format('%%I.%%I', n.nspname, c.relname) END,
        w.mode,
        (SELECT coalesce(json_agg(json_build_object(
                 'pid', a.pid, 'user', a.usename, 'application', a.application_name,

@@ -31,7 +31,13 @@ Where PostgreSQL differs from SQLite, and what this store does about it:
 - PostgreSQL aborts a transaction at its first failing statement, so a migration that
   catches a database error and carries on fails (SQLite would let it continue).
 - The owner lock is a session-level advisory lock: it needs a real session (not a
-  transaction-pooling proxy such as PgBouncer in transaction mode) and dies with it.
+  transaction-pooling proxy such as PgBouncer in transaction mode) and dies with it. A
+  worker waiting for it tries again and again, idle in between, never blocked in a
+  statement or a transaction: the holder's CREATE INDEX CONCURRENTLY waits for every
+  snapshot older than its own, so a waiter holding one would deadlock with it.
+- CREATE INDEX CONCURRENTLY outside a transaction first drops an INVALID index of the name
+  it builds, left by a concurrent build that did not finish (see pg_index); the drop is
+  kept in `repairs` for the history.
 - The session is the worker's for its whole life, so what a migration changes of it (SET,
   SET ROLE, temporary tables, WITH HOLD cursors, LISTEN, sequence state; PREPAREd
   statements and advisory locks when its SQL names them) is undone after it, failed or not
@@ -48,6 +54,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -55,7 +62,7 @@ from typing import Any
 from broker import codec, database_url
 from broker.cli.settings import LOCK_TIMEOUT_S as MIGRATION_LOCK_TIMEOUT_S
 from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
-from worker import pg_sql
+from worker import pg_index, pg_sql
 from worker.lock import AlreadyOwned, OwnerLock
 from worker.pg_locks import PgLockWatch
 from worker.pg_sql import to_psycopg, transaction_control, translate
@@ -70,6 +77,7 @@ from worker.store import (
     Event,
     ForeignKeyViolation,
     LockTimeout,
+    Repair,
     ReplyEvicted,
     Store,
     TrackingTables,
@@ -104,6 +112,8 @@ SECRET_OPTIONS = database_url.SECRET_OPTIONS  # never in a log line or an error 
 APPLICATION_NAME = "migrations worker pid {pid} on {host}"  # how pg_stat_activity shows us
 OUR_APPLICATION = re.compile(r"migrations worker pid (\d+) on (.*)\Z")
 OWNER_ATTEMPTS = 3  # tries of the owner lock while its holder is seen to let go
+OWNER_POLL_FIRST_S = 0.01  # the first pause between tries of a held owner lock, doubled
+OWNER_POLL_MAX_S = 0.25  # up to this: how late a waiter may notice the holder has gone
 LOCK_KEY_PREFIX = "migrations-node owner of "  # keeps our advisory keys apart from others'
 UTC_NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
@@ -348,6 +358,7 @@ class PostgresStore(Store):
         self._release_due = False  # its SQL named PREPARE or advisory locks
         self._reset_sql: tuple[psycopg.Connection[Any] | None, str] = (None, "")
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
+        self.repairs: list[Repair] = []  # done during the latest migration_db (see Store)
         self._crash_hook = CrashHook.from_environment()
         self.connection: psycopg.Connection[Any] | None = None
         try:
@@ -474,11 +485,11 @@ class PostgresStore(Store):
         Raises AlreadyOwned naming the holder (its worker pid and host when it is one of
         ours, its backend pid and client address when visible) if the local lock is held,
         or if the advisory lock is and neither `wait` nor owner_wait_s was given. With
-        `wait`, blocks until the holder goes (lock_timeout does not end that wait); an
-        exception raised during the wait (a stop signal's) cancels it and closes the
-        session. With owner_wait_s, a held advisory lock is logged and left to each write
-        to wait for (see transaction). A server that does not answer yet defers the
-        advisory lock to the first write. `note` goes into the local lock file.
+        `wait`, waits until the holder goes (see _wait_for_owner_lock); an exception raised
+        during the wait (a stop signal's) ends it and closes the session. With
+        owner_wait_s, a held advisory lock is logged and left to each write to wait for
+        (see transaction). A server that does not answer yet defers the advisory lock to
+        the first write. `note` goes into the local lock file.
         """
         if self._owner:
             return
@@ -514,12 +525,10 @@ class PostgresStore(Store):
                 self._try_owner_lock()
             else:
                 self._wait_for_owner_lock(timeout_s=wait_s)
-        except (AlreadyOwned, errors.LockNotAvailable) as exc:
-            holder = self._holder() if isinstance(exc, errors.LockNotAvailable) else str(exc)
+        except AlreadyOwned as exc:
             raise ReplyError(
                 TEMPORARILY_UNAVAILABLE,
-                f"{holder or f'{self.tracking} in {self.database} is owned by another worker'};"
-                f" waited {wait_s:g} s for it to go, so nothing ran; try again",
+                f"{exc}; waited {wait_s:g} s for it to go, so nothing ran; try again",
             ) from None
 
     def _try_owner_lock(self) -> None:
@@ -541,33 +550,48 @@ class PostgresStore(Store):
         )
 
     def _wait_for_owner_lock(self, timeout_s: float = 0) -> None:
-        """Block until the advisory lock is ours, or `timeout_s` has passed (0: forever);
-        raises errors.LockNotAvailable when it passed."""
-        connection = self._live()
+        """Take the advisory lock once its holder lets go, or raise AlreadyOwned naming
+        the holder when `timeout_s` has passed first (0: wait for as long as it takes).
+
+        Each try is pg_try_advisory_lock(), which answers at once; between tries the
+        session is idle, in no statement and no transaction, the pause growing up to
+        OWNER_POLL_MAX_S. Blocking in pg_advisory_lock() instead would hold a snapshot
+        for the whole wait, and the holder's CREATE INDEX CONCURRENTLY waits for every
+        snapshot older than its own: a deadlock, which the server ends by failing the
+        index build and leaving it INVALID. An exception raised during the wait (a stop
+        signal's) ends it and closes the session.
+        """
+        deadline = None if timeout_s <= 0 else time.monotonic() + timeout_s
+        pause = OWNER_POLL_FIRST_S
+        said = False
         try:
-            with self._session_errors():
-                connection.execute("BEGIN")
-                connection.execute(f"SET LOCAL lock_timeout = {round(timeout_s * 1000)}")
-                connection.execute("SELECT pg_advisory_lock(%s)", (self._lock_key,))
-                connection.execute("COMMIT")
-        except errors.LockNotAvailable:
-            connection.execute("ROLLBACK")
+            while True:
+                (taken,) = self._execute(
+                    "SELECT pg_try_advisory_lock(%s)", (self._lock_key,)).fetchone()
+                if taken:
+                    self._advisory = True
+                    return
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise AlreadyOwned(self._holder() or (
+                        f"{self.tracking} in {self.database} is owned by another worker"))
+                if not said:
+                    said = True
+                    log.info("waiting %s for the owner lock: %s", "for as long as it takes"
+                             if deadline is None else f"up to {timeout_s:g} s", self._holder())
+                time.sleep(pause if left is None else min(pause, left))
+                pause = min(pause * 2, OWNER_POLL_MAX_S)
+        except AlreadyOwned:
             raise
         except BaseException:
-            # psycopg cancels only on KeyboardInterrupt; a server-side lock wait does not
-            # notice a closed socket, so it is cancelled first, then the session ended.
-            if connection.info.transaction_status == TransactionStatus.ACTIVE:
-                try:
-                    getattr(connection, "cancel_safe", connection.cancel)()
-                except Exception as exc:
-                    log.warning("could not cancel the wait for the owner lock: %s", exc)
+            # Taken or not, whatever the session holds goes with it.
             self._drop()
             raise
-        self._advisory = True
 
     def _holder(self) -> str | None:
         """Who holds the owner lock, for AlreadyOwned; None if nobody does any more."""
-        row = self._run(LOCK_HOLDER, (self._lock_key,)).fetchone()
+        # Not _run: a session lost here must end the wait for the lock, not start one.
+        row = self._execute(LOCK_HOLDER, (self._lock_key,)).fetchone()
         if row is None:
             return None
         where = f"{self.tracking} in {self.database}"
@@ -731,6 +755,7 @@ class PostgresStore(Store):
             return
         self._existing |= self._created
         self.commits += 1
+        self.repairs = []  # recorded by the transaction that committed (see Store.repairs)
         if self._crash_hook is not None:
             self._crash_hook.fire_if_armed()
 
@@ -768,12 +793,15 @@ class PostgresStore(Store):
         The migration meets the session a new worker has: one that migration code ran on
         before (another step of a dry run) is reset first, and a migration outside a
         transaction is followed by a reset; inside one, the reset comes with its COMMIT
-        (see transaction).
+        (see transaction). Outside a transaction, an INVALID index in the way of a CREATE
+        INDEX CONCURRENTLY is dropped first (see pg_index), and kept in `repairs`, which
+        starts empty for each migration.
 
         Raises RuntimeError afterwards if the migration ended the transaction itself, went
         on after a failed statement (PostgreSQL then aborts the transaction), or left one
         open when it had none.
         """
+        self.repairs = []
         if not in_transaction:
             self._ensure_owner()  # a write, even outside a transaction
         connection = self._live()
@@ -798,6 +826,7 @@ class PostgresStore(Store):
         db = PostgresMigrationDB(
             connection, guarded=in_transaction, translated=translated, check=check,
             seen=self._seen, after=watch.observe if watch is not None else None,
+            repaired=self._repaired,
         )
         self._dirty, self._release_due = connection, False
         self._migration_running = True
@@ -849,6 +878,9 @@ class PostgresStore(Store):
             yield self._lock_watch
         finally:
             self._lock_watch = None
+
+    def _repaired(self, repair: Repair) -> None:
+        self.repairs.append(repair)
 
     def _seen(self, sql_text: str) -> None:
         """Note a statement of migration code: one naming PREPARE or advisory locks makes
@@ -1029,7 +1061,9 @@ class PostgresMigrationDB:
     a transaction is refused with TransactionControlRefused before it is sent. The check
     reads the leading keywords of each statement (see transaction_control); what runs
     inside a function or procedure is not seen, but PostgreSQL itself refuses COMMIT and
-    ROLLBACK there while a transaction block is open.
+    ROLLBACK there while a transaction block is open. Unguarded and outside a transaction,
+    a statement that builds an index concurrently is preceded by the drop of an INVALID
+    index of that name (see pg_index), which `repaired` is told of.
     """
 
     def __init__(
@@ -1040,12 +1074,14 @@ class PostgresMigrationDB:
         check: Callable[[], None] | None = None,
         seen: Callable[[str], None] | None = None,
         after: Callable[[], None] | None = None,
+        repaired: Callable[[Repair], None] | None = None,
     ) -> None:
         self._connection = connection
         self._guarded = guarded
         self._translated = translated  # the store's: a lost session is error 11, not a failure
         self._check = check or _nothing  # runs before every statement: a cancel raises there
         self._seen = seen or _noted  # gets every statement's text (see PostgresStore._seen)
+        self._repaired = repaired or _noted  # gets each INVALID index dropped
         self.statements = 0  # statements sent so far
         self._after = after or _nothing  # runs after every statement that succeeded
 
@@ -1054,6 +1090,7 @@ class PostgresMigrationDB:
         exactly as written); returns its rows."""
         self._check()
         self._refuse_transaction_control(sql)
+        self._drop_invalid_indexes(sql)
         self._seen(sql)
         self.statements += 1
         query, values = to_psycopg(sql, params)
@@ -1069,6 +1106,7 @@ class PostgresMigrationDB:
         """Run one statement once per row of parameters."""
         self._check()
         self._refuse_transaction_control(sql)
+        self._drop_invalid_indexes(sql)
         self._seen(sql)
         self.statements += 1
         rows = iter(rows)
@@ -1086,6 +1124,7 @@ class PostgresMigrationDB:
         round trip. Raises the psycopg error of the first statement that fails."""
         self._check()
         self._refuse_transaction_control(script)
+        self._drop_invalid_indexes(script)
         self._seen(script)
         self.statements += 1
         with self._translated():
@@ -1095,6 +1134,17 @@ class PostgresMigrationDB:
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
         """Run one statement and return all its rows ([] for one that returns none)."""
         return self.execute(sql, params).fetchall()
+
+    def _drop_invalid_indexes(self, sql: str) -> None:
+        """Before `sql` builds an index concurrently, drop an INVALID index of its name (see
+        pg_index). Only outside a transaction: inside one, the build itself is refused."""
+        if self._guarded or self._connection.info.transaction_status != TransactionStatus.IDLE:
+            return
+        for build in pg_index.index_builds(sql):
+            with self._translated():
+                repair = pg_index.drop_invalid_index(self._connection, build)
+            if repair is not None:
+                self._repaired(repair)
 
     def _refuse_transaction_control(self, sql: str) -> None:
         if not self._guarded:
@@ -1286,7 +1336,7 @@ def _nothing() -> None:
     pass
 
 
-def _noted(_: str) -> None:
+def _noted(_: object) -> None:
     pass
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
@@ -24,7 +24,7 @@ from broker.errors import CRASH, PRECONDITION_FAILED, TEMPORARILY_UNAVAILABLE, R
 from worker.lock import AlreadyOwned, OwnerLock
 
 __all__ = ["DEFAULT_TABLE", "AlreadyOwned", "AppliedMigration", "CrashHook", "Event",
-           "ForeignKeyViolation", "LockTimeout", "LockWatch", "ReplyEvicted", "Store",
+           "ForeignKeyViolation", "LockTimeout", "LockWatch", "Repair", "ReplyEvicted", "Store",
            "TrackingTableMissing", "open_store"]
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,13 @@ class AppliedMigration(NamedTuple):
 
 
 class Event(NamedTuple):
-    """One apply, rollback or baseline in the history, as recorded in its transaction."""
+    """One apply, rollback, baseline, lock timeout or repair in the history, as recorded in
+    its transaction."""
 
     version: int
     name: str
-    action: str  # "apply", "rollback", "baseline", or "lock_timeout" (a try that gave up)
+    action: str  # "apply", "rollback", "baseline", "lock_timeout" (a try that gave up),
+    # or a Repair's action
     checksum: str
     started_at: str  # ISO 8601, UTC
     duration_ms: float
@@ -72,6 +74,16 @@ class LockTimeout(ReplyError):
         super().__init__(TEMPORARILY_UNAVAILABLE, text)
         self.wait = wait
         self.nothing_stayed = nothing_stayed
+
+
+class Repair(NamedTuple):
+    """Something a store did to the database of its own accord while a migration ran, so
+    that the migration could do its work (PostgreSQL: an INVALID index dropped before a
+    concurrent build of the same name); the history records it with the step."""
+
+    action: str  # the history's action for it: "drop_invalid_index"
+    target: str  # what it was done to: "public.idx_users_email"
+    duration_ms: float
 
 
 class TrackingTables(NamedTuple):
@@ -193,6 +205,10 @@ class Store(ABC):
     dialect: str  # "sqlite" or "postgresql": which lint rules apply
     tables: TrackingTables  # the tracking table's name and its companions'
     _schema: list[str]  # the CREATE statement of each, in the same order
+    # What the store repaired outside a transaction during the latest migration_db() and
+    # no commit has recorded since (none on SQLite): the engine records each in the
+    # history, in the step's transaction or, when the step fails, in one of their own.
+    repairs: Sequence[Repair] = ()
 
     def _tables_to_create(
         self, existing: set[str], restore_tracking: bool
