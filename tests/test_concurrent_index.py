@@ -10,6 +10,8 @@ worker in a runtime directory of its own standing for one on another host.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,6 +186,37 @@ def test_an_index_built_concurrently_never_waits_for_a_worker_waiting_to_own_the
     assert "waiting up to 8 s for the owner lock: public.schema_migrations in " in said, said
     assert f"is held by worker pid {owner_pid} on " in said, said
     assert owner.finish() == 0 and waiting.finish() == 0
+
+
+def test_a_write_that_waited_for_the_owner_plans_from_what_the_owner_applied_meanwhile(
+    workspace, database, other_host
+):
+    folder = workspace.root / "migrations"
+    table_migration(folder, "(1)")
+    (folder / "0002_t2.sql").write_text("-- migrate:up\nCREATE TABLE t2 (id integer);\n")
+    owner = workspace.live("--migrations", str(folder))
+    owner.send(request("migrate", 1, to=1))
+    assert owner.replies(1)[0]["count"] == 1
+    waiting = other_host.live("--migrations", str(folder), "--owner-wait", "60")
+    waiting.send(request("health", 1))
+    waiting_pid = waiting.replies(1)[0]["worker_pid"]
+    waiting.send(request("migrate", 2))  # 2 is pending as it is sent
+    wait_until(lambda: any(
+        "advisory_lock(" in query for _, _, query, _ in sessions_of(database, waiting_pid)),
+        what="the second worker's write to wait for the owner lock")
+
+    owner.send(request("migrate", 2))
+    assert owner.replies(1)[0]["migrations"] == [{"version": 2, "name": "t2",
+                                                  "status": "applied"}]
+    assert owner.finish() == 0  # its node first, which would start a worker again
+    # The owner goes; the waiting write gets its turn.
+    os.kill(test_postgres_node.workspace_worker_pid(workspace), signal.SIGTERM)
+
+    (reply,) = waiting.replies(1)
+    assert reply == {"type": "migrations_applied", "in_reply_to": 2, "count": 0,
+                     "migrations": []}, reply
+    assert pg_query(database, "SELECT version FROM schema_migrations ORDER BY 1") == [
+        (1,), (2,)]
 
 
 # -- an INVALID index left behind is dropped and built again -------------------------------

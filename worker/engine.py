@@ -307,6 +307,8 @@ class Engine:
         runs. An answer that depends on the moment (busy: 11; a tracking table dropped by
         hand: 22 until baseline) is not stored.
         """
+        # Owned first: a plan made while another host's worker still wrote would be stale.
+        self.store.ensure_owner()
         stored = self.store.stored_reply(request_id) if keep else None
         if stored is not None:
             log.info("request %s was answered before; sending the stored reply", request_id.hex())

@@ -511,6 +511,9 @@ class PostgresStore(Store):
                 raise
             log.warning("%s; writes wait up to %g s for it to go", exc, self._owner_wait_s)
 
+    def ensure_owner(self) -> None:
+        self._ensure_owner()
+
     def _ensure_owner(self) -> None:
         """Hold the advisory lock on the current session before a write: taken again after
         a lost session, waiting up to owner_wait_s (OWNER_WAIT_S if unset) for another

@@ -305,6 +305,13 @@ class Store(ABC):
         SQLite file deleted or replaced since it was opened), or None while it is."""
         return None
 
+    def ensure_owner(self) -> None:
+        """Before a write is planned: own the database now, so that the plan is made from
+        what the last owner committed (a server's store waits up to its owner wait for
+        another host's worker to go, and raises error 11 naming it). A SQLite worker owns
+        its file from its start."""
+        return None
+
     def waiting(self) -> Any:
         """What the migration running now waits for (pg_waits.LockWait: the lock, who holds
         it), or None; read from another thread (health). SQLite waits unseen."""
