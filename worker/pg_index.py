@@ -29,8 +29,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from psycopg import Connection, sql
-
 from worker.pg_sql import OTHER, QUOTED_NAME, WORD, Token, leading_tokens
 from worker.store import Repair
 
@@ -106,12 +104,16 @@ def concurrent_index(tokens: Sequence[Token]) -> IndexBuild | None:
     return IndexBuild(name, tuple(table))  # type: ignore[arg-type]
 
 
-def drop_invalid_index(connection: Connection[Any], build: IndexBuild) -> Repair | None:
+def drop_invalid_index(connection: Any, build: IndexBuild) -> Repair | None:
     """Drop, with DROP INDEX CONCURRENTLY, an INVALID index named as `build`'s on its
     table, if there is one; returns what was done, None if nothing was (no such index, a
     valid one, or no such table yet). Call outside a transaction, which both statements
     need. Raises the psycopg error of a statement that fails (a lock wait past
     lock_timeout, a cancel)."""
+    # Here, not at the top: postgres_store imports this module before it has checked that
+    # psycopg can be imported at all (a worker without it must say how to install it).
+    from psycopg import sql
+
     row = connection.execute(
         INVALID_INDEX, (build.table_text(), build.name), prepare=False).fetchone()
     if row is None:
