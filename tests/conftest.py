@@ -72,6 +72,14 @@ def workspace(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Worksp
             kill_workers(space)
 
 
+@pytest.fixture
+def folder(workspace: Workspace) -> Path:
+    """An empty migrations folder in the workspace, for the test to fill."""
+    path = workspace.root / "migrations"
+    path.mkdir()
+    return path
+
+
 def stop_nodes(space: Workspace, report: pytest.TestReport | None) -> None:
     """Kill the test's nodes; for a failed test, print what its processes said."""
     for process in space.started:

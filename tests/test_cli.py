@@ -29,13 +29,6 @@ from tests.support import (
 )
 
 
-@pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    return path
-
-
 class Output:
     """What a command writes on one descriptor (a pipe, or a terminal's main side), read
     as it comes: each wait is for bytes to arrive, bounded by PROCESS_TIMEOUT_S."""

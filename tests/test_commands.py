@@ -17,13 +17,6 @@ from tests.support import NODE, PROCESS_TIMEOUT_S, PROJECT, table_migrations
 from tests.test_cli import cli
 
 
-@pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    return path
-
-
 def stdio(workspace, db: Path, folder: Path, line: str) -> str:
     """What the stdio node writes for one request line on database `db`."""
     return subprocess.run(

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.processes import alive_owner, gone
 from tests.support import (
     PROCESS_TIMEOUT_S,
@@ -49,13 +47,6 @@ def migrated_node_with_crash_hook(workspace, folder: Path, count: int):
     node.send(request("migrate", 1))
     assert node.replies(1)[0]["count"] == count
     return node, trigger
-
-
-@pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    return path
 
 
 def test_worker_killed_inside_a_slow_migration_loses_nothing(workspace, folder):

@@ -29,14 +29,6 @@ from tests.support import (
     wait_until,
 )
 
-
-@pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    return path
-
-
 # -- 2. an acknowledged cancel holds across a worker's death --------------------------------
 
 

@@ -29,13 +29,6 @@ from tests.support import (
 )
 
 
-@pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    return path
-
-
 def worker_command(workspace, *args: str) -> list[str]:
     return [sys.executable, "-m", "worker", "--db", str(workspace.db), *args]
 

@@ -142,13 +142,6 @@ def test_an_unreadable_record_is_ignored_with_a_warning(start, path, caplog, con
 # -- real processes ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    return path
-
-
 SUICIDE = 'db.execute("CREATE TABLE suicide (id INTEGER)")\nimport os\nos._exit(1)'
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,13 +21,6 @@ ADD_COLUMN = 'db.execute("ALTER TABLE accounts ADD COLUMN note text")'
 SEEN_TIMEOUT = (
     "db.execute(\"CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS value\")"
 )
-
-
-@pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture

@@ -37,13 +37,6 @@ while os.path.exists({block!r}):
 
 
 @pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def block(workspace) -> Iterator[Path]:
     """A file the slow migrations wait on while it exists; removed when the test ends, so
     that no worker runs on until teardown."""

@@ -30,13 +30,6 @@ DROP TABLE audit;
 DROP TABLE accounts;"""
 
 
-@pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    return path
-
-
 def run(workspace, folder: Path, *bodies: dict) -> list[dict]:
     """Send requests (type first, then fields) through one node; return its replies."""
     requests = [request(body["type"], msg_id, **{k: v for k, v in body.items() if k != "type"})

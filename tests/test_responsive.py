@@ -12,13 +12,6 @@ import pytest
 from tests.support import request, table_migrations, wait_until, write_migration
 
 
-@pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    return path
-
-
 def blocking_migration(folder: Path, filename: str, started: Path, block: Path) -> None:
     """A migration that creates its table, says it started, waits while `block` exists,
     then writes a row through db (its next statement: where a cancel takes effect)."""
