@@ -251,3 +251,24 @@ def test_the_lock_options_are_accepted_and_change_nothing_on_sqlite(workspace, f
     assert json.dumps(replies[0]) == json.dumps({
         "type": "migrations_applied", "in_reply_to": 1, "count": 1,
         "migrations": [{"version": 1, "name": "a", "status": "applied"}]})
+
+
+def test_a_cancel_while_a_migration_waits_to_be_tried_again_ends_it_at_once(
+        workspace, folder, accounts, blocker):
+    write_migration(folder, "0001_add_note.py", ADD_COLUMN)
+    node = workspace.live("--migrations", str(folder), "--lock-timeout", "0.2",
+                          "--lock-retries", "1000")
+    node.send(request("migrate", 1, progress=True))
+    while next_reply(node, "migration_waiting")["event"] != "retrying":
+        pass
+
+    node.send(request("cancel", 2))
+
+    reply = None
+    while reply is None or reply["type"] == "migration_waiting":
+        (reply,) = node.replies(1)
+    assert (reply["code"], reply["cancelled"]) == (14, True), reply
+    assert reply["failed"] == {"version": 1, "name": "add_note", "error": "cancelled"}
+    assert next_reply(node, "cancel_ok")["cancelled"] == 1
+    assert "note" not in columns(accounts, "accounts")
+    assert {action for _, action in history(accounts)} == {"lock_timeout"}
