@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.errors import PRECONDITION_FAILED, ReplyError
 from tests.backends import Backend
@@ -35,7 +37,7 @@ from worker.engine import Engine
 from worker.lint.sources import sql_source
 from worker.migration_db import guarded
 from worker.params import Params
-from worker.readers import names
+from worker.readers import names, pick
 from worker.readers.pick import Read
 from worker.sql_file import SqlFileError
 
@@ -776,3 +778,52 @@ def test_lint_reads_each_formats_up_statements_at_their_lines_in_the_up_file(
     assert source.path == migration.path
     assert source.transactional is not files.get("0001_t.sql", "").startswith(
         "-- +goose NO TRANSACTION")
+
+
+# -- any text: read, or refused as a malformed file -----------------------------------------
+
+SQL_LINES = ["SELECT 1;", "SELECT 2", "SELECT 'a;", "b';", "$$ x; $$;", "/* c;", "*/", "BEGIN;",
+             "COMMIT;", "CREATE INDEX CONCURRENTLY i ON t (x)", "", "\r", "${x}", "\ufeff",
+             "-- +goose Up", "-- migrate:down", "  -- +goose StatementEnd", "--+migrate Up"]
+MARKER_LINES = {  # each format's marker lines: its up marker first
+    "dbmate": ["-- migrate:up", "-- migrate:down", "-- migrate:up transaction:false"],
+    "goose": ["-- +goose Up", "-- +goose Down", "-- +goose StatementBegin",
+              "-- +goose StatementEnd", "-- +goose NO TRANSACTION"],
+    "sql-migrate": ["-- +migrate Up", "-- +migrate Down notransaction",
+                    "-- +migrate StatementBegin", "-- +migrate StatementEnd"],
+}
+
+
+@st.composite
+def files(draw: st.DrawFn) -> tuple[list[str], list[str]]:
+    """The lines of a file, mostly of one format's markers and SQL, and a down file's."""
+    markers = MARKER_LINES[draw(st.sampled_from(sorted(MARKER_LINES)))]
+    line = st.one_of(st.sampled_from(markers), st.sampled_from(SQL_LINES), st.text(max_size=8))
+    lines = draw(st.lists(line, max_size=14))
+    if draw(st.booleans()):
+        lines.insert(0, markers[0])
+    return lines, draw(st.lists(st.sampled_from(SQL_LINES), max_size=6))
+
+
+PATHS = [("/m/0001_t.sql", None), ("/m/1_t.up.sql", "/m/1_t.down.sql"),
+         ("/m/V1__t.sql", "/m/U1__t.sql")]
+
+
+@given(files(), st.sampled_from(sorted(SPLITTERS)))
+def test_any_text_in_any_format_is_read_into_its_statements_in_order_or_refused(
+    written: tuple[list[str], list[str]], dialect: str
+) -> None:
+    lines, down_lines = written
+    source = "\n".join(lines).encode("utf-8", "surrogatepass")
+    down_source = "\n".join(down_lines).encode("utf-8", "surrogatepass")
+    for path, down_path in PATHS:
+        down = None if down_path is None else (down_path, down_source)
+        try:
+            read = pick.read(path, source, down, SPLITTERS[dialect])
+        except SqlFileError:
+            continue
+        start, end = read.parsed.up_span
+        position = start
+        for statement in read.parsed.up:  # each as written, in order, inside its section
+            position = read.text.index(statement, position) + len(statement)
+            assert position <= end
