@@ -394,8 +394,7 @@ class Catalog:
         change, so checking ten thousand unchanged files reads none of them (a stat each).
         Raises OSError if a file cannot be read (FileNotFoundError if it is gone).
         """
-        paths = [migration.path] if migration.down_path is None else [migration.path,
-                                                                       migration.down_path]
+        paths = [path for path in (migration.path, migration.down_path) if path is not None]
         infos = [os.stat(path) for path in paths]
         stamp = tuple((i.st_mtime_ns, i.st_size, i.st_ino, i.st_ctime_ns) for i in infos)
         verdict = self._verdicts.get(migration.path)
@@ -427,7 +426,6 @@ def scan(
     or NameNotUtf8, naming the file(s).
     """
     found: dict[int, Migration] = {}
-    formats: dict[int, str] = {}  # the format of each version's up file, by its name
     downs: dict[int, tuple[str, str]] = {}  # version -> (format, path) of its down file
     with os.scandir(folder) as entries:
         for entry in entries:
@@ -444,11 +442,11 @@ def scan(
             if other is not None:
                 _refuse_duplicate(version, other.path, entry.path)
             found[version] = Migration(version, named.name, entry.path, split_statements)
-            formats[version] = named.format
     for version in sorted(downs):
         down_format, down_path = downs[version]
         up = found.get(version)
-        if up is None or formats[version] != down_format:
+        up_named = None if up is None else names.read_name(os.path.basename(up.path))
+        if up_named is None or up_named.format != down_format:
             raise DownWithoutUp(os.path.basename(down_path), version,
                                 names.up_named(os.path.basename(down_path)))
         found[version] = PairedMigration(*up, down_path)
