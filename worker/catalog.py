@@ -1,13 +1,18 @@
 """Finding migration files in a folder, loading them, and checking their checksums.
 
 A migration is a file `NNNN_name.py` that defines up(db) and, to be reversible, down(db),
-or a file `NNNN_name.sql` with `-- migrate:up` and `-- migrate:down` sections (see
-worker/sql_file.py); NNNN is ASCII digits, the version (1 to 2^63 - 1), and name is the
-rest. Other files are ignored. Listing the folder does not read any file, and is cached
-until the folder changes, so `status` stays cheap.
+or SQL in one of the formats worker/readers/ reads: a file `NNNN_name.sql` with dbmate's,
+goose's or sql-migrate's section markers, golang-migrate's `NNNN_name.up.sql` with its
+optional `NNNN_name.down.sql`, Flyway's `VNNNN__description.sql` with its optional undo
+`UNNNN__description.sql`. NNNN is ASCII digits, the version (1 to 2^63 - 1). Other files
+are ignored. Listing the folder does not read any file, and is cached until the folder
+changes, so `status` stays cheap.
 
     Migration.load() -> Loaded(up, down, foreign_keys, checksum)    to apply or revert it
     Catalog.source_checksum_matches(migration, recorded) -> bool      to validate it
+
+A migration in two files is a PairedMigration, which also knows its down file's path, and
+whose checksum covers both files (see Migration.source).
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from broker.errors import PRECONDITION_FAILED, ReplyError
 from worker import sql_file
+from worker.readers import names
 
-# [0-9] and \Z: \d takes any Unicode digit, and $ also matches before a final newline.
-MIGRATION_FILE = re.compile(r"([0-9]+)_(.+)\.(py|sql)\Z")
+if TYPE_CHECKING:
+    from worker.readers import pick
+
 MAX_VERSION = 2**63 - 1  # the largest SQLite INTEGER, and msgpack's int64
 RACY_WINDOW_NS = 2_000_000_000  # what changed this recently is not cached (listings, checksums)
 NORMALIZED_CHECKSUM = "norm-sha256:"  # prefix of checksum_of(); older rows hold a bare sha256
@@ -44,6 +51,8 @@ class Loaded(NamedTuple):
     # worker is told): `lock_timeout:` on a section marker, LOCK_TIMEOUT in a .py file.
     up_lock_timeout_s: float | None = None
     down_lock_timeout_s: float | None = None
+    # What would revert it, for an error saying it has none ("-- +goose Down section").
+    down_named: str = "down() function"
 
 
 class Migration(NamedTuple):
@@ -55,6 +64,8 @@ class Migration(NamedTuple):
     # How a .sql file's sections are cut into statements: the database's rules.
     split_statements: Callable[[str], Iterator[str]] = sql_file.split_statements
 
+    down_path = None  # no down file of its own; see PairedMigration
+
     def entry(self, **fields: object) -> dict[str, object]:
         """The reply entry for this migration: version and name, then `fields`."""
         return {"version": self.version, "name": self.name, **fields}
@@ -65,9 +76,30 @@ class Migration(NamedTuple):
         return self.path.rpartition(".")[2]
 
     def source(self) -> bytes:
-        """The file's bytes; raises OSError (FileNotFoundError if it is gone)."""
-        with open(self.path, "rb") as file:
-            return file.read()
+        """The bytes the migration's checksum is of (checksum_of): its file's bytes, or for
+        a PairedMigration both its files' (see paired_source).
+
+        Raises OSError (FileNotFoundError if a file is gone).
+        """
+        up = _read_bytes(self.path)
+        return up if self.down_path is None else paired_source(up, _read_bytes(self.down_path))
+
+    def read_sql(
+        self, split_statements: Callable[[str], Iterator[str]] | None = None
+    ) -> tuple[pick.Read, str]:
+        """Read a SQL migration's file (or files) once, with the reader its name picks:
+        what the reader made of them, and the checksum of the bytes read. Statements are
+        cut by `split_statements` (the migration's own when None).
+
+        Raises sql_file.SqlFileError (a ValueError) naming the file and line if it is
+        malformed or not UTF-8, OSError if a file cannot be read.
+        """
+        from worker.readers import pick
+
+        up = _read_bytes(self.path)
+        down = None if self.down_path is None else (self.down_path, _read_bytes(self.down_path))
+        read = pick.read(self.path, up, down, split_statements or self.split_statements)
+        return read, checksum_of(up if down is None else paired_source(up, down[1]))
 
     def load(self) -> Loaded:
         """Read the file once and make it runnable, with the checksum of the bytes read.
@@ -77,29 +109,32 @@ class Migration(NamedTuple):
         no __pycache__ is written beside it. Raises whatever it raises (SyntaxError,
         ImportError, ...), or TypeError if it sets FOREIGN_KEYS to anything but a bool.
 
-        A .sql file is parsed, never executed here; raises sql_file.SqlFileError (a
-        ValueError) naming the file and line if it is malformed or not UTF-8.
-        Raises OSError if the file cannot be read.
+        A .sql file (with its down file, if apart) is parsed by its format's reader, never
+        executed here; raises sql_file.SqlFileError (a ValueError) naming the file and line
+        if it is malformed or not UTF-8.
+        Raises OSError if a file cannot be read.
         """
-        source = self.source()
         filename = os.path.basename(self.path)
         if self.kind == "sql":
-            text = sql_file.decode(source, filename)
-            parsed = sql_file.parse(text, filename, self.split_statements)
+            read, checksum = self.read_sql()
+            down_filename = os.path.basename(self.down_path or self.path)
+            parsed = read.parsed
             return Loaded(
                 _statements_runner(parsed.up, "up", filename, parsed.up_stub),
-                # An empty down section reverts nothing and succeeds, as in dbmate; only a
-                # file without one cannot be reverted.
+                # An empty down section (or file) reverts nothing and succeeds, as in dbmate,
+                # goose and golang-migrate; only a migration without one cannot be reverted.
                 None
                 if parsed.down is None
-                else _statements_runner(parsed.down, "down", filename, parsed.down_stub),
+                else _statements_runner(parsed.down, "down", down_filename, parsed.down_stub),
                 parsed.foreign_keys,
-                checksum_of(source),
+                checksum,
                 parsed.up_transaction,
                 parsed.down_transaction,
                 parsed.up_lock_timeout,
                 parsed.down_lock_timeout,
+                read.down_named,
             )
+        source = self.source()
         module = types.ModuleType(f"migration_{self.version}_{self.name}")
         module.__file__ = self.path
         exec(compile(source, self.path, "exec"), module.__dict__)
@@ -117,6 +152,52 @@ class Migration(NamedTuple):
             lock_timeout,  # and so is its LOCK_TIMEOUT
             lock_timeout,
         )
+
+
+class PairedMigration(Migration):
+    """A migration in two files: golang-migrate's up and down, Flyway's V and U. `path` is
+    the file that applies it, `down_path` the one that reverts it.
+
+    A class of its own, so that the common one-file migration carries no field for a
+    second path: the down path lives in this instance's attributes. Equality is still the
+    tuple's (version, name, path, split_statements); a version is in a catalog once.
+    """
+
+    down_path: str  # type: ignore[assignment]
+
+    def __new__(
+        cls,
+        version: int,
+        name: str,
+        path: str,
+        split_statements: Callable[[str], Iterator[str]],
+        down_path: str,
+    ) -> PairedMigration:
+        migration = super().__new__(cls, version, name, path, split_statements)
+        migration.down_path = down_path
+        return migration
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # copy and pickle call __new__ with these
+        return (*self, self.down_path)
+
+    def _replace(self, **fields: Any) -> PairedMigration:
+        down_path = fields.pop("down_path", self.down_path)
+        return PairedMigration(*super()._replace(**fields), down_path)
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def paired_source(up: bytes, down: bytes) -> bytes:
+    """What the checksum of a migration in two files is of: the up file's lines and then
+    the down file's, each file normalized as checksum_of normalizes one (so line endings
+    and trailing whitespace in either change nothing), after a line counting the up
+    file's lines (so that no line can move from one file to the other unnoticed)."""
+    up_lines, down_lines = _normalized_lines(up), _normalized_lines(down)
+    return b"\n".join([b"%d lines of the up file, then the down file" % len(up_lines),
+                       *up_lines, *down_lines])
 
 
 def _declared(module: types.ModuleType, name: str, filename: str) -> bool:
@@ -185,10 +266,16 @@ def checksum_of(source: bytes) -> str:
     """
     import hashlib  # only applying and validating need it: status and start-up do not
 
+    return NORMALIZED_CHECKSUM + hashlib.sha256(b"\n".join(_normalized_lines(source))).hexdigest()
+
+
+def _normalized_lines(source: bytes) -> list[bytes]:
+    """The lines of `source`, each without its spaces and tabs at the end, without the
+    empty lines at the end."""
     lines = [line.rstrip(b" \t") for line in source.splitlines()]  # bytes: \n, \r\n, \r only
     while lines and not lines[-1]:
         lines.pop()
-    return NORMALIZED_CHECKSUM + hashlib.sha256(b"\n".join(lines)).hexdigest()
+    return lines
 
 
 def checksum_matches(recorded: str, source: bytes) -> bool:
@@ -232,6 +319,24 @@ class VersionTooLarge(ReplyError):
         )
 
 
+class VersionNotWhole(ReplyError):
+    def __init__(self, filename: str, version: str) -> None:
+        super().__init__(
+            PRECONDITION_FAILED,
+            f"migration file {filename} has version {version}, and versions are whole"
+            " numbers here (a dotted Flyway version such as 1.1 is not taken): rename it",
+        )
+
+
+class DownWithoutUp(ReplyError):
+    def __init__(self, filename: str, version: int, up_file: str) -> None:
+        super().__init__(
+            PRECONDITION_FAILED,
+            f"migration file {filename} reverts version {version}, but no {up_file} applies"
+            " it: add that file, or remove this one",
+        )
+
+
 class NameNotUtf8(ReplyError):
     def __init__(self, filename: str) -> None:
         shown = os.fsencode(filename).decode("utf-8", errors="backslashreplace")
@@ -264,9 +369,9 @@ class Catalog:
     def migrations(self) -> list[Migration]:
         """Every migration file, sorted by version.
 
-        Raises DuplicateVersion, VersionZero, VersionTooLarge or NameNotUtf8 (all
-        PRECONDITION_FAILED replies) for a folder holding a migration file that cannot be
-        served.
+        Raises DuplicateVersion, VersionZero, VersionTooLarge, VersionNotWhole,
+        DownWithoutUp or NameNotUtf8 (all PRECONDITION_FAILED replies) for a folder holding
+        a migration file that cannot be served.
 
         Raises FileNotFoundError if the folder is missing.
         """
@@ -285,24 +390,26 @@ class Catalog:
     def source_checksum_matches(self, migration: Migration, recorded: str) -> bool:
         """Whether `migration`'s file still has the checksum `recorded` (see checksum_matches).
 
-        The answer is kept until the file's mtime, size, inode or ctime change, so checking
-        ten thousand unchanged files reads none of them (a stat each).
-        Raises OSError if the file cannot be read (FileNotFoundError if it is gone).
+        The answer is kept until the file's (or either file's) mtime, size, inode or ctime
+        change, so checking ten thousand unchanged files reads none of them (a stat each).
+        Raises OSError if a file cannot be read (FileNotFoundError if it is gone).
         """
-        info = os.stat(migration.path)
-        stamp = (info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns)
+        paths = [path for path in (migration.path, migration.down_path) if path is not None]
+        infos = [os.stat(path) for path in paths]
+        stamp = tuple((i.st_mtime_ns, i.st_size, i.st_ino, i.st_ctime_ns) for i in infos)
         verdict = self._verdicts.get(migration.path)
         if verdict is not None and verdict.stamp == stamp and verdict.recorded == recorded:
             return verdict.matches
         matches = checksum_matches(recorded, migration.source())
         # As for listings: a write within the same clock tick as this stat keeps the stamp.
-        if time.time_ns() - info.st_mtime_ns >= RACY_WINDOW_NS:
+        if time.time_ns() - max(info.st_mtime_ns for info in infos) >= RACY_WINDOW_NS:
             self._verdicts[migration.path] = _Verdict(stamp, recorded, matches)
         return matches
 
 
 class _Verdict(NamedTuple):
-    stamp: tuple[int, int, int, int]  # the file's st_mtime_ns, st_size, st_ino, st_ctime_ns
+    # Each file's st_mtime_ns, st_size, st_ino, st_ctime_ns: the up file's, the down file's.
+    stamp: tuple[tuple[int, int, int, int], ...]
     recorded: str
     matches: bool
 
@@ -312,30 +419,50 @@ def scan(
     split_statements: Callable[[str], Iterator[str]] = sql_file.split_statements,
 ) -> list[Migration]:
     """The migration files of `folder`, sorted by version, their .sql files to be cut
-    into statements by `split_statements`.
+    into statements by `split_statements`; a down file kept apart (golang-migrate's,
+    Flyway's undo) is paired with its up file of the same format and version.
 
-    Raises DuplicateVersion, VersionZero, VersionTooLarge or NameNotUtf8, naming the file(s).
+    Raises DuplicateVersion, VersionZero, VersionTooLarge, VersionNotWhole, DownWithoutUp
+    or NameNotUtf8, naming the file(s).
     """
     found: dict[int, Migration] = {}
+    downs: dict[int, tuple[str, str]] = {}  # version -> (format, path) of its down file
     with os.scandir(folder) as entries:
         for entry in entries:
-            match = MIGRATION_FILE.match(entry.name)
-            if match is None or not entry.is_file():
+            named = names.read_name(entry.name)
+            if named is None or not entry.is_file():
                 continue
-            version = _parse_version(entry.name, match[1])
-            migration = Migration(version, match[2], entry.path, split_statements)
-            other = found.get(migration.version)
+            version = _parse_version(entry.name, named.digits)
+            if named.role == names.DOWN:
+                if version in downs:
+                    _refuse_duplicate(version, downs[version][1], entry.path)
+                downs[version] = (named.format, entry.path)
+                continue
+            other = found.get(version)
             if other is not None:
-                first, second = sorted((Path(other.path), Path(migration.path)))
-                raise DuplicateVersion(migration.version, first, second)
-            found[migration.version] = migration
+                _refuse_duplicate(version, other.path, entry.path)
+            found[version] = Migration(version, named.name, entry.path, split_statements)
+    for version in sorted(downs):
+        down_format, down_path = downs[version]
+        up = found.get(version)
+        up_named = None if up is None else names.read_name(os.path.basename(up.path))
+        if up_named is None or up_named.format != down_format:
+            raise DownWithoutUp(os.path.basename(down_path), version,
+                                names.up_named(os.path.basename(down_path)))
+        found[version] = PairedMigration(*up, down_path)
     return [found[version] for version in sorted(found)]
+
+
+def _refuse_duplicate(version: int, path: str, other: str) -> None:
+    first, second = sorted((Path(path), Path(other)))
+    raise DuplicateVersion(version, first, second)
 
 
 def _parse_version(filename: str, digits: str) -> int:
     """The version that `digits` spell, 1 to MAX_VERSION.
 
-    Raises NameNotUtf8, VersionZero or VersionTooLarge for `filename`.
+    Raises NameNotUtf8, VersionNotWhole (a version that is not ASCII digits: Flyway's may
+    be dotted), VersionZero or VersionTooLarge for `filename`.
 
     The name is checked here because os.scandir hands a name that is not UTF-8 over with
     surrogate escapes, which no reply (msgpack, JSON for stdout) can carry.
@@ -344,6 +471,8 @@ def _parse_version(filename: str, digits: str) -> int:
         filename.encode("utf-8")
     except UnicodeEncodeError:
         raise NameNotUtf8(filename) from None
+    if not (digits.isascii() and digits.isdigit()):
+        raise VersionNotWhole(filename, digits)
     digits = digits.lstrip("0") or "0"
     # Counting digits first: int() refuses strings of more than 4300 digits.
     if len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:

@@ -867,7 +867,7 @@ class _Run:
             raise ReplyError(
                 PRECONDITION_FAILED,
                 f"migration {migration.version} {migration.name} has no"
-                f" {_DOWN_OF[migration.kind]}, so it cannot be rolled back",
+                f" {step.loaded.down_named}, so it cannot be rolled back",
             )
         started = time.perf_counter()
         with self.store.migration_db(in_transaction, check=self._check_cancelled,
@@ -988,9 +988,6 @@ class _Run:
             reply.extra = {**reply.extra, "locks": locks}
             return reply
         return {**reply, "locks": locks}
-
-
-_DOWN_OF = {"py": "down() function", "sql": "-- migrate:down section"}  # by file kind
 
 
 def _reply_of(plain: bool, entries: list[Entry]) -> Reply:

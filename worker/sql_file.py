@@ -176,22 +176,24 @@ def parse(
             stubs.append((line, match.start()))
         else:
             raise SqlFileError(
-                f"{where}: unknown directive {_shown('-- migrate:' + name)}"
+                f"{where}: unknown directive {shown('-- migrate:' + name)}"
                 " (known: up, down, foreign_keys)"
             )
     up = markers.get("up")
     if up is None:
         raise SqlFileError(f"{filename} has no '-- migrate:up' line, so it has nothing to apply")
-    _refuse_sql_before(text[: up.start], filename)
+    refuse_sql_before(text[: up.start], filename, "'-- migrate:up'")
     down = markers.get("down")
     up_end = len(text) if down is None else down.start
-    up_statements = _statements(
+    up_statements = section_statements(
         split_statements, text[up.body : up_end], "up", up.line + 1, filename
     )
     down_statements = (
         None
         if down is None
-        else _statements(split_statements, text[down.body :], "down", down.line + 1, filename)
+        else section_statements(
+            split_statements, text[down.body :], "down", down.line + 1, filename
+        )
     )
     up_stub = down_stub = 0
     for line, offset in reversed(stubs):  # the first of a section's stub lines is named
@@ -211,10 +213,10 @@ def parse(
 def has_code(sql: str) -> bool:
     """Whether `sql` holds anything but whitespace, comments and `;` (an unclosed
     block comment counts as code, so that it is reported rather than ignored)."""
-    return _code_start(sql) < len(sql)
+    return code_start(sql) < len(sql)
 
 
-def _code_start(sql: str) -> int:
+def code_start(sql: str) -> int:
     """The offset of the first character of `sql` that is not noise; len(sql) if none."""
     match = NOISE.match(sql)
     return match.end() if match else 0  # NOISE matches the empty string: always a match
@@ -239,7 +241,7 @@ def _section_options(options: list[str], marker: str, where: str) -> SectionOpti
         key, _, value = option.partition(":")
         if key not in SectionOptions._fields:
             raise SqlFileError(
-                f"{where}: unknown option {_shown(option)} after '-- migrate:{marker}'"
+                f"{where}: unknown option {shown(option)} after '-- migrate:{marker}'"
                 " (known: transaction:true, transaction:false, lock_timeout:SECONDS)"
             )
         if key in values:
@@ -247,7 +249,7 @@ def _section_options(options: list[str], marker: str, where: str) -> SectionOpti
         if key == "transaction":
             if value not in ("true", "false"):
                 raise SqlFileError(
-                    f"{where}: option transaction takes true or false, not {_shown(value)}"
+                    f"{where}: option transaction takes true or false, not {shown(value)}"
                 )
             values[key] = value == "true"
         else:
@@ -263,7 +265,7 @@ def _seconds_option(key: str, value: str, where: str) -> float:
         seconds = -1.0
     if not 0 <= seconds < 2**63:
         raise SqlFileError(
-            f"{where}: option {key} takes a number of seconds, 0 or more, not {_shown(value)}"
+            f"{where}: option {key} takes a number of seconds, 0 or more, not {shown(value)}"
         )
     return seconds
 
@@ -273,41 +275,46 @@ def _foreign_keys_option(options: list[str], where: str) -> bool:
     if options not in (["off"], ["on"]):
         raise SqlFileError(
             f"{where}: '-- migrate:foreign_keys' takes 'off' or 'on',"
-            f" not {_shown(' '.join(options))}"
+            f" not {shown(' '.join(options))}"
         )
     return options == ["on"]
 
 
-def _refuse_sql_before(prologue: str, filename: str) -> None:
-    """Raises SqlFileError if the text before `-- migrate:up` holds more than comments."""
+def refuse_sql_before(prologue: str, filename: str, marker: str) -> None:
+    """Raises SqlFileError if `prologue`, the text before a file's first section `marker`
+    (quoted as the error shows it), holds more than comments."""
     if has_code(prologue):
-        first = _code_start(prologue)
+        first = code_start(prologue)
         line = prologue.count("\n", 0, first) + 1
         raise SqlFileError(
-            f"{filename} line {line}: SQL before '-- migrate:up' belongs to no section:"
-            f" {_shown(prologue[first:].strip())}"
+            f"{filename} line {line}: SQL before {marker} belongs to no section:"
+            f" {shown(prologue[first:].strip())}"
         )
 
 
-def _statements(
+def section_statements(
     split_statements: Callable[[str], Iterator[str]],
     section: str,
     name: str,
     first_line: int,
     filename: str,
 ) -> list[str]:
-    """The statements of one section; raises SqlFileError if it ends inside one."""
+    """The statements of one section's text `section` (the `name` section, starting on line
+    `first_line` of `filename`), as `split_statements` cuts them.
+
+    Raises SqlFileError naming the file and line if it ends inside a statement.
+    """
     try:
         return list(split_statements(section))
     except IncompleteStatement as exc:
-        begins = exc.offset + _code_start(exc.statement)
+        begins = exc.offset + code_start(exc.statement)
         line = first_line + section.count("\n", 0, begins)
         raise SqlFileError(
             f"{filename} line {line}: the {name} section ends inside this statement"
-            f" (an unclosed quote, comment or BEGIN ... END?): {_shown(section[begins:])}"
+            f" (an unclosed quote, comment or BEGIN ... END?): {shown(section[begins:])}"
         ) from None
 
 
-def _shown(text: str) -> str:
+def shown(text: str) -> str:
     """`text` quoted for an error, cut to its first SHOWN_CHARS characters."""
     return repr(text.rstrip()[:SHOWN_CHARS])

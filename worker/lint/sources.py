@@ -1,17 +1,17 @@
 """A migration as lint reads it: its up statements, each with the line it begins on.
 
-A .sql file's statements come from its text (the up section, cut by PostgreSQL's rules);
+A .sql migration's statements come from its text (its up section, or its up file in a
+format that keeps the down apart, cut by PostgreSQL's rules);
 a .py file's from what its dry run executed (recording.Recorder), each at the line of the
 file that executed it.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from typing import NamedTuple
 
-from worker import pg_sql, sql_file
+from worker import pg_sql
 from worker.catalog import Migration
 
 # SQLite-style placeholders of a statement run with parameters, as migration code writes
@@ -55,14 +55,14 @@ class Source(NamedTuple):
 
 
 def sql_source(migration: Migration) -> Source:
-    """The up section of a .sql migration, each statement at the line its code begins on.
+    """The up section of a .sql migration, each statement at the line its code begins on
+    in the file that holds it (the up file of a migration in two files).
 
     Raises sql_file.SqlFileError naming the file and line for a file that cannot be read
     as a migration, OSError for one that cannot be read at all.
     """
-    filename = os.path.basename(migration.path)
-    text = sql_file.decode(migration.source(), filename)
-    parsed = sql_file.parse(text, filename, pg_sql.split_statements)
+    read, _ = migration.read_sql(pg_sql.split_statements)
+    text, parsed = read.text, read.parsed
     start, end = parsed.up_span
     statements = [
         Located(text.count("\n", 0, start + offset) + 1, statement)
