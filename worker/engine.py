@@ -1083,8 +1083,8 @@ class _Run:
                 # Whatever the interrupted statement raised, the cause is the cancel.
                 raise self._cancelled(migration, started=True) from exc
             cause = _describe(exc)
-            log.error("%s of %s %s failed: %s", self.action, migration.version, migration.name,
-                      cause)
+            log.error("%s of %s failed: %s", self.action, _short(migration.version,
+                                                                  migration.name), cause)
             if self._outside_transaction and not self.dry_run:
                 what, outcome = ((_named(migration), "it is not recorded")
                                  if self.action == "apply" else
