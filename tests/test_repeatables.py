@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from broker import endpoint
 from broker.errors import MIGRATION_FAILED, PRECONDITION_FAILED, ReplyError
 from tests.backends import PG_SERVER, Backend, postgres_answers
 from tests.processes import gone
-from tests.support import request
+from tests.support import PROCESS_TIMEOUT_S, request
 from worker.catalog import Catalog, checksum_of
 from worker.engine import Engine
 from worker.params import Params
@@ -480,3 +481,31 @@ def test_the_seed_exchanges_and_reads_are_byte_for_byte_without_repeatables(work
         ' "name": "add_posts_table"}',
     ]
     assert all("repeatable" not in json.dumps(reply) for reply in replies)
+
+
+def test_the_commands_show_repeatables_as_r_with_their_state(workspace) -> None:
+    folder = Files(workspace.root)
+    folder.write("0001_users.sql", USERS)
+    folder.write("R__user_names.sql", NAMES_VIEW)
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            workspace.node_command("--migrations", str(folder.path), *args),
+            capture_output=True, text=True, env=workspace.env, cwd=workspace.root,
+            timeout=PROCESS_TIMEOUT_S)
+
+    migrated = command("migrate")
+    folder.write("R__user_names.sql", NAMES_VIEW + "-- edited\n")
+    status = command("status", "--exit-code")
+    history = command("history")
+
+    assert migrated.returncode == 0, migrated.stderr
+    assert [line.split()[:3] for line in migrated.stdout.splitlines()] == [
+        ["applied", "1", "users"], ["applied", "R", "user_names"],
+        ["2", "migrations", "applied"]]
+    assert status.returncode == 1  # a changed repeatable is work for migrate
+    assert [line.split()[:3] for line in status.stdout.splitlines()[1:3]] == [
+        ["1", "users", "applied"], ["R", "user_names", "outdated"]]
+    assert status.stdout.splitlines()[-1] == (
+        "1 applied, 0 pending; repeatable: 0 applied, 1 to apply")
+    assert history.stdout.splitlines()[-1].split()[1:4] == ["repeatable", "R", "user_names"]

@@ -335,8 +335,9 @@ class Engine:
         """From the store's watch thread: a statement of the running step waits for a lock."""
         run, running = self._waiting_run, self.running
         if running is not None:
-            log.warning("migration %s %s waits for %s", running.version, running.name,
-                        wait.describe())
+            what = (f"repeatable migration {running.name}" if running.version is None
+                    else f"migration {running.version} {running.name}")
+            log.warning("%s waits for %s", what, wait.describe())
         if run is not None and running is not None:
             run.tell_wait("waiting", running, wait)
 
