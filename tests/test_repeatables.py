@@ -16,6 +16,7 @@ import secrets
 import signal
 import subprocess
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,27 @@ def test_status_lists_each_repeatable_with_its_checksum_and_the_one_last_applied
     assert edited[1]["applied_checksum"] == first != edited[1]["checksum"]
 
 
+def test_status_sees_a_repeatable_edited_in_place_long_after_it_was_listed(
+    folder: Folder,
+) -> None:
+    # Old enough to be trusted: the folder's listing and the status reply are kept...
+    path = folder.write("R__user_names.sql", NAMES_VIEW)
+    folder.write("0001_users.sql", USERS)
+    folder.migrate(b"r1")
+    an_hour_ago = time.time() - 3600
+    for old in (path, folder.path):
+        os.utime(old, (an_hour_ago, an_hour_ago))
+    assert folder.status()["repeatables"][0]["state"] == "applied"
+    assert folder.status() is folder.status()  # the kept reply
+
+    # ... until the file is written in place, which leaves the folder's mtime as it was.
+    path.write_text(NAMES_VIEW + "-- edited\n")
+    os.utime(path, (an_hour_ago + 60, an_hour_ago + 60))
+    os.utime(folder.path, (an_hour_ago, an_hour_ago))
+
+    assert folder.status()["repeatables"][0]["state"] == "outdated"
+
+
 def test_a_folder_without_repeatables_gets_the_replies_it_always_had(folder: Folder) -> None:
     folder.write("0001_users.sql", USERS)
     folder.write("0002_broken.py", "def up(db):\n    raise ValueError('boom')\n")
@@ -320,6 +342,22 @@ def test_a_dry_run_runs_repeatables_too_and_keeps_nothing(folder: Folder) -> Non
     assert folder.db.snapshot() == before
     real = folder.migrate(b"r1")
     assert real["repeatables"] == dry["repeatables"]
+
+
+def test_a_dry_run_names_the_locks_of_a_repeatable_by_its_name(folder: Folder) -> None:
+    folder.write("0001_users.sql", USERS)
+    folder.migrate(b"r1")
+    folder.write("R__user_names.sql", NAMES_VIEW)
+
+    dry = folder.migrate(b"d1", dry_run=True)
+
+    if folder.db.name == "sqlite":
+        assert "locks" not in dry
+        return
+    users = f"{folder.db.schema}.users"
+    assert [(e["version"], e["name"], e["relation"], e["mode"]) for e in dry["locks"]] == [
+        (None, "user_names", users, "AccessShareLock")]
+    assert list(dry["locks"][0]) == ["version", "name", "relation", "mode", "rewritten", "bytes"]
 
 
 def test_rollback_never_reverts_nor_forgets_a_repeatable(folder: Folder) -> None:
