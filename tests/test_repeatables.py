@@ -121,7 +121,7 @@ class Folder(Files):
 
 
 @pytest.fixture
-def folder(tmp_path: Path, backend: Backend) -> Folder:
+def db_folder(tmp_path: Path, backend: Backend) -> Folder:
     return Folder(tmp_path, backend)  # the backend fixture closes every store at teardown
 
 
@@ -140,65 +140,65 @@ def versioned(*pairs: tuple[int, str]) -> list[Reply]:
 # -- order, and only what changed -------------------------------------------------------
 
 
-def test_repeatables_run_after_every_versioned_migration_in_name_order(folder: Folder) -> None:
+def test_repeatables_run_after_every_versioned_migration_in_name_order(db_folder: Folder) -> None:
     # The view needs the table of migration 2, and runs last although "b" < "z".
-    folder.write("0001_first.sql", "-- migrate:up\nCREATE TABLE first (id INTEGER);\n")
-    folder.write("0002_users.sql", USERS)
-    folder.write("R__b_user_names.sql", NAMES_VIEW)
-    folder.logging_repeatable("a_log")
-    folder.logging_repeatable("c_log")
+    db_folder.write("0001_first.sql", "-- migrate:up\nCREATE TABLE first (id INTEGER);\n")
+    db_folder.write("0002_users.sql", USERS)
+    db_folder.write("R__b_user_names.sql", NAMES_VIEW)
+    db_folder.logging_repeatable("a_log")
+    db_folder.logging_repeatable("c_log")
 
-    reply = folder.migrate(b"r1")
+    reply = db_folder.migrate(b"r1")
 
     assert reply == {
         "type": "migrations_applied", "count": 2,
         "migrations": versioned((1, "first"), (2, "users")),
-        "repeatables": folder.applied("a_log", "b_user_names", "c_log"),
+        "repeatables": db_folder.applied("a_log", "b_user_names", "c_log"),
     }
-    assert folder.applications() == ["a_log", "c_log"]
-    assert folder.db.query("SELECT name FROM user_names") == [("ada",)]
-    assert folder.repeatable_events() == [
+    assert db_folder.applications() == ["a_log", "c_log"]
+    assert db_folder.db.query("SELECT name FROM user_names") == [("ada",)]
+    assert db_folder.repeatable_events() == [
         (None, "a_log", "repeatable"), (None, "b_user_names", "repeatable"),
         (None, "c_log", "repeatable")]
 
 
-def test_a_repeatable_runs_again_only_when_its_file_changed(folder: Folder) -> None:
-    folder.write("0001_users.sql", USERS)
-    folder.logging_repeatable("log")
-    folder.write("R__user_names.sql", NAMES_VIEW)
-    folder.migrate(b"r1")
+def test_a_repeatable_runs_again_only_when_its_file_changed(db_folder: Folder) -> None:
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.logging_repeatable("log")
+    db_folder.write("R__user_names.sql", NAMES_VIEW)
+    db_folder.migrate(b"r1")
 
-    unchanged = folder.migrate(b"r2")
-    folder.write("R__user_names.sql", NAMES_VIEW + "\n\n")  # whitespace is not a change
-    still = folder.migrate(b"r3")
-    folder.write("R__user_names.sql", NAMES_VIEW.replace("SELECT name", "SELECT id, name"))
-    edited = folder.migrate(b"r4")
+    unchanged = db_folder.migrate(b"r2")
+    db_folder.write("R__user_names.sql", NAMES_VIEW + "\n\n")  # whitespace is not a change
+    still = db_folder.migrate(b"r3")
+    db_folder.write("R__user_names.sql", NAMES_VIEW.replace("SELECT name", "SELECT id, name"))
+    edited = db_folder.migrate(b"r4")
 
     nothing = {"type": "migrations_applied", "count": 0, "migrations": [], "repeatables": []}
     assert unchanged == nothing and still == nothing
-    assert edited == {**nothing, "repeatables": folder.applied("user_names")}
-    assert folder.db.query("SELECT id, name FROM user_names") == [(1, "ada")]
-    assert folder.applications() == ["log"]
-    assert [name for _, name, _ in folder.repeatable_events()] == [
+    assert edited == {**nothing, "repeatables": db_folder.applied("user_names")}
+    assert db_folder.db.query("SELECT id, name FROM user_names") == [(1, "ada")]
+    assert db_folder.applications() == ["log"]
+    assert [name for _, name, _ in db_folder.repeatable_events()] == [
         "log", "user_names", "user_names"]
 
 
 def test_status_lists_each_repeatable_with_its_checksum_and_the_one_last_applied(
-    folder: Folder,
+    db_folder: Folder,
 ) -> None:
-    folder.write("0001_users.sql", USERS)
-    folder.write("R__user_names.sql", NAMES_VIEW)
-    folder.logging_repeatable("log")
-    first = folder.checksum("user_names")
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.write("R__user_names.sql", NAMES_VIEW)
+    db_folder.logging_repeatable("log")
+    first = db_folder.checksum("user_names")
 
-    before = folder.status()["repeatables"]
-    folder.migrate(b"r1")
-    after = folder.status()["repeatables"]
-    folder.write("R__user_names.sql", NAMES_VIEW + "-- names only\n")
-    (folder.path / "R__log.py").unlink()
-    edited = folder.status()["repeatables"]
+    before = db_folder.status()["repeatables"]
+    db_folder.migrate(b"r1")
+    after = db_folder.status()["repeatables"]
+    db_folder.write("R__user_names.sql", NAMES_VIEW + "-- names only\n")
+    (db_folder.path / "R__log.py").unlink()
+    edited = db_folder.status()["repeatables"]
 
-    now = folder.checksum("user_names")
+    now = db_folder.checksum("user_names")
     assert before == [
         {"name": "log", "state": "pending", "checksum": before[0]["checksum"],
          "applied_checksum": None, "applied_at": None},
@@ -216,34 +216,34 @@ def test_status_lists_each_repeatable_with_its_checksum_and_the_one_last_applied
 
 
 def test_status_sees_a_repeatable_edited_in_place_long_after_it_was_listed(
-    folder: Folder,
+    db_folder: Folder,
 ) -> None:
-    # Old enough to be trusted: the folder's listing and the status reply are kept...
-    path = folder.write("R__user_names.sql", NAMES_VIEW)
-    folder.write("0001_users.sql", USERS)
-    folder.migrate(b"r1")
+    # Old enough to be trusted: the db_folder's listing and the status reply are kept...
+    path = db_folder.write("R__user_names.sql", NAMES_VIEW)
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.migrate(b"r1")
     an_hour_ago = time.time() - 3600
-    for old in (path, folder.path):
+    for old in (path, db_folder.path):
         os.utime(old, (an_hour_ago, an_hour_ago))
-    assert folder.status()["repeatables"][0]["state"] == "applied"
-    assert folder.status() is folder.status()  # the kept reply
+    assert db_folder.status()["repeatables"][0]["state"] == "applied"
+    assert db_folder.status() is db_folder.status()  # the kept reply
 
-    # ... until the file is written in place, which leaves the folder's mtime as it was.
+    # ... until the file is written in place, which leaves the db_folder's mtime as it was.
     path.write_text(NAMES_VIEW + "-- edited\n")
     os.utime(path, (an_hour_ago + 60, an_hour_ago + 60))
-    os.utime(folder.path, (an_hour_ago, an_hour_ago))
+    os.utime(db_folder.path, (an_hour_ago, an_hour_ago))
 
-    assert folder.status()["repeatables"][0]["state"] == "outdated"
+    assert db_folder.status()["repeatables"][0]["state"] == "outdated"
 
 
-def test_a_folder_without_repeatables_gets_the_replies_it_always_had(folder: Folder) -> None:
-    folder.write("0001_users.sql", USERS)
-    folder.write("0002_broken.py", "def up(db):\n    raise ValueError('boom')\n")
+def test_a_folder_without_repeatables_gets_the_replies_it_always_had(db_folder: Folder) -> None:
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.write("0002_broken.py", "def up(db):\n    raise ValueError('boom')\n")
 
-    status = folder.status()
-    failed = folder.migrate(b"r1")
-    (folder.path / "0002_broken.py").unlink()
-    again = folder.migrate(b"r2")
+    status = db_folder.status()
+    failed = db_folder.migrate(b"r1")
+    (db_folder.path / "0002_broken.py").unlink()
+    again = db_folder.migrate(b"r2")
 
     assert status == {"type": "migration_status", "migrations": [
         {"version": 1, "name": "users", "applied": False},
@@ -256,168 +256,168 @@ def test_a_folder_without_repeatables_gets_the_replies_it_always_had(folder: Fol
         "failed": {"version": 2, "name": "broken", "error": "ValueError: boom"},
     }
     assert again == {"type": "migrations_applied", "count": 0, "migrations": []}
-    assert "repeatables" not in folder.status()
-    assert folder.db.query(f"SELECT count(*) FROM {folder.db.tracking.repeats}") == [(0,)]
+    assert "repeatables" not in db_folder.status()
+    assert db_folder.db.query(f"SELECT count(*) FROM {db_folder.db.tracking.repeats}") == [(0,)]
 
 
 # -- drift, failure, targets -------------------------------------------------------------
 
 
 def test_validate_calls_neither_an_edited_nor_a_deleted_repeatable_a_problem(
-    folder: Folder,
+    db_folder: Folder,
 ) -> None:
-    folder.write("0001_users.sql", USERS)
-    folder.write("R__user_names.sql", NAMES_VIEW)
-    folder.logging_repeatable("log")
-    folder.migrate(b"r1")
-    folder.write("R__user_names.sql", NAMES_VIEW + "-- edited\n")
-    (folder.path / "R__log.py").unlink()
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.write("R__user_names.sql", NAMES_VIEW)
+    db_folder.logging_repeatable("log")
+    db_folder.migrate(b"r1")
+    db_folder.write("R__user_names.sql", NAMES_VIEW + "-- edited\n")
+    (db_folder.path / "R__log.py").unlink()
 
-    assert folder.engine.validate(b"v1") == {"type": "validation", "ok": True, "problems": []}
-    reply = folder.migrate(b"r2")  # and migrate is not refused: it applies the edit
-    assert reply["repeatables"] == folder.applied("user_names")
+    assert db_folder.engine.validate(b"v1") == {"type": "validation", "ok": True, "problems": []}
+    reply = db_folder.migrate(b"r2")  # and migrate is not refused: it applies the edit
+    assert reply["repeatables"] == db_folder.applied("user_names")
 
 
-def test_a_failing_repeatable_rolls_back_only_itself_and_names_it(folder: Folder) -> None:
-    folder.write("0001_users.sql", USERS)
-    folder.logging_repeatable("a_log")
-    folder.write("R__b_broken.sql", """
+def test_a_failing_repeatable_rolls_back_only_itself_and_names_it(db_folder: Folder) -> None:
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.logging_repeatable("a_log")
+    db_folder.write("R__b_broken.sql", """
         CREATE TABLE half_done (id INTEGER);
         SELECT * FROM no_such_table;
         """)
-    folder.logging_repeatable("c_log")
+    db_folder.logging_repeatable("c_log")
 
-    failed = folder.migrate(b"r1")
+    failed = db_folder.migrate(b"r1")
 
     assert failed["code"] == MIGRATION_FAILED
     assert failed["text"].startswith(
         "repeatable migration b_broken failed and was rolled back, so this version of it is"
         " not applied: ")
     assert {key: failed[key] for key in ("applied", "repeatables")} == {
-        "applied": versioned((1, "users")), "repeatables": folder.applied("a_log")}
+        "applied": versioned((1, "users")), "repeatables": db_folder.applied("a_log")}
     assert failed["failed"]["version"] is None and failed["failed"]["name"] == "b_broken"
     assert list(failed) == ["type", "code", "text", "applied", "repeatables", "failed"]
-    assert "half_done" not in folder.db.tables() and folder.applications() == ["a_log"]
-    assert folder.db.versions() == [1]
-    states = {e["name"]: e["state"] for e in folder.status()["repeatables"]}
+    assert "half_done" not in db_folder.db.tables() and db_folder.applications() == ["a_log"]
+    assert db_folder.db.versions() == [1]
+    states = {e["name"]: e["state"] for e in db_folder.status()["repeatables"]}
     assert states == {"a_log": "applied", "b_broken": "pending", "c_log": "pending"}
 
-    folder.write("R__b_broken.sql", "CREATE TABLE half_done (id INTEGER);\n")
-    fixed = folder.migrate(b"r2")
-    assert fixed["repeatables"] == folder.applied("b_broken", "c_log")
-    assert folder.applications() == ["a_log", "c_log"]
+    db_folder.write("R__b_broken.sql", "CREATE TABLE half_done (id INTEGER);\n")
+    fixed = db_folder.migrate(b"r2")
+    assert fixed["repeatables"] == db_folder.applied("b_broken", "c_log")
+    assert db_folder.applications() == ["a_log", "c_log"]
 
 
 def test_a_migrate_to_below_the_newest_version_leaves_repeatables_for_later(
-    folder: Folder,
+    db_folder: Folder,
 ) -> None:
-    folder.write("0001_users.sql", USERS)
-    folder.write("0002_more.sql", "-- migrate:up\nCREATE TABLE more (id INTEGER);\n")
-    folder.write("R__user_names.sql", NAMES_VIEW)
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.write("0002_more.sql", "-- migrate:up\nCREATE TABLE more (id INTEGER);\n")
+    db_folder.write("R__user_names.sql", NAMES_VIEW)
 
-    partway = folder.migrate(b"r1", to=1)
-    there = folder.migrate(b"r2", to=2)
+    partway = db_folder.migrate(b"r1", to=1)
+    there = db_folder.migrate(b"r2", to=2)
 
     assert partway == {"type": "migrations_applied", "count": 1,
                        "migrations": versioned((1, "users")), "repeatables": []}
     assert there == {"type": "migrations_applied", "count": 1,
                      "migrations": versioned((2, "more")),
-                     "repeatables": folder.applied("user_names")}
+                     "repeatables": db_folder.applied("user_names")}
 
 
-def test_a_dry_run_runs_repeatables_too_and_keeps_nothing(folder: Folder) -> None:
-    folder.write("0001_users.sql", USERS)
-    folder.write("R__user_names.sql", NAMES_VIEW)
-    folder.write("R__z_check.sql", "SELECT name FROM user_names;\n")  # sees the view
-    assert folder.engine is not None  # a worker has the database open before the request
-    before = folder.db.snapshot()
+def test_a_dry_run_runs_repeatables_too_and_keeps_nothing(db_folder: Folder) -> None:
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.write("R__user_names.sql", NAMES_VIEW)
+    db_folder.write("R__z_check.sql", "SELECT name FROM user_names;\n")  # sees the view
+    assert db_folder.engine is not None  # a worker has the database open before the request
+    before = db_folder.db.snapshot()
 
-    dry = folder.migrate(b"d1", dry_run=True)
+    dry = db_folder.migrate(b"d1", dry_run=True)
 
-    locks = {"locks": []} if folder.db.name == "postgresql" else {}
+    locks = {"locks": []} if db_folder.db.name == "postgresql" else {}
     assert dry == {"type": "migrations_applied", "count": 1,
                    "migrations": versioned((1, "users")),
-                   "repeatables": folder.applied("user_names", "z_check"),
+                   "repeatables": db_folder.applied("user_names", "z_check"),
                    "dry_run": True, **locks}
-    assert folder.db.snapshot() == before
-    real = folder.migrate(b"r1")
+    assert db_folder.db.snapshot() == before
+    real = db_folder.migrate(b"r1")
     assert real["repeatables"] == dry["repeatables"]
 
 
-def test_a_dry_run_names_the_locks_of_a_repeatable_by_its_name(folder: Folder) -> None:
-    folder.write("0001_users.sql", USERS)
-    folder.migrate(b"r1")
-    folder.write("R__user_names.sql", NAMES_VIEW)
+def test_a_dry_run_names_the_locks_of_a_repeatable_by_its_name(db_folder: Folder) -> None:
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.migrate(b"r1")
+    db_folder.write("R__user_names.sql", NAMES_VIEW)
 
-    dry = folder.migrate(b"d1", dry_run=True)
+    dry = db_folder.migrate(b"d1", dry_run=True)
 
-    if folder.db.name == "sqlite":
+    if db_folder.db.name == "sqlite":
         assert "locks" not in dry
         return
-    users = f"{folder.db.schema}.users"
+    users = f"{db_folder.db.schema}.users"
     assert [(e["version"], e["name"], e["relation"], e["mode"]) for e in dry["locks"]] == [
         (None, "user_names", users, "AccessShareLock")]
     assert list(dry["locks"][0]) == ["version", "name", "relation", "mode", "rewritten", "bytes"]
 
 
-def test_rollback_never_reverts_nor_forgets_a_repeatable(folder: Folder) -> None:
-    folder.write("0001_users.sql", USERS)
-    folder.logging_repeatable("log")
-    folder.migrate(b"r1")
-    recorded = folder.db.query(
-        f"SELECT name, checksum, applied_at FROM {folder.db.tracking.repeats}")
+def test_rollback_never_reverts_nor_forgets_a_repeatable(db_folder: Folder) -> None:
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.logging_repeatable("log")
+    db_folder.migrate(b"r1")
+    recorded = db_folder.db.query(
+        f"SELECT name, checksum, applied_at FROM {db_folder.db.tracking.repeats}")
 
-    rolled_back = folder.engine.rollback(b"r2", Params({"to": 0}))
-    again = folder.migrate(b"r3")
+    rolled_back = db_folder.engine.rollback(b"r2", Params({"to": 0}))
+    again = db_folder.migrate(b"r3")
 
     assert rolled_back == {"type": "migrations_rolled_back", "count": 1,
                            "migrations": [{"version": 1, "name": "users",
                                            "status": "rolled_back"}]}
     assert again == {"type": "migrations_applied", "count": 1,
                      "migrations": versioned((1, "users")), "repeatables": []}
-    assert folder.applications() == ["log"]  # applied once, and still there
-    assert folder.db.query(
-        f"SELECT name, checksum, applied_at FROM {folder.db.tracking.repeats}") == recorded
-    assert [action for _, _, action in folder.repeatable_events()] == ["repeatable"]
+    assert db_folder.applications() == ["log"]  # applied once, and still there
+    assert db_folder.db.query(
+        f"SELECT name, checksum, applied_at FROM {db_folder.db.tracking.repeats}") == recorded
+    assert [action for _, _, action in db_folder.repeatable_events()] == ["repeatable"]
 
 
 def test_a_resent_migrate_gets_its_stored_reply_and_applies_nothing_twice(
-    folder: Folder,
+    db_folder: Folder,
 ) -> None:
-    folder.write("0001_users.sql", USERS)
-    folder.logging_repeatable("log")
-    first = folder.migrate(b"r1")
+    db_folder.write("0001_users.sql", USERS)
+    db_folder.logging_repeatable("log")
+    first = db_folder.migrate(b"r1")
 
-    resent = folder.new_engine().migrate(b"r1")  # a new worker, the same request
+    resent = db_folder.new_engine().migrate(b"r1")  # a new worker, the same request
 
-    assert resent == first and folder.applications() == ["log"]
+    assert resent == first and db_folder.applications() == ["log"]
 
 
 def test_two_files_of_one_name_are_error_22_for_every_request_that_reads_them(
-    folder: Folder,
+    db_folder: Folder,
 ) -> None:
-    folder.write("R__same.sql", "SELECT 1;\n")
-    folder.logging_repeatable("same")
+    db_folder.write("R__same.sql", "SELECT 1;\n")
+    db_folder.logging_repeatable("same")
     said = "repeatable migration same is defined twice: R__same.py and R__same.sql"
 
-    for reply in (folder.migrate(b"r1"), outcome(folder.status),
-                  outcome(lambda: folder.engine.validate(b"v1"))):
+    for reply in (db_folder.migrate(b"r1"), outcome(db_folder.status),
+                  outcome(lambda: db_folder.engine.validate(b"v1"))):
         assert reply == {"type": "error", "code": PRECONDITION_FAILED, "text": said}
-    assert folder.applications() == []
+    assert db_folder.applications() == []
 
 
-def test_a_repeatable_sql_file_with_sections_fails_naming_its_line(folder: Folder) -> None:
-    folder.write("R__sections.sql", "CREATE TABLE kept (id INTEGER);\n-- migrate:down\n"
+def test_a_repeatable_sql_file_with_sections_fails_naming_its_line(db_folder: Folder) -> None:
+    db_folder.write("R__sections.sql", "CREATE TABLE kept (id INTEGER);\n-- migrate:down\n"
                  "DROP TABLE kept;\n")
 
-    failed = folder.migrate(b"r1")
+    failed = db_folder.migrate(b"r1")
 
     assert failed["code"] == MIGRATION_FAILED
     assert failed["failed"] == {
         "version": None, "name": "sections",
         "error": "SqlFileError: R__sections.sql line 2: a repeatable migration is plain SQL,"
                  " run whole and never reverted, so '-- migrate:down' has no place in it"}
-    assert "kept" not in folder.db.tables()
+    assert "kept" not in db_folder.db.tables()
 
 
 # -- real nodes --------------------------------------------------------------------------
