@@ -67,8 +67,9 @@ class OrderedReplies:
     def fill(self, slot: Slot, body: dict[str, Any]) -> None:
         """Take a reply for `slot`: its one final reply, or before it a progress body
         (BEFORE_REPLY), which adds a line unless the slot showed it already: a
-        migration_progress of that version, a migration_waiting of that event, version and
-        attempt (a new worker may tell them again).
+        migration_progress of that version (a repeatable migration's: of that name), a
+        migration_waiting of that event, version and attempt (a new worker may tell them
+        again).
 
         A progress body that comes after the final reply is dropped.
         """
@@ -79,6 +80,8 @@ class OrderedReplies:
 
     def _add_progress(self, slot: Slot, body: dict[str, Any]) -> None:
         version = body.get("version")
+        if version is None:  # a repeatable migration's step: no version, its name instead
+            version = ("repeatable", body.get("name"))
         if body["type"] == WAITING:
             version = (body.get("event"), version, body.get("attempt"))
         if slot.versions is None:

@@ -86,7 +86,7 @@ FROZEN_CHANCE, FROZEN_S = 0.3, 0.4
 ROUND_TIMEOUT_S = 120.0  # a node still running this long has lost replies
 OWNER_WAIT_S = 15.0  # how long a fault waits for a worker to own the database
 TRACKING = ("schema_migrations", "schema_migration_replies", "schema_migration_history",
-            "schema_migration_evicted")
+            "schema_migration_evicted", "schema_migration_repeats")
 KINDS = {"worker_kill": "SIGKILL of the worker at a random instant",
          "stall": "SIGSTOP of the worker for 1-3 s, then SIGCONT",
          "node_kill": "SIGKILL of a front node at a random instant"}
@@ -183,7 +183,7 @@ class PostgresTarget:
 def read_snapshot(execute: Any, names: set[str], after_seq: int, mark: str) -> Snapshot:
     """Tracking rows, new history rows and every migration table's row count, read inside
     the caller's one transaction."""
-    migrations, _, history, _ = TRACKING
+    migrations, _, history, *_ = TRACKING
     records, events = [], []
     if migrations in names:
         records = [tuple(row) for row in execute(

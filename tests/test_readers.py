@@ -140,8 +140,8 @@ def tables(connection: sqlite3.Connection) -> set[str]:
         ("20240101120000_create_users.up.sql",
          (names.GOLANG_MIGRATE, "up", "20240101120000", "create_users")),
         ("0002_add_email.down.sql", (names.GOLANG_MIGRATE, "down", "0002", "add_email")),
-        ("V3__add_user_email.sql", (names.FLYWAY, "up", "3", "add user email")),
-        ("U003__drop_it.sql", (names.FLYWAY, "down", "003", "drop it")),
+        ("V3__add_user_email.sql", (names.FLYWAY, "up", "3", "add_user_email")),
+        ("U003__drop_it.sql", (names.FLYWAY, "down", "003", "drop_it")),
         ("V1.1__dotted.sql", (names.FLYWAY, "up", "1.1", "dotted")),
         ("V1_1__underscored.sql", (names.FLYWAY, "up", "1_1", "underscored")),
         ("4_any_format.sql", (names.SQL, "up", "4", "any_format")),
@@ -187,8 +187,8 @@ def test_a_flyway_v_and_u_pair_is_one_migration_named_by_its_description(folder)
     pair, alone = Catalog(folder).migrations()
 
     assert (pair.version, pair.name, pair.down_path) == (
-        1, "create users", str(folder / "U1__drop_users.sql"))
-    assert (alone.version, alone.name, alone.down_path) == (2, "add posts", None)
+        1, "create_users", str(folder / "U1__drop_users.sql"))
+    assert (alone.version, alone.name, alone.down_path) == (2, "add_posts", None)
     assert alone.load().down_named == "undo file U2__*.sql"
     assert pair.read_sql()[0].parsed.down == ["DROP TABLE users;"]
 

@@ -210,7 +210,7 @@ def mixed_folder(folder: Path, dialect: str) -> dict[int, str]:
     folder.mkdir()
     for filename, text in files.items():
         (folder / filename).write_text(text)
-    return {1: "create_users", 2: "create_posts", 3: "create_tags", 4: "add post tags",
+    return {1: "create_users", 2: "create_posts", 3: "create_tags", 4: "add_post_tags",
             5: "name_index", 6: "seed_users"}
 
 

@@ -8,6 +8,10 @@ optional `NNNN_name.down.sql`, Flyway's `VNNNN__description.sql` with its option
 are ignored. Listing the folder does not read any file, and is cached until the folder
 changes, so `status` stays cheap.
 
+A repeatable migration (Flyway's) is a file `R__name.sql` (plain SQL, run whole) or
+`R__name.py` (an up(db)): no version, applied after the versioned ones whenever its
+checksum changed, never reverted; `Catalog.repeatables()` lists them, by name.
+
     Migration.load() -> Loaded(up, down, foreign_keys, checksum)    to apply or revert it
     Catalog.source_checksum_matches(migration, recorded) -> bool      to validate it
 
@@ -32,6 +36,7 @@ from worker.readers import names
 if TYPE_CHECKING:
     from worker.readers import pick
 
+REPEATABLE_FILE = re.compile(r"R__(.+)\.(py|sql)\Z")  # Flyway's prefix; no version
 MAX_VERSION = 2**63 - 1  # the largest SQLite INTEGER, and msgpack's int64
 RACY_WINDOW_NS = 2_000_000_000  # what changed this recently is not cached (listings, checksums)
 NORMALIZED_CHECKSUM = "norm-sha256:"  # prefix of checksum_of(); older rows hold a bare sha256
@@ -238,8 +243,10 @@ def _statements_runner(
     Whatever a statement raises propagates unchanged (the store reads sqlite3 error codes
     from it), with a note saying which statement it was. For a section that is still a
     stub (`stub_line`, see sql_file), it raises sql_file.UnwrittenSection and runs nothing:
-    only when called, so that a stub's unwritten down section does not stop its up.
+    only when called, so that a stub's unwritten down section does not stop its up. An
+    empty `section` is a file that runs whole (a repeatable migration's), named alone.
     """
+    where = f"the {section} section of {filename}" if section else filename
 
     def run(db: Any) -> None:
         if stub_line:
@@ -249,8 +256,8 @@ def _statements_runner(
                 db.execute(statement)
             except Exception as exc:
                 exc.add_note(
-                    f"in statement {number} of {len(statements)} of the {section} section"
-                    f" of {filename}: {statement.strip()[: sql_file.SHOWN_CHARS]!r}"
+                    f"in statement {number} of {len(statements)} of {where}:"
+                    f" {statement.strip()[: sql_file.SHOWN_CHARS]!r}"
                 )
                 raise
 
@@ -365,6 +372,9 @@ class Catalog:
         self._migrations: list[Migration] = []
         self.generation = 0  # grows each time the folder is listed anew
         self._verdicts: dict[str, _Verdict] = {}  # path -> the last checksum comparison
+        self._repeatables_stamp: int | None = None
+        self._repeatables: list[Repeatable] = []
+        self._checksums: dict[str, tuple[tuple[int, int, int, int], str]] = {}  # path -> kept
 
     def migrations(self) -> list[Migration]:
         """Every migration file, sorted by version.
@@ -387,7 +397,7 @@ class Catalog:
             self._stamp = None if racy else stamp
         return self._migrations
 
-    def source_checksum_matches(self, migration: Migration, recorded: str) -> bool:
+    def source_checksum_matches(self, migration: Migration | Repeatable, recorded: str) -> bool:
         """Whether `migration`'s file still has the checksum `recorded` (see checksum_matches).
 
         The answer is kept until the file's (or either file's) mtime, size, inode or ctime
@@ -405,6 +415,59 @@ class Catalog:
         if time.time_ns() - max(info.st_mtime_ns for info in infos) >= RACY_WINDOW_NS:
             self._verdicts[migration.path] = _Verdict(stamp, recorded, matches)
         return matches
+
+
+    def repeatables(self) -> list[Repeatable]:
+        """Every repeatable migration file (`R__name.sql`, `R__name.py`), sorted by name,
+        character by character (as Flyway orders them by description): the order they are
+        applied in. Listed anew only when the folder changed, as migrations() is.
+
+        Raises DuplicateRepeatable or NameNotUtf8 (PRECONDITION_FAILED replies) for a
+        folder holding one that cannot be served; FileNotFoundError if the folder is gone.
+        """
+        stamp = os.stat(self.folder).st_mtime_ns
+        if stamp != self._repeatables_stamp:
+            self._repeatables = scan_repeatables(self.folder, self._split_statements)
+            paths = {repeatable.path for repeatable in self._repeatables}
+            self._checksums = {p: kept for p, kept in self._checksums.items() if p in paths}
+            racy = time.time_ns() - stamp < RACY_WINDOW_NS  # as in migrations()
+            self._repeatables_stamp = None if racy else stamp
+        return self._repeatables
+
+    def checksum(self, repeatable: Repeatable) -> str:
+        """checksum_of() the file's bytes, kept until its mtime, size, inode or ctime
+        change (as source_checksum_matches keeps its verdicts), so that a status reads
+        an unchanged file once. Raises OSError if the file cannot be read."""
+        stamp = _file_stamp(os.stat(repeatable.path))
+        kept = self._checksums.get(repeatable.path)
+        if kept is not None and kept[0] == stamp:
+            return kept[1]
+        checksum = checksum_of(repeatable.source())
+        if time.time_ns() - stamp[0] >= RACY_WINDOW_NS:
+            self._checksums[repeatable.path] = (stamp, checksum)
+        return checksum
+
+    def repeatables_stamp(self) -> tuple[object, ...]:
+        """What the repeatable files are now, cheaply: each one's path and stat. It changes
+        when one is edited in place (which leaves the folder's mtime as it was), and never
+        equals an earlier one while a file was written too recently to tell (see
+        RACY_WINDOW_NS) or is gone, so that a kept status reply is not trusted then."""
+        stamps: list[object] = []
+        now = time.time_ns()
+        for repeatable in self.repeatables():
+            try:
+                stamp = _file_stamp(os.stat(repeatable.path))
+            except OSError:
+                return (*stamps, time.monotonic_ns())
+            if now - stamp[0] < RACY_WINDOW_NS:
+                return (*stamps, time.monotonic_ns())
+            stamps.append((repeatable.path, stamp))
+        return tuple(stamps)
+
+
+def _file_stamp(info: os.stat_result) -> tuple[int, int, int, int]:
+    """A file's st_mtime_ns, st_size, st_ino and st_ctime_ns: what changes when it is written."""
+    return info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns
 
 
 class _Verdict(NamedTuple):
@@ -480,3 +543,103 @@ def _parse_version(filename: str, digits: str) -> int:
     if digits == "0":  # `rollback to 0` means reverting every migration
         raise VersionZero(filename)
     return int(digits)
+
+
+class Repeatable(NamedTuple):
+    """A repeatable migration file, `R__name.sql` or `R__name.py` (Flyway's kind): it has no
+    version, is applied after the versioned migrations whenever its checksum changed since
+    it was last applied, and is never reverted (it has no down)."""
+
+    name: str
+    path: str
+    # How a .sql file is cut into statements: the database's rules.
+    split_statements: Callable[[str], Iterator[str]] = sql_file.split_statements
+
+    @property
+    def version(self) -> None:
+        """None: a repeatable has no version (the wire says `"version": null`)."""
+        return None
+
+    @property
+    def down_path(self) -> None:
+        """None: a repeatable is one file, and has no down."""
+        return None
+
+    @property
+    def kind(self) -> str:
+        """The file's kind, from its suffix: "py" or "sql"."""
+        return self.path.rpartition(".")[2]
+
+    def entry(self, **fields: object) -> dict[str, object]:
+        """The reply entry that names this step where a versioned one could stand (failed,
+        progress): version null and the name, then `fields`."""
+        return {"version": None, "name": self.name, **fields}
+
+    def source(self) -> bytes:
+        """The file's bytes; raises OSError (FileNotFoundError if it is gone)."""
+        with open(self.path, "rb") as file:
+            return file.read()
+
+    def load(self) -> Loaded:
+        """Read the file once and make it runnable, with the checksum of the bytes read.
+
+        A .sql file is plain SQL, the whole file its up (sql_file.parse_plain); raises
+        sql_file.SqlFileError naming the file and line for a `-- migrate:` directive in it,
+        a statement left open, or bytes that are not UTF-8. A .py file is executed as a
+        fresh module, as Migration.load does, and declares FOREIGN_KEYS, TRANSACTION and
+        LOCK_TIMEOUT as a versioned one does; raises whatever it raises, or TypeError for a
+        declaration of the wrong type. Either has no down. Raises OSError if the file
+        cannot be read.
+        """
+        source = self.source()
+        filename = os.path.basename(self.path)
+        if self.kind == "sql":
+            text = sql_file.decode(source, filename)
+            statements = sql_file.parse_plain(text, filename, self.split_statements)
+            return Loaded(_statements_runner(statements, "", filename), None, True,
+                          checksum_of(source))
+        module = types.ModuleType(f"repeatable_{self.name}")
+        module.__file__ = self.path
+        exec(compile(source, self.path, "exec"), module.__dict__)
+        foreign_keys, transaction = (
+            _declared(module, name, filename) for name in ("FOREIGN_KEYS", "TRANSACTION")
+        )
+        return Loaded(_callable(module, "up"), None, foreign_keys, checksum_of(source),
+                      transaction, True, _lock_timeout(module, filename))
+
+
+class DuplicateRepeatable(ReplyError):
+    def __init__(self, name: str, first: Path, second: Path) -> None:
+        super().__init__(
+            PRECONDITION_FAILED,
+            f"repeatable migration {name} is defined twice: {first.name} and {second.name}",
+        )
+
+
+def scan_repeatables(
+    folder: Path,
+    split_statements: Callable[[str], Iterator[str]] = sql_file.split_statements,
+) -> list[Repeatable]:
+    """The repeatable migration files of `folder`, sorted by name, their .sql files to be
+    cut into statements by `split_statements`.
+
+    Raises DuplicateRepeatable (R__x.sql beside R__x.py: one name, the key its last
+    checksum is kept by) or NameNotUtf8, naming the file(s).
+    """
+    found: dict[str, Repeatable] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = REPEATABLE_FILE.match(entry.name)
+            if match is None or not entry.is_file():
+                continue
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise NameNotUtf8(entry.name) from None
+            repeatable = Repeatable(match[1], entry.path, split_statements)
+            other = found.get(repeatable.name)
+            if other is not None:
+                first, second = sorted((Path(other.path), Path(repeatable.path)))
+                raise DuplicateRepeatable(repeatable.name, first, second)
+            found[repeatable.name] = repeatable
+    return [found[name] for name in sorted(found)]

@@ -7,6 +7,8 @@ nothing runs twice, which makes resending a request after a worker crash safe.
 
     migrate(R):   for each pending migration, in version order, one transaction:
                   BEGIN IMMEDIATE; up(db); record(version, by R); history; [reply]; COMMIT
+                  then for each repeatable migration changed since it was last applied, in
+                  name order, the same (record_repeatable(name, checksum, by R))
     rollback(R):  for each step, newest first, one transaction:
                   BEGIN IMMEDIATE; down(db); unrecord; history; [reply]; COMMIT
     dry run:      the same statements in ONE transaction, rolled back at the end
@@ -14,6 +16,7 @@ nothing runs twice, which makes resending a request after a worker crash safe.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -34,12 +37,14 @@ from broker.errors import (
     cancelled_before_start,
 )
 from broker.kinds import PROGRESS, WAITING
-from worker.catalog import Catalog, Loaded, Migration, checksum_of
+from worker.catalog import Catalog, Loaded, Migration, Repeatable, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
 from worker.store import (
     NO_LOCK_WATCH,
+    REPEATABLE_VERSION,
     AppliedMigration,
+    AppliedRepeatable,
     Event,
     LockTimeout,
     LockWatch,
@@ -54,6 +59,7 @@ log = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
 Entry = dict[str, Any]
+MigrationFile = Migration | Repeatable  # what a step applies: a versioned file or a repeatable
 NO_PARAMS = Params({})
 # What migration code may raise and still be only a failed migration: sys.exit() and a
 # KeyboardInterrupt raised by hand must not take the worker down (a real SIGINT only sets the
@@ -65,6 +71,7 @@ LINT_NOTE = ("lint's rules are PostgreSQL's (locks that make a server under load
              " that break running code), and none of them applies to SQLite, so nothing was"
              " linted")
 MAY_BE_ALLOWED = frozenset({"out_of_order"})  # changed and missing are never accepted
+REPEATABLE = "repeatable"  # the history's action (and health's) for a repeatable applied
 LOCK_RETRIES = 5  # more tries of a migration after a lock timeout, if not told
 RETRY_PAUSE_S = 0.5  # the wait before the first retry; it doubles each time, jittered
 MAX_RETRY_PAUSE_S = 30.0
@@ -77,6 +84,9 @@ class StatusStamp(NamedTuple):
     folder_generation: int
     commits: int  # by this worker's store
     data_version: int  # moves when another program commits
+    # The repeatable files' stats: status reads their checksums, and an edit in place
+    # leaves the folder's stamp as it was.
+    repeatable_files: tuple[object, ...] = ()
 
 
 class Interrupted(Exception):
@@ -91,9 +101,9 @@ class Cancelled(Exception):
 class Running(NamedTuple):
     """The step a write is taking now, for `health`."""
 
-    version: int
+    version: int | None  # None: a repeatable migration
     name: str
-    action: str  # "apply" or "rollback"
+    action: str  # "apply", "rollback" or "repeatable"
     since: float  # time.monotonic() when the step started
     done: int  # steps of the request done before it
     total: int  # steps the request takes in all
@@ -103,8 +113,15 @@ class Running(NamedTuple):
 class Step(NamedTuple):
     """One migration to apply or revert, with its code loaded."""
 
-    migration: Migration
+    migration: MigrationFile
     loaded: Loaded
+
+
+class RepeatablePlan(NamedTuple):
+    """What a migrate does with the folder's repeatable migrations."""
+
+    due: list[Repeatable]  # to apply, in name order: new, or changed since last applied
+    done: list[Entry]  # those this same request applied before a crash, as its reply lists them
 
 
 class Engine:
@@ -160,7 +177,8 @@ class Engine:
         return self._status
 
     def _stamp(self) -> StatusStamp:
-        return StatusStamp(self.catalog.generation, self.store.commits, self.store.data_version())
+        return StatusStamp(self.catalog.generation, self.store.commits, self.store.data_version(),
+                           self.catalog.repeatables_stamp())
 
     def new_batch(self) -> None:
         """Requests received from here on may see changes made since the last batch."""
@@ -174,13 +192,47 @@ class Engine:
             # An applied migration whose file is gone is still listed, under its recorded name.
             name = files[version].name if version in files else applied[version].name
             entries.append({"version": version, "name": name, "applied": version in applied})
-        return {"type": "migration_status", "migrations": entries}
+        reply: Reply = {"type": "migration_status", "migrations": entries}
+        repeatables = self._repeatables_status()
+        if repeatables:  # only then: a folder without them keeps the reply it always had
+            reply["repeatables"] = repeatables
+        return reply
+
+    def _repeatables_status(self) -> list[Entry]:
+        """Each repeatable migration, file or recorded, by name: what a migrate would do
+        with it (`state`), its file's checksum (null when there is none, or it cannot be
+        read) and the one it was last applied with (null: never), and when."""
+        files = {repeatable.name: repeatable for repeatable in self.catalog.repeatables()}
+        recorded = {row.name: row for row in self.store.repeatables()}
+        entries = []
+        for name in sorted(files.keys() | recorded.keys()):
+            file, row = files.get(name), recorded.get(name)
+            checksum = None
+            if file is not None:
+                # One that cannot be read is said as null; applying it fails saying why.
+                with contextlib.suppress(OSError):
+                    checksum = self.catalog.checksum(file)
+            if row is None:
+                state = "pending"
+            elif file is None:
+                state = "missing"  # what it made stays; nothing runs
+            else:
+                state = "outdated" if self._repeatable_changed(file, row) else "applied"
+            entries.append({
+                "name": name, "state": state, "checksum": checksum,
+                "applied_checksum": None if row is None else row.checksum,
+                "applied_at": None if row is None else row.applied_at,
+            })
+        return entries
 
     def validate(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
         """Drift: applied files edited since (`changed`), applied versions without a file
-        (`missing`), pending versions below the newest applied one (`out_of_order`)."""
+        (`missing`), pending versions below the newest applied one (`out_of_order`).
+        Repeatable migrations are meant to be edited, and never drift; the folder's are
+        listed only so that two files of one name are error 22 here too."""
         with self.store.reading():
             applied = self.store.applied()
+        self.catalog.repeatables()
         problems = self._problems(self.catalog.migrations(), applied)
         return {"type": "validation", "ok": not problems, "problems": problems}
 
@@ -189,7 +241,8 @@ class Engine:
         limit = params.integer("limit", minimum=1)
         events = [
             {
-                "version": event.version,
+                # A repeatable migration's steps have no version (stored as 0).
+                "version": None if event.version == REPEATABLE_VERSION else event.version,
                 "name": event.name,
                 "action": event.action,
                 "checksum": event.checksum,
@@ -273,7 +326,8 @@ class Engine:
         return self._once(request_id, refuse)
 
     def _took_steps(self, request_id: bytes) -> bool:
-        return any(self.store.events_of(request_id, action) for action in ("apply", "rollback"))
+        return any(self.store.events_of(request_id, action)
+                   for action in ("apply", "rollback", REPEATABLE))
 
     # -- lock waits ------------------------------------------------------------------------
 
@@ -281,8 +335,9 @@ class Engine:
         """From the store's watch thread: a statement of the running step waits for a lock."""
         run, running = self._waiting_run, self.running
         if running is not None:
-            log.warning("migration %s %s waits for %s", running.version, running.name,
-                        wait.describe())
+            what = (f"repeatable migration {running.name}" if running.version is None
+                    else f"migration {running.version} {running.name}")
+            log.warning("%s waits for %s", what, wait.describe())
         if run is not None and running is not None:
             run.tell_wait("waiting", running, wait)
 
@@ -374,29 +429,77 @@ class Engine:
             if m.version not in done_versions and (to is None or m.version <= to)
         ]
         last_seq = max((row.applied_seq for row in applied), default=0)
-        run = _Run(self, request_id, src, "apply", done, dry_run, plain=False, progress=progress)
+        plan = self._repeatables_plan(request_id, to, migrations)
+        run = _Run(self, request_id, src, "apply", done, dry_run, plain=False, progress=progress,
+                   repeatables=None if plan is None else plan.done)
+        # Repeatables after every versioned one: they are written against the newest schema.
+        steps: list[MigrationFile] = [*pending, *(plan.due if plan is not None else ())]
         seq = last_seq
 
         def record(step: Step, elapsed_ms: float) -> None:
-            self.store.record(
-                step.migration.version,
-                step.migration.name,
-                step.loaded.checksum,
-                elapsed_ms,
-                seq,
-                request_id,
-            )
+            if isinstance(step.migration, Repeatable):
+                self.store.record_repeatable(
+                    step.migration.name, step.loaded.checksum, elapsed_ms, request_id)
+            else:
+                self.store.record(
+                    step.migration.version,
+                    step.migration.name,
+                    step.loaded.checksum,
+                    elapsed_ms,
+                    seq,
+                    request_id,
+                )
             run.record_event(step, elapsed_ms)
-            if not dry_run and step.migration is pending[-1]:
-                entry = step.migration.entry(status="applied")
-                self.store.store_reply(request_id, _applied_reply([*done, entry]))
+            if not dry_run and step.migration is steps[-1]:
+                self.store.store_reply(request_id, _applied_reply(*run.taken_with(step)))
 
-        with run.series(pending) as steps:
-            for migration in steps:
+        with run.series(steps) as taking:
+            for migration in taking:
+                if isinstance(migration, Repeatable):
+                    run.take(migration, record)
+                    log.info("applied repeatable migration %s", migration.name)
+                    continue
                 seq += 1
                 run.take(migration, record)
                 log.info("applied %s %s", migration.version, migration.name)
-        return run.outcome(_applied_reply(done))
+        return run.outcome(_applied_reply(*run.taken()))
+
+    def _repeatables_plan(
+        self, request_id: bytes, to: int | None, migrations: list[Migration]
+    ) -> RepeatablePlan | None:
+        """Which repeatable migrations a migrate applies: each one never applied, or whose
+        file changed since it was last applied, by name; None for a folder without any,
+        whose replies say nothing of them.
+
+        Only a migrate that leaves no versioned migration pending applies them: one with a
+        `to` below the newest version leaves them for the migrate that gets there, since a
+        repeatable is written against the newest schema (a view over the newest tables).
+        (Flyway applies them whatever its target.) Those this request applied before a
+        crash, unchanged since, are its `done`: the reply lists them, and they do not run
+        again.
+        """
+        files = self.catalog.repeatables()
+        if not files:
+            return None
+        recorded = {row.name: row for row in self.store.repeatables()}
+        newest = max((migration.version for migration in migrations), default=0)
+        due = ([] if to is not None and to < newest else
+               [file for file in files if self._repeatable_changed(file, recorded.get(file.name))])
+        again = {file.name for file in due}
+        done = [_repeatable_entry(row.name, row.checksum)
+                for row in sorted(recorded.values(), key=lambda row: row.name)
+                if row.request_id == request_id and row.name not in again]
+        return RepeatablePlan(due, done)
+
+    def _repeatable_changed(self, file: Repeatable, row: AppliedRepeatable | None) -> bool:
+        """Whether `file` is to be applied: never applied, or its checksum is not the one
+        it was last applied with (by that checksum's rule, as validate compares)."""
+        if row is None:
+            return True
+        try:
+            return not self.catalog.source_checksum_matches(file, row.checksum)
+        except OSError:
+            return True  # unreadable: applying it fails, saying why (error 14)
 
     # -- rollback --------------------------------------------------------------------------
 
@@ -645,6 +748,7 @@ class _Run:
         plain: bool,
         progress: bool = False,
         on_load: Callable[[Migration, Loaded], Loaded] | None = None,
+        repeatables: list[Entry] | None = None,
     ) -> None:
         self.engine = engine
         self.on_load = on_load  # a dry run's: what it makes of each step it loads (lint's)
@@ -656,19 +760,46 @@ class _Run:
         self.action = action  # "apply" or "rollback"
         self.status = "applied" if action == "apply" else "rolled_back"
         self.done = done  # entries of the steps taken so far; the reply lists them
+        # The repeatable migrations applied so far, listed apart (`repeatables`); None: the
+        # folder has none, and replies have no such field.
+        self.repeatables = repeatables
         self.dry_run = dry_run
-        self._loaded: dict[int, Loaded] = {}
+        self._loaded: dict[str, Loaded] = {}  # a dry run's steps, by path
         self._dry_foreign_keys = True
         self._started_at = ""
         self._outside_transaction = False  # the real run's step in progress runs outside one
         self._locks: LockWatch = NO_LOCK_WATCH  # a dry run's, when its store watches them
         self.total = 0  # steps of the request in all, those done before a crash included
 
+    def taken(self) -> tuple[list[Entry], list[Entry] | None]:
+        """The steps taken, as the reply lists them: versioned, and repeatable (or None)."""
+        return self.done, self.repeatables
+
+    def taken_with(self, step: Step) -> tuple[list[Entry], list[Entry] | None]:
+        """The steps taken with `step` among them: what the reply stored in its
+        transaction says."""
+        if isinstance(step.migration, Repeatable):
+            return self.done, [*(self.repeatables or ()), self._entry_of(step)]
+        return [*self.done, self._entry_of(step)], self.repeatables
+
+    def _entry_of(self, step: Step) -> Entry:
+        """A taken step as the reply lists it; a repeatable with the checksum applied."""
+        if isinstance(step.migration, Repeatable):
+            return _repeatable_entry(step.migration.name, step.loaded.checksum)
+        return step.migration.entry(status=self.status)
+
+    def _steps_done(self) -> int:
+        return len(self.done) + len(self.repeatables or ())
+
+    def _action_of(self, migration: MigrationFile) -> str:
+        """The history's (and health's) action for a step of `migration`."""
+        return REPEATABLE if isinstance(migration, Repeatable) else self.action
+
     @contextmanager
-    def series(self, migrations: list[Migration]) -> Iterator[Iterator[Migration]]:
+    def series(self, migrations: list[MigrationFile]) -> Iterator[Iterator[MigrationFile]]:
         """The migrations to take, one by one; for a dry run, inside its one transaction,
         which is rolled back however the series ends."""
-        self.total = len(self.done) + len(migrations)
+        self.total = self._steps_done() + len(migrations)
         if not self.dry_run:
             yield self._until_stopped(migrations)
             return
@@ -676,7 +807,7 @@ class _Run:
         for migration in migrations:
             try:
                 loaded = migration.load()
-                self._loaded[migration.version] = (
+                self._loaded[migration.path] = (
                     loaded if self.on_load is None else self.on_load(migration, loaded))
             except MIGRATION_ERRORS as exc:
                 failure = migration, exc  # the steps before it still run, as for real
@@ -692,15 +823,15 @@ class _Run:
                 with self._failing_as(failure[0]):
                     raise failure[1]
 
-    def _until_stopped(self, migrations: list[Migration]) -> Iterator[Migration]:
+    def _until_stopped(self, migrations: list[MigrationFile]) -> Iterator[MigrationFile]:
         for migration in migrations:
             if self.engine.should_stop():
-                raise Interrupted(f"stopped before migration {migration.version}")
+                raise Interrupted(f"stopped before {_named(migration)}")
             if self.engine.cancelled():
                 raise self._cancelled(migration, started=False)
             yield migration
 
-    def take(self, migration: Migration, finish: Callable[[Step, float], None]) -> None:
+    def take(self, migration: MigrationFile, finish: Callable[[Step, float], None]) -> None:
         """Take one step: run up() or down(), then `finish` it (its tracking row, history
         and, for the last, the stored reply) in the same transaction; raise error 14
         naming the migration when anything in it fails.
@@ -710,27 +841,38 @@ class _Run:
         runs in autocommit mode and is finished in a transaction of its own right after:
         if it fails halfway, its earlier statements stay.
         """
-        what = "migration" if self.action == "apply" else "the rollback of migration"
-        self.engine.journal.running(self.request_id, f"{what} {migration.version} {migration.name}")
+        self.engine.journal.running(self.request_id, self._subject(migration))
         self._outside_transaction = False
-        self.engine.running = Running(migration.version, migration.name, self.action,
-                                      time.monotonic(), len(self.done), self.total)
+        self.engine.running = Running(migration.version, migration.name,
+                                      self._action_of(migration), time.monotonic(),
+                                      self._steps_done(), self.total)
         with self._failing_as(migration):
             self._started_at = _utc_now()
             if self.dry_run:
-                step = Step(migration, self._loaded[migration.version])
-                self._locks.begin(migration.version)
+                step = Step(migration, self._loaded[migration.path])
+                self._locks.begin(migration.version, migration.name)
                 finish(step, self._call(step, lock_timeout_s=self._lock_timeout_of(step)))
                 if not self._dry_foreign_keys:
                     self.store.check_foreign_keys()
             else:
-                self._take_trying(Step(migration, migration.load()), finish)
-        self.done.append(migration.entry(status=self.status))
+                step = Step(migration, migration.load())
+                self._take_trying(step, finish)
+        if isinstance(migration, Repeatable):
+            self.repeatables = [*(self.repeatables or ()), self._entry_of(step)]
+        else:
+            self.done.append(self._entry_of(step))
         if self.progress and self.engine.on_progress is not None and not self.dry_run:
             self.engine.on_progress(self.request_id, {
-                "type": PROGRESS, "done": len(self.done), "total": self.total,
+                "type": PROGRESS, "done": self._steps_done(), "total": self.total,
                 **migration.entry(status=self.status),
             })
+
+    def _subject(self, migration: MigrationFile) -> str:
+        """What a step is, as texts name it: `migration 3 add_email`, `repeatable migration
+        users_view`, `the rollback of migration 3 add_email`."""
+        if self.action == "apply":
+            return _named(migration)
+        return f"the rollback of migration {migration.version} {migration.name}"
 
     def _take_trying(self, step: Step, finish: Callable[[Step, float], None]) -> None:
         """Take a real step, trying it again after a lock timeout, up to the engine's
@@ -786,8 +928,7 @@ class _Run:
         tries = self.engine.lock_retries + 1
         waited_ms = (time.monotonic() - self.engine.running.since) * 1000
         self._record_lock_timeout(step, waited_ms)
-        name = f"{migration.version} {migration.name}"
-        what = "migration" if self.action == "apply" else "the rollback of migration"
+        subject = self._subject(migration)
         if attempt >= tries or not timeout.nothing_stayed:
             kept = ("it is not applied" if self.action == "apply" else "it stays applied")
             if not timeout.nothing_stayed:
@@ -796,19 +937,19 @@ class _Run:
             else:
                 tried = f"gave up after {attempt} {'try' if attempt == 1 else 'tries'}"
             raise LockTimeout(
-                f"{what} {name} {tried}: {timeout.text}; each try was rolled back, so {kept};"
+                f"{subject} {tried}: {timeout.text}; each try was rolled back, so {kept};"
                 " try again once that session has finished",
                 timeout.wait, timeout.nothing_stayed,
             )
         pause = min(MAX_RETRY_PAUSE_S, RETRY_PAUSE_S * 2 ** (attempt - 1))
         pause *= random.uniform(0.5, 1.0)  # tries of several hosts' workers drift apart
-        log.warning("%s %s, try %d of %d: %s; trying again in %.2f s", what, name, attempt,
+        log.warning("%s, try %d of %d: %s; trying again in %.2f s", subject, attempt,
                     tries, timeout.text, pause)
         self.tell_wait("retrying", self.engine.running, timeout.wait, attempt=attempt + 1,
                        after_s=pause)
         self.engine.pause(pause)
         if self.engine.should_stop():
-            raise Interrupted(f"stopped while waiting to try migration {migration.version} again")
+            raise Interrupted(f"stopped while waiting to try {_named(migration)} again")
         if self.engine.cancelled():
             raise Cancelled("cancelled")
 
@@ -818,7 +959,7 @@ class _Run:
         try:
             with self.store.transaction():
                 self.store.record_event(
-                    Event(step.migration.version, step.migration.name, "lock_timeout",
+                    Event(_stored_version(step.migration), step.migration.name, "lock_timeout",
                           step.loaded.checksum, self._started_at, waited_ms, self.src,
                           self.request_id))
         except (ReplyError, *MIGRATION_ERRORS) as exc:
@@ -836,7 +977,7 @@ class _Run:
             "name": running.name, "attempt": attempt or running.attempt,
             "tries": self.engine.lock_retries + 1,
         }
-        name = f"{running.version} {running.name}"
+        name = _short(running.version, running.name)
         lock = "" if wait is None else f" for {wait.describe()}"
         if event == "retrying":
             body["after_s"] = round(after_s or 0, 3)
@@ -883,7 +1024,7 @@ class _Run:
         transaction stays done. A failure to record them then is logged, never raised over
         the step's."""
         events = [
-            Event(step.migration.version, step.migration.name, repair.action,
+            Event(_stored_version(step.migration), step.migration.name, repair.action,
                   step.loaded.checksum, self._started_at, repair.duration_ms, self.src,
                   self.request_id)
             for repair in self.store.repairs
@@ -910,18 +1051,21 @@ class _Run:
         """The steps already taken, as an error reply lists them: `applied` for a migrate,
         `rolled_back` for a series of rollbacks; a plain rollback has no such field."""
         if self.status == "applied":
-            return {"applied": self.done}
+            if self.repeatables is None:
+                return {"applied": self.done}
+            return {"applied": self.done, "repeatables": self.repeatables}
         return {} if self.plain else {"rolled_back": self.done}
 
     def record_event(self, step: Step, elapsed_ms: float) -> None:
         self.store.record_event(
-            Event(step.migration.version, step.migration.name, self.action,
+            Event(_stored_version(step.migration), step.migration.name,
+                  self._action_of(step.migration),
                   step.loaded.checksum, self._started_at, elapsed_ms, self.src,
                   self.request_id)
         )
 
     @contextmanager
-    def _failing_as(self, migration: Migration) -> Iterator[None]:
+    def _failing_as(self, migration: MigrationFile) -> Iterator[None]:
         """Turn what a step raises into its reply: error 14 naming the migration, with the
         steps done before it; an 11 keeps them too; a dry run says it was one."""
         try:
@@ -932,7 +1076,7 @@ class _Run:
             if self.engine.cancelled() and not error.extra.get("cancelled"):
                 raise self._cancelled(migration, started=True) from error
             # An 11 lists what was applied only when something was (as before dry runs).
-            if error.code != TEMPORARILY_UNAVAILABLE or self.done:
+            if error.code != TEMPORARILY_UNAVAILABLE or self._steps_done():
                 error.extra = {**self._done_field(), **error.extra}
             raise self.outcome(error) from None
         except MIGRATION_ERRORS as exc:
@@ -940,14 +1084,19 @@ class _Run:
                 # Whatever the interrupted statement raised, the cause is the cancel.
                 raise self._cancelled(migration, started=True) from exc
             cause = _describe(exc)
-            log.error("%s of %s %s failed: %s", self.action, migration.version, migration.name,
-                      cause)
+            log.error("%s of %s failed: %s", self.action, _short(migration.version,
+                                                                  migration.name), cause)
             if self._outside_transaction and not self.dry_run:
-                what, outcome = (("migration", "it is not recorded") if self.action == "apply"
-                                 else ("rollback of migration", "it stays applied"))
-                text = (f"{what} {migration.version} {migration.name} failed outside a"
-                        f" transaction (it says transaction:false), so {outcome}, and"
-                        f" statements before the failing one stay: {cause}")
+                what, outcome = ((_named(migration), "it is not recorded")
+                                 if self.action == "apply" else
+                                 (f"rollback of migration {migration.version} {migration.name}",
+                                  "it stays applied"))
+                text = (f"{what} failed outside a transaction (it says transaction:false),"
+                        f" so {outcome}, and statements before the failing one stay: {cause}")
+            elif isinstance(migration, Repeatable):
+                # What an earlier application of it did stays: only this one is undone.
+                text = (f"{_named(migration)} failed and was rolled back, so this version of"
+                        f" it is not applied: {cause}")
             elif self.action == "apply":
                 text = (f"migration {migration.version} {migration.name} failed and was"
                         f" rolled back, so it is not applied: {cause}")
@@ -960,14 +1109,15 @@ class _Run:
             raise self.outcome(error) from exc
 
 
-    def _cancelled(self, migration: Migration, started: bool) -> ReplyError:
+    def _cancelled(self, migration: MigrationFile, started: bool) -> ReplyError:
         """Error 14 for a cancelled request: the steps done before, and the step that was
         interrupted and rolled back (or, cancelled between steps, the next one)."""
         name = f"{migration.version} {migration.name}"
         if not started:
-            text = f"cancelled before migration {name} started; it and later ones did not run"
+            text = (f"cancelled before {_named(migration)} started; it and later ones did not"
+                    " run")
         elif self.action == "apply":
-            text = (f"cancelled: migration {name} was interrupted and rolled back, so it is"
+            text = (f"cancelled: {_named(migration)} was interrupted and rolled back, so it is"
                     " not applied; no later migration started")
         else:
             text = (f"cancelled: the rollback of migration {name} was interrupted and rolled"
@@ -1021,8 +1171,35 @@ def _with_dry_run(reply: Any, dry_run: bool) -> Any:
     return {**reply, "dry_run": True}
 
 
-def _applied_reply(entries: list[Entry]) -> Reply:
-    return {"type": "migrations_applied", "count": len(entries), "migrations": entries}
+def _applied_reply(entries: list[Entry], repeatables: list[Entry] | None = None) -> Reply:
+    """A migrate's reply; `repeatables` only for a folder that has some."""
+    reply = {"type": "migrations_applied", "count": len(entries), "migrations": entries}
+    if repeatables is not None:
+        reply["repeatables"] = repeatables
+    return reply
+
+
+def _repeatable_entry(name: str, checksum: str) -> Entry:
+    """A repeatable migration applied, as a migrate's `repeatables` lists it."""
+    return {"name": name, "status": "applied", "checksum": checksum}
+
+
+def _named(migration: MigrationFile) -> str:
+    """How texts name a migration to apply: `migration 3 add_email`, `repeatable migration
+    users_view`."""
+    if isinstance(migration, Repeatable):
+        return f"repeatable migration {migration.name}"
+    return f"migration {migration.version} {migration.name}"
+
+
+def _short(version: int | None, name: str) -> str:
+    """A step in few words: `3 add_email`, `repeatable users_view`."""
+    return f"repeatable {name}" if version is None else f"{version} {name}"
+
+
+def _stored_version(migration: MigrationFile) -> int:
+    """The version a history event of `migration` holds (see REPEATABLE_VERSION)."""
+    return REPEATABLE_VERSION if isinstance(migration, Repeatable) else migration.version
 
 
 def _rolled_back_reply(entries: list[Entry]) -> Reply:

@@ -108,20 +108,22 @@ class PgLockWatch(LockWatch):
         self._tracking = {"schema": schema, "tables": list(tracking_tables)}
         self._existing: list[int] | None = None  # oids there before the dry run's first step
         self._before: dict[int, Relation] = {}  # this migration's snapshot, by oid
-        self._version = 0
+        self._step: dict[str, Any] = {}  # how entries name the migration that runs now
         self._entries: list[dict[str, Any]] = []  # the report, in the order first seen
         self._mine: dict[int, dict[str, Any]] = {}  # this migration's entries, by oid
         self._reported: dict[int, int] = {}  # per oid, the strongest mode reported so far
         self._rebuilt: dict[int, bool] = {}  # gone indexes: made again under the same name?
 
-    def begin(self, version: int) -> None:
+    def begin(self, version: int | None, name: str = "") -> None:
         """Migration `version` is about to run its first statement: snapshot the relations
-        (those that existed before the dry run began), as it finds them."""
+        (those that existed before the dry run began), as it finds them. A repeatable
+        migration (version None) is named in its entries by `name` after a null version."""
         rows = self._run(SNAPSHOT, {**self._tracking, "only": self._existing})
         self._before = {row[0]: Relation(*row) for row in rows}
         if self._existing is None:
             self._existing = list(self._before)
-        self._version = version
+        self._step = {"version": version} if version is not None else {
+            "version": None, "name": name}
         self._mine = {}
         self._rebuilt = {}
 
@@ -151,7 +153,7 @@ class PgLockWatch(LockWatch):
         if entry is None:
             if rank <= self._reported.get(relation.oid, -1) and not rewritten:
                 return  # held since an earlier migration took it (see the module's note)
-            entry = {"version": self._version, "relation": relation.name, "mode": mode,
+            entry = {**self._step, "relation": relation.name, "mode": mode,
                      "rewritten": rewritten, "bytes": relation.size}
             self._mine[relation.oid] = entry
             self._entries.append(entry)

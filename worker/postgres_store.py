@@ -5,6 +5,7 @@
         <schema>.schema_migration_replies    stored replies    (T_replies)
         <schema>.schema_migration_history    history           (T_history)
         <schema>.schema_migration_evicted    pruned replies    (T_evicted)
+        <schema>.schema_migration_repeats    repeatables' last checksums (T_repeats)
 
 The names are SQLite's (store.tracking_tables). A session that dies is replaced at the next
 request (see _live); the one lost mid-request ends that request with error 11.
@@ -73,6 +74,7 @@ from worker.store import (
     NODE_ID_BYTES,
     REQUEST_ID_BYTES,
     AppliedMigration,
+    AppliedRepeatable,
     CrashHook,
     Event,
     ForeignKeyViolation,
@@ -179,6 +181,13 @@ SCHEMA = (
         request_id bytea NOT NULL,
         evicted_at text NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS {repeats} (
+        name text PRIMARY KEY,
+        checksum text NOT NULL,
+        applied_at text NOT NULL,
+        execution_ms double precision NOT NULL,
+        request_id bytea
+    )""",
 )
 
 STATEMENTS = {
@@ -214,6 +223,11 @@ STATEMENTS = {
     " ORDER BY node, request_id DESC"
     " ON CONFLICT (node) DO UPDATE SET request_id = GREATEST(kept.request_id,"
     " excluded.request_id), evicted_at = excluded.evicted_at",
+    "repeatables": "SELECT name, checksum, applied_at, request_id FROM {repeats}",
+    "record_repeatable": "INSERT INTO {repeats} (name, checksum, applied_at, execution_ms,"
+    f" request_id) VALUES (%s, %s, {UTC_NOW}, %s, %s) ON CONFLICT (name) DO UPDATE SET"
+    " checksum = excluded.checksum, applied_at = excluded.applied_at,"
+    " execution_ms = excluded.execution_ms, request_id = excluded.request_id",
     "data_version": "SELECT (SELECT coalesce(max(seq), 0) FROM {history}),"
     " (SELECT count(*) FROM {migrations})",
 }
@@ -1000,6 +1014,21 @@ class PostgresStore(Store):
     def record_event(self, event: Event) -> None:
         """Add an apply, rollback or baseline to the history, inside its own transaction."""
         self._run(self._sql["record_event"], tuple(event))
+
+    def repeatables(self) -> list[AppliedRepeatable]:
+        """Every repeatable migration ever applied, as last applied (see Store)."""
+        def read(tables: set[str]) -> list[AppliedRepeatable]:
+            if self.tables.repeats not in tables:
+                return []
+            return [AppliedRepeatable(*row) for row in self._run(self._sql["repeatables"])]
+
+        return self._reading(read)
+
+    def record_repeatable(
+        self, name: str, checksum: str, execution_ms: float, request_id: bytes
+    ) -> None:
+        """Note a repeatable migration applied; call inside the transaction that ran it."""
+        self._run(self._sql["record_repeatable"], (name, checksum, execution_ms, request_id))
 
     def history(self, limit: int | None = None) -> list[Event]:
         """The history, oldest first: every event, or the `limit` most recent."""

@@ -318,3 +318,34 @@ def section_statements(
 def shown(text: str) -> str:
     """`text` quoted for an error, cut to its first SHOWN_CHARS characters."""
     return repr(text.rstrip()[:SHOWN_CHARS])
+
+
+def parse_plain(
+    text: str,
+    filename: str,
+    split_statements: Callable[[str], Iterator[str]] = split_statements,
+) -> list[str]:
+    """The statements of a file of plain SQL that runs whole, with no sections (a Flyway
+    repeatable migration, `R__name.sql`), each exactly as written, cut by
+    `split_statements` as parse() cuts a section.
+
+    Raises SqlFileError naming `filename` and the line for a `-- migrate:` directive (such
+    a file has no sections to mark, and what a `-- migrate:down` marked would run right
+    after the rest) and for a file that ends inside a statement.
+    """
+    directive = DIRECTIVE.search(text)
+    if directive is not None:
+        line = text.count("\n", 0, directive.start()) + 1
+        raise SqlFileError(
+            f"{filename} line {line}: a repeatable migration is plain SQL, run whole and"
+            f" never reverted, so {shown(directive[0])} has no place in it"
+        )
+    try:
+        return list(split_statements(text))
+    except IncompleteStatement as exc:
+        begins = exc.offset + code_start(exc.statement)
+        line = text.count("\n", 0, begins) + 1
+        raise SqlFileError(
+            f"{filename} line {line}: the file ends inside this statement (an unclosed quote,"
+            f" comment or BEGIN ... END?): {shown(text[begins:])}"
+        ) from None

@@ -32,6 +32,7 @@ from worker.store import (
     NODE_ID_BYTES,
     REQUEST_ID_BYTES,
     AppliedMigration,
+    AppliedRepeatable,
     CrashHook,
     Event,
     ForeignKeyViolation,
@@ -96,6 +97,13 @@ SCHEMA = (
     request_id BLOB NOT NULL,
     evicted_at TEXT NOT NULL
 )""",
+    """CREATE TABLE IF NOT EXISTS {repeats} (
+    name TEXT PRIMARY KEY,
+    checksum TEXT NOT NULL,
+    applied_at TEXT NOT NULL,
+    execution_ms REAL NOT NULL,
+    request_id BLOB
+)""",
 )
 EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
 UTC_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -124,9 +132,15 @@ STATEMENTS = {
     " ON CONFLICT (node) DO UPDATE SET request_id = max(request_id, excluded.request_id),"
     " evicted_at = excluded.evicted_at",
     "prune_replies": "DELETE FROM {replies} WHERE seq <= ?",
+    "repeatables": "SELECT name, checksum, applied_at, request_id FROM {repeats}",
+    "record_repeatable": "INSERT INTO {repeats} (name, checksum, applied_at, execution_ms,"
+    f" request_id) VALUES (?, ?, {UTC_NOW}, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+    " checksum = excluded.checksum, applied_at = excluded.applied_at,"
+    " execution_ms = excluded.execution_ms, request_id = excluded.request_id",
     # Prepares only while every tracking table exists, from SQLite's schema in memory.
-    "probe": "SELECT 1 FROM {migrations}, {replies}, {history}, {evicted} LIMIT 0",
-    "existing": "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?, ?, ?)",
+    "probe": "SELECT 1 FROM {migrations}, {replies}, {history}, {evicted}, {repeats} LIMIT 0",
+    "existing": "SELECT name FROM sqlite_master WHERE type = 'table'"
+    " AND name IN (?, ?, ?, ?, ?)",
 }
 
 
@@ -551,6 +565,20 @@ class SqliteStore(Store):
     def record_event(self, event: Event) -> None:
         """Add an apply, rollback or baseline to the history, inside its own transaction."""
         self.connection.execute(self._sql["record_event"], event)
+
+    def repeatables(self) -> list[AppliedRepeatable]:
+        """Every repeatable migration ever applied, as last applied (see Store)."""
+        if not self._has(self.tables.repeats):
+            return []
+        rows = self.connection.execute(self._sql["repeatables"])
+        return [AppliedRepeatable(*row) for row in rows]
+
+    def record_repeatable(
+        self, name: str, checksum: str, execution_ms: float, request_id: bytes
+    ) -> None:
+        """Note a repeatable migration applied; call inside the transaction that ran it."""
+        self.connection.execute(
+            self._sql["record_repeatable"], (name, checksum, execution_ms, request_id))
 
     def history(self, limit: int | None = None) -> list[Event]:
         """The history, oldest first: every event, or the `limit` most recent."""

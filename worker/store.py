@@ -23,9 +23,9 @@ from broker.endpoint import DEFAULT_TABLE, Endpoint
 from broker.errors import CRASH, PRECONDITION_FAILED, TEMPORARILY_UNAVAILABLE, ReplyError
 from worker.lock import AlreadyOwned, OwnerLock
 
-__all__ = ["DEFAULT_TABLE", "AlreadyOwned", "AppliedMigration", "CrashHook", "Event",
-           "ForeignKeyViolation", "LockTimeout", "LockWatch", "Repair", "ReplyEvicted", "Store",
-           "TrackingTableMissing", "open_store"]
+__all__ = ["DEFAULT_TABLE", "REPEATABLE_VERSION", "AlreadyOwned", "AppliedMigration",
+           "AppliedRepeatable", "CrashHook", "Event", "ForeignKeyViolation", "LockTimeout",
+           "LockWatch", "Repair", "ReplyEvicted", "Store", "TrackingTableMissing", "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ KEEP_REPLIES = 10_000  # stored replies kept for resent requests; older ones are
 REQUEST_ID_BYTES = 16
 NODE_ID_BYTES = 8
 CRASH_AFTER_COMMIT_ENV = "MIGRATIONS_TEST_CRASH_AFTER_COMMIT"  # test hook, see CrashHook
+# The history's version for a repeatable migration's steps, whose column cannot hold NULL in
+# databases made before repeatables: no migration has version 0 (the catalog refuses it, and
+# `rollback to 0` means none), so it can name nothing else. Replies say null.
+REPEATABLE_VERSION = 0
 
 
 class AppliedMigration(NamedTuple):
@@ -46,14 +50,23 @@ class AppliedMigration(NamedTuple):
     request_id: bytes | None  # the request that applied it, so a resent request can tell
 
 
-class Event(NamedTuple):
-    """One apply, rollback, baseline, lock timeout or repair in the history, as recorded in
-    its transaction."""
+class AppliedRepeatable(NamedTuple):
+    """A repeatable migration as it was last applied."""
 
-    version: int
     name: str
-    action: str  # "apply", "rollback", "baseline", "lock_timeout" (a try that gave up),
-    # or a Repair's action
+    checksum: str  # of the file as it was then: another one is applied again
+    applied_at: str  # ISO 8601, UTC
+    request_id: bytes | None  # the request that applied it, so a resent request can tell
+
+
+class Event(NamedTuple):
+    """One apply, rollback, baseline, repeatable, lock timeout or repair in the history, as
+    recorded in its transaction."""
+
+    version: int  # REPEATABLE_VERSION for a repeatable migration's steps
+    name: str
+    action: str  # "apply", "rollback", "baseline", "repeatable" (a repeatable migration
+    # applied), "lock_timeout" (a try that gave up), or a Repair's action
     checksum: str
     started_at: str  # ISO 8601, UTC
     duration_ms: float
@@ -93,13 +106,15 @@ class TrackingTables(NamedTuple):
     replies: str  # stored replies to writes, for resent requests
     history: str  # every apply, rollback and baseline
     evicted: str  # per node, the newest request whose stored reply was pruned
+    repeats: str  # per repeatable migration, the checksum it was last applied with
 
 
 def tracking_tables(table: str = DEFAULT_TABLE) -> TrackingTables:
     """The tables `--table` names, on every backend: the default keeps the names databases
     created before the option have (schema_migration_replies, schema_migration_history,
-    and schema_migration_evicted beside them); another name T gives T, T_replies,
-    T_history and T_evicted.
+    and schema_migration_evicted and schema_migration_repeats beside them); another name T
+    gives T, T_replies, T_history, T_evicted and T_repeats. Each suffix is 8 bytes, so a
+    name that fit PostgreSQL's 63 bytes with the first companions still fits.
 
     Raises ValueError for an empty name or one holding NUL.
     """
@@ -107,8 +122,9 @@ def tracking_tables(table: str = DEFAULT_TABLE) -> TrackingTables:
         raise ValueError(f"the tracking table name {table!r} must be non-empty, without NUL")
     if table == DEFAULT_TABLE:
         return TrackingTables(table, "schema_migration_replies", "schema_migration_history",
-                              "schema_migration_evicted")
-    return TrackingTables(table, f"{table}_replies", f"{table}_history", f"{table}_evicted")
+                              "schema_migration_evicted", "schema_migration_repeats")
+    return TrackingTables(table, f"{table}_replies", f"{table}_history", f"{table}_evicted",
+                          f"{table}_repeats")
 
 
 def node_of(request_id: bytes) -> bytes:
@@ -142,6 +158,8 @@ class TrackingTableMissing(ReplyError):
     def __init__(self, table: str, present: list[str], events: list[Event]) -> None:
         applied: dict[int, None] = {}  # in the order the history applied them
         for event in events:
+            if event.version == REPEATABLE_VERSION:
+                continue  # a repeatable migration's: no tracking row ever held it
             if event.action == "rollback":
                 applied.pop(event.version, None)
             else:
@@ -185,8 +203,9 @@ class LockWatch:
     every store, learns nothing, so that a dry run's reply has no `locks` at all;
     worker/pg_locks.py has PostgreSQL's."""
 
-    def begin(self, version: int) -> None:
-        """Migration `version` is about to run its first statement."""
+    def begin(self, version: int | None, name: str = "") -> None:
+        """Migration `version` (None: the repeatable migration `name`) is about to run its
+        first statement."""
 
     def report(self) -> list[dict[str, Any]] | None:
         """The reply's `locks`, or None for no such field."""
@@ -227,7 +246,9 @@ class Store(ABC):
             return []
         if existing and self.tables.migrations not in existing and not restore_tracking:
             raise self._tracking_missing(existing)
-        dropped = [name for name, _ in missing if name != self.tables.evicted]
+        # Databases made before the evicted and repeats tables lack them: no news.
+        dropped = [name for name, _ in missing
+                   if name not in (self.tables.evicted, self.tables.repeats)]
         if existing and dropped:
             log.warning("creating the tracking tables %s again: they were dropped while %s"
                         " remained", ", ".join(dropped), ", ".join(sorted(existing)))
@@ -371,6 +392,23 @@ class Store(ABC):
     @abstractmethod
     def record_event(self, event: Event) -> None:
         """Add an apply, rollback or baseline to the history, inside its transaction."""
+
+    @abstractmethod
+    def repeatables(self) -> list[AppliedRepeatable]:
+        """Every repeatable migration ever applied, as last applied, in no given order
+        (none before the repeats table exists).
+
+        They are kept in a table of their own, one row per name, rather than found as the
+        newest `repeatable` event of each name in the history: status reads a few rows
+        instead of every event ever recorded, and a history dropped by hand does not make
+        every repeatable migration run again."""
+
+    @abstractmethod
+    def record_repeatable(
+        self, name: str, checksum: str, execution_ms: float, request_id: bytes
+    ) -> None:
+        """Note a repeatable migration applied with `checksum`, replacing what was noted of
+        it, inside the transaction that ran it."""
 
     @abstractmethod
     def history(self, limit: int | None = None) -> list[Event]:

@@ -47,6 +47,10 @@ EXIT_FOR_CODE = {10: EXIT_USAGE, 12: EXIT_USAGE, 11: EXIT_UNREACHABLE, 13: EXIT_
 LINT_RESULT = "lint_result"  # a lint reply's type: not ok while a finding remains
 MSG_ID = 1  # what --json replies answer, as a stdio node answers a request of msg_id 1
 VERSION_DIGITS = 4  # NNNN_name for a new migration in a folder of small versions
+REPEATABLE_MARK = "R"  # a repeatable migration's version cell: Flyway's prefix, R__name
+DUE_STATES = ("pending", "outdated")  # repeatable migrations that a migrate applies
+STATE_COLOURS = {"applied": "green", "pending": "yellow", "outdated": "yellow",
+                 "missing": None}  # a repeatable's file deleted is no problem
 TIMESTAMP_VERSION = 10**10  # versions at least this big are dbmate-style timestamps
 # The largest integer a request field takes (worker/params.py): the stdio node answers
 # error 12 above it; a command refuses it as bad usage, before anything is sent.
@@ -396,16 +400,43 @@ def show_status(session: Session, args: argparse.Namespace, out: Lines) -> int:
          applied_at.get(m["version"], "") if m["applied"] else "")
         for m in status["migrations"]
     ]
+    repeatables = status.get("repeatables", [])
+    rows += [(REPEATABLE_MARK, r["name"], (r["state"], STATE_COLOURS[r["state"]]),
+              r["applied_at"] or "") for r in repeatables]
     if rows:
         out(table(("version", "name", "state", "applied at"), rows, style))
-    waiting = pending(status)
-    out(f"{len(rows) - waiting} applied, {waiting} pending")
-    return EXIT_FAILED if args.exit_code and waiting else EXIT_OK
+    waiting = sum(not m["applied"] for m in status["migrations"])
+    summary = f"{len(status['migrations']) - waiting} applied, {waiting} pending"
+    if repeatables:
+        states = [r["state"] for r in repeatables]
+        summary += (f"; repeatable: {states.count('applied')} applied,"
+                    f" {len(due_repeatables(status))} to apply")
+        if "missing" in states:
+            summary += f", {states.count('missing')} without a file"
+    out(summary)
+    return EXIT_FAILED if args.exit_code and pending(status) else EXIT_OK
 
 
 def pending(status: dict[str, Any]) -> int:
-    """How many migrations a status reply lists as not applied."""
-    return sum(not m["applied"] for m in status["migrations"])
+    """How many migrations a status reply lists as not applied, repeatable ones that a
+    migrate would apply (new or changed since) included."""
+    return sum(not m["applied"] for m in status["migrations"]) + len(due_repeatables(status))
+
+
+def due_repeatables(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The repeatable migrations a status reply lists as new or changed since applied."""
+    return [r for r in status.get("repeatables", []) if r["state"] in DUE_STATES]
+
+
+def version_cell(entry: dict[str, Any]) -> str:
+    """A step's version as lines and tables show it: `R` for a repeatable migration."""
+    return REPEATABLE_MARK if entry.get("version") is None else str(entry["version"])
+
+
+def taken_key(entry: dict[str, Any]) -> Any:
+    """What tells a step from the others of its request: its version, a repeatable's name."""
+    version = entry.get("version")
+    return ("repeatable", entry["name"]) if version is None else version
 
 
 WORDS = {"migrate": ("applied", "applying"), "rollback": ("rolled back", "rolling back")}
@@ -418,7 +449,7 @@ def run_write(session: Session, args: argparse.Namespace, out: Lines) -> int:
     (status,) = session.ask(("status", {}))
     if status["type"] == "error":
         return report_error(status, session)
-    steps = planned_steps(status["migrations"], kind, params)
+    steps = planned_steps(status, kind, params)
     if not args.dry_run:  # a dry run commits nothing, so it has no progress to tell
         params = {**params, "progress": True}
     style = Style(sys.stdout)
@@ -426,9 +457,9 @@ def run_write(session: Session, args: argparse.Namespace, out: Lines) -> int:
     shown: set[Any] = set()
 
     def show(entry: dict[str, Any], took_ms: float | None) -> None:
-        shown.add(entry["version"])
+        shown.add(taken_key(entry))
         took = "" if took_ms is None else f"  {took_ms:.1f} ms"
-        out(f"{style(word, 'green')}  {entry['version']}  {entry['name']}{took}")
+        out(f"{style(word, 'green')}  {version_cell(entry)}  {entry['name']}{took}")
 
     # Cleared before anything else is written to stderr, and at the end.
     with ProgressLine(sys.stderr, len(steps), WORDS[kind][1]) as progress:
@@ -441,7 +472,7 @@ def run_write(session: Session, args: argparse.Namespace, out: Lines) -> int:
             # A step's time is the wall time from the commit before it (the first: from the
             # request), as seen here: loading its file and its commit count too.
             nonlocal last_commit
-            if body["version"] not in shown:  # a new worker may tell a step again
+            if taken_key(body) not in shown:  # a new worker may tell a step again
                 now = time.monotonic()
                 progress.clear()  # stdout may be the same terminal
                 show(body, (now - last_commit) * 1000)
@@ -455,7 +486,7 @@ def run_write(session: Session, args: argparse.Namespace, out: Lines) -> int:
     elapsed = time.monotonic() - started
     taken = taken_steps(body)
     for entry in taken:  # a dry run's steps, and any whose progress a killed worker never sent
-        if entry["version"] not in shown:
+        if taken_key(entry) not in shown:
             show(entry, None)
     if "locks" in body:  # a dry run on PostgreSQL: what it locked, its failure's too
         out(lock_table(body["locks"], style))
@@ -484,29 +515,34 @@ def counted(steps: list[dict[str, Any]]) -> str:
     return f"{len(steps)} migration{'' if len(steps) == 1 else 's'}"
 
 
-def planned_steps(
-    migrations: list[dict[str, Any]], kind: str, params: dict[str, Any]
-) -> list[str]:
-    """What a migrate or rollback will take, for the progress line (`V name` each)."""
+def planned_steps(status: dict[str, Any], kind: str, params: dict[str, Any]) -> list[str]:
+    """What a migrate or rollback will take, for the progress line (`V name` each; `R
+    name` for a repeatable migration, which a migrate to below the newest version leaves)."""
+    migrations = status["migrations"]
     if kind == "migrate":
         chosen = [m for m in migrations if not m["applied"]
                   and ("to" not in params or m["version"] <= params["to"])]
+        newest = max((m["version"] for m in migrations), default=0)
+        if "to" not in params or params["to"] >= newest:
+            chosen += [{"version": None, **r} for r in due_repeatables(status)]
     else:
         applied = [m for m in reversed(migrations) if m["applied"]]  # version order: close enough
         if "to" in params:
             chosen = [m for m in applied if m["version"] > params["to"]]
         else:
             chosen = applied[: params.get("steps", 1)]
-    return [f"{m['version']} {m['name']}" for m in chosen]
+    return [f"{version_cell(m)} {m['name']}" for m in chosen]
 
 
 def taken_steps(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The steps a reply says were taken (an error's `applied` or `rolled_back` too)."""
+    """The steps a reply says were taken (an error's `applied` or `rolled_back` too), a
+    migrate's repeatable migrations last, each with a version of None."""
     if body["type"] == "migration_rolled_back":
         return [{"version": body["version"], "name": body["name"]}]
+    repeatables = [{"version": None, **r} for r in body.get("repeatables", [])]
     if body["type"] in ("migrations_applied", "migrations_rolled_back"):
-        return body["migrations"]
-    return body.get("applied") or body.get("rolled_back") or []
+        return body["migrations"] + repeatables
+    return (body.get("applied") or body.get("rolled_back") or []) + repeatables
 
 
 def run_validate(session: Session, args: argparse.Namespace, out: Lines) -> int:
@@ -571,7 +607,7 @@ def show_history(session: Session, args: argparse.Namespace, out: Lines) -> int:
     (body,) = session.ask(request_of(args))
     if body["type"] == "error":
         return report_error(body, session)
-    rows = [(e["started_at"], e["action"], str(e["version"]), e["name"],
+    rows = [(e["started_at"], e["action"], version_cell(e), e["name"],
              f"{e['duration_ms']:.1f} ms", e["src"] or "") for e in body["events"]]
     if rows:
         out(table(("started at", "action", "version", "name", "took", "by"), rows,
@@ -728,7 +764,8 @@ def report_error(body: dict[str, Any], session: Session) -> int:
         say(text if text.startswith("cancelled") else f"cancelled: {text}")
         return status
     if failed:
-        say(f"{style('failed', 'red')}  {failed['version']}  {failed['name']}: {failed['error']}")
+        say(f"{style('failed', 'red')}  {version_cell(failed)}  {failed['name']}:"
+            f" {failed['error']}")
     say(f"error {body['code']}: {body['text']}")
     return status
 
@@ -738,7 +775,7 @@ def stdout_closed(taken: list[dict[str, Any]], word: str) -> int:
     if not taken:
         return fail(f"stdout was closed before every line was written; no migration {word}",
                     EXIT_STDOUT_CLOSED)
-    steps = ", ".join(f"{entry['version']} {entry['name']}" for entry in taken)
+    steps = ", ".join(f"{version_cell(entry)} {entry['name']}" for entry in taken)
     return fail(f"stdout was closed before every line was written; {counted(taken)} {word}:"
                 f" {steps}", EXIT_STDOUT_CLOSED)
 

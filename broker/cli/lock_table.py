@@ -46,7 +46,8 @@ def lock_table(locks: Sequence[dict[str, Any]], style: Style) -> str:
         marked = exclusive or entry["rewritten"]
         rows.append((
             (MARK, "red") if marked else "",
-            str(entry["version"]),
+            # A repeatable migration has no version: R and its name (Flyway's R__name).
+            str(entry["version"]) if entry["version"] is not None else f"R {entry['name']}",
             entry["relation"],
             (_mode_name(entry["mode"]), "red") if exclusive else _mode_name(entry["mode"]),
             ("yes", "red") if entry["rewritten"] else "no",

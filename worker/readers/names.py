@@ -40,15 +40,15 @@ def read_name(filename: str) -> Name | None:
     """What `filename` says, or None if it names no migration file.
 
     golang-migrate's pattern is tried first: `1_add.up.sql` is its up file, not a file
-    named `add.up`. A Flyway description becomes the name with its underscores as
-    spaces, as Flyway shows it.
+    named `add.up`. A Flyway description is the name as written, underscores kept (Flyway
+    shows them as spaces), as a repeatable's is and every other format's names are.
     """
     match = GOLANG_MIGRATE_FILE.match(filename)
     if match is not None:
         return Name(GOLANG_MIGRATE, match[3], match[1], match[2])
     match = FLYWAY_FILE.match(filename)
     if match is not None:
-        return Name(FLYWAY, UP if match[1] == "V" else DOWN, match[2], match[3].replace("_", " "))
+        return Name(FLYWAY, UP if match[1] == "V" else DOWN, match[2], match[3])
     match = MIGRATION_FILE.match(filename)
     if match is not None:
         return Name(SQL if match[3] == "sql" else PYTHON, UP, match[1], match[2])
