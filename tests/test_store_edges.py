@@ -32,7 +32,7 @@ from tests.test_engine import Node, applied_reply, entry, outcome
 from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.params import Params
-from worker.store import KEEP_REPLIES, tracking_tables
+from worker.store import KEEP_REPLIES, Event, TrackingTableMissing, tracking_tables
 
 TRACKING = tracking_tables()
 EVICTED = "schema_migration_evicted"  # pruned replies, one row per node
@@ -572,3 +572,17 @@ def test_a_resend_is_told_its_reply_is_gone_only_for_the_id_pruned(node: Node) -
         store.stored_reply(request_id(b"node-one", 5))
     for never_sent in (request_id(b"node-one", 4), request_id(b"node-one", 6), b"node-one"):
         assert store.stored_reply(never_sent) is None
+
+
+def test_a_dropped_tracking_tables_advice_counts_only_what_recorded_a_migration() -> None:
+    def event(version: int, action: str) -> Event:
+        return Event(version, f"m{version}", action, "c", "2026-12-06T00:00:00.000Z", 1.0,
+                     None, None)
+
+    refusal = TrackingTableMissing("schema_migrations", ["schema_migration_history"], [
+        event(1, "apply"), event(2, "lock_timeout"), event(2, "apply"),
+        event(3, "lock_timeout"), event(4, "drop_invalid_index"),
+    ])
+
+    assert "the history says versions 1, 2 are applied" in refusal.text
+    assert "send baseline with to: 2" in refusal.text

@@ -147,6 +147,11 @@ class ReplyEvicted(ReplyError):
         )
 
 
+# The history actions that leave a migration recorded as applied; the others (a try that
+# gave up waiting for a lock, an INVALID index dropped before a build) record nothing.
+RECORDING_ACTIONS = frozenset({"apply", "baseline", "adopt"})
+
+
 class TrackingTableMissing(ReplyError):
     """Error 22: the tracking table was dropped by hand while its companions remain.
 
@@ -162,7 +167,7 @@ class TrackingTableMissing(ReplyError):
                 continue  # a repeatable migration's: no tracking row ever held it
             if event.action == "rollback":
                 applied.pop(event.version, None)
-            else:
+            elif event.action in RECORDING_ACTIONS:
                 applied[event.version] = None
         versions = sorted(applied)
         if versions:
