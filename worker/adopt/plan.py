@@ -1,7 +1,7 @@
 """Match what another tool applied against the migration files here: what adopt records.
 
     plan_adoption(store, tool, migrations)
-        find the tool's table (refused: none, another shape, our own table's name)
+        find the tool's table (refused: none there, or another shape)
         tool.read(rows)  ->  Reading(applied, covers, problems)
         match            ->  Plan(adoptions)   or AdoptRefused naming every problem:
                              the tool's state not clean (dirty, failed rows), a version it
@@ -52,15 +52,11 @@ class Plan(NamedTuple):
 
 def plan_adoption(store: Store, tool: ModuleType, migrations: list[Migration]) -> Plan:
     """What adopting from `tool` records, read from its table through `store` (never
-    written). Raises AdoptRefused when its table is not there, is not the tool's, has our
-    own tracking table's name, or when matching it finds problems (see match)."""
+    written). Raises AdoptRefused when its table is not there or is not the tool's, or
+    when matching it finds problems (see match)."""
     table = store.label(tool.TABLE)
-    if store.tables.migrations == tool.TABLE:
-        raise AdoptRefused(tool.NAME, (
-            f"this worker tracks migrations in {table}, {tool.NAME}'s table's name: it was"
-            f" given --table {tool.TABLE}, or started before {tool.NAME} made its table;"
-            " start it with no --table (`migrations-node stop` first), and this tool tracks"
-            " in a table of its own beside it"))
+    # (Where our tracking table has the tool's table's name, store.applied() refused
+    # already: see ForeignTable.)
     columns = store.columns_of(tool.TABLE)
     if columns is None:
         raise AdoptRefused(tool.NAME, f"{table} does not exist, so {tool.NAME} applied"
