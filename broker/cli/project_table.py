@@ -33,21 +33,34 @@ def record_table(project: Path, table: str, why: str) -> str:
     Never raises for the file: a file it cannot change is left as it was."""
     line = f'table = "{table}"'
     try:
-        after = _with_line(project.read_bytes(), table, f"{line}  # {why}")
-        written = _write_beside(project, after)
+        written = _write_beside(project, _with_line(project.read_bytes(), table,
+                                                    f"{line}  # {why}"))
+    except (OSError, ValueError) as exc:
+        return _left(project, line, exc)
+    try:
         os.chmod(written, os.stat(project).st_mode & 0o7777)
         os.replace(written, project)
-    except (OSError, ValueError) as exc:
-        _discard(_temporary(project))
-        return (f"{project} was left as it is ({exc}); add {line} under [tool.{TABLE}] to"
-                " say it there (nodes find the table without it)")
+    except OSError as exc:
+        _discard(written)
+        return _left(project, line, exc)
     return f"recorded {line} under [tool.{TABLE}] in {project}"
+
+
+def _left(project: Path, line: str, why: Exception) -> str:
+    return (f"{project} was left as it is ({why}); add {line} under [tool.{TABLE}] to say it"
+            " there (nodes find the table without it)")
 
 
 def _with_line(text: bytes, table: str, line: str) -> bytes:
     """`text` with `line` (which sets `table`) right below the [tool.migrations-node]
     header; raises ValueError when that cannot be done so that the file reads as before
     plus that key."""
+    old = _parsed(text)
+    section = old.get("tool", {}).get(TABLE)
+    if not isinstance(section, dict):
+        raise ValueError(f"it has no [tool.{TABLE}] table")
+    if "table" in section:
+        raise ValueError(f"its [tool.{TABLE}] already names a table")
     headers = list(HEADER.finditer(text))
     if len(headers) != 1:
         raise ValueError(f"it has no single [tool.{TABLE}] header line to add a key under")
@@ -56,12 +69,12 @@ def _with_line(text: bytes, table: str, line: str) -> bytes:
     at = header.end()
     added = (b"" if header[1] else newline) + line.encode() + newline
     result = text[:at] + added + text[at:]
-    old, new = _parsed(text), _parsed(result)
-    section = old.get("tool", {}).get(TABLE)
-    if not isinstance(section, dict) or "table" in section:
-        raise ValueError(f"its [tool.{TABLE}] already names a table")
     expected = {**old, "tool": {**old["tool"], TABLE: {**section, "table": table}}}
-    if new != expected:
+    try:
+        same = _parsed(result) == expected
+    except ValueError:
+        same = False
+    if not same:
         raise ValueError("the line would not read as a key of that table")
     return result
 
@@ -73,18 +86,19 @@ def _parsed(text: bytes) -> dict:
         raise ValueError(f"it does not read as TOML: {exc}") from None
 
 
-def _temporary(project: Path) -> Path:
-    return project.with_name(f".{project.name}.migrations-node-{os.getpid()}")
-
-
 def _write_beside(project: Path, text: bytes) -> Path:
-    """Write `text` to a new file beside `project`, on disk before it is renamed over it."""
-    path = _temporary(project)
+    """Write `text` to a new file beside `project`, on disk before it is renamed over it;
+    raises OSError, leaving no file, when it cannot."""
+    path = project.with_name(f".{project.name}.migrations-node-{os.getpid()}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError:
+        _discard(path)
+        raise
     return path
 
 
