@@ -156,10 +156,12 @@ class Engine:
         if not self._status_checked or self._status_stamp.commits != self.store.commits:
             migrations = self.catalog.migrations()
             if self._stamp() != self._status_stamp:
-                # Rebuilt inside one snapshot, whose own stamp is the one kept.
+                # Rebuilt inside one snapshot, whose own stamp is the one kept; kept only
+                # once built (a status refused, error 22, keeps nothing to hand out).
                 with self.store.reading():
-                    self._status_stamp = self._stamp()
+                    stamp = self._stamp()
                     self._status = self._compute_status(migrations)
+                    self._status_stamp = stamp
             self._status_checked = True
         return self._status
 

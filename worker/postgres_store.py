@@ -398,8 +398,9 @@ class PostgresStore(Store):
             connection.execute(COLUMNS, (self.schema, table)).fetchall()))
         if choice.table != self.table:
             self._use_table(choice)
-            log.info("tracking in %s: %s is another tool's table", self.tracking,
-                     self.label(DEFAULT_TABLE))
+            log.info("tracking in %s, found in the database%s", self.tracking,
+                     "" if choice.displaced is None
+                     else f": {self.label(choice.displaced)} is another tool's table")
 
     # -- the connection --------------------------------------------------------------------
 
