@@ -2,10 +2,10 @@
 leaves it (built by tests/tool_tables.py, or left by dbmate and sql-migrate themselves when
 they are installed), read and recorded as ours, the other table never written.
 
-The migration files here are dbmate-format .sql (and .py) files with the versions the other
-tool's files have (golang-migrate's 1_x.up.sql, goose's 00001_x.sql and Flyway's V1__x.sql
-are version 1): the catalog reads those formats itself once their readers land, and no test
-here depends on them.
+Most tests keep dbmate-format .sql (and .py) files here with the versions the other tool's
+files have (golang-migrate's 1_x.up.sql, goose's 00001_x.sql and Flyway's V1__x.sql are
+version 1); test_the_tools_own_files_are_matched_by_their_versions, and the real tools', use
+each tool's own files, which the catalog reads as they are (worker/readers).
 """
 
 from __future__ import annotations
@@ -225,6 +225,47 @@ def test_a_dry_run_shows_what_would_be_recorded_and_changes_nothing(
     assert lines(done)[2] == (f"2 migrations would be adopted from {tool}'s"
                               f" {TOOL_TABLE[tool]} (dry run: nothing recorded)")
     assert db.snapshot() == before
+
+
+# Each tool's own files for version V (creating table tV), and how its table names V.
+OWN_FILES = {
+    "golang-migrate": lambda v: {f"{v}_t{v}.up.sql": f"CREATE TABLE t{v} (id integer);\n",
+                                 f"{v}_t{v}.down.sql": f"DROP TABLE t{v};\n"},
+    "goose": lambda v: {f"{v:05d}_t{v}.sql": f"-- +goose Up\nCREATE TABLE t{v} (id integer);\n"
+                                            f"-- +goose Down\nDROP TABLE t{v};\n"},
+    "flyway": lambda v: {f"V{v}__t{v}.sql": f"CREATE TABLE t{v} (id integer);\n",
+                         f"U{v}__t{v}.sql": f"DROP TABLE t{v};\n"},
+    "sql-migrate": lambda v: {f"{v}_t{v}.sql": f"-- +migrate Up\nCREATE TABLE t{v} (id integer);"
+                                              f"\n-- +migrate Down\nDROP TABLE t{v};\n"},
+    "dbmate": lambda v: {f"{20240501100000 + v}_t{v}.sql":
+                         f"-- migrate:up\nCREATE TABLE t{v} (id integer);\n"
+                         f"-- migrate:down\nDROP TABLE t{v};\n"},
+}
+
+
+@pytest.mark.parametrize("tool", list(TOOL_TABLE))
+def test_the_tools_own_files_are_matched_by_their_versions(workspace, db, folder, tool):
+    for version in range(1, 4):
+        for name, text in OWN_FILES[tool](version).items():
+            (folder / name).write_text(text)
+    if tool == "dbmate":  # dbmate's versions are the timestamps its file names start with
+        schema_of(db, range(1, 3))
+        tool_tables.dbmate(db, ["20240501100001", "20240501100002"])
+        versions = [20240501100001, 20240501100002, 20240501100003]
+    else:
+        left_by(tool, db, range(1, 3))
+        versions = [1, 2, 3]
+    done = cli(workspace, "adopt", "--from", tool, folder=folder)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[:3] for line in lines(done)[:2]] == [
+        ["adopted", str(versions[0]), "t1"], ["adopted", str(versions[1]), "t2"]]
+    assert cli(workspace, "validate", folder=folder).returncode == 0  # checksums of its files
+    migrated = cli(workspace, "migrate", folder=folder)
+    assert [line.split()[:3] for line in lines(migrated)[:-1]] == [
+        ["applied", str(versions[2]), "t3"]], migrated.stderr
+    rolled = cli(workspace, "rollback", "--steps", "3", folder=folder)
+    assert rolled.returncode == 0, rolled.stderr  # their down files, as ours
+    assert not {"t1", "t2", "t3"} & db.tables()
 
 
 # -- refusals: each names what is wrong, and changes nothing ------------------------------
@@ -584,28 +625,25 @@ def test_dbmate_applies_a_folder_and_adopt_takes_its_database_over(workspace, db
 def test_sql_migrate_applies_a_folder_and_adopt_takes_its_database_over(
         workspace, db, folder):
     sql_migrate = tool_binaries.sql_migrate()
-    theirs_folder = workspace.root / "sql-migrate"
-    theirs_folder.mkdir()
     for version in (1, 2):
-        (theirs_folder / f"{version}_t{version}.sql").write_text(
-            f"-- +migrate Up\nCREATE TABLE t{version} (id integer);\n"
-            f"-- +migrate Down\nDROP TABLE t{version};\n")
+        for name, text in OWN_FILES["sql-migrate"](version).items():
+            (folder / name).write_text(text)
     if db.kind == "sqlite":
         dialect, source = "sqlite3", db.arg
     else:
         dialect = "postgres"
-        source = f"host=127.0.0.1 user=postgres dbname={db.arg.rpartition('/')[2]}" \
-                 " sslmode=disable"
+        source = (f"host=127.0.0.1 user=postgres dbname={db.arg.rpartition('/')[2]}"
+                  " sslmode=disable")
     (workspace.root / "dbconfig.yml").write_text(
-        f"development:\n  dialect: {dialect}\n  datasource: {source}\n"
-        f"  dir: {theirs_folder}\n")
+        f"development:\n  dialect: {dialect}\n  datasource: {source}\n  dir: {folder}\n")
     started = utc_now()
     ran = subprocess.run([str(sql_migrate), "up"], capture_output=True, text=True,
                          cwd=workspace.root, timeout=PROCESS_TIMEOUT_S)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     finished = utc_now()
     theirs = tool_rows(db, "sql-migrate")
-    sql_migrations(folder, range(1, 4))
+    for name, text in OWN_FILES["sql-migrate"](3).items():  # written since
+        (folder / name).write_text(text)
     done = cli(workspace, "adopt", "--from", "sql-migrate", folder=folder)
     assert done.returncode == 0, done.stderr
     assert [line.split()[:3] for line in lines(done)[:2]] == [
@@ -614,3 +652,11 @@ def test_sql_migrate_applies_a_folder_and_adopt_takes_its_database_over(
         assert started[:19] <= event["started_at"][:19] <= finished, event
     assert cli(workspace, "migrate", folder=folder).returncode == 0
     assert tool_rows(db, "sql-migrate") == theirs and "t3" in db.tables()
+    # sql-migrate still reads its own table on the same database, side by side.
+    status = subprocess.run([str(sql_migrate), "status"], capture_output=True, text=True,
+                            cwd=workspace.root, timeout=PROCESS_TIMEOUT_S)
+    assert status.returncode == 0, status.stderr
+    table = [[cell.strip() for cell in line.strip("|").split("|")]
+             for line in status.stdout.splitlines() if line.startswith("| ")]
+    assert [row[0] for row in table[1:]] == ["1_t1.sql", "2_t2.sql", "3_t3.sql"]
+    assert table[3][1] == "no", status.stdout  # ours applied it; sql-migrate knows it not
