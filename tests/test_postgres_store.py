@@ -728,3 +728,33 @@ def test_a_store_hands_libpq_the_secrets_the_node_put_in_its_environment(
     assert given[b"password"] == b"p@ss" and store.connection.info.password == "p@ss"
     assert given[b"sslpassword"] == b"k&ey pw"
     assert "p@ss" not in store.database and "k&ey" not in store.database
+
+
+# -- a transaction is never left open ------------------------------------------------------
+
+
+def test_a_begin_whose_lookup_fails_leaves_no_transaction_open(pg: Pg) -> None:
+    from psycopg.pq import TransactionStatus
+
+    store = pg.store()
+    lookup = store._existing_sql
+    store._existing_sql = "SELECT pg_catalog.pg_cancel_backend(pg_catalog.pg_backend_pid())"
+    with pytest.raises(psycopg.errors.QueryCanceled), store.transaction():
+        pass  # a cancel that reached the server late lands on BEGIN's lookup
+
+    assert store.connection.info.transaction_status == TransactionStatus.IDLE
+    store._existing_sql = lookup
+    engine = Engine(store, Catalog(pg.folder))
+    pg.table_migration(1)
+    assert engine.migrate(b"m1")["count"] == 1
+
+
+def test_a_failed_transaction_found_open_is_rolled_back_before_the_next_write(pg: Pg) -> None:
+    store = pg.store()
+    store.connection.execute("BEGIN")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        store.connection.execute("SELECT 1 / 0")
+    pg.table_migration(1)
+
+    assert Engine(store, Catalog(pg.folder)).migrate(b"m1")["count"] == 1
+    assert pg.versions() == [1]

@@ -760,10 +760,25 @@ class PostgresStore(Store):
         return status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
     def _begin(self) -> None:
-        """BEGIN, and learn which tracking tables exist, in one round trip."""
-        cursor = self._run(f"BEGIN; {self._existing_sql}")
-        cursor.nextset()
-        self._existing = {name for (name,) in cursor.fetchall()}
+        """BEGIN, and learn which tracking tables exist, in one round trip.
+
+        The session never stays in a transaction this did not finish: when the round trip
+        fails after its BEGIN took effect (a query cancel meant for a migration's statement
+        that reached the server late cancels the lookup, say), the transaction is rolled
+        back before the error goes on, since a failed transaction refuses every statement
+        after it; and one found open anyway is rolled back first, with a warning.
+        """
+        if self._in_transaction():
+            log.warning("rolling back a transaction left open on the session before a write")
+            self.connection.execute("ROLLBACK")
+        try:
+            cursor = self._run(f"BEGIN; {self._existing_sql}")
+            cursor.nextset()
+            self._existing = {name for (name,) in cursor.fetchall()}
+        except BaseException:
+            if self._in_transaction():
+                self.connection.execute("ROLLBACK")
+            raise
         self._created = set()
 
     def _ensure_schema(self, restore_tracking: bool) -> None:
