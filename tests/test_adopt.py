@@ -473,6 +473,10 @@ def test_after_adopt_nodes_given_no_table_find_ours_beside_the_tools(
     assert lines(done)[3].startswith("nodes given no --table find migrations_node")
     # A new worker, with nothing but the database to go by:
     assert cli(workspace, "stop").returncode == 0
+    config = cli(workspace, "config", folder=folder)
+    row = next(line for line in lines(config) if line.startswith("table "))
+    assert row.split(None, 2) == ["table", "schema_migrations", "default; migrations_node where"
+                                  " another tool's table has this name (found in the database)"]
     health = json.loads(cli(workspace, "health", "--json", folder=folder).stdout)
     assert health["tracking_table"] == db.label("migrations_node")
     assert health["renamed_because"] == (f"{db.label('schema_migrations')} is another"

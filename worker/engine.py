@@ -57,6 +57,7 @@ from worker.store import (
 )
 
 if TYPE_CHECKING:
+    from worker.adopt.plan import Plan  # only adopt loads it
     from worker.lint.recording import Recorder  # imports pglast: only a lint loads it
 
 log = logging.getLogger(__name__)
@@ -675,7 +676,7 @@ class Engine:
                  plan.table)
         return reply
 
-    def _adopted_reply(self, tool_name: str, plan: Any, dry_run: bool) -> Reply:
+    def _adopted_reply(self, tool_name: str, plan: Plan, dry_run: bool) -> Reply:
         from worker.adopt.tools import TOOLS
 
         reply = {

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from broker import database_url
+from broker import database_url, endpoint
 from broker.cli import settings
 from broker.cli.lock_table import lock_table
 from broker.cli.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
@@ -773,7 +773,6 @@ def new_migration(folder: Path, name: str, sql: bool, out: Lines) -> int:
 def stop_worker(database: str, stop: StopRequest, out: Lines) -> int:
     """Stop the worker that owns `database` (wherever its runtime directory is) and wait
     until it has exited; a database without one is not an error."""
-    from broker import endpoint
     from broker.spawn import stop_owner
 
     try:
@@ -807,7 +806,11 @@ def show_config(resolved: dict[str, settings.Setting], out: Lines) -> int:
         if key == "db" and database_url.is_url(str(value)):
             value = database_url.split_secrets(str(value))[0]
         shown = "" if value is None else str(value)
-        rows.append((key.replace("_", "-"), shown, setting.origin))
+        origin = setting.origin
+        if key == "table" and origin == settings.DEFAULT:  # the worker's to find (spawn.py)
+            origin = (f"default; {endpoint.ALTERNATE_TABLE} where another tool's table has"
+                      " this name (found in the database)")
+        rows.append((key.replace("_", "-"), shown, origin))
     out(table(("setting", "value", "from"), rows, Style(sys.stdout)))
     return EXIT_OK
 
