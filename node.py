@@ -254,11 +254,13 @@ def connect(args: argparse.Namespace) -> WorkerClient:
         secrets = None
         if database_url.is_url(args.db):
             secrets = database_url.split_secrets(args.db)[1]
-        settings = WorkerSettings(
-            args.migrations, args.table, args.schema, args.owner_wait, wal=args.wal,
+        # A table nobody named is the worker's to find in the database (see WorkerSettings).
+        table = None if args.settings["table"].origin == settings.DEFAULT else args.table
+        worker = WorkerSettings(
+            args.migrations, table, args.schema, args.owner_wait, wal=args.wal,
             lock_timeout_s=args.lock_timeout, lock_retries=args.lock_retries,
         )
-        supervisor = WorkerSupervisor(where, settings, secrets)
+        supervisor = WorkerSupervisor(where, worker, secrets)
         supervisor.ensure()
     # Imported only now (ZeroMQ is most of a node's start-up), so that it overlaps the
     # worker's own start-up on another core.

@@ -12,13 +12,15 @@ at once, ahead of anything queued, and names the writes it cancels (see worker/s
 from __future__ import annotations
 
 READS = frozenset({"status", "health", "validate", "history"})
-WRITES = frozenset({"migrate", "rollback", "baseline"})
+WRITES = frozenset({"migrate", "rollback", "baseline", "adopt"})
 CONTROLS = frozenset({"cancel"})
 # Change nothing, yet run a dry run (a rolled-back transaction on the write connection), so
 # the worker queues them with the writes and the node orders them as writes; they are
 # neither stored nor cancelled.
 DRY_RUNS = frozenset({"lint"})
 WORKER_KINDS = READS | WRITES | CONTROLS | DRY_RUNS
+# The tools an `adopt` request's `from` names (worker/adopt/tools.py reads each one's table).
+ADOPT_FROM = ("golang-migrate", "goose", "flyway", "sql-migrate", "dbmate")
 PROGRESS = "migration_progress"  # a reply body that comes before a write's one reply
 WAITING = "migration_waiting"  # another: a step waits for a lock, or will be tried again
 BEFORE_REPLY = frozenset({PROGRESS, WAITING})  # the bodies that leave their request open
@@ -26,8 +28,8 @@ BEFORE_REPLY = frozenset({PROGRESS, WAITING})  # the bodies that leave their req
 # What a person types (`node.py COMMAND`): the requests above, and `new`, `stop` and
 # `config`, which send none (`stop` signals the database's worker).
 COMMANDS = (
-    "migrate", "rollback", "baseline", "status", "validate", "lint", "history", "new", "health",
-    "stop", "config",
+    "migrate", "rollback", "baseline", "adopt", "status", "validate", "lint", "history", "new",
+    "health", "stop", "config",
 )
 
 

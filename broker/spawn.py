@@ -46,7 +46,9 @@ class WorkerSettings(NamedTuple):
     """What a node tells the worker it spawns, besides the database (python -m worker --help)."""
 
     migrations: Path  # the real path of the migrations folder
-    table: str = endpoint.DEFAULT_TABLE  # the tracking table
+    # The tracking table; None: the worker finds it in the database (the default, or
+    # endpoint.ALTERNATE_TABLE where another tool's table has the default's name).
+    table: str | None = None
     schema: str | None = None  # PostgreSQL: the tracking tables' schema (None: public)
     owner_wait_s: float | None = None  # PostgreSQL: how long a write waits for another owner
     wal: bool = False  # SQLite: turn an existing rollback-journal database into WAL
@@ -56,7 +58,9 @@ class WorkerSettings(NamedTuple):
     lock_retries: int | None = None
 
     def argv(self) -> list[str]:
-        args = ["--migrations", str(self.migrations), "--table", self.table]
+        args = ["--migrations", str(self.migrations)]
+        if self.table is not None:
+            args += ["--table", self.table]
         if self.schema is not None:
             args += ["--schema", self.schema]
         if self.owner_wait_s is not None:
@@ -127,12 +131,14 @@ class WorkerSupervisor:
                 f"{worker} serves the migrations in {owner.migrations}, not {folder}:"
                 " stop it, or use that folder"
             )
-        tracking = endpoint.tracking_label(
-            str(self.where.database), self.settings.table, self.settings.schema
-        )
-        if owner.tracking is not None and owner.tracking != tracking:
+        given = self.settings.table
+        # Given no table, either name a worker may have found in the database will do.
+        names = [given] if given else [endpoint.DEFAULT_TABLE, endpoint.ALTERNATE_TABLE]
+        labels = [endpoint.tracking_label(str(self.where.database), name, self.settings.schema)
+                  for name in names]
+        if owner.tracking is not None and owner.tracking not in labels:
             raise WorkerConfigError(
-                f"{worker} tracks migrations in the table {owner.tracking}, not {tracking}:"
+                f"{worker} tracks migrations in the table {owner.tracking}, not {labels[0]}:"
                 " stop it, or use that table"
             )
 

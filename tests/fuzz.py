@@ -56,7 +56,7 @@ from broker.errors import (
     UNKNOWN_TYPE,
 )
 from broker.framing import MAX_REQUEST_BYTES, Malformed, RequestFramer
-from broker.kinds import PROGRESS, WRITES
+from broker.kinds import ADOPT_FROM, PROGRESS, WRITES
 from broker.requests import Request, parse_request
 from tests import reliability
 from tests.support import PROCESS_TIMEOUT_S, Workspace, request, write_migration
@@ -76,6 +76,8 @@ FIELDS: dict[str, dict[str, Any]] = {
     "migrate": {"to": 1, "dry_run": False, "allow_out_of_order": False, "progress": False},
     "rollback": {"steps": 1, "to": 0, "dry_run": False, "progress": False},
     "baseline": {"to": 1},
+    # No other tool's table is there: refused (22) when well formed, and it writes nothing.
+    "adopt": {"from": "dbmate", "dry_run": False},
     "history": {"limit": 1},
     "init": {"node_id": "n1"},
     "status": {},
@@ -89,6 +91,7 @@ ANSWERS = {
     "migrate": {"migrations_applied"},
     "rollback": {"migration_rolled_back", "migrations_rolled_back"},
     "baseline": {"migrations_baselined"},
+    "adopt": {"migrations_adopted"},
     "status": {"migration_status"},
     "validate": {"validation"},
     "lint": {"lint_result"},
@@ -98,6 +101,8 @@ ANSWERS = {
     "init": {"init_ok"},
 }
 MINIMUM = {("rollback", "to"): 0}  # other integer fields start at 1
+CHOICES = {("adopt", "from"): ADOPT_FROM}  # text fields that take one of these only
+REQUIRED = frozenset({"node_id", "from"})  # fields their request cannot go without
 
 
 def examples(default: int) -> int:
@@ -170,6 +175,8 @@ json_values = st.recursive(scalars, json_containers, max_leaves=12)
 def valid_value(kind: str, field: str) -> st.SearchStrategy:
     """Values a request type takes in `field` (targets a few versions above and below)."""
     sample = FIELDS[kind][field]
+    if (kind, field) in CHOICES:
+        return st.sampled_from(CHOICES[kind, field])
     if isinstance(sample, bool):
         return st.booleans()
     if isinstance(sample, int):
@@ -202,7 +209,7 @@ def wrong_field_requests(draw) -> tuple[dict, str]:
     kind = draw(st.sampled_from(KINDS))
     wrong = draw(st.sampled_from(["src", "dest", "body", "type", "msg_id", *FIELDS[kind]]))
     fields = {field: draw(valid_value(kind, field)) for field in FIELDS[kind]
-              if draw(st.booleans()) or field == "node_id"}
+              if draw(st.booleans()) or field in REQUIRED}
     if kind == "rollback":  # it takes steps or to, not both
         fields.pop("to" if wrong == "steps" else "steps", None)
     body = {"type": kind, "msg_id": draw(st.integers(0, FIRST_SENTINEL - 1)), **fields}
@@ -674,7 +681,7 @@ def half_applied(db: Path) -> list[str]:
         action = last.get(version)
         if (TABLE.format(version) in tables) != (action == "apply"):
             problems.append(f"table of migration {version} after its last event, {action}")
-        if (version in recorded) != (action in ("apply", "baseline")):
+        if (version in recorded) != (action in ("apply", "baseline", "adopt")):
             problems.append(f"tracking row of migration {version} after its last event, {action}")
     return problems
 

@@ -166,6 +166,7 @@ OWN_OPTIONS = {
     "migrate": {"--json", "--to", "--dry-run"},
     "rollback": {"--json", "--steps", "--to", "--dry-run"},
     "baseline": {"--json", "--to"},
+    "adopt": {"--json", "--from", "--dry-run"},
     "status": {"--json", "--exit-code"},
     "validate": {"--json"},
     "lint": {"--json"},

@@ -35,6 +35,7 @@ NO_INDEX = (
 NOT_SOURCE = shutil.ignore_patterns(
     ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
     ".hypothesis", "*.whl", "*.db", "*.db-*", "*.db.lock",
+    "node_modules",  # .ci/tools: the tools .ci/run installs for the adopt tests
 )
 
 
@@ -239,3 +240,11 @@ def test_a_source_checkout_without_installed_metadata_prints_its_pyproject_versi
                           timeout=PROCESS_TIMEOUT_S)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"migrations-node {VERSION} (source checkout, not installed)\n"
+
+
+def test_every_package_of_the_source_tree_is_one_the_wheel_installs():
+    listed = set(tomllib.loads((PROJECT / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(PROJECT).parts)
+             for top in ("broker", "worker") for init in (PROJECT / top).rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"

@@ -26,7 +26,7 @@ from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.journal import CrashJournal
 from worker.server import WorkerServer
-from worker.store import DEFAULT_TABLE, AlreadyOwned, Store, open_store
+from worker.store import ALTERNATE_TABLE, DEFAULT_TABLE, AlreadyOwned, Store, open_store
 
 log = logging.getLogger("worker")
 LOG_BUFFER_LINES = 1000  # info lines held before they are written anyway
@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--table",
-        default=DEFAULT_TABLE,
-        help="tracking table, created on first use (default: %(default)s)",
+        help="tracking table, created on first use (default: found in the database:"
+        f" {DEFAULT_TABLE}, or {ALTERNATE_TABLE} where another tool's table has that name)",
     )
     parser.add_argument(
         "--schema", help="PostgreSQL schema of the tracking tables, created on first use"
@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.migrations).resolve(), split_statements=store.split_statements
         )
         count = len(catalog.migrations())
-        tracking = endpoint.tracking_label(args.db, args.table, args.schema)
+        # The table it chose, when it looked (a server not answering yet: the default).
+        tracking = endpoint.tracking_label(args.db, store.tables.migrations, args.schema)
         with stop.interruptible():
             store.acquire_owner(
                 endpoint.owner_note(os.getpid(), catalog.folder, tracking,
@@ -244,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         curve=curve,
         target=where.target,
     )
-    log.info("owning %s with %d migrations from %s", where.database, count, catalog.folder)
+    log.info("owning %s with %d migrations from %s, tracking in %s", where.database, count,
+             catalog.folder, store.tables.migrations)
     context = zmq.Context()
     try:
         server.run(context)

@@ -11,6 +11,8 @@ nothing runs twice, which makes resending a request after a worker crash safe.
                   name order, the same (record_repeatable(name, checksum, by R))
     rollback(R):  for each step, newest first, one transaction:
                   BEGIN IMMEDIATE; down(db); unrecord; history; [reply]; COMMIT
+    baseline(R), adopt(R): one transaction: BEGIN; [read the other tool's table, match it];
+                  record each, running none; history; reply; COMMIT
     dry run:      the same statements in ONE transaction, rolled back at the end
 """
 
@@ -48,11 +50,14 @@ from worker.store import (
     Event,
     LockTimeout,
     LockWatch,
+    MomentaryRefusal,
+    NotAdopted,
     Store,
     TrackingTableMissing,
 )
 
 if TYPE_CHECKING:
+    from worker.adopt.plan import Plan  # only adopt loads it
     from worker.lint.recording import Recorder  # imports pglast: only a lint loads it
 
 log = logging.getLogger(__name__)
@@ -169,10 +174,12 @@ class Engine:
         if not self._status_checked or self._status_stamp.commits != self.store.commits:
             migrations = self.catalog.migrations()
             if self._stamp() != self._status_stamp:
-                # Rebuilt inside one snapshot, whose own stamp is the one kept.
+                # Rebuilt inside one snapshot, whose own stamp is the one kept; kept only
+                # once built (a status refused, error 22, keeps nothing to hand out).
                 with self.store.reading():
-                    self._status_stamp = self._stamp()
+                    stamp = self._stamp()
                     self._status = self._compute_status(migrations)
+                    self._status_stamp = stamp
             self._status_checked = True
         return self._status
 
@@ -303,6 +310,22 @@ class Engine:
             raise ReplyError(MALFORMED_REQUEST, "baseline needs to: the version to record up to")
         return self._once(request_id, lambda: self._baseline(request_id, params.src, to))
 
+    def adopt(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """Record as applied, without running any, the migrations another tool (`from`)
+        applied, as its own tracking table says, in one transaction; `dry_run` shows what
+        would be recorded. Refused (error 22, nothing changed) when anything is recorded
+        here already, or that tool's state is not clean or does not match the files here
+        (see worker/adopt/plan.py). The other tool's table is read, never written."""
+        from worker.adopt.tools import TOOLS
+
+        tool = params.choice("from", tuple(TOOLS))
+        if tool is None:
+            raise ReplyError(MALFORMED_REQUEST,
+                             f"adopt needs from: the tool, one of {', '.join(TOOLS)}")
+        dry_run = params.flag("dry_run")
+        return self._once(request_id, lambda: self._adopt(request_id, params.src, tool, dry_run),
+                          keep=not dry_run)
+
     def cancel_unstarted(
         self,
         request_id: bytes,
@@ -359,8 +382,8 @@ class Engine:
         With `keep` (every write but a dry run, which changes nothing) its answer is stored
         in the transaction of its last step, and a resend gets that answer; one whose
         stored answer was pruned since gets error 13 saying so (ReplyEvicted), and nothing
-        runs. An answer that depends on the moment (busy: 11; a tracking table dropped by
-        hand: 22 until baseline) is not stored.
+        runs. An answer that depends on the moment (busy: 11; a MomentaryRefusal such as a
+        tracking table dropped by hand, 22 until baseline) is not stored.
         """
         # Owned first: a plan made while another host's worker still wrote would be stale.
         self.store.ensure_owner()
@@ -379,7 +402,7 @@ class Engine:
             return action()
         except ReplyError as error:
             if (keep and error.code != TEMPORARILY_UNAVAILABLE
-                    and not isinstance(error, TrackingTableMissing)):
+                    and not isinstance(error, MomentaryRefusal)):
                 self._store_error(request_id, error)
             raise
         finally:
@@ -577,10 +600,7 @@ class Engine:
     # -- baseline --------------------------------------------------------------------------
 
     def _baseline(self, request_id: bytes, src: str | None, to: int) -> Reply:
-        try:
-            recorded = self.store.applied()
-        except TrackingTableMissing:
-            recorded = []  # dropped by hand: baseline is how it is made again
+        recorded = self._recorded_before_recording()
         if recorded:
             raise ReplyError(
                 PRECONDITION_FAILED,
@@ -607,6 +627,69 @@ class Engine:
             self.store.store_reply(request_id, reply)
         log.info("baselined %d migrations up to %s", len(chosen), to)
         return reply
+
+    def _recorded_before_recording(self) -> list[AppliedMigration]:
+        """What is recorded, for baseline and adopt, which make the tracking table: none
+        while it was dropped by hand (they restore it) or while another tool's table
+        stands in its default name's place (they are how ours begins)."""
+        try:
+            return self.store.applied()
+        except (TrackingTableMissing, NotAdopted):
+            return []
+
+    # -- adopt -----------------------------------------------------------------------------
+
+    def _adopt(self, request_id: bytes, src: str | None, tool_name: str, dry_run: bool
+               ) -> Reply:
+        from worker.adopt.plan import AdoptRefused, plan_adoption  # only adopt loads them
+        from worker.adopt.tools import TOOLS
+
+        tool = TOOLS[tool_name]
+        recorded = self._recorded_before_recording()
+        if recorded:
+            raise _with_dry_run(AdoptRefused(tool_name, (
+                f"adopt is for a database with nothing recorded by this tool, and"
+                f" {len(recorded)} migrations are recorded in"
+                f" {self.store.label(self.store.tables.migrations)}")), dry_run)
+        if dry_run:
+            try:
+                plan = plan_adoption(self.store, tool, self.catalog.migrations())
+            except ReplyError as error:
+                raise _with_dry_run(error, dry_run) from None
+            return self._adopted_reply(tool_name, plan, dry_run=True)
+        started_at = _utc_now()
+        # Read, matched and recorded in one transaction: what is recorded is what the other
+        # tool's table said at that moment, and a refusal raised in it leaves nothing.
+        with self.store.transaction(restore_tracking=True):
+            plan = plan_adoption(self.store, tool, self.catalog.migrations())
+            reply = self._adopted_reply(tool_name, plan, dry_run=False)
+            for seq, adoption in enumerate(plan.adoptions, start=1):
+                migration = adoption.migration
+                checksum = checksum_of(migration.source())
+                self.store.record(migration.version, migration.name, checksum, 0.0, seq,
+                                  request_id)
+                self.store.record_event(
+                    Event(migration.version, migration.name, "adopt", checksum,
+                          adoption.applied_at or started_at, 0.0, src, request_id))
+            self.store.store_reply(request_id, reply)
+        log.info("adopted %d migrations from %s's %s", len(plan.adoptions), tool_name,
+                 plan.table)
+        return reply
+
+    def _adopted_reply(self, tool_name: str, plan: Plan, dry_run: bool) -> Reply:
+        from worker.adopt.tools import TOOLS
+
+        reply = {
+            "type": "migrations_adopted",
+            "from": tool_name,
+            # Bare names, as --table takes them (on a server: in the tracking schema).
+            "from_table": TOOLS[tool_name].TABLE,
+            "table": self.store.tables.migrations,
+            "renamed": self.store.displaced is not None,
+            "count": len(plan.adoptions),
+            "migrations": [adoption.entry() for adoption in plan.adoptions],
+        }
+        return _with_dry_run(reply, dry_run)
 
     # -- lint ------------------------------------------------------------------------------
 

@@ -38,6 +38,18 @@ class Params:
             raise _wrong(name, f"at most {MAX_INTEGER}, not {value}")
         return value
 
+    def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
+        """The string field `name` (None when absent); raises error 12 unless it is one of
+        `choices`."""
+        if name not in self.fields:
+            return None
+        value = self.fields[name]
+        if not isinstance(value, str):
+            raise _wrong(name, f"a string, not {_json_name(value)}")
+        if value not in choices:
+            raise _wrong(name, f"one of {', '.join(choices)}, not {value!r}")
+        return value
+
     def flag(self, name: str) -> bool:
         """The boolean field `name` (False when absent); raises error 12 for another type."""
         value = self.fields.get(name, False)

@@ -58,7 +58,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from broker import codec, database_url
 from broker.cli.settings import LOCK_TIMEOUT_S as MIGRATION_LOCK_TIMEOUT_S
@@ -82,8 +84,11 @@ from worker.store import (
     Repair,
     ReplyEvicted,
     Store,
+    TableChoice,
     TrackingTables,
+    choose_table,
     node_of,
+    tracking_facts,
     tracking_tables,
 )
 
@@ -277,6 +282,16 @@ END LOOP;
 END $release$"""
 MAY_HOLD_MORE = re.compile(r"prepare|advisory", re.IGNORECASE)
 SCHEMA_EXISTS = "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s"
+# A table's columns in order; one row with NULL for a table without any, none for no table.
+COLUMNS = (
+    "SELECT a.attname FROM pg_catalog.pg_class c"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0"
+    " AND NOT a.attisdropped"
+    " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p') ORDER BY a.attnum"
+)
+# The session's time zone, as a name zoneinfo may know, and as its offset now, in seconds.
+TIME_ZONE = "SELECT current_setting('TimeZone'), extract(timezone FROM now())::int"
 # Who holds a bigint advisory key: pg_locks splits it into classid (high) and objid (low).
 LOCK_HOLDER = (
     "SELECT l.pid, a.application_name, host(a.client_addr), a.client_hostname"
@@ -330,22 +345,15 @@ class PostgresStore(Store):
         Raises ValueError for a malformed URL or a table or schema name PostgreSQL would
         cut; its text never holds the password.
         """
-        self.tables = tracking_tables(table)
-        _check_names(self.tables, schema)
         self.database = describe(url)  # for logs and errors: no password in it
         self._url = url
         # Where libpq is to connect, by the rules the node named our endpoint with.
         self._target = database_url.resolve(url) if database_url.is_url(url) else None
         self.schema = schema
-        self.table = table
-        self.tracking = f"{schema}.{table}"
-        names = {key: sql.Identifier(schema, name) for key, name in self.tables._asdict().items()}
-        self._schema = [sql.SQL(statement).format(**names).as_string() for statement in SCHEMA]
-        self._sql = {
-            key: sql.SQL(statement).format(**names).as_string()
-            for key, statement in STATEMENTS.items()
-        }
-        self._lock_key = owner_lock_key(schema, table)
+        # Given no table, the default's names until the first session finds the table
+        # (see _live): nothing uses them before.
+        self._choosing = table is None
+        self._use_table(TableChoice(table or DEFAULT_TABLE))
         self._owner_wait_s = owner_wait_s
         self._lock_timeout_s = lock_timeout_s  # for migration code; None: see MIGRATION_...
         self._server_lock_timeout_ms = 0  # the URL's or server's lock_timeout (0: none)
@@ -365,8 +373,6 @@ class PostgresStore(Store):
         # read that finds one gone (dropped by hand) forgets them all and looks again.
         self._existing: set[str] = set()
         self._created: set[str] = set()  # created by the open transaction
-        names = sql.Literal(self.schema), sql.Literal(list(self.tables))
-        self._existing_sql = sql.SQL(EXISTING_TABLES).format(*names).as_string()
         # The session migration code ran on since its last reset, if any (see _session_reset).
         self._dirty: psycopg.Connection[Any] | None = None
         self._release_due = False  # its SQL named PREPARE or advisory locks
@@ -379,6 +385,36 @@ class PostgresStore(Store):
             self._live()
         except ReplyError as exc:
             log.warning("%s; each request gets error 11 until a connection succeeds", exc.text)
+
+    def _use_table(self, choice: TableChoice) -> None:
+        """Track in `choice.table` (and its companions): every statement and the owner
+        lock's key are named by it. Raises ValueError for a name PostgreSQL would cut."""
+        tables = tracking_tables(choice.table)
+        _check_names(tables, self.schema)
+        self.tables, self.table, self.displaced = tables, choice.table, choice.displaced
+        self.tracking = f"{self.schema}.{choice.table}"
+        names = {key: sql.Identifier(self.schema, name)
+                 for key, name in self.tables._asdict().items()}
+        self._schema = [sql.SQL(statement).format(**names).as_string() for statement in SCHEMA]
+        self._sql = {
+            key: sql.SQL(statement).format(**names).as_string()
+            for key, statement in STATEMENTS.items()
+        }
+        self._lock_key = owner_lock_key(self.schema, choice.table)
+        literals = sql.Literal(self.schema), sql.Literal(list(self.tables))
+        self._existing_sql = sql.SQL(EXISTING_TABLES).format(*literals).as_string()
+
+    def _choose_table(self, connection: psycopg.Connection[Any]) -> None:
+        """Given no table, find it in the database (see choose_table), once: at the first
+        session, before the owner lock (whose key it names) is taken."""
+        self._choosing = False
+        choice = choose_table(lambda table: _columns(
+            connection.execute(COLUMNS, (self.schema, table)).fetchall()))
+        if choice.table != self.table:
+            self._use_table(choice)
+            log.info("tracking in %s, found in the database%s", self.tracking,
+                     "" if choice.displaced is None
+                     else f": {self.label(choice.displaced)} is another tool's table")
 
     # -- the connection --------------------------------------------------------------------
 
@@ -409,6 +445,14 @@ class PostgresStore(Store):
             raise ReplyError(
                 TEMPORARILY_UNAVAILABLE, f"refused the session with {self.database}: {wrong};"
                 f" {LASTING} the URL names where its sessions lead")
+        if self._choosing:
+            try:
+                self._choose_table(connection)
+            except psycopg.Error as exc:
+                connection.close()
+                raise ReplyError(
+                    TEMPORARILY_UNAVAILABLE, f"cannot find the tracking table in"
+                    f" {self.database}: {exc}; nothing ran, try again") from None
         self.connection = connection
         log.info("connected to %s, tracking in %s", self.database, self.tracking)
         return connection
@@ -445,12 +489,44 @@ class PostgresStore(Store):
             self.connection.close()
 
     def reader(self) -> PostgresStore:
-        """A second session on the same database that only reads (status beside a write)."""
-        return PostgresStore(self._url, table=self.table, schema=self.schema)
+        """A second session on the same database that only reads (status beside a write),
+        with this store's tracking table (found by itself while this one has not looked)."""
+        reader = PostgresStore(self._url, table=None if self._choosing else self.table,
+                               schema=self.schema)
+        if not self._choosing:
+            reader.displaced = self.displaced
+        return reader
 
     def facts(self) -> dict[str, Any]:
-        """Nothing beyond the database's name: the server keeps its own journal."""
-        return {}
+        """The tracking table: the server keeps its own journal."""
+        return tracking_facts(self)
+
+    def label(self, table: str) -> str:
+        return f"{self.schema}.{table}"
+
+    def columns_of(self, table: str) -> list[str] | None:
+        """The columns of `table` in the tracking tables' schema, None for no such table."""
+        return _columns(self._run(COLUMNS, (self.schema, table)).fetchall())
+
+    def foreign_rows(self, table: str, query: str) -> list[tuple]:
+        """The rows of one read of another program's table. A `timestamp` (without time
+        zone, as goose and Flyway keep theirs) is read in the session's TimeZone, the zone
+        the server's now() wrote it in: it comes with that zone attached."""
+        named = sql.SQL(query).format(table=sql.Identifier(self.schema, table)).as_string()
+        rows = self._run(named).fetchall()
+        if not any(isinstance(value, datetime) and value.tzinfo is None
+                   for row in rows for value in row):
+            return rows
+        zone = self._time_zone()
+        return [tuple(value.replace(tzinfo=zone) if isinstance(value, datetime)
+                      and value.tzinfo is None else value for value in row) for row in rows]
+
+    def _time_zone(self) -> tzinfo:
+        name, offset_s = self._run(TIME_ZONE).fetchone()
+        try:
+            return ZoneInfo(name)
+        except (ValueError, ZoneInfoNotFoundError):  # a POSIX spec zoneinfo cannot read
+            return timezone(timedelta(seconds=offset_s))
 
     def waiting(self) -> LockWait | None:
         """What the statement of migration code running now waits for, as last seen."""
@@ -1002,8 +1078,15 @@ class PostgresStore(Store):
             if self.tables.migrations not in tables:
                 if tables:
                     raise self._tracking_missing(tables)
+                not_adopted = self._not_adopted()
+                if not_adopted is not None:
+                    raise not_adopted
                 return []
-            return [AppliedMigration(*row) for row in self._run(self._sql["applied"])]
+            try:
+                rows = self._run(self._sql["applied"]).fetchall()
+            except errors.UndefinedColumn:
+                raise self._foreign_table() from None
+            return [AppliedMigration(*row) for row in rows]
 
         return self._reading(read)
 
@@ -1365,6 +1448,13 @@ def _check_names(tables: TrackingTables, schema: str) -> None:
             raise ValueError(
                 f"the {what} name {name!r} must be 1 to {MAX_IDENTIFIER_BYTES} bytes without NUL"
             )
+
+
+def _columns(rows: list[tuple]) -> list[str] | None:
+    """The columns the rows of COLUMNS name, in order; None when there was no table."""
+    if not rows:
+        return None
+    return [name for (name,) in rows if name is not None]
 
 
 def _configure(connection: psycopg.Connection[Any]) -> tuple[int, int]:

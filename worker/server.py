@@ -3,7 +3,8 @@
     node DEALER --[msgpack {"id", "type"}]--> ROUTER (socket thread)
         status, health, validate, history --> read Engine --> reader store --> reply now
         cancel                            --> Writer.cancel() (interrupts)  --> reply now
-        migrate, rollback, baseline, lint --> Writer queue
+        migrate, rollback, baseline,      --> Writer queue
+        adopt, lint
     Writer thread: write Engine --> store --> outbox + wake pipe --> socket thread --> node
 
 Only the socket thread touches ZeroMQ sockets. Writes run in arrival order, one at a time
@@ -248,6 +249,7 @@ class WorkerServer:
             "migrate": write_engine.migrate,
             "rollback": write_engine.rollback,
             "baseline": write_engine.baseline,
+            "adopt": write_engine.adopt,
             "status": read_engine.status,
             "validate": read_engine.validate,
             "history": read_engine.history,

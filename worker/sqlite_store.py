@@ -38,7 +38,11 @@ from worker.store import (
     ForeignKeyViolation,
     ReplyEvicted,
     Store,
+    TableChoice,
+    choose_table,
+    is_ours,
     node_of,
+    tracking_facts,
     tracking_tables,
 )
 
@@ -142,6 +146,8 @@ STATEMENTS = {
     "existing": "SELECT name FROM sqlite_master WHERE type = 'table'"
     " AND name IN (?, ?, ?, ?, ?)",
 }
+IS_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+COLUMNS = "SELECT name FROM pragma_table_info(?) ORDER BY cid"
 
 
 class CannotOpen(sqlite3.OperationalError):
@@ -213,9 +219,15 @@ class SqliteStore(Store):
     dialect = "sqlite"
 
     def __init__(
-        self, path: Path, table: str = DEFAULT_TABLE, *, wal: bool = False, reader: bool = False
+        self,
+        path: Path,
+        table: str | None = DEFAULT_TABLE,
+        *,
+        wal: bool = False,
+        reader: bool = False,
     ) -> None:
-        """Open the database file at `path` (created if missing), tracking in `table`.
+        """Open the database file at `path` (created if missing), tracking in `table`, or,
+        for None, in the table found there (see choose_table).
 
         A database this call creates starts in WAL mode; an existing one keeps the journal
         mode its owners chose unless `wal` asks to convert it. A `reader` store only reads
@@ -226,15 +238,18 @@ class SqliteStore(Store):
         naming it and why; ValueError for an empty table name.
         """
         self.path = path
-        self.table = table
+        if table is not None:
+            tracking_tables(table)  # a bad name is refused before anything is opened
         created = not os.path.exists(path) or os.path.getsize(path) == 0
-        self.tables = tracking_tables(table)
-        names = {key: quoted(name) for key, name in self.tables._asdict().items()}
-        self._schema = [statement.format(**names) for statement in SCHEMA]
-        self._sql = {key: statement.format(**names) for key, statement in STATEMENTS.items()}
         self._owner = OwnerLock(endpoint.lock_file(path))
         # Autocommit mode: sqlite3 must never open or commit a transaction behind our back.
         self.connection = _open(path)
+        self.table, self.displaced = (
+            TableChoice(table) if table is not None else choose_table(self.columns_of))
+        self.tables = tracking_tables(self.table)
+        names = {key: quoted(name) for key, name in self.tables._asdict().items()}
+        self._schema = [statement.format(**names) for statement in SCHEMA]
+        self._sql = {key: statement.format(**names) for key, statement in STATEMENTS.items()}
         self._opened = _identity(path)  # the file this connection has, whatever its path
         # The file as it was when this store last emptied its -wal (see settle()); None
         # while the -wal holds pages, from us or another program.
@@ -266,13 +281,27 @@ class SqliteStore(Store):
         self.connection.close()
 
     def reader(self) -> SqliteStore:
-        """A second connection to the same database that only reads (see __init__)."""
-        return SqliteStore(self.path, self.table, reader=True)
+        """A second connection to the same database that only reads (see __init__), with
+        this store's tracking table."""
+        reader = SqliteStore(self.path, self.table, reader=True)
+        reader.displaced = self.displaced
+        return reader
 
     def facts(self) -> dict[str, Any]:
-        """What health reports of the database: its journal mode."""
+        """What health reports of the database: its journal mode and tracking table."""
         (mode,) = self.connection.execute("PRAGMA journal_mode").fetchone()
-        return {"journal_mode": mode}
+        return {"journal_mode": mode, **tracking_facts(self)}
+
+    def columns_of(self, table: str) -> list[str] | None:
+        """The columns of `table` in the database file, None when it has no such table."""
+        if self.connection.execute(IS_TABLE, (table,)).fetchone() is None:
+            return None
+        return [name for (name,) in self.connection.execute(COLUMNS, (table,))]
+
+    def foreign_rows(self, table: str, query: str) -> list[tuple]:
+        """The rows of one read of another program's table; times come as it stored them
+        (SQLite has no time type: text, or numbers)."""
+        return self.connection.execute(query.format(table=quoted(table))).fetchall()
 
     @contextmanager
     def reading(self) -> Iterator[None]:
@@ -537,8 +566,21 @@ class SqliteStore(Store):
         if self.tables.migrations not in existing:
             if existing:
                 raise self._tracking_missing(existing)
+            not_adopted = self._not_adopted()
+            if not_adopted is not None:
+                raise not_adopted
             return []
-        return [AppliedMigration(*row) for row in self.connection.execute(self._sql["applied"])]
+        try:
+            rows = self.connection.execute(self._sql["applied"]).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such column" not in str(exc) or self._tracking_is_ours():
+                raise
+            raise self._foreign_table() from None
+        return [AppliedMigration(*row) for row in rows]
+
+    def _tracking_is_ours(self) -> bool:
+        columns = self.columns_of(self.tables.migrations)
+        return columns is None or is_ours(columns)
 
     def record(
         self,

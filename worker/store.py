@@ -7,6 +7,10 @@ one place that turns `--db` into a store:
 
     migrations.db, ./x/app.sqlite     -> SqliteStore (worker/sqlite_store.py)
     postgresql://user@host:5432/name  -> PostgresStore (worker/postgres_store.py)
+
+Given no --table, a store finds its tracking table by looking in the database (see
+choose_table): `schema_migrations`, or `migrations_node` where another tool's table has
+that name (golang-migrate's and dbmate's do), so that the two never meet.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
-from broker.endpoint import DEFAULT_TABLE, Endpoint
+from broker.endpoint import ALTERNATE_TABLE, DEFAULT_TABLE, Endpoint
 from broker.errors import CRASH, PRECONDITION_FAILED, TEMPORARILY_UNAVAILABLE, ReplyError
 from worker.lock import AlreadyOwned, OwnerLock
 
-__all__ = ["DEFAULT_TABLE", "REPEATABLE_VERSION", "AlreadyOwned", "AppliedMigration",
-           "AppliedRepeatable", "CrashHook", "Event", "ForeignKeyViolation", "LockTimeout",
-           "LockWatch", "Repair", "ReplyEvicted", "Store", "TrackingTableMissing", "open_store"]
+__all__ = ["ALTERNATE_TABLE", "DEFAULT_TABLE", "REPEATABLE_VERSION", "AlreadyOwned",
+           "AppliedMigration", "AppliedRepeatable", "CrashHook", "Event", "ForeignKeyViolation",
+           "ForeignTable", "LockTimeout", "LockWatch", "MomentaryRefusal", "NotAdopted",
+           "Repair", "ReplyEvicted", "Store", "TableChoice", "TrackingTableMissing",
+           "choose_table", "open_store", "tracking_facts"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,9 @@ CRASH_AFTER_COMMIT_ENV = "MIGRATIONS_TEST_CRASH_AFTER_COMMIT"  # test hook, see 
 # databases made before repeatables: no migration has version 0 (the catalog refuses it, and
 # `rollback to 0` means none), so it can name nothing else. Replies say null.
 REPEATABLE_VERSION = 0
+# Columns every tracking table of ours has (see each store's SCHEMA): a table of our name
+# without them is another program's.
+OUR_COLUMNS = frozenset({"version", "name", "checksum", "applied_seq"})
 
 
 class AppliedMigration(NamedTuple):
@@ -65,8 +74,8 @@ class Event(NamedTuple):
 
     version: int  # REPEATABLE_VERSION for a repeatable migration's steps
     name: str
-    action: str  # "apply", "rollback", "baseline", "repeatable" (a repeatable migration
-    # applied), "lock_timeout" (a try that gave up), or a Repair's action
+    action: str  # "apply", "rollback", "baseline", "adopt", "repeatable" (a repeatable
+    # migration applied), "lock_timeout" (a try that gave up), or a Repair's action
     checksum: str
     started_at: str  # ISO 8601, UTC
     duration_ms: float
@@ -127,6 +136,92 @@ def tracking_tables(table: str = DEFAULT_TABLE) -> TrackingTables:
                           f"{table}_repeats")
 
 
+class MomentaryRefusal(ReplyError):
+    """An error that tells how the database is at this moment, not what a request did:
+    never stored for resends (see Engine._once), which ask again."""
+
+
+class TableChoice(NamedTuple):
+    """The tracking table a store uses, and why."""
+
+    table: str
+    # The default name, when it holds another program's table and `table` stepped aside
+    # from it (ALTERNATE_TABLE); None otherwise.
+    displaced: str | None = None
+
+
+def is_ours(columns: list[str]) -> bool:
+    """Whether a table with these columns is a tracking table of ours."""
+    return {column.lower() for column in columns} >= OUR_COLUMNS
+
+
+def choose_table(columns_of: Callable[[str], list[str] | None]) -> TableChoice:
+    """The tracking table of a store given no --table, found by looking in the database
+    (`columns_of(name)`: a table's columns, None when there is none):
+
+    - ALTERNATE_TABLE once it exists (adopt made it: the default name is, or was until
+      the team dropped it, another tool's);
+    - ALTERNATE_TABLE while DEFAULT_TABLE holds another program's table (adopt will make
+      it; until then reads and writes are refused, see NotAdopted), never that table;
+    - DEFAULT_TABLE otherwise.
+    """
+    default = columns_of(DEFAULT_TABLE)
+    foreign = default is not None and not is_ours(default)
+    if foreign or columns_of(ALTERNATE_TABLE) is not None:
+        return TableChoice(ALTERNATE_TABLE, DEFAULT_TABLE if foreign else None)
+    return TableChoice(DEFAULT_TABLE)
+
+
+class ForeignTable(MomentaryRefusal):
+    """Error 22: the table a store tracks in, by its name, is another program's (given by
+    --table, or made by another tool after the worker started). Nothing reads or writes it;
+    not stored for resends."""
+
+    def __init__(self, table: str, columns: list[str] | None) -> None:
+        from worker.adopt.tools import described, recognize  # only this error needs them
+
+        bare = table.rpartition(".")[2]
+        tool = None if columns is None else recognize(bare, columns)
+        what = ("another program's table" if columns is None
+                else described(bare, columns))
+        if bare == DEFAULT_TABLE:
+            adopt = "" if tool is None else f", then `migrations-node adopt --from {tool.NAME}`"
+            advice = (f"with no --table this tool tracks in {ALTERNATE_TABLE} beside it (stop"
+                      f" a worker started before that table existed: `migrations-node stop`)"
+                      f"{adopt}; or give --table another name")
+        else:
+            advice = "give --table another name"
+        super().__init__(
+            PRECONDITION_FAILED,
+            f"the tracking table {table} is {what}, not this tool's, so nothing ran and it"
+            f" was left as it is: {advice}",
+        )
+
+
+class NotAdopted(MomentaryRefusal):
+    """Error 22: the default name holds another tool's table, and our own (ALTERNATE_TABLE)
+    does not exist yet: which migrations are applied is that tool's to say, so reads and
+    writes are refused until adopt (or baseline) records it. Not stored for resends."""
+
+    def __init__(self, displaced: str, ours: str, columns: list[str]) -> None:
+        from worker.adopt.tools import described, recognize  # only this error needs them
+
+        tool = recognize(displaced.rpartition(".")[2], columns)
+        if tool is None:
+            advice = ("record what it applied with `migrations-node adopt --from TOOL`, or"
+                      " `baseline --to V` with the newest version the schema has")
+        else:
+            advice = (f"run `migrations-node adopt --from {tool.NAME}` to record what"
+                      f" {tool.NAME} applied (or `baseline --to V` with the newest version"
+                      " the schema has)")
+        super().__init__(
+            PRECONDITION_FAILED,
+            f"{displaced} is {described(displaced.rpartition('.')[2], columns)}, and this"
+            f" tool's tracking table {ours} holds nothing yet, so nothing ran: {advice};"
+            f" {displaced} is never written",
+        )
+
+
 def node_of(request_id: bytes) -> bytes:
     """The node part of a request id (see REQUEST_ID_BYTES); an id of another length, which
     broker/client.py never makes, is its own node."""
@@ -152,7 +247,7 @@ class ReplyEvicted(ReplyError):
 RECORDING_ACTIONS = frozenset({"apply", "baseline", "adopt"})
 
 
-class TrackingTableMissing(ReplyError):
+class TrackingTableMissing(MomentaryRefusal):
     """Error 22: the tracking table was dropped by hand while its companions remain.
 
     Creating it again empty would make every applied migration look pending, and run them
@@ -228,6 +323,9 @@ class Store(ABC):
     split_statements: Callable[[str], Iterator[str]]
     dialect: str  # "sqlite" or "postgresql": which lint rules apply
     tables: TrackingTables  # the tracking table's name and its companions'
+    # The default name, when it holds another program's table and this store tracks in
+    # ALTERNATE_TABLE instead (see choose_table); None otherwise.
+    displaced: str | None = None
     _schema: list[str]  # the CREATE statement of each, in the same order
     # What the store repaired outside a transaction during the latest migration_db() and
     # no commit has recorded since (none on SQLite): the engine records each in the
@@ -259,6 +357,26 @@ class Store(ABC):
                         " remained", ", ".join(dropped), ", ".join(sorted(existing)))
         return missing
 
+    def _not_adopted(self) -> NotAdopted | None:
+        """NotAdopted while the default name this store stepped aside from still holds
+        another program's table (ask it only when our tracking tables do not exist)."""
+        if self.displaced is None:
+            return None
+        columns = self.columns_of(self.displaced)
+        if columns is None or is_ours(columns):
+            return None  # dropped since: nothing stands beside us any more
+        return NotAdopted(self.label(self.displaced), self.label(self.tables.migrations),
+                          columns)
+
+    def _foreign_table(self) -> ForeignTable:
+        """ForeignTable for our tracking table's name, with its columns when they can be
+        read (not in a failed PostgreSQL transaction)."""
+        try:
+            columns = self.columns_of(self.tables.migrations)
+        except Exception:
+            columns = None
+        return ForeignTable(self.label(self.tables.migrations), columns)
+
     def _tracking_missing(self, existing: set[str]) -> TrackingTableMissing:
         """Error 22 for a tracking table dropped by hand, with what the history says."""
         events = self.history() if self.tables.history in existing else []
@@ -267,6 +385,22 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    @abstractmethod
+    def columns_of(self, table: str) -> list[str] | None:
+        """The columns of `table` (beside the tracking tables: the same schema on a
+        server), in order; None when there is no such table."""
+
+    @abstractmethod
+    def foreign_rows(self, table: str, query: str) -> list[tuple]:
+        """The rows of a read of another program's `table` (beside the tracking tables),
+        which `query`, one SELECT, names `{table}`. A time the database keeps without its
+        zone comes as the database's own zone would read it (see each store)."""
+
+    def label(self, table: str) -> str:
+        """How texts name a table beside the tracking tables: itself on SQLite,
+        `schema.table` on a server."""
+        return table
 
     @abstractmethod
     def acquire_owner(self, note: bytes, wait: bool = False) -> None:
@@ -376,7 +510,9 @@ class Store(ABC):
     @abstractmethod
     def applied(self) -> list[AppliedMigration]:
         """Every recorded migration, in version order. Raises TrackingTableMissing when the
-        tracking table was dropped by hand (its companions remain)."""
+        tracking table was dropped by hand (its companions remain), ForeignTable when it is
+        another program's, NotAdopted while it does not exist and the default name beside
+        it holds another tool's table (see choose_table)."""
 
     @abstractmethod
     def record(
@@ -439,9 +575,19 @@ class Store(ABC):
         """
 
 
+def tracking_facts(store: Store) -> dict[str, Any]:
+    """What health says of a store's tracking table: its name, and, when it is not the
+    default, why (the default name holds another program's table)."""
+    facts: dict[str, Any] = {"tracking_table": store.label(store.tables.migrations)}
+    if store.displaced is not None:
+        facts["renamed_because"] = (f"{store.label(store.displaced)} is another tool's table,"
+                                    " left as it is")
+    return facts
+
+
 def open_store(
     where: Endpoint,
-    table: str = DEFAULT_TABLE,
+    table: str | None = None,
     schema: str | None = None,
     owner_wait_s: float | None = None,
     wal: bool = False,
@@ -449,9 +595,11 @@ def open_store(
 ) -> Store:
     """The store for a worker's endpoint: a PostgreSQL URL's, or a SQLite file's.
 
-    `schema` places the tracking tables on a server (default `public`); a SQLite file has
-    none, so giving one is a ValueError. `owner_wait_s` is how long a write may wait for
-    the owner lock while another worker (on another host) holds it; see PostgresStore.
+    `table` names the tracking table; None: found by looking in the database (see
+    choose_table; on a server, once it answers). `schema` places the tracking tables on a
+    server (default `public`); a SQLite file has none, so giving one is a ValueError.
+    `owner_wait_s` is how long a write may wait for the owner lock while another worker
+    (on another host) holds it; see PostgresStore.
     `wal` turns an existing SQLite database's rollback journal into WAL (one it creates
     starts in WAL anyway); a server keeps its own journal. `lock_timeout_s` is how long a
     statement of migration code waits for a lock on a server (None: its default); SQLite

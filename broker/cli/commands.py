@@ -1,6 +1,6 @@
 """The command line for people: `python node.py COMMAND` (or `migrations-node COMMAND`).
 
-    status, migrate, rollback, baseline, validate, lint, history, health
+    status, migrate, rollback, baseline, adopt, validate, lint, history, health
         -> the same requests a program sends -> WorkerClient -> the database's one worker
         <- replies, drawn as tables and lines (or printed as JSON lines with --json)
     new NAME [--sql]
@@ -27,12 +27,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from broker import database_url
+from broker import database_url, endpoint
 from broker.cli import settings
 from broker.cli.lock_table import lock_table
 from broker.cli.terminal import Lines, ProgressLine, Style, escape_what_cannot_be_shown, table
 from broker.errors import LASTING, PRECONDITION_FAILED, TEMPORARILY_UNAVAILABLE, ReplyError
-from broker.kinds import COMMANDS, WAITING, before_reply
+from broker.kinds import ADOPT_FROM, COMMANDS, WAITING, before_reply
 from broker.replies import OrderedReplies
 from broker.requests import parse_request
 from broker.spawn import WorkerConfigError
@@ -65,6 +65,9 @@ EXAMPLES = {
                 "\n  migrations-node rollback --to 0 --dry-run",
     "baseline": "example, for a database that already has the schema of versions 1 to 3:\n"
                 "  migrations-node baseline --to 3",
+    "adopt": "examples, for a database golang-migrate (or another tool) has migrated:\n"
+             "  migrations-node adopt --from golang-migrate --dry-run\n"
+             "  migrations-node adopt --from golang-migrate",
     "status": "examples:\n  migrations-node --db app.db status\n"
               "  migrations-node status --exit-code || migrations-node migrate",
     "validate": "example:\n  migrations-node validate || echo 'applied files were edited'",
@@ -82,6 +85,8 @@ HELP = {
     "migrate": "apply every pending migration, each in its own transaction",
     "rollback": "revert the most recent migration (or the K most recent, or all above V)",
     "baseline": "record every migration up to V as applied without running it",
+    "adopt": "record as applied, without running them, the migrations another tool applied"
+             " (its table is read, never written)",
     "status": "list every migration: applied or pending, and when",
     "validate": "check applied files against their checksums (drift), exit 1 on problems",
     "lint": "check pending (or named) migrations for dangerous locks and breaking changes on"
@@ -138,6 +143,12 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
             command.add_argument("--to", type=_positive, metavar="V", required=True,
                                  help="the newest version the database's schema already has"
                                  ).completer = _no_files
+        elif name == "adopt":
+            command.add_argument("--from", dest="tool", choices=ADOPT_FROM, required=True,
+                                 metavar="TOOL", help=f"the tool whose tracking table to read:"
+                                 f" {', '.join(ADOPT_FROM)}")
+            command.add_argument("--dry-run", action="store_true",
+                                 help="show what would be recorded, and record nothing")
         elif name == "status":
             command.add_argument("--exit-code", action="store_true",
                                  help="exit 1 when any migration is pending (as dbmate's flag)")
@@ -275,6 +286,8 @@ def request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     fields = {"to": getattr(args, "to", None), "steps": getattr(args, "steps", None),
               "limit": getattr(args, "limit", None)}
     params = {key: value for key, value in fields.items() if value is not None}
+    if getattr(args, "tool", None) is not None:
+        params["from"] = args.tool
     if getattr(args, "dry_run", False):
         params["dry_run"] = True
     if getattr(args, "versions", None):
@@ -360,6 +373,8 @@ def print_json(session: Session, args: argparse.Namespace, out: Lines) -> int:
     replies.fill(replies.reserve(request), body)
     replies.flush()
     out.raw(line.getvalue())
+    if kind == "adopt" and body.get("renamed") and not args.dry_run:
+        say(where_tracked(body))  # stdout holds the reply alone
     if out.lost and kind in WORDS:
         return stdout_closed(taken_steps(body), done_word(kind, args.dry_run))
     if kind == "lint" and body["type"] == "error" and body["code"] == PRECONDITION_FAILED:
@@ -391,7 +406,7 @@ def show_status(session: Session, args: argparse.Namespace, out: Lines) -> int:
     applied_at = {}
     if history["type"] == "migration_history":
         for event in history["events"]:  # oldest first: the last apply is the one that holds
-            if event["action"] in ("apply", "baseline"):
+            if event["action"] in ("apply", "baseline", "adopt"):
                 applied_at[event["version"]] = event["started_at"]
     style = Style(sys.stdout)
     rows = [
@@ -640,11 +655,57 @@ def run_baseline(session: Session, args: argparse.Namespace, out: Lines) -> int:
     return exit_status(body, session)
 
 
+def run_adopt(session: Session, args: argparse.Namespace, out: Lines) -> int:
+    """adopt: a line per migration recorded (all in one transaction) with the other tool's
+    time for it, a summary, then where this tool tracks when the other tool's table holds
+    the default name (and the project file told so, when it can be)."""
+    (body,) = session.ask(request_of(args))
+    if body["type"] == "error":
+        return report_error(body, session)
+    style = Style(sys.stdout)
+    word = "would be adopted" if args.dry_run else "adopted"
+    for entry in body["migrations"]:
+        when = f"  applied {entry['applied_at']}" if entry["applied_at"] else ""
+        out(f"{style(word, 'green')}  {entry['version']}  {entry['name']}{when}")
+    source = f"{body['from']}'s {body['from_table']}"
+    if args.dry_run:
+        out(f"{counted(body['migrations'])} would be adopted from {source} (dry run:"
+            " nothing recorded)")
+    else:
+        out(f"{counted(body['migrations'])} adopted from {source}: recorded as applied, none"
+            " of them run")
+    if body["renamed"]:
+        tracks = "would track" if args.dry_run else "tracking"
+        out(f"{tracks} in {body['table']}: {body['from_table']} keeps {body['from']}'s"
+            " records, never written by this tool")
+        if not args.dry_run:
+            out(where_tracked(body))
+    return exit_status(body, session)
+
+
+def where_tracked(body: dict[str, Any]) -> str:
+    """After an adopt that gave our tracking table another name: the project file told so
+    (see project_table), or how nodes find it without one."""
+    try:
+        found = settings.find_project(Path.cwd())
+    except settings.SettingsError:
+        found = None  # it was read at start, and has changed since: leave it alone
+    if found is None:
+        return (f"nodes given no --table find {body['table']} in the database by themselves;"
+                f' to say it in pyproject.toml: table = "{body["table"]}" under'
+                f" [tool.{settings.TABLE}]")
+    from broker.cli.project_table import record_table
+
+    return record_table(found[0], body["table"],
+                        f"adopt: {body['from_table']} is {body['from']}'s")
+
+
 HANDLERS: dict[str, Callable[[Session, argparse.Namespace, Lines], int]] = {
     "status": show_status,
     "migrate": run_write,
     "rollback": run_write,
     "baseline": run_baseline,
+    "adopt": run_adopt,
     "validate": run_validate,
     "lint": run_lint,
     "history": show_history,
@@ -712,7 +773,6 @@ def new_migration(folder: Path, name: str, sql: bool, out: Lines) -> int:
 def stop_worker(database: str, stop: StopRequest, out: Lines) -> int:
     """Stop the worker that owns `database` (wherever its runtime directory is) and wait
     until it has exited; a database without one is not an error."""
-    from broker import endpoint
     from broker.spawn import stop_owner
 
     try:
@@ -746,7 +806,11 @@ def show_config(resolved: dict[str, settings.Setting], out: Lines) -> int:
         if key == "db" and database_url.is_url(str(value)):
             value = database_url.split_secrets(str(value))[0]
         shown = "" if value is None else str(value)
-        rows.append((key.replace("_", "-"), shown, setting.origin))
+        origin = setting.origin
+        if key == "table" and origin == settings.DEFAULT:  # the worker's to find (spawn.py)
+            origin = (f"default; {endpoint.ALTERNATE_TABLE} where another tool's table has"
+                      " this name (found in the database)")
+        rows.append((key.replace("_", "-"), shown, origin))
     out(table(("setting", "value", "from"), rows, Style(sys.stdout)))
     return EXIT_OK
 
