@@ -523,3 +523,8 @@ def test_a_freshly_written_file_is_read_again_on_every_check(folder, monkeypatch
     assert catalog.source_checksum_matches(migration, recorded)
     assert catalog.source_checksum_matches(migration, recorded)
     assert len(reads) == 2  # its mtime is within the racy window: a same-tick edit could hide
+
+
+def test_a_nul_character_in_a_sql_file_is_refused_naming_its_line(folder):
+    with pytest.raises(SqlFileError, match=r"0001_a.sql line 2: a NUL character"):
+        load(folder, "0001_a.sql", b"-- migrate:up\nSELECT '\x00';\n")

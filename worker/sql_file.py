@@ -92,15 +92,22 @@ class _Marker(NamedTuple):
 def decode(source: bytes, filename: str) -> str:
     """The text of a SQL file's bytes (a leading UTF-8 byte order mark is dropped).
 
-    Raises SqlFileError naming the line of the first byte that is not UTF-8.
+    Raises SqlFileError naming the line of the first byte that is not UTF-8, or of a NUL
+    character (no database takes one in SQL text, and SQLite's statement splitter cannot
+    read past it).
     """
     try:
-        return source.decode("utf-8-sig")
+        text = source.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = source.count(b"\n", 0, exc.start) + 1
         raise SqlFileError(
             f"{filename} line {line}: byte {exc.start} is not valid UTF-8; save the file as UTF-8"
         ) from None
+    nul = text.find("\x00")
+    if nul != -1:
+        line = text.count("\n", 0, nul) + 1
+        raise SqlFileError(f"{filename} line {line}: a NUL character, which SQL text cannot hold")
+    return text
 
 
 def split_statements(script: str) -> Iterator[str]:
