@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from broker.errors import PRECONDITION_FAILED, ReplyError
 from tests.backends import Backend
+from tests.sqlite_steps import run, tables
 from worker import pg_sql, sql_file
 from worker.catalog import (
     Catalog,
@@ -35,7 +35,6 @@ from worker.catalog import (
 )
 from worker.engine import Engine
 from worker.lint.sources import sql_source
-from worker.migration_db import guarded
 from worker.params import Params
 from worker.readers import names, pick
 from worker.readers.pick import Read
@@ -111,24 +110,6 @@ def refusal(folder: Path, files: dict[str, str], dialect: str = "sqlite") -> str
     with pytest.raises(SqlFileError) as caught:
         read(folder, files, dialect)
     return str(caught.value)
-
-
-def run(connection: sqlite3.Connection, function: Callable[[Any], object] | None) -> None:
-    """Run up or down in one transaction, as the engine does: COMMIT, or ROLLBACK and raise."""
-    assert function is not None
-    connection.execute("BEGIN")
-    try:
-        with guarded(connection) as db:
-            function(db)
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-
-
-def tables(connection: sqlite3.Connection) -> set[str]:
-    rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    return {name for (name,) in rows}
 
 
 # -- names: which reader, which version, which files make one migration ---------------------

@@ -10,13 +10,14 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.errors import PRECONDITION_FAILED
+from tests.sqlite_steps import run, tables
 from worker.catalog import (
     Catalog,
     DuplicateVersion,
@@ -26,7 +27,6 @@ from worker.catalog import (
     checksum_matches,
     checksum_of,
 )
-from worker.migration_db import guarded
 from worker.sql_file import SqlFileError, parse
 
 AN_HOUR_AGO_NS = 3600 * 10**9  # older than the catalog's racy window
@@ -57,24 +57,6 @@ def load(folder: Path, filename: str, text: str | bytes) -> Loaded:
     write(folder, filename, text)
     (migration,) = [m for m in Catalog(folder).migrations() if m.path.endswith(filename)]
     return migration.load()
-
-
-def run(connection: sqlite3.Connection, function: Callable[[Any], object] | None) -> None:
-    """Run up or down in one transaction, as the engine does: COMMIT, or ROLLBACK and raise."""
-    assert function is not None
-    connection.execute("BEGIN")
-    try:
-        with guarded(connection) as db:
-            function(db)
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-
-
-def tables(connection: sqlite3.Connection) -> set[str]:
-    rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    return {name for (name,) in rows}
 
 
 def time_ns_ago(ns: int) -> int:
