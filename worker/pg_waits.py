@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+from broker.cli.lock_table import mode_name
+
 log = logging.getLogger(__name__)
 
 QUERY_SHOWN_CHARS = 60  # of a blocking session's query, in texts and replies
@@ -91,16 +93,10 @@ class LockWait(NamedTuple):
     blockers: tuple[Blocker, ...]
     since: float  # time.monotonic() when the watch first saw this wait
 
-    @property
-    def mode_words(self) -> str:
-        """`ACCESS EXCLUSIVE` for AccessExclusiveLock, as LOCK TABLE spells it."""
-        name = self.mode.removesuffix("Lock")
-        return "".join(f" {c}" if c.isupper() else c.upper() for c in name).strip()
-
     def describe(self) -> str:
         """`ACCESS EXCLUSIVE on public.accounts: pid 4242 idle in transaction for 12 s`"""
         who = "; ".join(blocker.describe() for blocker in self.blockers)
-        return f"{self.mode_words} on {self.relation}: {who or 'no blocker seen'}"
+        return f"{mode_name(self.mode)} on {self.relation}: {who or 'no blocker seen'}"
 
     def as_reply(self, now: float | None = None) -> dict[str, Any]:
         now = time.monotonic() if now is None else now

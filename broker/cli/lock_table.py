@@ -49,7 +49,7 @@ def lock_table(locks: Sequence[dict[str, Any]], style: Style) -> str:
             # A repeatable migration has no version: R and its name (Flyway's R__name).
             str(entry["version"]) if entry["version"] is not None else f"R {entry['name']}",
             entry["relation"],
-            (_mode_name(entry["mode"]), "red") if exclusive else _mode_name(entry["mode"]),
+            (mode_name(entry["mode"]), "red") if exclusive else mode_name(entry["mode"]),
             ("yes", "red") if entry["rewritten"] else "no",
             size_text(entry["bytes"]),
         ))
@@ -71,5 +71,6 @@ def size_text(size: int | None) -> str:
     return f"{size} {SIZE_UNITS[-1]}"
 
 
-def _mode_name(mode: str) -> str:
+def mode_name(mode: str) -> str:
+    """`ACCESS EXCLUSIVE` for pg_locks' AccessExclusiveLock; a mode it does not know as is."""
     return MODE_NAMES.get(mode, mode)
