@@ -27,7 +27,7 @@ RUNTIME_DIR_ENV = "MIGRATIONS_RUNTIME_DIR"
 DEFAULT_TABLE = "schema_migrations"  # --table: the tracking table's name
 # The tracking table's name, given no --table, where DEFAULT_TABLE is another tool's
 # (golang-migrate's and dbmate's have that name too): `adopt` creates it, and a worker
-# finds it in the database (see worker/store.py choose_table).
+# finds it in the database (see worker/stores/interface.py choose_table).
 ALTERNATE_TABLE = "migrations_node"
 MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 

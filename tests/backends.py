@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from worker.store import tracking_tables
+from worker.stores.interface import tracking_tables
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_SERVER = f"postgresql://postgres@{PG_HOST}:{PG_PORT}"
@@ -129,7 +129,7 @@ class SqliteBackend(Backend):
         self.path = path
 
     def store(self) -> Any:
-        from worker.sqlite_store import SqliteStore
+        from worker.stores.sqlite.store import SqliteStore
 
         return self.keep(SqliteStore(self.path))
 
@@ -157,7 +157,7 @@ class SqliteBackend(Backend):
         return self.path.read_bytes()
 
     def wait_briefly_for_locks(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr("worker.sqlite_store.BUSY_TIMEOUT_S", SHORT_LOCK_WAIT_MS / 1000)
+        monkeypatch.setattr("worker.stores.sqlite.store.BUSY_TIMEOUT_S", SHORT_LOCK_WAIT_MS / 1000)
 
     def lock_writes(self) -> sqlite3.Connection:
         """SQLite's write lock on the whole file, as any other writer takes it."""
@@ -194,7 +194,7 @@ class PostgresBackend(Backend):
     def store(self, **options: Any) -> Any:
         """A PostgresStore with its tracking tables in this backend's schema; `url`,
         `schema`, `table` and the store's other keywords may be given."""
-        from worker.postgres_store import PostgresStore
+        from worker.stores.postgres.store import PostgresStore
 
         options.setdefault("schema", self.schema)
         return self.keep(PostgresStore(options.pop("url", self.url), **options))

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from worker.migration_db import guarded
+from worker.stores.sqlite.migration_db import guarded
 
 
 def run(connection: sqlite3.Connection, function: Callable[[Any], object] | None) -> None:

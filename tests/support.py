@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import alive_owner, lock_owner
-from worker.store import tracking_tables
+from worker.stores.interface import tracking_tables
 
 PROJECT = Path(__file__).resolve().parent.parent
 NODE = PROJECT / "node.py"

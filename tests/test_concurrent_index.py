@@ -24,7 +24,7 @@ from tests import test_postgres_node  # noqa: E402
 from tests.conftest import kill_workers, stop_nodes  # noqa: E402
 from tests.support import Workspace, request, wait_until  # noqa: E402
 from tests.test_postgres_node import pg_query  # noqa: E402
-from worker.pg_index import IndexBuild, index_builds  # noqa: E402
+from worker.stores.postgres.index import IndexBuild, index_builds  # noqa: E402
 
 database = test_postgres_node.database  # the fixture: a fresh database for each test
 

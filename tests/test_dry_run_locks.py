@@ -26,7 +26,7 @@ from tests.support import PROCESS_TIMEOUT_S
 from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.params import Params
-from worker.pg_locks import HELD, LOCK_MODES, SNAPSHOT, strongest
+from worker.stores.postgres.locks import HELD, LOCK_MODES, SNAPSHOT, strongest
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install .[test])")
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from worker import pg_sql, sql_file
+from worker import sql_file
 from worker.catalog import Catalog, scan
 from worker.engine import Engine
 from worker.params import Params
+from worker.stores.postgres import sql as pg_sql
 
 pytest.importorskip("pglast", reason="pglast is not installed (pip install .[test])")
 
@@ -288,7 +289,7 @@ def test_the_dry_run_executes_concurrently_statements_without_concurrently() -> 
 
 
 def test_on_sqlite_lint_lints_nothing_and_says_why(tmp_path: Path) -> None:
-    from worker.sqlite_store import SqliteStore
+    from worker.stores.sqlite.store import SqliteStore
 
     folder = write(tmp_path / "m", {"0001_d.sql": UP + "DROP TABLE posts;\n"})
     store = SqliteStore(tmp_path / "db.sqlite")
@@ -433,7 +434,7 @@ def test_without_pglast_lint_says_how_to_install_it(pg, monkeypatch) -> None:
 def test_the_worker_does_not_import_pglast_until_a_lint_asks() -> None:
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, worker.__main__, worker.server, worker.engine,"
-         " worker.postgres_store; print('pglast' in sys.modules)"],
+         " worker.stores.postgres.store; print('pglast' in sys.modules)"],
         capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=60,
     )
     assert loaded.stdout.strip() == "False", loaded.stderr

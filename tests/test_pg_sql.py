@@ -1,4 +1,4 @@
-"""worker.pg_sql.split_statements: PostgreSQL's statements of a .sql migration, as written.
+"""pg_sql.split_statements: PostgreSQL's statements of a .sql migration, as written.
 
 Pure text, no server: the cases psql gets right and sqlite3.complete_statement does not
 (dollar quotes, E'' escapes, nested comments, BEGIN ATOMIC bodies, parentheses), the
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from worker import sql_file
 from worker.catalog import Catalog
-from worker.pg_sql import split_sql, split_statements
 from worker.sql_file import IncompleteStatement, SqlFileError, parse
+from worker.stores.postgres.sql import split_sql, split_statements
 
 PLPGSQL_TRIGGER = (
     "CREATE FUNCTION stamp() RETURNS trigger AS $$\n"

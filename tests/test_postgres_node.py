@@ -243,7 +243,7 @@ def test_a_session_terminated_idle_is_replaced_and_one_terminated_mid_migration_
 def test_writes_wait_for_an_owner_on_another_host_then_get_error_11_naming_it(
     workspace, database
 ):
-    from worker.postgres_store import owner_lock_key
+    from worker.stores.postgres.store import owner_lock_key
 
     folder = workspace.root / "migrations"
     folder.mkdir()
@@ -274,7 +274,7 @@ def test_a_standalone_worker_finding_the_database_owned_exits_75_naming_the_hold
     import subprocess
     import sys
 
-    from worker.postgres_store import owner_lock_key
+    from worker.stores.postgres.store import owner_lock_key
 
     holder = psycopg.connect(
         database, autocommit=True, application_name="migrations worker pid 4343 on db-admin")

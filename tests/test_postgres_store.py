@@ -1,4 +1,4 @@
-"""Tests for worker.postgres_store: what only PostgreSQL has, and the same replies as SQLite.
+"""Tests for worker.stores.postgres.store: what only PostgreSQL has, and the same replies as SQLite.
 
 The engine tests that make sense on both backends are in tests/test_engine.py, which runs
 each on both. Here: the SQL text functions (no server needed), replies compared byte for
@@ -39,9 +39,9 @@ from worker.catalog import Catalog  # noqa: E402
 from worker.engine import Engine  # noqa: E402
 from worker.lock import AlreadyOwned  # noqa: E402
 from worker.params import Params  # noqa: E402
-from worker.pg_sql import to_psycopg, transaction_control, translate  # noqa: E402
-from worker.postgres_store import PostgresStore  # noqa: E402
-from worker.sqlite_store import SqliteStore  # noqa: E402
+from worker.stores.postgres.sql import to_psycopg, transaction_control, translate  # noqa: E402
+from worker.stores.postgres.store import PostgresStore  # noqa: E402
+from worker.stores.sqlite.store import SqliteStore  # noqa: E402
 
 SEED = Path(__file__).resolve().parent.parent / "migrations"
 Reply = dict[str, Any]
@@ -330,7 +330,9 @@ def test_a_plpgsql_function_and_trigger_from_python_apply_in_one_statement(pg: P
 
 
 def test_a_sql_file_with_a_plpgsql_body_holding_semicolons_applies(pg: Pg) -> None:
-    from worker.pg_sql import split_statements  # what a PostgreSQL worker's catalog splits by
+    from worker.stores.postgres.sql import (
+        split_statements,  # what a PostgreSQL worker's catalog splits by
+    )
 
     pg.write(
         "0001_plpgsql.sql",

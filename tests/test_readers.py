@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from broker.errors import PRECONDITION_FAILED, ReplyError
 from tests.backends import Backend
 from tests.sqlite_steps import run, tables
-from worker import pg_sql, sql_file
+from worker import sql_file
 from worker.catalog import (
     Catalog,
     DownWithoutUp,
@@ -39,6 +39,7 @@ from worker.params import Params
 from worker.readers import names, pick
 from worker.readers.pick import Read
 from worker.sql_file import SqlFileError
+from worker.stores.postgres import sql as pg_sql
 
 SPLITTERS = {"sqlite": sql_file.split_statements, "postgresql": pg_sql.split_statements}
 AN_HOUR_AGO_NS = 3600 * 10**9  # older than the catalog's racy window

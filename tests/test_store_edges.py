@@ -32,7 +32,7 @@ from tests.test_engine import Node, applied_reply, entry, outcome
 from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.params import Params
-from worker.store import KEEP_REPLIES, Event, TrackingTableMissing, tracking_tables
+from worker.stores.interface import KEEP_REPLIES, Event, TrackingTableMissing, tracking_tables
 
 TRACKING = tracking_tables()
 EVICTED = "schema_migration_evicted"  # pruned replies, one row per node
@@ -452,7 +452,7 @@ def test_a_reader_on_a_rollback_journal_database_gets_a_migrating_node_error_11(
 @pytest.fixture
 def keep_two(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stores keep 2 replies instead of 10,000 (as test_engine's pruning test does)."""
-    monkeypatch.setattr(f"worker.{node.db.name.replace('postgresql', 'postgres')}_store"
+    monkeypatch.setattr(f"worker.stores.{node.db.name.replace('postgresql', 'postgres')}.store"
                         ".KEEP_REPLIES", 2)
 
 
@@ -516,7 +516,7 @@ def test_a_node_resending_to_a_new_worker_after_its_reply_was_pruned_is_told_so(
     """A real node's own resend: its worker dies right after committing a baseline, and
     before the next worker starts, 10,000 other replies are stored by the store's own code
     (as 10,000 writes of other nodes would); the resent baseline must not get error 22."""
-    from worker.sqlite_store import SqliteStore
+    from worker.stores.sqlite.store import SqliteStore
 
     address = f"ipc://{workspace.runtime}/standalone.sock"
     command = [sys.executable, "-m", "worker", "--db", str(workspace.db), "--bind", address]

@@ -26,7 +26,8 @@ from worker.catalog import Catalog
 from worker.engine import Engine
 from worker.journal import CrashJournal
 from worker.server import WorkerServer
-from worker.store import ALTERNATE_TABLE, DEFAULT_TABLE, AlreadyOwned, Store, open_store
+from worker.stores.interface import ALTERNATE_TABLE, DEFAULT_TABLE, AlreadyOwned, Store
+from worker.stores.opening import open_store
 
 log = logging.getLogger("worker")
 LOG_BUFFER_LINES = 1000  # info lines held before they are written anyway
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OWNED
     except (ReplyError, OSError, ValueError, sqlite3.Error, ImportError) as exc:
         # A start-up error: say why once, with an exit status that stops restarts. (An
-        # ImportError: a PostgreSQL URL without the driver, see worker/postgres_store.py.)
+        # ImportError: a PostgreSQL URL without the driver, see worker/stores/postgres/store.py.)
         _cannot_start(getattr(exc, "text", exc))
         _close(store)
         return EXIT_CONFIG

@@ -42,7 +42,7 @@ from broker.kinds import PROGRESS, WAITING
 from worker.catalog import Catalog, Loaded, Migration, Repeatable, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
-from worker.store import (
+from worker.stores.interface import (
     NO_LOCK_WATCH,
     REPEATABLE_VERSION,
     AppliedMigration,

@@ -18,10 +18,10 @@ from broker.errors import PRECONDITION_FAILED
 from worker.adopt.reading import Applied, Problem, Reading
 from worker.adopt.tools import recognize
 from worker.catalog import Migration
-from worker.store import MomentaryRefusal
+from worker.stores.interface import MomentaryRefusal
 
 if TYPE_CHECKING:
-    from worker.store import Store
+    from worker.stores.interface import Store
 
 
 class AdoptRefused(MomentaryRefusal):

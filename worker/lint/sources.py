@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from worker import pg_sql
 from worker.catalog import Migration
+from worker.stores.postgres import sql as pg_sql
 
 # SQLite-style placeholders of a statement run with parameters, as migration code writes
 # them (see pg_sql.to_psycopg); the parser reads PostgreSQL's $n instead.

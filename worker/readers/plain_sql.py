@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from worker import pg_sql
 from worker.sql_file import section_statements
+from worker.stores.postgres import sql as pg_sql
 
 # Leading words of the statements PostgreSQL refuses inside a transaction block (SQLite's
 # VACUUM too); REINDEX is read apart, its options may come between its words.

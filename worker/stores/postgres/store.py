@@ -37,7 +37,7 @@ Where PostgreSQL differs from SQLite, and what this store does about it:
   statement or a transaction: the holder's CREATE INDEX CONCURRENTLY waits for every
   snapshot older than its own, so a waiter holding one would deadlock with it.
 - CREATE INDEX CONCURRENTLY outside a transaction first drops an INVALID index of the name
-  it builds, left by a concurrent build that did not finish (see pg_index); the drop is
+  it builds, left by a concurrent build that did not finish (see index.py); the drop is
   kept in `repairs` for the history.
 - The session is the worker's for its whole life, so what a migration changes of it (SET,
   SET ROLE, temporary tables, WITH HOLD cursors, LISTEN, sequence state; PREPAREd
@@ -65,12 +65,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from broker import codec, database_url
 from broker.cli.settings import LOCK_TIMEOUT_S as MIGRATION_LOCK_TIMEOUT_S
 from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
-from worker import pg_index, pg_sql
 from worker.lock import AlreadyOwned, OwnerLock
-from worker.pg_locks import PgLockWatch
-from worker.pg_sql import to_psycopg, transaction_control, translate
-from worker.pg_waits import LockWait, LockWaitWatch
-from worker.store import (
+from worker.stores.interface import (
     DEFAULT_TABLE,
     KEEP_REPLIES,
     NODE_ID_BYTES,
@@ -91,6 +87,11 @@ from worker.store import (
     tracking_facts,
     tracking_tables,
 )
+from worker.stores.postgres import index as pg_index
+from worker.stores.postgres import sql as pg_sql
+from worker.stores.postgres.locks import PgLockWatch
+from worker.stores.postgres.sql import to_psycopg, transaction_control, translate
+from worker.stores.postgres.waits import LockWait, LockWaitWatch
 
 INSTALL_DRIVER = "pip install 'migrations-node[postgres]'"  # psycopg: the optional extra
 try:
@@ -539,7 +540,7 @@ class PostgresStore(Store):
 
     def _watching(self, connection: psycopg.Connection[Any], timeout_ms: int
                   ) -> AbstractContextManager[None]:
-        """Watch the session for lock waits while migration code runs (see pg_waits)."""
+        """Watch the session for lock waits while migration code runs (see waits.py)."""
         if self._watch is None:
             self._watch = LockWaitWatch(lambda: _connect(self._url, self.database),
                                         self._on_lock_wait)
@@ -895,14 +896,14 @@ class PostgresStore(Store):
         back to the session's after it, so the tracking rows written next keep the
         session's; outside a transaction, SET for the session, which the reset after it
         puts back. One that waits longer raises LockTimeout naming what it waited for and
-        who held it, as the watch saw it (see pg_waits), and the wait is shown by
+        who held it, as the watch saw it (see waits.py), and the wait is shown by
         waiting() meanwhile.
 
         The migration meets the session a new worker has: one that migration code ran on
         before (another step of a dry run) is reset first, and a migration outside a
         transaction is followed by a reset; inside one, the reset comes with its COMMIT
         (see transaction). Outside a transaction, an INVALID index in the way of a CREATE
-        INDEX CONCURRENTLY is dropped first (see pg_index), and kept in `repairs`, which
+        INDEX CONCURRENTLY is dropped first (see index.py), and kept in `repairs`, which
         starts empty for each migration.
 
         Raises RuntimeError afterwards if the migration ended the transaction itself, went
@@ -980,7 +981,7 @@ class PostgresStore(Store):
     @contextmanager
     def watching_locks(self) -> Iterator[PgLockWatch]:
         """Around a dry run's transaction: after each statement of migration code, the
-        locks our session holds are read (see worker/pg_locks.py); real runs pay nothing."""
+        locks our session holds are read (see locks.py); real runs pay nothing."""
         self._lock_watch = PgLockWatch(self._run, self.schema, list(self.tables))
         try:
             yield self._lock_watch
@@ -1193,7 +1194,7 @@ class PostgresMigrationDB:
     inside a function or procedure is not seen, but PostgreSQL itself refuses COMMIT and
     ROLLBACK there while a transaction block is open. Unguarded and outside a transaction,
     a statement that builds an index concurrently is preceded by the drop of an INVALID
-    index of that name (see pg_index), which `repaired` is told of.
+    index of that name (see index.py), which `repaired` is told of.
     """
 
     def __init__(

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from worker.store import LockWatch
+from worker.stores.interface import LockWatch
 
 # PostgreSQL's table-level lock modes as pg_locks names them, weakest first, in the order
 # its documentation lists them and lockdefs.h numbers them. Anything else (SIReadLock, a

@@ -2,11 +2,9 @@
 
 A store owns its connection, its transactions, the tracking rows, the history, the stored
 replies, a change stamp and the owner lock. The engine never touches a connection: it asks
-the store for a transaction and for the `db` that migration code gets. `open_store()` is the
-one place that turns `--db` into a store:
-
-    migrations.db, ./x/app.sqlite     -> SqliteStore (worker/sqlite_store.py)
-    postgresql://user@host:5432/name  -> PostgresStore (worker/postgres_store.py)
+the store for a transaction and for the `db` that migration code gets. Each backend has its
+package beside this module (sqlite/, postgres/, mariadb/), and worker/stores/opening.py is
+the one place that turns `--db` into one of them; this module imports none.
 
 Given no --table, a store finds its tracking table by looking in the database (see
 choose_table): `schema_migrations`, or `migrations_node` where another tool's table has
@@ -23,15 +21,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
-from broker.endpoint import ALTERNATE_TABLE, DEFAULT_TABLE, Endpoint
+from broker.endpoint import ALTERNATE_TABLE, DEFAULT_TABLE
 from broker.errors import CRASH, PRECONDITION_FAILED, TEMPORARILY_UNAVAILABLE, ReplyError
-from worker.lock import AlreadyOwned, OwnerLock
+from worker.lock import AlreadyOwned
 
 __all__ = ["ALTERNATE_TABLE", "DEFAULT_TABLE", "REPEATABLE_VERSION", "AlreadyOwned",
            "AppliedMigration", "AppliedRepeatable", "CrashHook", "Event", "ForeignKeyViolation",
            "ForeignTable", "LockTimeout", "LockWatch", "MomentaryRefusal", "NotAdopted",
            "Repair", "ReplyEvicted", "Store", "TableChoice", "TrackingTableMissing",
-           "choose_table", "open_store", "tracking_facts"]
+           "choose_table", "tracking_facts"]
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +299,7 @@ class ForeignKeyViolation(Exception):
 class LockWatch:
     """What a dry run learns of the locks its statements take. This one, the default of
     every store, learns nothing, so that a dry run's reply has no `locks` at all;
-    worker/pg_locks.py has PostgreSQL's."""
+    worker/stores/postgres/locks.py has PostgreSQL's."""
 
     def begin(self, version: int | None, name: str = "") -> None:
         """Migration `version` (None: the repeatable migration `name`) is about to run its
@@ -583,44 +581,6 @@ def tracking_facts(store: Store) -> dict[str, Any]:
         facts["renamed_because"] = (f"{store.label(store.displaced)} is another tool's table,"
                                     " left as it is")
     return facts
-
-
-def open_store(
-    where: Endpoint,
-    table: str | None = None,
-    schema: str | None = None,
-    owner_wait_s: float | None = None,
-    wal: bool = False,
-    lock_timeout_s: float | None = None,
-) -> Store:
-    """The store for a worker's endpoint: a PostgreSQL URL's, or a SQLite file's.
-
-    `table` names the tracking table; None: found by looking in the database (see
-    choose_table; on a server, once it answers). `schema` places the tracking tables on a
-    server (default `public`); a SQLite file has none, so giving one is a ValueError.
-    `owner_wait_s` is how long a write may wait for the owner lock while another worker
-    (on another host) holds it; see PostgresStore.
-    `wal` turns an existing SQLite database's rollback journal into WAL (one it creates
-    starts in WAL anyway); a server keeps its own journal. `lock_timeout_s` is how long a
-    statement of migration code waits for a lock on a server (None: its default); SQLite
-    has no such wait.
-    """
-    if isinstance(where.database, str):
-        from worker.postgres_store import PostgresStore  # only a PostgreSQL worker loads psycopg
-
-        return PostgresStore(
-            where.database,
-            table=table,
-            schema=schema or "public",
-            local_lock=OwnerLock(where.lock_path),
-            owner_wait_s=owner_wait_s,
-            lock_timeout_s=lock_timeout_s,
-        )
-    if schema is not None:
-        raise ValueError("--schema is for a PostgreSQL database; a SQLite file has no schemas")
-    from worker.sqlite_store import SqliteStore
-
-    return SqliteStore(where.database, table=table, wal=wal)
 
 
 class CrashHook:

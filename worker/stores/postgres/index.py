@@ -29,8 +29,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from worker.pg_sql import OTHER, QUOTED_NAME, WORD, Token, leading_tokens
-from worker.store import Repair
+from worker.stores.interface import Repair
+from worker.stores.postgres.sql import OTHER, QUOTED_NAME, WORD, Token, leading_tokens
 
 log = logging.getLogger(__name__)
 

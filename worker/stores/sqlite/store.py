@@ -25,8 +25,7 @@ from broker import codec, endpoint
 from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
 from worker import sql_file
 from worker.lock import OwnerLock
-from worker.migration_db import MigrationDB, SessionChanges, guarded
-from worker.store import (
+from worker.stores.interface import (
     DEFAULT_TABLE,
     KEEP_REPLIES,
     NODE_ID_BYTES,
@@ -45,6 +44,7 @@ from worker.store import (
     tracking_facts,
     tracking_tables,
 )
+from worker.stores.sqlite.migration_db import MigrationDB, SessionChanges, guarded
 
 log = logging.getLogger(__name__)
 
