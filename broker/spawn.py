@@ -311,11 +311,11 @@ def worker_environment(
 ) -> dict[str, str] | None:
     """The environment of a worker for `where`: this process's (None) when there are no
     secrets, else this process's with the secrets in the variables its driver reads them
-    from (database_url.secrets_environment: PGPASSWORD, read by libpq, and
-    SECRET_ENVIRONMENT's others)."""
+    from (database_url.secrets_environment: PGPASSWORD and SECRET_ENVIRONMENT's others for
+    PostgreSQL, MYSQL_PWD for MySQL)."""
     if not secrets:
         return None
-    return {**os.environ, **database_url.secrets_environment(secrets)}
+    return {**os.environ, **database_url.secrets_environment(secrets, str(where.database))}
 
 
 def idle_exit_s() -> float:
