@@ -62,8 +62,9 @@ def add_options(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
     parser.add_argument(
         "--db",
         default=argparse.SUPPRESS,
-        help=helping("SQLite file or postgresql://user@host:port/dbname (default: $DATABASE_URL,"
-                     " else the project's, else ./migrations.db)"),
+        help=helping("SQLite file, postgresql://user@host:port/dbname or"
+                     " mysql://user@host:port/database (default: $DATABASE_URL, else the"
+                     " project's, else ./migrations.db)"),
     )
     parser.add_argument(
         "--migrations",
@@ -226,8 +227,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         origin = args.settings["migrations"].origin
         parser.error(f"the migrations folder {args.migrations} (from {origin}) is not a folder")
     args.migrations = args.migrations.resolve()
-    if args.schema is not None and not database_url.is_url(args.db):
+    backend = database_url.backend_of(args.db)
+    if args.schema is not None and backend is None:
         parser.error("--schema is for a PostgreSQL database; a SQLite file has no schemas")
+    if args.schema is not None and backend == database_url.MYSQL:
+        parser.error("--schema is for a PostgreSQL database; on MySQL the tracking tables"
+                     " live in the URL's database")
     if not args.table or "\x00" in args.table:
         parser.error("--table must be a non-empty name")
     for option, seconds in (("--owner-wait", args.owner_wait),

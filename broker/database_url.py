@@ -1,4 +1,5 @@
-"""PostgreSQL URLs given as --db, read as libpq reads them: the secrets out, the target named.
+"""Database URLs given as --db: which server's (backend_of), and PostgreSQL's read as libpq
+reads them: the secrets out, the target named.
 
     --db URL --split_secrets()--+--> the URL without its secrets: the worker's argv, logs, health
                                 +--> the secrets, decoded: the worker's environment
@@ -18,6 +19,11 @@ user in /proc), a log line, `health` or an error text: `split_secrets()` cuts th
 text, leaving every other byte as written, and the node hands them, decoded, to the worker in
 its environment: the password as PGPASSWORD (read by libpq itself), the others, which libpq
 reads from no variable, as SECRET_ENVIRONMENT names them (the worker passes them on).
+
+This module is the one place that tells a URL's kind: is_url, split_secrets,
+secrets_environment, target and resolve take a MySQL or MariaDB URL too and hand it to
+broker/mysql_url.py (loaded only then: other nodes never pay for it), whose reading follows
+the same vocabulary.
 """
 
 from __future__ import annotations
@@ -26,10 +32,16 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, unquote_to_bytes
 
+if TYPE_CHECKING:
+    from broker import mysql_url
+
+POSTGRESQL = "postgresql"  # what backend_of says of a URL
+MYSQL = "mysql"  # MySQL and MariaDB alike
 SCHEMES = ("postgresql", "postgres")
+MYSQL_SCHEMES = ("mysql", "mariadb")
 DEFAULT_PORT = 5432  # libpq's compiled-in DEF_PGPORT, the same in every build we know of
 # libpq's options shown as "*" (password fields) by PQconndefaults, and the SCRAM keys of
 # libpq 18, each as good as a password; -> the variable the worker finds it in.
@@ -101,9 +113,22 @@ class Target(NamedTuple):
         return f"{text}?{query}" if query else text
 
 
+def backend_of(database: str) -> str | None:
+    """POSTGRESQL for a postgresql:// or postgres:// URL, MYSQL for a mysql:// or mariadb://
+    one, None for anything else (a SQLite file's path)."""
+    scheme, separator, _ = database.partition("://")
+    if not separator:
+        return None
+    if scheme in SCHEMES:
+        return POSTGRESQL
+    if scheme in MYSQL_SCHEMES:
+        return MYSQL
+    return None
+
+
 def is_url(database: str) -> bool:
-    """True for a PostgreSQL URL (postgresql://..., postgres://...), false for a file path."""
-    return database.partition("://")[0] in SCHEMES and "://" in database
+    """True for a server's URL (PostgreSQL, MySQL or MariaDB), false for a file path."""
+    return backend_of(database) is not None
 
 
 def split_secrets(url: str) -> tuple[str, dict[str, str]]:
@@ -111,16 +136,33 @@ def split_secrets(url: str) -> tuple[str, dict[str, str]]:
 
     The secrets are the password of the userinfo (`user:password@`) and every query
     parameter SECRET_OPTIONS names (however its name is percent-encoded); the last one
-    given wins, as in libpq. Every other byte of the URL stays as it was written.
+    given wins, as in libpq. Every other byte of the URL stays as it was written. A MySQL
+    URL's are read by mysql_url.split_secrets.
 
     Raises ValueError for a URL libpq would refuse to parse; its text never quotes the URL.
     """
+    if backend_of(url) == MYSQL:
+        from broker import mysql_url  # only a node given a MySQL URL loads it
+
+        return mysql_url.split_secrets(url)
     return _parse(url)[1:]
 
 
-def secrets_environment(secrets: Mapping[str, str]) -> dict[str, str]:
-    """The environment variables that hand `secrets` to a worker."""
-    return {SECRET_ENVIRONMENT[option]: value for option, value in secrets.items()}
+def secret_variables(url: str) -> Mapping[str, str]:
+    """Secret option -> the environment variable a worker for `url` finds it in:
+    SECRET_ENVIRONMENT for PostgreSQL, mysql_url.SECRET_ENVIRONMENT for MySQL."""
+    if backend_of(url) == MYSQL:
+        from broker import mysql_url
+
+        return mysql_url.SECRET_ENVIRONMENT
+    return SECRET_ENVIRONMENT
+
+
+def secrets_environment(secrets: Mapping[str, str], url: str) -> dict[str, str]:
+    """The environment variables that hand `secrets` (split_secrets(url)'s) to a worker
+    for `url` (with or without its secrets)."""
+    variables = secret_variables(url)
+    return {variables[option]: value for option, value in secrets.items()}
 
 
 def secrets_to_pass(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -138,7 +180,9 @@ def target(url: str, environ: Mapping[str, str] | None = None) -> str:
     return str(resolve(url, environ))
 
 
-def resolve(url: str, environ: Mapping[str, str] | None = None) -> Target:
+def resolve(
+    url: str, environ: Mapping[str, str] | None = None
+) -> Target | mysql_url.Target:
     """Where libpq would connect for `url`, in `environ` (default: this process's).
 
     Two URLs get equal targets when libpq reaches the same servers, in the same order, the
@@ -157,7 +201,13 @@ def resolve(url: str, environ: Mapping[str, str] | None = None) -> Target:
     `unsure` (see the worker's check). Raises ValueError, never quoting the URL, for a URL
     libpq would refuse: bad percent-encoding, a query parameter without `=`, a host list
     and a hostaddr or port list of different lengths, a port that is not a number.
+
+    A MySQL URL's target is mysql_url.resolve's.
     """
+    if backend_of(url) == MYSQL:
+        from broker import mysql_url
+
+        return mysql_url.resolve(url, environ)
     environ = os.environ if environ is None else environ
     params, _, _ = _parse(url)
     given = set(params)

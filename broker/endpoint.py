@@ -85,13 +85,15 @@ def check_ipc_address(address: str) -> None:
 
 
 def for_database(database: str | os.PathLike[str]) -> Endpoint:
-    """Where the worker of `database` (a SQLite file, or a PostgreSQL URL) lives.
+    """Where the worker of `database` (a SQLite file, or a PostgreSQL, MySQL or MariaDB
+    URL) lives.
 
-    Raises ValueError for a URL libpq would refuse (see database_url.resolve).
+    Raises ValueError for a URL libpq would refuse (see database_url.resolve), or a MySQL
+    URL mysql_url refuses (see mysql_url.resolve).
     """
     if database_url.is_url(str(database)):
         public, _ = database_url.split_secrets(str(database))
-        # Named by where libpq connects, not by the spelling: one worker per database.
+        # Named by where the driver connects, not by the spelling: one worker per database.
         target = database_url.target(public)
         key = blake2b(target.encode(), digest_size=12).hexdigest()
         # A server's worker keeps its local owner lock in the runtime directory.
@@ -134,8 +136,16 @@ class Owner(NamedTuple):
 
 def tracking_label(database: str, table: str, schema: str | None) -> str:
     """How a worker's tracking table is named in its lock file and in messages: `table` for
-    a SQLite file, `schema.table` on a server (schema `public` unless given)."""
-    if database_url.is_url(database):
+    a SQLite file, `schema.table` on PostgreSQL (schema `public` unless given),
+    `database.table` on MySQL, whose databases are its schemas.
+
+    Raises ValueError for a MySQL URL mysql_url refuses."""
+    backend = database_url.backend_of(database)
+    if backend == database_url.MYSQL:
+        from broker import mysql_url
+
+        return f"{mysql_url.resolve(database).database}.{table}"
+    if backend is not None:
         return f"{schema or 'public'}.{table}"
     return table
 

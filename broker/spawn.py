@@ -271,22 +271,12 @@ def spawn_worker(
     where: endpoint.Endpoint, settings: WorkerSettings, secrets: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a detached worker for `where`; a server's secrets (option name -> value, see
-    database_url.split_secrets) travel in its environment (PGPASSWORD, read by libpq, and
-    database_url.SECRET_ENVIRONMENT's others), where other users cannot read them, never in
-    its argv."""
+    database_url.split_secrets) travel in its environment (see worker_environment), where
+    other users cannot read them, never in its argv (see worker_command)."""
     import subprocess  # only a node that starts a worker pays for it
 
-    env = {**os.environ, **database_url.secrets_environment(secrets)} if secrets else None
-    command = [
-        sys.executable,
-        "-m",
-        "worker",
-        "--db",
-        str(where.database),
-        *settings.argv(),
-        "--idle-exit",
-        str(idle_exit_s()),
-    ]
+    env = worker_environment(where, secrets)
+    command = worker_command(where, settings)
     log_fd = open_private(where.log_path, os.O_WRONLY | os.O_APPEND, "worker log",
                           in_private_folder=True)
     with os.fdopen(log_fd, "ab") as log_file:
@@ -299,6 +289,33 @@ def spawn_worker(
             env=env,
             start_new_session=True,
         )
+
+
+def worker_command(where: endpoint.Endpoint, settings: WorkerSettings) -> list[str]:
+    """The argv of a worker for `where`: its database as where.database names it (a URL
+    without its secrets)."""
+    return [
+        sys.executable,
+        "-m",
+        "worker",
+        "--db",
+        str(where.database),
+        *settings.argv(),
+        "--idle-exit",
+        str(idle_exit_s()),
+    ]
+
+
+def worker_environment(
+    where: endpoint.Endpoint, secrets: Mapping[str, str] | None
+) -> dict[str, str] | None:
+    """The environment of a worker for `where`: this process's (None) when there are no
+    secrets, else this process's with the secrets in the variables its driver reads them
+    from (database_url.secrets_environment: PGPASSWORD and SECRET_ENVIRONMENT's others for
+    PostgreSQL, MYSQL_PWD for MySQL)."""
+    if not secrets:
+        return None
+    return {**os.environ, **database_url.secrets_environment(secrets, str(where.database))}
 
 
 def idle_exit_s() -> float:

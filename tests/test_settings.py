@@ -168,7 +168,7 @@ def test_a_url_of_a_database_this_tool_does_not_reach_is_refused_without_its_pas
         workspace):
     here = folder(workspace.root / "here")
     status, out, err = node(workspace, here, "status",
-                            DATABASE_URL="mysql://root:s3cret@db/app")
+                            DATABASE_URL="sqlserver://sa:s3cret@db/app")
     assert (status, out) == (2, "")
-    assert "the database from DATABASE_URL is a mysql: URL" in err and "s3cret" not in err
+    assert "the database from DATABASE_URL is a sqlserver: URL" in err and "s3cret" not in err
     assert not list(here.iterdir())  # no file named after the URL

@@ -38,8 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--db",
         default="migrations.db",
-        help="SQLite file, or postgresql://user@host:port/dbname (password in PGPASSWORD;"
-        " one written in the URL is taken out of it and put there)",
+        help="SQLite file, postgresql://user@host:port/dbname (password in PGPASSWORD) or"
+        " mysql://user@host:port/database (password in MYSQL_PWD); a password written in"
+        " the URL is taken out of it and put there",
     )
     parser.add_argument(
         "--table",
@@ -185,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if database_url.is_url(args.db):
             # Secrets given in the URL go where the store finds them (PGPASSWORD for the
-            # password, read by libpq), and nowhere else: not a log line, not health.
+            # password, read by libpq; MYSQL_PWD for MySQL's), and nowhere else: not a log
+            # line, not health.
             shown, secrets = database_url.split_secrets(args.db)
-            os.environ.update(database_url.secrets_environment(secrets))
+            os.environ.update(database_url.secrets_environment(secrets, args.db))
         where = endpoint.for_database(args.db)
         if args.bind and args.bind.startswith("ipc://"):
             endpoint.check_ipc_address(args.bind)

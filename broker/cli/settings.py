@@ -133,10 +133,10 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str], cwd: Path) -> 
 
 
 def database_path(setting: Setting) -> str:
-    """What `--db` names: a PostgreSQL URL as it is, a SQLite file path, or a SQLite URL as
-    dbmate and golang-migrate write them (`sqlite:db/app.db`, `sqlite3://db/app.db`,
-    `sqlite:///abs/app.db`) turned into its path. Raises SettingsError for another scheme,
-    which would otherwise become a file of that name."""
+    """What `--db` names: a server's URL (PostgreSQL, MySQL) as it is, a SQLite file path,
+    or a SQLite URL as dbmate and golang-migrate write them (`sqlite:db/app.db`,
+    `sqlite3://db/app.db`, `sqlite:///abs/app.db`) turned into its path. Raises
+    SettingsError for another scheme, which would otherwise become a file of that name."""
     value = str(setting.value)
     if database_url.is_url(value):
         return value
@@ -153,8 +153,8 @@ def database_path(setting: Setting) -> str:
         return value  # a file whose name has a colon in it
     # Never the value itself: a URL may hold a password.
     raise SettingsError(f"the database from {setting.origin} is a {scheme}: URL, which this"
-                        " tool does not reach: give a SQLite file path (or sqlite:PATH) or a"
-                        " postgresql:// URL")
+                        " tool does not reach: give a SQLite file path (or sqlite:PATH), a"
+                        " postgresql:// URL or a mysql:// URL")
 
 
 def default_folder(home: Path) -> Setting:
