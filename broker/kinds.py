@@ -12,7 +12,7 @@ at once, ahead of anything queued, and names the writes it cancels (see worker/s
 from __future__ import annotations
 
 READS = frozenset({"status", "health", "validate", "history"})
-WRITES = frozenset({"migrate", "rollback", "baseline", "adopt"})
+WRITES = frozenset({"migrate", "rollback", "baseline", "adopt", "resolve"})
 CONTROLS = frozenset({"cancel"})
 # Change nothing, yet run a dry run (a rolled-back transaction on the write connection), so
 # the worker queues them with the writes and the node orders them as writes; they are
@@ -28,8 +28,8 @@ BEFORE_REPLY = frozenset({PROGRESS, WAITING})  # the bodies that leave their req
 # What a person types (`node.py COMMAND`): the requests above, and `new`, `stop` and
 # `config`, which send none (`stop` signals the database's worker).
 COMMANDS = (
-    "migrate", "rollback", "baseline", "adopt", "status", "validate", "lint", "history", "new",
-    "health", "stop", "config",
+    "migrate", "rollback", "baseline", "adopt", "resolve", "status", "validate", "lint",
+    "history", "new", "health", "stop", "config",
 )
 
 

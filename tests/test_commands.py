@@ -167,6 +167,7 @@ OWN_OPTIONS = {
     "rollback": {"--json", "--steps", "--to", "--dry-run"},
     "baseline": {"--json", "--to"},
     "adopt": {"--json", "--from", "--dry-run"},
+    "resolve": {"--json", "--applied", "--not-applied"},
     "status": {"--json", "--exit-code"},
     "validate": {"--json"},
     "lint": {"--json"},

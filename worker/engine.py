@@ -42,6 +42,7 @@ from broker.kinds import PROGRESS, WAITING
 from worker.catalog import Catalog, Loaded, Migration, Repeatable, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
+from worker.steps import StatementSteps, partial_field, span
 from worker.stores.interface import (
     NO_LOCK_WATCH,
     REPEATABLE_VERSION,
@@ -52,6 +53,7 @@ from worker.stores.interface import (
     LockWatch,
     MomentaryRefusal,
     NotAdopted,
+    Partial,
     Store,
     TrackingTableMissing,
 )
@@ -77,6 +79,8 @@ LINT_NOTE = ("lint's rules are PostgreSQL's (locks that make a server under load
              " linted")
 MAY_BE_ALLOWED = frozenset({"out_of_order"})  # changed and missing are never accepted
 REPEATABLE = "repeatable"  # the history's action (and health's) for a repeatable applied
+# The history's actions for a migration that stopped partway, resolved by a person.
+RESOLVED_APPLIED, RESOLVED_NOT_APPLIED = "resolved_applied", "resolved_not_applied"
 LOCK_RETRIES = 5  # more tries of a migration after a lock timeout, if not told
 RETRY_PAUSE_S = 0.5  # the wait before the first retry; it doubles each time, jittered
 MAX_RETRY_PAUSE_S = 30.0
@@ -194,11 +198,16 @@ class Engine:
     def _compute_status(self, migrations: list[Migration]) -> Reply:
         applied = {row.version: row for row in self.store.applied()}
         files = {migration.version: migration for migration in migrations}
+        partials = {partial.version: partial for partial in self.store.partials()}
         entries = []
-        for version in sorted(files.keys() | applied.keys()):
+        for version in sorted(files.keys() | applied.keys() | partials.keys()):
             # An applied migration whose file is gone is still listed, under its recorded name.
-            name = files[version].name if version in files else applied[version].name
-            entries.append({"version": version, "name": name, "applied": version in applied})
+            name = (files[version].name if version in files else applied[version].name
+                    if version in applied else partials[version].name)
+            entry = {"version": version, "name": name, "applied": version in applied}
+            if version in partials:  # only where DDL commits at once: MariaDB, MySQL
+                entry["partial"] = partial_field(partials[version])
+            entries.append(entry)
         reply: Reply = {"type": "migration_status", "migrations": entries}
         repeatables = self._repeatables_status()
         if repeatables:  # only then: a folder without them keeps the reply it always had
@@ -326,6 +335,19 @@ class Engine:
         return self._once(request_id, lambda: self._adopt(request_id, params.src, tool, dry_run),
                           keep=not dry_run)
 
+    def resolve(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """Say how a migration that stopped partway stands, after a person repaired it by
+        hand (only where DDL commits at once): `applied` true records it applied (its
+        up finished by hand, or its down undone), false not applied (its up undone, or
+        its down finished). Its step record goes, and the history keeps the resolve."""
+        version = params.integer("version", minimum=1)
+        if version is None or "applied" not in params.fields:
+            raise ReplyError(MALFORMED_REQUEST,
+                             "resolve needs version: V and applied: true or false")
+        applied = params.flag("applied")
+        return self._once(request_id,
+                          lambda: self._resolve(request_id, params.src, version, applied))
+
     def cancel_unstarted(
         self,
         request_id: bytes,
@@ -452,9 +474,12 @@ class Engine:
             if m.version not in done_versions and (to is None or m.version <= to)
         ]
         last_seq = max((row.applied_seq for row in applied), default=0)
+        partials = self._partials(dry_run)
+        _refuse_partials(partials, {m.version for m in pending}, dry_run)
         plan = self._repeatables_plan(request_id, to, migrations)
         run = _Run(self, request_id, src, "apply", done, dry_run, plain=False, progress=progress,
                    repeatables=None if plan is None else plan.done)
+        run.partials = partials
         # Repeatables after every versioned one: they are written against the newest schema.
         steps: list[MigrationFile] = [*pending, *(plan.due if plan is not None else ())]
         seq = last_seq
@@ -486,6 +511,12 @@ class Engine:
                 run.take(migration, record)
                 log.info("applied %s %s", migration.version, migration.name)
         return run.outcome(_applied_reply(*run.taken()))
+
+    def _partials(self, dry_run: bool) -> dict[int, Partial]:
+        """The steps that stopped partway, by version (only where DDL commits at once)."""
+        if not self.store.implicit_commits:
+            return {}
+        return {partial.version: partial for partial in self.store.partials()}
 
     def _repeatables_plan(
         self, request_id: bytes, to: int | None, migrations: list[Migration]
@@ -596,6 +627,41 @@ class Engine:
             ),
             dry_run,
         )
+
+    # -- resolve ---------------------------------------------------------------------------
+
+    def _resolve(self, request_id: bytes, src: str | None, version: int, applied: bool
+                 ) -> Reply:
+        partial = self._partials(dry_run=False).get(version)
+        if partial is None:
+            raise ReplyError(
+                PRECONDITION_FAILED,
+                f"migration {version} did not stop partway, so there is nothing to resolve"
+                + ("" if self.store.implicit_commits else
+                   " (on this database every migration commits whole, or not at all)"))
+        recorded = {row.version: row for row in self.store.applied()}
+        files = {migration.version: migration for migration in self.catalog.migrations()}
+        checksum = ""
+        if version in files:
+            with contextlib.suppress(OSError):
+                checksum = checksum_of(files[version].source())
+        started_at = _utc_now()
+        with self.store.transaction():
+            if applied and version not in recorded:
+                seq = max((row.applied_seq for row in recorded.values()), default=0) + 1
+                self.store.record(version, partial.name, checksum, 0.0, seq, request_id)
+            elif not applied and version in recorded:
+                self.store.unrecord(version)
+            self.store.forget_partial(version)
+            action = RESOLVED_APPLIED if applied else RESOLVED_NOT_APPLIED
+            self.store.record_event(Event(version, partial.name, action, checksum,
+                                          started_at, 0.0, src, request_id))
+            reply = {"type": "migration_resolved", "version": version, "name": partial.name,
+                     "applied": applied}
+            self.store.store_reply(request_id, reply)
+        log.info("resolved migration %s %s as %s", version, partial.name,
+                 "applied" if applied else "not applied")
+        return reply
 
     # -- baseline --------------------------------------------------------------------------
 
@@ -853,6 +919,10 @@ class _Run:
         self._outside_transaction = False  # the real run's step in progress runs outside one
         self._locks: LockWatch = NO_LOCK_WATCH  # a dry run's, when its store watches them
         self.total = 0  # steps of the request in all, those done before a crash included
+        # Where DDL commits at once: the steps that stopped partway, by version (a resume
+        # goes on from them), and the statements of the step in progress.
+        self.partials: dict[int, Partial] = {}
+        self._steps: StatementSteps | None = None
 
     def taken(self) -> tuple[list[Entry], list[Entry] | None]:
         """The steps taken, as the reply lists them: versioned, and repeatable (or None)."""
@@ -982,9 +1052,40 @@ class _Run:
         in_transaction = loaded.up_transaction if applying else loaded.down_transaction
         lock_timeout_s = self._lock_timeout_of(step)
         self._outside_transaction = not in_transaction  # a failure's text says so
+        self._steps = self._steps_of(step.migration)
+        try:
+            self._take_steps(step, finish, in_transaction, lock_timeout_s)
+        finally:
+            self._kept_partial(step.migration)
+
+    def _steps_of(self, migration: MigrationFile) -> StatementSteps | None:
+        """Where DDL commits at once, the statements of a versioned step, going on from
+        where it stopped (a Partial of the same action); elsewhere None."""
+        if not self.store.implicit_commits or isinstance(migration, Repeatable):
+            return None
+        partial = self.partials.get(migration.version)
+        resume = partial if partial is not None and partial.action == self.action else None
+        return StatementSteps(migration.version, migration.name, self.action,
+                              self.request_id, resume)
+
+    def _kept_partial(self, migration: MigrationFile) -> None:
+        """After a try: what stays of the step, for the next try of this request."""
+        steps = self._steps
+        if steps is None:
+            return
+        if steps.saved and steps.committed and not self._finished:
+            self.partials[migration.version] = steps.partial(steps.committed)
+        else:
+            self.partials.pop(migration.version, None)
+
+    def _take_steps(self, step: Step, finish: Callable[[Step, float], None],
+                    in_transaction: bool, lock_timeout_s: float | None) -> None:
+        loaded = step.loaded
+        self._finished = False
         if in_transaction:
             with self.store.transaction(foreign_keys=loaded.foreign_keys):
                 finish(step, self._call(step, lock_timeout_s=lock_timeout_s))
+            self._finished = True
         else:
             if not loaded.foreign_keys:
                 raise ValueError("foreign keys off needs a transaction to check them")
@@ -994,6 +1095,7 @@ class _Run:
                 with self.store.transaction():
                     self._record_repairs(step)
                     finish(step, elapsed_ms)
+                self._finished = True
             except BaseException:
                 self._record_repairs(step, alone=True)
                 raise
@@ -1094,8 +1196,10 @@ class _Run:
                 f" {step.loaded.down_named}, so it cannot be rolled back",
             )
         started = time.perf_counter()
+        steps = None if self.dry_run else self._steps
+        extra = {} if steps is None else {"steps": steps}
         with self.store.migration_db(in_transaction, check=self._check_cancelled,
-                                     lock_timeout_s=lock_timeout_s) as db:
+                                     lock_timeout_s=lock_timeout_s, **extra) as db:
             function(db)
         self._check_cancelled()  # a cancel during code between statements ends here
         return (time.perf_counter() - started) * 1000
@@ -1169,6 +1273,9 @@ class _Run:
             cause = _describe(exc)
             log.error("%s of %s failed: %s", self.action, _short(migration.version,
                                                                   migration.name), cause)
+            stays = self._partly_done(migration, cause)
+            if stays is not None:
+                raise self.outcome(stays) from exc
             if self._outside_transaction and not self.dry_run:
                 what, outcome = ((_named(migration), "it is not recorded")
                                  if self.action == "apply" else
@@ -1187,10 +1294,49 @@ class _Run:
                 text = (f"rollback of migration {migration.version} {migration.name} failed,"
                         f" so it stays applied and unchanged: {cause}")
             error = ReplyError(
-                MIGRATION_FAILED, text, **self._done_field(), failed=migration.entry(error=cause)
+                MIGRATION_FAILED, text, **self._done_field(),
+                failed=migration.entry(error=cause, **self._failed_statement()),
             )
             raise self.outcome(error) from exc
 
+
+    def _failed_statement(self) -> dict[str, Any]:
+        """Where DDL commits at once, the statement that failed: its number and first line."""
+        steps = None if self.dry_run else self._steps
+        if steps is None or steps.failed is None:
+            return {}
+        number, line = steps.failed
+        return {"statement": number, "line": line}
+
+    def _partly_done(self, migration: MigrationFile, cause: str) -> ReplyError | None:
+        """Error 14 for a step that failed with statements of it in effect (DDL, committed
+        at once where it cannot be rolled back), saying exactly which; None when nothing
+        of it stays."""
+        steps = None if self.dry_run else self._steps
+        if steps is None or not steps.saved or not steps.committed:
+            return None
+        kept = steps.committed
+        failed = self._failed_statement()
+        at = (f" at statement {failed['statement']} ({failed['line']!r})" if failed else "")
+        if self.action == "apply":
+            text = (f"migration {migration.version} {migration.name} failed{at}: {cause};"
+                    f" {span(kept)} of it stay applied, because the database commits DDL at"
+                    " once and cannot roll it back, so it is not recorded as applied: fix"
+                    f" the file after statement {kept} and migrate again to go on at"
+                    f" statement {kept + 1}, or repair the database by hand and send resolve")
+        else:
+            text = (f"rollback of migration {migration.version} {migration.name}"
+                    f" failed{at}: {cause}; {span(kept)} of its down section ran and stay,"
+                    " because the database commits DDL at once, so it stays recorded as"
+                    f" applied: fix the down section after statement {kept} and roll back"
+                    f" again to go on at statement {kept + 1}, or repair the database by hand"
+                    " and send resolve")
+        log.error("%s", text)
+        return ReplyError(
+            MIGRATION_FAILED, text, **self._done_field(),
+            failed=migration.entry(error=cause, **failed),
+            partial=partial_field(steps.partial(kept)),
+        )
 
     def _cancelled(self, migration: MigrationFile, started: bool) -> ReplyError:
         """Error 14 for a cancelled request: the steps done before, and the step that was
@@ -1221,6 +1367,33 @@ class _Run:
             reply.extra = {**reply.extra, "locks": locks}
             return reply
         return {**reply, "locks": locks}
+
+
+def _refuse_partials(partials: dict[int, Partial], to_run: set[int], dry_run: bool) -> None:
+    """Error 22 before a migrate runs anything: a rollback that stopped partway is to
+    be finished first, and a statement left uncertain by a worker's death is for a
+    person to look at."""
+    for partial in partials.values():
+        name = f"migration {partial.version} {partial.name}"
+        part = "up" if partial.action == "apply" else "down"
+        done = (f"{span(partial.done)} of its {part} section took effect"
+                if partial.done else f"none of its {part} section took effect")
+        if partial.running is not None and (partial.action != "apply"
+                                            or partial.version in to_run):
+            text = (f"{name} stopped partway: {done}, and the worker died while"
+                    f" statement {partial.running} ({partial.running_line!r}) ran, so it"
+                    " may or may not have taken effect; nothing ran: look at the"
+                    " database, finish or undo that migration by hand, then send"
+                    f" resolve with version {partial.version} and applied true or false")
+        elif partial.action == "rollback":
+            text = (f"the rollback of {name} stopped partway ({done}), so nothing ran:"
+                    " send rollback to go on with it, or repair the database by hand"
+                    f" and send resolve with version {partial.version}")
+        else:
+            continue
+        raise _with_dry_run(ReplyError(PRECONDITION_FAILED, text,
+                                       partial={"version": partial.version,
+                                                **partial_field(partial)}), dry_run)
 
 
 def _reply_of(plain: bool, entries: list[Entry]) -> Reply:

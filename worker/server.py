@@ -250,6 +250,7 @@ class WorkerServer:
             "rollback": write_engine.rollback,
             "baseline": write_engine.baseline,
             "adopt": write_engine.adopt,
+            "resolve": write_engine.resolve,
             "status": read_engine.status,
             "validate": read_engine.validate,
             "history": read_engine.history,

@@ -68,6 +68,8 @@ EXAMPLES = {
     "adopt": "examples, for a database golang-migrate (or another tool) has migrated:\n"
              "  migrations-node adopt --from golang-migrate --dry-run\n"
              "  migrations-node adopt --from golang-migrate",
+    "resolve": "examples, after repairing by hand a migration that stopped partway on MariaDB:\n"
+               "  migrations-node resolve 3 --applied\n  migrations-node resolve 3 --not-applied",
     "status": "examples:\n  migrations-node --db app.db status\n"
               "  migrations-node status --exit-code || migrations-node migrate",
     "validate": "example:\n  migrations-node validate || echo 'applied files were edited'",
@@ -87,6 +89,8 @@ HELP = {
     "baseline": "record every migration up to V as applied without running it",
     "adopt": "record as applied, without running them, the migrations another tool applied"
              " (its table is read, never written)",
+    "resolve": "say how a migration that stopped partway (MariaDB, MySQL) stands, once"
+               " repaired by hand: applied, or not applied",
     "status": "list every migration: applied or pending, and when",
     "validate": "check applied files against their checksums (drift), exit 1 on problems",
     "lint": "check pending (or named) migrations for dangerous locks and breaking changes on"
@@ -149,6 +153,16 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
                                  f" {', '.join(ADOPT_FROM)}")
             command.add_argument("--dry-run", action="store_true",
                                  help="show what would be recorded, and record nothing")
+        elif name == "resolve":
+            command.add_argument("version", type=_positive, metavar="VERSION",
+                                 help="the migration that stopped partway").completer = _no_files
+            state = command.add_mutually_exclusive_group(required=True)
+            state.add_argument("--applied", dest="resolved", action="store_true",
+                               default=None, help="record it applied: its up was finished by"
+                               " hand (or its down undone)")
+            state.add_argument("--not-applied", dest="resolved", action="store_false",
+                               help="record it not applied: its up was undone by hand (or"
+                               " its down finished)")
         elif name == "status":
             command.add_argument("--exit-code", action="store_true",
                                  help="exit 1 when any migration is pending (as dbmate's flag)")
@@ -292,6 +306,8 @@ def request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         params["dry_run"] = True
     if getattr(args, "versions", None):
         params["versions"] = args.versions
+    if args.command == "resolve":
+        params.update(version=args.version, applied=args.resolved)
     return args.command, params
 
 
@@ -406,11 +422,12 @@ def show_status(session: Session, args: argparse.Namespace, out: Lines) -> int:
     applied_at = {}
     if history["type"] == "migration_history":
         for event in history["events"]:  # oldest first: the last apply is the one that holds
-            if event["action"] in ("apply", "baseline", "adopt"):
+            if event["action"] in ("apply", "baseline", "adopt", "resolved_applied"):
                 applied_at[event["version"]] = event["started_at"]
     style = Style(sys.stdout)
     rows = [
         (str(m["version"]), m["name"],
+         (partly(m["partial"]), "red") if "partial" in m else
          ("applied", "green") if m["applied"] else ("pending", "yellow"),
          applied_at.get(m["version"], "") if m["applied"] else "")
         for m in status["migrations"]
@@ -643,6 +660,26 @@ def show_health(session: Session, args: argparse.Namespace, out: Lines) -> int:
     return EXIT_OK
 
 
+def partly(partial: dict[str, Any]) -> str:
+    """A migration that stopped partway, in status's state column."""
+    part = "up" if partial["action"] == "apply" else "down"
+    text = f"partial: {part} 1..{partial['statements_done']} done"
+    uncertain = partial.get("uncertain")
+    if uncertain is not None:
+        text += f", {uncertain['statement']} uncertain"
+    return text
+
+
+def run_resolve(session: Session, args: argparse.Namespace, out: Lines) -> int:
+    """resolve: one line saying how the migration is now recorded."""
+    (body,) = session.ask(request_of(args))
+    if body["type"] == "error":
+        return report_error(body, session)
+    state = "applied" if body["applied"] else "not applied"
+    out(f"resolved  {body['version']}  {body['name']}: recorded as {state}")
+    return exit_status(body, session)
+
+
 def run_baseline(session: Session, args: argparse.Namespace, out: Lines) -> int:
     """baseline: a line per migration recorded (all in one transaction), then a summary."""
     (body,) = session.ask(request_of(args))
@@ -705,6 +742,7 @@ HANDLERS: dict[str, Callable[[Session, argparse.Namespace, Lines], int]] = {
     "migrate": run_write,
     "rollback": run_write,
     "baseline": run_baseline,
+    "resolve": run_resolve,
     "adopt": run_adopt,
     "validate": run_validate,
     "lint": run_lint,

@@ -27,7 +27,7 @@ from worker.lock import AlreadyOwned
 
 __all__ = ["ALTERNATE_TABLE", "DEFAULT_TABLE", "REPEATABLE_VERSION", "AlreadyOwned",
            "AppliedMigration", "AppliedRepeatable", "CrashHook", "Event", "ForeignKeyViolation",
-           "ForeignTable", "LockTimeout", "LockWatch", "MomentaryRefusal", "NotAdopted",
+           "ForeignTable", "LockTimeout", "LockWatch", "MomentaryRefusal", "NotAdopted", "Partial",
            "Repair", "ReplyEvicted", "Store", "TableChoice", "TrackingTableMissing",
            "choose_table", "tracking_facts"]
 
@@ -64,6 +64,29 @@ class AppliedRepeatable(NamedTuple):
     checksum: str  # of the file as it was then: another one is applied again
     applied_at: str  # ISO 8601, UTC
     request_id: bytes | None  # the request that applied it, so a resent request can tell
+
+
+class Partial(NamedTuple):
+    """A migration step that stopped partway on a database whose DDL commits at once
+    (MariaDB, MySQL): the statements of it that stay in effect, said exactly.
+
+    `action` "apply": statements 1..done of its up section are in effect, and it is not
+    recorded as applied; "rollback": statements 1..done of its down section ran, and it
+    is still recorded as applied. `checksums` are those statements' (steps.checksum_of),
+    so that a resume can tell whether they are still the file's. `running` is the
+    statement that was running when its worker died (it may or may not have taken
+    effect), with its first line; None when the worker saw how it ended.
+    """
+
+    version: int
+    name: str
+    action: str
+    done: int
+    checksums: tuple[str, ...]
+    running: int | None
+    running_line: str | None
+    request_id: bytes | None
+    updated_at: str  # ISO 8601, UTC
 
 
 class Event(NamedTuple):
@@ -242,7 +265,9 @@ class ReplyEvicted(ReplyError):
 
 # The history actions that leave a migration recorded as applied; the others (a try that
 # gave up waiting for a lock, an INVALID index dropped before a build) record nothing.
-RECORDING_ACTIONS = frozenset({"apply", "baseline", "adopt"})
+RECORDING_ACTIONS = frozenset({"apply", "baseline", "adopt", "resolved_applied"})
+# And those that leave it not applied.
+UNRECORDING_ACTIONS = frozenset({"rollback", "resolved_not_applied"})
 
 
 class TrackingTableMissing(MomentaryRefusal):
@@ -258,7 +283,7 @@ class TrackingTableMissing(MomentaryRefusal):
         for event in events:
             if event.version == REPEATABLE_VERSION:
                 continue  # a repeatable migration's: no tracking row ever held it
-            if event.action == "rollback":
+            if event.action in UNRECORDING_ACTIONS:
                 applied.pop(event.version, None)
             elif event.action in RECORDING_ACTIONS:
                 applied[event.version] = None
@@ -319,7 +344,11 @@ class Store(ABC):
     commits: int  # transactions this store committed; with data_version(), a change stamp
     # Cuts a .sql section into statements by this database's rules (see sql_file).
     split_statements: Callable[[str], Iterator[str]]
-    dialect: str  # "sqlite" or "postgresql": which lint rules apply
+    dialect: str  # "sqlite", "postgresql" or "mysql": which lint rules apply
+    # Its DDL commits at once and cannot be rolled back (MariaDB, MySQL): a migration runs
+    # statement by statement, and what stays of one that stopped partway is kept as a
+    # Partial (see worker/steps.py); the others run each step in one transaction.
+    implicit_commits = False
     tables: TrackingTables  # the tracking table's name and its companions'
     # The default name, when it holds another program's table and this store tracks in
     # ALTERNATE_TABLE instead (see choose_table); None otherwise.
@@ -430,6 +459,7 @@ class Store(ABC):
         in_transaction: bool = True,
         check: Callable[[], None] | None = None,
         lock_timeout_s: float | None = None,
+        steps: Any = None,
     ) -> AbstractContextManager[Any]:
         """The `db` migration code gets (execute, executemany, query, executescript, with
         `?` parameters on every backend); `check` runs before each of its statements (a
@@ -441,7 +471,11 @@ class Store(ABC):
         `lock_timeout_s` is how long each of its statements may wait for a lock (0: for
         ever; None: the store's default) where the database has such a setting; a
         statement that waits longer raises LockTimeout. SQLite has none: its busy
-        timeout is the whole database's, and stays as it is."""
+        timeout is the whole database's, and stays as it is.
+
+        `steps` (steps.StatementSteps) is given only to a store whose DDL commits at once
+        (implicit_commits): it numbers the migration's statements, skips those a resume
+        finds done, and is told what stays after each statement that commits."""
 
     @abstractmethod
     def interrupt(self) -> None:
@@ -468,6 +502,15 @@ class Store(ABC):
         what the last owner committed (a server's store waits up to its owner wait for
         another host's worker to go, and raises error 11 naming it). A SQLite worker owns
         its file from its start."""
+        return None
+
+    def partials(self) -> list[Partial]:
+        """Every migration step that stopped partway, by version (see Partial); never any
+        on a database that rolls DDL back."""
+        return []
+
+    def forget_partial(self, version: int) -> None:
+        """Drop the step record of `version`, inside the transaction of a resolve."""
         return None
 
     def waiting(self) -> Any:

@@ -2,6 +2,7 @@
 
     migrations.db, ./x/app.sqlite     -> SqliteStore   (worker/stores/sqlite/)
     postgresql://user@host:5432/name  -> PostgresStore (worker/stores/postgres/)
+    mysql://user@host:3306/name       -> MariaDbStore  (worker/stores/mariadb/), and mariadb://
 
 Each backend's package is imported only when its database is opened, so that a SQLite
 worker never loads a server's driver.
@@ -9,6 +10,7 @@ worker never loads a server's driver.
 
 from __future__ import annotations
 
+from broker import database_url
 from broker.endpoint import Endpoint
 from worker.lock import OwnerLock
 from worker.stores.interface import Store
@@ -22,11 +24,12 @@ def open_store(
     wal: bool = False,
     lock_timeout_s: float | None = None,
 ) -> Store:
-    """The store for a worker's endpoint: a PostgreSQL URL's, or a SQLite file's.
+    """The store for a worker's endpoint: a PostgreSQL or MySQL URL's, or a SQLite file's.
 
     `table` names the tracking table; None: found by looking in the database (see
     choose_table; on a server, once it answers). `schema` places the tracking tables on a
-    server (default `public`); a SQLite file has none, so giving one is a ValueError.
+    PostgreSQL server (default `public`); a SQLite file has none, and a MySQL server's
+    tracking tables live in the URL's database, so giving one there is a ValueError.
     `owner_wait_s` is how long a write may wait for the owner lock while another worker
     (on another host) holds it; see PostgresStore.
     `wal` turns an existing SQLite database's rollback journal into WAL (one it creates
@@ -34,6 +37,16 @@ def open_store(
     statement of migration code waits for a lock on a server (None: its default); SQLite
     has no such wait.
     """
+    if isinstance(where.database, str) and (
+            database_url.backend_of(where.database) == database_url.MYSQL):
+        if schema is not None:
+            raise ValueError("--schema is for a PostgreSQL database; on MySQL and MariaDB the"
+                             " tracking tables live in the URL's database")
+        # Only a MySQL worker loads PyMySQL.
+        from worker.stores.mariadb.store import MariaDbStore
+
+        return MariaDbStore(where.database, table=table, local_lock=OwnerLock(where.lock_path),
+                            owner_wait_s=owner_wait_s, lock_timeout_s=lock_timeout_s)
     if isinstance(where.database, str):
         # Only a PostgreSQL worker loads psycopg.
         from worker.stores.postgres.store import PostgresStore

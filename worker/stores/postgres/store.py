@@ -886,6 +886,7 @@ class PostgresStore(Store):
         in_transaction: bool = True,
         check: Callable[[], None] | None = None,
         lock_timeout_s: float | None = None,
+        steps: Any = None,
     ) -> Iterator[PostgresMigrationDB]:
         """The `db` that migration code gets: inside the open transaction, refusing
         transaction control, or (for a migration that cannot run in one) in autocommit.

@@ -518,6 +518,7 @@ class SqliteStore(Store):
         in_transaction: bool = True,
         check: Callable[[], None] | None = None,
         lock_timeout_s: float | None = None,
+        steps: Any = None,
     ) -> Iterator[MigrationDB]:
         """The `db` that migration code gets: inside the open transaction, or (for a
         migration that cannot run in one) in autocommit mode. `check` runs before each of
