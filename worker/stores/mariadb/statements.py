@@ -58,6 +58,9 @@ QUOTE_REST = {
     "`": re.compile(r"(?:[^`]|``)*+`"),
 }
 WHITESPACE_RUN = re.compile(r"[ \t\n\r\f\v]+")
+# What may end a run of code that no _Body needs to read: a quote, a comment, the end of a
+# version comment (the delimiter is added to it).
+CODE_RUN_END = r"['\"`#]|--|/\*|\*/"
 QUOTED_ARGUMENT = re.compile(r"""'((?:[^']|'')*)'|"((?:[^"]|"")*)"|`((?:[^`]|``)*)`""")
 # Whitespace, `;` and complete comments before a statement's first code (a version
 # comment is code).
@@ -71,7 +74,6 @@ NAME = "name"  # a `quoted name`, or a word after `.` (t.end is a column, not EN
 STRING = "string"
 OTHER = "other"  # one character, or a variable
 
-STORED_PROGRAMS = frozenset({"PROCEDURE", "FUNCTION", "TRIGGER", "EVENT"})
 # Words of a CREATE statement that may come between CREATE and a stored program's kind.
 CREATE_OPTIONS = frozenset({"OR", "REPLACE", "DEFINER", "AGGREGATE"})
 # The words of a procedure's characteristics, between its parameters and its body.
@@ -113,7 +115,7 @@ def first_line(statement: str) -> str:
     beside its number. An empty string if it holds no code."""
     match = LEADING_NOISE.match(statement)
     code = match.end() if match else 0  # LEADING_NOISE matches the empty string: always
-    return statement[code:].split("\n", 1)[0].strip()[:SHOWN_CHARS]
+    return statement[code:].split("\n", 1)[0].strip(WHITESPACE)[:SHOWN_CHARS]
 
 
 class _Reader:
@@ -122,6 +124,7 @@ class _Reader:
     def __init__(self, script: str) -> None:
         self.script = script
         self.delimiter = DEFAULT_DELIMITER
+        self._code_run_end = self._code_run_end_for(self.delimiter)
         self.position = 0
         self._begin_statement(0)
 
@@ -152,6 +155,7 @@ class _Reader:
             line = DELIMITER_LINE.match(script, at)
             if line is not None:
                 self.delimiter = _named_delimiter(line["argument"]) or self.delimiter
+                self._code_run_end = self._code_run_end_for(self.delimiter)
                 self.position = line.end()
                 self._begin_statement(line.end())
                 return None
@@ -194,8 +198,18 @@ class _Reader:
             self._read_code_token(at)
         return None
 
+    @staticmethod
+    def _code_run_end_for(delimiter: str) -> re.Pattern[str]:
+        return re.compile(f"{re.escape(delimiter)}|{CODE_RUN_END}")
+
     def _read_code_token(self, at: int) -> None:
         script, delimiter = self.script, self.delimiter
+        if self.code is not None and self.body.idle:
+            # Nothing left to read word by word (a long INSERT's values): on to what
+            # may end the run.
+            end = self._code_run_end.search(script, at + 1)
+            self.position = len(script) if end is None else end.start()
+            return
         token = CODE_TOKEN.match(script, at)
         assert token is not None  # `.` with DOTALL matches any character
         end = token.end()
@@ -283,6 +297,12 @@ class _Body:
         self._parentheses = 0
         self._previous = ""  # the token before, upper-cased if a word
         self._waiting: tuple[str, ...] = ()  # the words _expect still wants
+
+    @property
+    def idle(self) -> bool:
+        """Whether no token can change what `open` says any more: the statement is no
+        stored program, or its body has ended."""
+        return self._step == self._ignore
 
     @property
     def open(self) -> bool:
