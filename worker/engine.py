@@ -1316,17 +1316,18 @@ class _Run:
         if steps is None or not steps.saved or not steps.committed:
             return None
         kept = steps.committed
+        stay = "stays" if kept == 1 else "stay"
         failed = self._failed_statement()
         at = (f" at statement {failed['statement']} ({failed['line']!r})" if failed else "")
         if self.action == "apply":
             text = (f"migration {migration.version} {migration.name} failed{at}: {cause};"
-                    f" {span(kept)} of it stay applied, because the database commits DDL at"
+                    f" {span(kept)} of it {stay} applied, because the database commits DDL at"
                     " once and cannot roll it back, so it is not recorded as applied: fix"
                     f" the file after statement {kept} and migrate again to go on at"
                     f" statement {kept + 1}, or repair the database by hand and send resolve")
         else:
             text = (f"rollback of migration {migration.version} {migration.name}"
-                    f" failed{at}: {cause}; {span(kept)} of its down section ran and stay,"
+                    f" failed{at}: {cause}; {span(kept)} of its down section ran and {stay},"
                     " because the database commits DDL at once, so it stays recorded as"
                     f" applied: fix the down section after statement {kept} and roll back"
                     f" again to go on at statement {kept + 1}, or repair the database by hand"

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 # Statements that may change the session beyond its transaction (settings, the database
 # in use, temporary tables): the store looks for what to undo only after such a one.
 TOUCHES_SESSION = re.compile(r"\bSET\b|\bUSE\b|TEMPORARY|@@", re.IGNORECASE)
+# A temporary table a statement creates: dropped after the migration (MariaDB before 11.2
+# lists a session's temporary tables nowhere, so they are found by their CREATE).
+CREATES_TEMPORARY = re.compile(
+    r"CREATE\s+(?:OR\s+REPLACE\s+)?TEMPORARY\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"((?:`(?:[^`]|``)+`|[\w$]+)(?:\s*\.\s*(?:`(?:[^`]|``)+`|[\w$]+))?)", re.IGNORECASE)
 
 
 class TransactionControlRefused(pymysql.ProgrammingError):
@@ -60,6 +65,7 @@ class MariaDbMigrationDB:
         self._dry_run = dry_run
         self._check = check or (lambda: None)
         self.touched_session = False  # a statement may have changed the session
+        self.temporary: list[str] = []  # temporary tables its statements created, as named
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
         """Run one statement with parameters; returns its rows."""
@@ -98,6 +104,7 @@ class MariaDbMigrationDB:
             return Rows(None)  # in effect since a step that stopped partway
         if TOUCHES_SESSION.search(sql):
             self.touched_session = True
+            self.temporary += CREATES_TEMPORARY.findall(sql)
         commits = not self._in_transaction or mysql_sql.commits_at_once(sql)
         if commits and self._dry_run:
             raise DryRunCommits(

@@ -579,7 +579,7 @@ class MariaDbStore(Store):
         finally:
             self._migration_running = False
             if self.connection is connection and connection.open:
-                self._restore_session(db.touched_session)
+                self._restore_session(db.touched_session, db.temporary)
 
     def _say_what_stays(self, steps: StatementSteps) -> None:
         """After a statement failed: roll back what the step had not committed, and record
@@ -608,7 +608,7 @@ class MariaDbStore(Store):
                          " information_schema.session_variables").fetchall()
         return dict(rows)
 
-    def _restore_session(self, touched: bool) -> None:
+    def _restore_session(self, touched: bool, temporary: list[str]) -> None:
         """Put back what migration code changed of the session: the database in use, the
         variables it SET (found by comparing with the session as the worker left it), its
         temporary tables; only looked for when its statements could have changed them.
@@ -625,17 +625,12 @@ class MariaDbStore(Store):
                         self._execute(f"SET SESSION {name} = %s", (value,))
                     except pymysql.Error:
                         self._execute(f"SET SESSION {name} = DEFAULT")
-                temporary = self._execute(
-                    "SELECT table_schema, table_name FROM information_schema.temporary_tables"
-                ).fetchall()
-                for schema, name in temporary:
-                    self._execute(f"DROP TEMPORARY TABLE IF EXISTS {_quoted(schema)}."
-                                  f"{_quoted(name)}")
+                for name in temporary:
+                    self._execute(f"DROP TEMPORARY TABLE IF EXISTS {name}")
             self._execute(f"SET SESSION innodb_lock_wait_timeout = {OWN_LOCK_WAIT_S},"
                           f" SESSION lock_wait_timeout = {OWN_LOCK_WAIT_S}")
         except (pymysql.Error, ReplyError) as exc:
             log.warning("could not reset the session after a migration: %s", exc)
-            self._drop()  # a new session is as the worker wants it
 
     def interrupt(self) -> None:
         """KILL QUERY the statement migration code runs now, from a second session."""

@@ -1,0 +1,301 @@
+"""The node end to end on MariaDB: the seed's replies byte for byte, and the exact partial
+state where DDL commits at once (error 14 naming the statement, status's `partial`, resume,
+22 for changed statements and for a statement a killed worker left uncertain, resolve).
+
+Each test gets a fresh database on the machine's server, dropped afterwards; the module
+skips, saying why, only when no server answers or PyMySQL is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from broker import endpoint
+from tests.processes import gone
+from tests.support import request, table_migrations, wait_until
+
+pymysql = pytest.importorskip("pymysql", reason="PyMySQL is not installed (pip install .[test])")
+
+HOST, PORT = "127.0.0.1", 3306
+SEED_MIGRATE_REPLY = (
+    b'{"type": "migrations_applied", "in_reply_to": 1, "count": 2, "migrations": '
+    b'[{"version": 1, "name": "create_users", "status": "applied"}, '
+    b'{"version": 2, "name": "add_posts_table", "status": "applied"}]}\n'
+)
+SEED_ROLLBACK_REPLY = (
+    b'{"type": "migration_rolled_back", "in_reply_to": 1, "version": 2, '
+    b'"name": "add_posts_table"}\n'
+)
+
+
+def admin() -> pymysql.connections.Connection:
+    return pymysql.connect(host=HOST, port=PORT, user="root", password="", autocommit=True,
+                           connect_timeout=5)
+
+
+@pytest.fixture
+def database(workspace, monkeypatch) -> Iterator[str]:
+    """The URL of a fresh database on the server; the workspace's node uses it as --db."""
+    monkeypatch.setenv(endpoint.RUNTIME_DIR_ENV, workspace.env[endpoint.RUNTIME_DIR_ENV])
+    try:
+        connection = admin()
+    except pymysql.Error as exc:
+        pytest.skip(f"no MariaDB server at {HOST}:{PORT}: {exc}")
+    name = f"mn_node_{secrets.token_hex(6)}"
+    connection.cursor().execute(f"CREATE DATABASE {name}")
+    url = f"mysql://root@{HOST}:{PORT}/{name}"
+    workspace.db = url
+    try:
+        yield url
+    finally:
+        pid = worker_pid(workspace)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        connection.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
+        connection.close()
+
+
+@pytest.fixture
+def folder(workspace):
+    path = workspace.root / "migrations"
+    path.mkdir()
+    return path
+
+
+def worker_pid(workspace) -> int | None:
+    pid = endpoint.read_owner(endpoint.for_database(workspace.db).lock_path).pid
+    return None if pid is None or gone(pid) else pid
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    name = url.rsplit("/", 1)[1]
+    with admin() as connection, connection.cursor() as cursor:
+        cursor.execute(f"USE {name}")
+        cursor.execute(sql)
+        return list(cursor.fetchall())
+
+
+def tables(url: str) -> set[str]:
+    return {name for (name,) in query(url, "SHOW TABLES")}
+
+
+def run(workspace, folder, *requests: dict) -> list[dict]:
+    replies, completed = workspace.run(list(requests), "--migrations", str(folder))
+    assert completed.returncode == 0, completed.stderr
+    return replies
+
+
+THREE_DDL = ("-- migrate:up\nCREATE TABLE a (id INT);\nALTER TABLE a ADD COLUMN b INT;\n"
+             "{third};\n-- migrate:down\nDROP TABLE a;\n")
+
+
+def test_the_seed_exchanges_are_answered_byte_for_byte_on_mariadb(workspace, database):
+    migrate = b'{"src": "admin", "dest": "migrations", "body": {"type": "migrate", "msg_id": 1}}\n'
+    _, first = workspace.run(migrate)
+    _, second = workspace.run(migrate.replace(b"migrate", b"rollback"))
+    assert first.stdout == SEED_MIGRATE_REPLY, first.stderr
+    assert second.stdout == SEED_ROLLBACK_REPLY
+    assert {"users", "schema_migrations"} <= tables(database) and "posts" not in tables(database)
+
+
+def test_a_failing_ddl_statement_leaves_the_statements_before_it_said_exactly(
+    workspace, database, folder
+):
+    table_migrations(folder, range(1, 2))
+    broken = folder / "0002_grow.sql"
+    broken.write_text(THREE_DDL.format(third="ALTER TABLE nowhere ADD COLUMN c INT"))
+    failed, status = run(workspace, folder, request("migrate", 1), request("status", 2))
+    assert failed["code"] == 14
+    assert failed["applied"] == [{"version": 1, "name": "t1", "status": "applied"}]
+    assert failed["failed"]["statement"] == 3
+    assert failed["failed"]["line"] == "ALTER TABLE nowhere ADD COLUMN c INT;"
+    assert failed["partial"] == {"action": "apply", "statements_done": 2}
+    assert "statements 1..2 of it stay applied" in failed["text"]
+    assert status["migrations"][1] == {"version": 2, "name": "grow", "applied": False,
+                                       "partial": {"action": "apply", "statements_done": 2}}
+    assert [c for (c,) in query(database, "SELECT column_name FROM information_schema.columns"
+                                " WHERE table_schema = DATABASE() AND table_name = 'a'")] \
+        == ["id", "b"]
+
+    # Fixed after statement 2: statements 1 and 2 do not run again (CREATE TABLE a would fail).
+    broken.write_text(THREE_DDL.format(third="ALTER TABLE a ADD COLUMN c INT"))
+    migrated, status = run(workspace, folder, request("migrate", 3), request("status", 4))
+    assert migrated["migrations"] == [{"version": 2, "name": "grow", "status": "applied"}]
+    assert "partial" not in status["migrations"][1] and status["migrations"][1]["applied"]
+
+
+def test_a_resume_is_refused_when_a_statement_that_ran_has_changed(workspace, database, folder):
+    broken = folder / "0001_grow.sql"
+    broken.write_text(THREE_DDL.format(third="ALTER TABLE nowhere ADD COLUMN c INT"))
+    run(workspace, folder, request("migrate", 1))
+    broken.write_text(THREE_DDL.replace("ADD COLUMN b", "ADD COLUMN bb").format(
+        third="ALTER TABLE a ADD COLUMN c INT"))
+    (refused,) = run(workspace, folder, request("migrate", 2))
+    assert refused["code"] == 22
+    assert "statement 2 is not the one that ran then" in refused["text"]
+    assert "ADD COLUMN bb" in refused["text"]
+    assert [c for (c,) in query(database, "SELECT column_name FROM information_schema.columns"
+                                " WHERE table_schema = DATABASE() AND table_name = 'a'")] \
+        == ["id", "b"]
+
+
+def test_a_migration_of_dml_only_is_atomic(workspace, database, folder):
+    (folder / "0001_t.sql").write_text("-- migrate:up\nCREATE TABLE t (id INT PRIMARY KEY);\n")
+    (folder / "0002_rows.sql").write_text(
+        "-- migrate:up\nINSERT INTO t VALUES (1);\nINSERT INTO t VALUES (1);\n")
+    failed, status = run(workspace, folder, request("migrate", 1), request("status", 2))
+    assert failed["code"] == 14 and "partial" not in failed
+    assert "rolled back, so it is not applied" in failed["text"]
+    assert query(database, "SELECT COUNT(*) FROM t") == [(0,)]
+    assert status["migrations"][1] == {"version": 2, "name": "rows", "applied": False}
+
+
+def test_a_statement_a_killed_worker_left_running_is_said_uncertain_until_resolved(
+    workspace, database, folder
+):
+    started = workspace.root / "started"
+    (folder / "0001_slow.py").write_text(
+        "import os\n\ndef up(db):\n"
+        "    db.execute('CREATE TABLE a (id INT)')\n"
+        f"    if not os.path.exists({str(workspace.root / 'fixed')!r}):\n"
+        f"        open({str(started)!r}, 'w').close()\n"
+        "        db.execute('CREATE TABLE slow AS SELECT SLEEP(30) AS x')\n"
+        "    db.execute('CREATE TABLE c (id INT)')\n\n"
+        "def down(db):\n    db.execute('DROP TABLE c')\n")
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    wait_until(started.exists, what="the slow statement to start")
+    wait_until(lambda: query(database, "SELECT running FROM schema_migration_partials")
+               == [(2,)], what="the step record before statement 2")
+    os.kill(worker_pid(workspace), signal.SIGKILL)
+    (refused,) = node.replies(1)
+    assert refused["code"] == 22, refused
+    assert refused["partial"]["uncertain"] == {
+        "statement": 2, "line": "CREATE TABLE slow AS SELECT SLEEP(30) AS x"}
+    assert "may or may not have taken effect" in refused["text"]
+    node.send(request("status", 2))
+    (status,) = node.replies(1)
+    assert status["migrations"][0]["partial"] == {
+        "action": "apply", "statements_done": 1,
+        "uncertain": {"statement": 2, "line": "CREATE TABLE slow AS SELECT SLEEP(30) AS x"}}
+
+    # The operator undoes it by hand, says so, and the next migrate runs it whole.
+    query(database, "DROP TABLE IF EXISTS slow")
+    query(database, "DROP TABLE a")
+    (workspace.root / "fixed").touch()
+    node.send(request("resolve", 3, version=1, applied=False), request("migrate", 4),
+              request("history", 5))
+    resolved, migrated, history = node.replies(3)
+    assert resolved == {"type": "migration_resolved", "in_reply_to": 3, "version": 1,
+                        "name": "slow", "applied": False}
+    assert migrated["migrations"] == [{"version": 1, "name": "slow", "status": "applied"}]
+    assert [e["action"] for e in history["events"]] == ["resolved_not_applied", "apply"]
+    assert node.finish() == 0
+    assert {"a", "c"} <= tables(database)
+
+
+def test_resolve_applied_records_a_migration_finished_by_hand(workspace, database, folder):
+    broken = folder / "0001_grow.sql"
+    broken.write_text(THREE_DDL.format(third="ALTER TABLE nowhere ADD COLUMN c INT"))
+    run(workspace, folder, request("migrate", 1))
+    query(database, "ALTER TABLE a ADD COLUMN c INT")  # the person finishes it
+    resolved, status, again = run(workspace, folder,
+                                  request("resolve", 2, version=1, applied=True),
+                                  request("status", 3), request("resolve", 4, version=1,
+                                                                applied=True))
+    assert resolved["applied"] is True
+    assert status["migrations"] == [{"version": 1, "name": "grow", "applied": True}]
+    assert again["code"] == 22 and "did not stop partway" in again["text"]
+
+
+def test_a_dry_run_refuses_a_statement_that_would_commit_and_runs_dml(
+    workspace, database, folder
+):
+    (folder / "0001_t.sql").write_text("-- migrate:up\nCREATE TABLE t (id INT);\n")
+    (folder / "0002_rows.sql").write_text("-- migrate:up\nINSERT INTO t VALUES (1);\n")
+    refused, migrated, dry = run(workspace, folder, request("migrate", 1, dry_run=True),
+                                 request("migrate", 2, to=1),
+                                 request("migrate", 3, dry_run=True))
+    assert refused["code"] == 22 and refused["dry_run"] is True
+    assert "cannot roll it back" in refused["text"] and "t" not in tables(database) - {"t"}
+    assert migrated["count"] == 1
+    assert dry["dry_run"] is True and dry["count"] == 1
+    assert query(database, "SELECT COUNT(*) FROM t") == [(0,)]
+
+
+def test_a_cancel_kills_the_running_query(workspace, database, folder):
+    started = workspace.root / "started"
+    (folder / "0002_wait.py").write_text(
+        f"def up(db):\n    open({str(started)!r}, 'w').close()\n"
+        "    db.execute('INSERT INTO nothing SELECT SLEEP(60)')\n")
+    (folder / "0001_nothing.sql").write_text(
+        "-- migrate:up\nCREATE TABLE nothing (x INT);\n")
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    wait_until(started.exists, what="the slow statement to start")
+    node.send(request("cancel", 2))
+    replies = node.replies(2)
+    failed = next(reply for reply in replies if reply.get("in_reply_to") == 1)
+    assert failed["code"] == 14 and failed["cancelled"] is True
+    assert failed["applied"] == [{"version": 1, "name": "nothing", "status": "applied"}]
+    assert node.finish() == 0
+
+
+def test_stored_programs_written_for_the_mysql_client_run_unchanged(workspace, database, folder):
+    (folder / "0001_audit.sql").write_text(
+        "-- migrate:up\n"
+        "CREATE TABLE t (id INT PRIMARY KEY, n INT);\n"
+        "CREATE TABLE audit (id INT);\n"
+        "DELIMITER $$\n"
+        "CREATE TRIGGER t_audit AFTER INSERT ON t FOR EACH ROW\n"
+        "BEGIN\n  IF NEW.n > 0 THEN\n    INSERT INTO audit VALUES (NEW.id);\n  END IF;\nEND$$\n"
+        "CREATE PROCEDURE fill(k INT)\nBEGIN\n  DECLARE i INT DEFAULT 0;\n"
+        "  WHILE i < k DO\n    INSERT INTO t VALUES (i, i);\n    SET i = i + 1;\n"
+        "  END WHILE;\nEND$$\n"
+        "DELIMITER ;\n"
+        "CALL fill(3); # comment\n"
+        "-- migrate:down\nDROP PROCEDURE fill;\nDROP TABLE audit;\nDROP TABLE t;\n")
+    (migrated,) = run(workspace, folder, request("migrate", 1))
+    assert migrated["count"] == 1, migrated
+    assert query(database, "SELECT id FROM audit ORDER BY id") == [(1,), (2,)]
+
+
+def test_python_migrations_use_question_mark_placeholders(workspace, database, folder):
+    (folder / "0001_rows.py").write_text(
+        "def up(db):\n    db.execute('CREATE TABLE t (id INT, s TEXT)')\n"
+        "    db.executemany('INSERT INTO t VALUES (?, ?)', [(1, '50% off?'), (2, 'x')])\n"
+        "    assert db.query('SELECT s FROM t WHERE id = ?', (1,)) == [('50% off?',)]\n")
+    (migrated,) = run(workspace, folder, request("migrate", 1))
+    assert migrated["count"] == 1, migrated
+
+
+def test_the_password_never_reaches_the_worker_argv_or_health(workspace, database):
+    workspace.db = database.replace("root@", "root:@")  # an empty password, still a secret
+    replies, completed = workspace.run([request("health", 1)])
+    assert completed.returncode == 0, completed.stderr
+    health = replies[0]
+    assert health["database"] == database and health["tracking_table"].endswith(
+        ".schema_migrations")
+    workspace.db = database
+
+
+def test_a_second_worker_is_refused_naming_the_holder(database):
+    from worker.lock import AlreadyOwned
+    from worker.stores.mariadb.store import MariaDbStore
+
+    first, second = MariaDbStore(database), MariaDbStore(database)
+    try:
+        first.acquire_owner(b"")
+        # performance_schema, which would name its pid, is off by default on MariaDB.
+        with pytest.raises(AlreadyOwned, match=r"is held by (connection \d+ of root from"
+                           rf"|worker pid {os.getpid()} on)"):
+            second.acquire_owner(b"")
+    finally:
+        first.release_owner()
+        first.close()
+        second.close()
