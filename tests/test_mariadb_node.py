@@ -299,3 +299,103 @@ def test_a_second_worker_is_refused_naming_the_holder(database):
         first.release_owner()
         first.close()
         second.close()
+
+
+def test_rollback_of_a_partly_applied_migration_runs_the_matching_down_statements(
+    workspace, database, folder
+):
+    table_migrations(folder, range(1, 2))
+    (folder / "0002_grow.sql").write_text(
+        "-- migrate:up\nCREATE TABLE a (id INT);\nCREATE TABLE b (id INT);\n"
+        "ALTER TABLE nowhere ADD COLUMN c INT;\n"
+        "-- migrate:down\nALTER TABLE nowhere DROP COLUMN c;\nDROP TABLE b;\nDROP TABLE a;\n")
+    failed, rolled, status, history = run(
+        workspace, folder, request("migrate", 1), request("rollback", 2), request("status", 3),
+        request("history", 4))
+    assert failed["partial"] == {"action": "apply", "statements_done": 2}
+    assert rolled == {"type": "migration_rolled_back", "in_reply_to": 2, "version": 2,
+                      "name": "grow"}
+    assert status["migrations"] == [{"version": 1, "name": "t1", "applied": True},
+                                    {"version": 2, "name": "grow", "applied": False}]
+    assert [e["action"] for e in history["events"]] == ["apply", "rollback"]
+    assert tables(database) & {"a", "b"} == set() and "t1" in tables(database)
+
+
+def test_rollback_of_a_partly_applied_migration_is_refused_when_its_down_cannot_match(
+    workspace, database, folder
+):
+    (folder / "0001_grow.sql").write_text(
+        "-- migrate:up\nCREATE TABLE a (id INT);\nALTER TABLE nowhere ADD COLUMN c INT;\n"
+        "-- migrate:down\nDROP TABLE a;\n")
+    _, refused, status = run(workspace, folder, request("migrate", 1), request("rollback", 2),
+                             request("status", 3))
+    assert refused["code"] == 22
+    assert "its down section has 1 statements and its up section 2" in refused["text"]
+    assert "send resolve with version 1 and applied false" in refused["text"]
+    assert status["migrations"][0]["partial"] == {"action": "apply", "statements_done": 1}
+    assert "a" in tables(database)
+
+
+def test_a_rollback_that_stops_partway_goes_on_where_it_stopped(workspace, database, folder):
+    down = folder / "0001_two.sql"
+    down.write_text("-- migrate:up\nCREATE TABLE a (id INT);\nCREATE TABLE b (id INT);\n"
+                    "-- migrate:down\nDROP TABLE b;\nDROP TABLE nowhere;\n")
+    _, failed, refused = run(workspace, folder, request("migrate", 1), request("rollback", 2),
+                             request("migrate", 3))
+    assert failed["code"] == 14 and failed["partial"] == {"action": "rollback",
+                                                          "statements_done": 1}
+    assert refused["code"] == 22 and "send rollback to go on" in refused["text"]
+    down.write_text("-- migrate:up\nCREATE TABLE a (id INT);\nCREATE TABLE b (id INT);\n"
+                    "-- migrate:down\nDROP TABLE b;\nDROP TABLE a;\n")
+    rolled, status = run(workspace, folder, request("rollback", 4), request("status", 5))
+    assert rolled["version"] == 1, rolled
+    assert status["migrations"] == [{"version": 1, "name": "two", "applied": False}]
+    assert tables(database) & {"a", "b"} == set()
+
+
+def test_a_cancel_after_ddl_says_what_stays(workspace, database, folder):
+    started = workspace.root / "started"
+    (folder / "0001_wait.py").write_text(
+        "def up(db):\n    db.execute('CREATE TABLE a (id INT)')\n"
+        f"    open({str(started)!r}, 'w').close()\n"
+        "    db.execute('CREATE TABLE b AS SELECT SLEEP(60) AS x')\n")
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    wait_until(started.exists, what="the slow statement to start")
+    wait_until(lambda: query(database, "SELECT running FROM schema_migration_partials")
+               == [(2,)], what="the step record before statement 2")
+    node.send(request("cancel", 2), request("status", 3))
+    replies = {reply["in_reply_to"]: reply for reply in node.replies(3)}
+    failed = replies[1]
+    assert failed["code"] == 14 and failed["cancelled"] is True, failed
+    assert failed["partial"] == {"action": "apply", "statements_done": 1}
+    assert failed["failed"]["statement"] == 2
+    node.send(request("status", 4))
+    (status,) = node.replies(1)
+    assert status["migrations"][0]["partial"] == {"action": "apply", "statements_done": 1}
+    assert node.finish() == 0
+
+
+def test_foreign_keys_off_are_checked_before_the_step_commits(workspace, database, folder):
+    (folder / "0001_tables.sql").write_text(
+        "-- migrate:up\nCREATE TABLE p (id INT PRIMARY KEY);\n"
+        "CREATE TABLE c (id INT, p_id INT, FOREIGN KEY (p_id) REFERENCES p (id));\n")
+    (folder / "0002_orphan.sql").write_text(
+        "-- migrate:foreign_keys off\n-- migrate:up\nINSERT INTO c VALUES (1, 42);\n")
+    migrated, failed = run(workspace, folder, request("migrate", 1, to=1), request("migrate", 2))
+    assert migrated["count"] == 1
+    assert failed["code"] == 14 and "c" in failed["failed"]["error"], failed
+    assert query(database, "SELECT COUNT(*) FROM c") == [(0,)]
+
+
+def test_baseline_history_validate_and_targets_work_as_on_the_other_databases(
+    workspace, database, folder
+):
+    table_migrations(folder, range(1, 4))
+    baselined, migrated, history, validation, rolled = run(
+        workspace, folder, request("baseline", 1, to=1), request("migrate", 2, to=2),
+        request("history", 3), request("validate", 4), request("rollback", 5, to=1))
+    assert baselined["count"] == 1 and migrated["count"] == 1
+    assert [e["action"] for e in history["events"]] == ["baseline", "apply"]
+    assert validation["ok"] is True
+    assert rolled["migrations"] == [{"version": 2, "name": "t2", "status": "rolled_back"}]

@@ -58,6 +58,10 @@ class Loaded(NamedTuple):
     down_lock_timeout_s: float | None = None
     # What would revert it, for an error saying it has none ("-- +goose Down section").
     down_named: str = "down() function"
+    # A .sql file's statements, as its sections run them (None: a .py file's code), so
+    # that the down statements matching part of its up can be told (see steps.py).
+    up_statements: tuple[str, ...] | None = None
+    down_statements: tuple[str, ...] | None = None
 
 
 class Migration(NamedTuple):
@@ -138,6 +142,8 @@ class Migration(NamedTuple):
                 parsed.up_lock_timeout,
                 parsed.down_lock_timeout,
                 read.down_named,
+                tuple(parsed.up),
+                None if parsed.down is None else tuple(parsed.down),
             )
         source = self.source()
         module = types.ModuleType(f"migration_{self.version}_{self.name}")

@@ -42,7 +42,8 @@ from broker.kinds import PROGRESS, WAITING
 from worker.catalog import Catalog, Loaded, Migration, Repeatable, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
-from worker.steps import StatementSteps, partial_field, span
+from worker.steps import StatementSteps, first_line, partial_field, span
+from worker.steps import checksum_of as checksum_of_statement
 from worker.stores.interface import (
     NO_LOCK_WATCH,
     REPEATABLE_VERSION,
@@ -75,8 +76,9 @@ MIGRATION_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 PROBLEM_KINDS = ("changed", "missing", "out_of_order")
 LINT_RESULT = "lint_result"
 LINT_NOTE = ("lint's rules are PostgreSQL's (locks that make a server under load wait, renames"
-             " that break running code), and none of them applies to SQLite, so nothing was"
-             " linted")
+             " that break running code), and none of them applies to {database}, so nothing"
+             " was linted")
+DIALECT_NAMES = {"sqlite": "SQLite", "mysql": "MariaDB and MySQL"}
 MAY_BE_ALLOWED = frozenset({"out_of_order"})  # changed and missing are never accepted
 REPEATABLE = "repeatable"  # the history's action (and health's) for a repeatable applied
 # The history's actions for a migration that stopped partway, resolved by a person.
@@ -573,7 +575,15 @@ class Engine:
             {"version": event.version, "name": event.name, "status": "rolled_back"}
             for event in self.store.events_of(request_id, "rollback")
         ]
-        newest_first = sorted(applied, key=lambda row: row.applied_seq, reverse=True)
+        partials = self._partials(dry_run)
+        recorded = {row.version for row in applied}
+        # A migration that stopped partway is newer than every applied one: undone first.
+        partly = sorted((AppliedMigration(p.version, p.name, "", 0, p.request_id)
+                         for p in partials.values()
+                         if p.action == "apply" and p.version not in recorded),
+                        key=lambda row: row.version, reverse=True)
+        newest_first = [*partly,
+                        *sorted(applied, key=lambda row: row.applied_seq, reverse=True)]
         if to is not None:
             self._check_target(to, self.catalog.migrations(), applied, allow_zero=True)
             targets = [row for row in newest_first if row.version > to]
@@ -596,9 +606,11 @@ class Engine:
                     dry_run,
                 )
             targets = newest_first[:wanted]
+        _refuse_partials(partials, {row.version for row in targets}, dry_run, rollback=True)
         files = {m.version: m for m in self.catalog.migrations()}
         migrations = [self._file_of(row, files, done, dry_run) for row in targets]
         run = _Run(self, request_id, src, "rollback", done, dry_run, plain, progress)
+        run.partials = partials
 
         def unrecord(step: Step, elapsed_ms: float) -> None:
             self.store.unrecord(step.migration.version)
@@ -774,7 +786,8 @@ class Engine:
             chosen = [files[version] for version in sorted(set(versions))]
         if self.store.dialect != "postgresql":
             return {"type": LINT_RESULT, "ok": True, "findings": [], "linted": [],
-                    "not_linted": [], "note": LINT_NOTE}
+                    "not_linted": [], "note": LINT_NOTE.format(
+                        database=DIALECT_NAMES.get(self.store.dialect, self.store.dialect))}
         from worker.lint import parser
 
         parser.require()  # before anything imports it: error 22 saying how to install it
@@ -1065,18 +1078,20 @@ class _Run:
             return None
         partial = self.partials.get(migration.version)
         resume = partial if partial is not None and partial.action == self.action else None
+        undoing = partial if partial is not None and partial.action != self.action else None
         return StatementSteps(migration.version, migration.name, self.action,
-                              self.request_id, resume)
+                              self.request_id, resume, undoing)
 
     def _kept_partial(self, migration: MigrationFile) -> None:
         """After a try: what stays of the step, for the next try of this request."""
         steps = self._steps
-        if steps is None:
+        if steps is None or not steps.saved:
             return
-        if steps.saved and steps.committed and not self._finished:
-            self.partials[migration.version] = steps.partial(steps.committed)
-        else:
+        stays = None if self._finished else steps.stays()
+        if stays is None:
             self.partials.pop(migration.version, None)
+        else:
+            self.partials[migration.version] = stays
 
     def _take_steps(self, step: Step, finish: Callable[[Step, float], None],
                     in_transaction: bool, lock_timeout_s: float | None) -> None:
@@ -1186,6 +1201,8 @@ class _Run:
         RuntimeError if the migration ended its transaction itself.
         """
         function = step.loaded.up if self.action == "apply" else step.loaded.down
+        if self._steps is not None and self._steps.undoing is not None and not self.dry_run:
+            function = _undo_function(step, self._steps.undoing)
         if function is None and self.action == "apply":
             raise LookupError("the file defines no up(db) function")
         if function is None:
@@ -1262,19 +1279,26 @@ class _Run:
         except ReplyError as error:
             if self.engine.cancelled() and not error.extra.get("cancelled"):
                 raise self._cancelled(migration, started=True) from error
+            stays = self._stays()
+            if stays is not None and "partial" not in error.extra:
+                error.extra = {**error.extra, "partial": partial_field(stays)}
             # An 11 lists what was applied only when something was (as before dry runs).
             if error.code != TEMPORARILY_UNAVAILABLE or self._steps_done():
                 error.extra = {**self._done_field(), **error.extra}
             raise self.outcome(error) from None
         except MIGRATION_ERRORS as exc:
-            if self.engine.cancelled():
+            if self.engine.cancelled() and self._stays() is None:
                 # Whatever the interrupted statement raised, the cause is the cancel.
                 raise self._cancelled(migration, started=True) from exc
             cause = _describe(exc)
             log.error("%s of %s failed: %s", self.action, _short(migration.version,
                                                                   migration.name), cause)
+            if self.engine.cancelled():
+                cause = "cancelled"
             stays = self._partly_done(migration, cause)
             if stays is not None:
+                if self.engine.cancelled():
+                    stays.extra = {"cancelled": True, **stays.extra}
                 raise self.outcome(stays) from exc
             if self._outside_transaction and not self.dry_run:
                 what, outcome = ((_named(migration), "it is not recorded")
@@ -1283,6 +1307,12 @@ class _Run:
                                   "it stays applied"))
                 text = (f"{what} failed outside a transaction (it says transaction:false),"
                         f" so {outcome}, and statements before the failing one stay: {cause}")
+            elif isinstance(migration, Repeatable) and self.store.implicit_commits:
+                # Not kept statement by statement: it is applied again whole, next time.
+                text = (f"{_named(migration)} failed, so this version of it is not applied;"
+                        " its statements before the failing one that commit at once (DDL)"
+                        " stay, and the next migrate applies it again from its first"
+                        f" statement: {cause}")
             elif isinstance(migration, Repeatable):
                 # What an earlier application of it did stays: only this one is undone.
                 text = (f"{_named(migration)} failed and was rolled back, so this version of"
@@ -1300,6 +1330,11 @@ class _Run:
             raise self.outcome(error) from exc
 
 
+    def _stays(self) -> Partial | None:
+        """What stays of the real step that just stopped, where DDL commits at once."""
+        steps = None if self.dry_run else self._steps
+        return None if steps is None or not steps.saved else steps.stays()
+
     def _failed_statement(self) -> dict[str, Any]:
         """Where DDL commits at once, the statement that failed: its number and first line."""
         steps = None if self.dry_run else self._steps
@@ -1312,9 +1347,12 @@ class _Run:
         """Error 14 for a step that failed with statements of it in effect (DDL, committed
         at once where it cannot be rolled back), saying exactly which; None when nothing
         of it stays."""
-        steps = None if self.dry_run else self._steps
-        if steps is None or not steps.saved or not steps.committed:
+        steps = self._steps
+        stays = self._stays()
+        if stays is None:
             return None
+        if steps.undoing is not None:
+            return self._undo_failed(migration, cause, stays)
         kept = steps.committed
         stay = "stays" if kept == 1 else "stay"
         failed = self._failed_statement()
@@ -1336,8 +1374,22 @@ class _Run:
         return ReplyError(
             MIGRATION_FAILED, text, **self._done_field(),
             failed=migration.entry(error=cause, **failed),
-            partial=partial_field(steps.partial(kept)),
+            partial=partial_field(stays),
         )
+
+    def _undo_failed(self, migration: MigrationFile, cause: str, stays: Partial
+                     ) -> ReplyError:
+        """Error 14 for the undo of a partly applied migration that stopped partway."""
+        failed = self._failed_statement()
+        at = (f" at down statement {failed['statement']} ({failed['line']!r})"
+              if failed else "")
+        text = (f"undoing migration {migration.version} {migration.name} failed{at}: {cause};"
+                f" {span(stays.done)} of its up section stay in effect, so it is not applied:"
+                " roll back again to go on, or repair the database by hand and send resolve")
+        log.error("%s", text)
+        return ReplyError(MIGRATION_FAILED, text, **self._done_field(),
+                          failed=migration.entry(error=cause, **failed),
+                          partial=partial_field(stays))
 
     def _cancelled(self, migration: MigrationFile, started: bool) -> ReplyError:
         """Error 14 for a cancelled request: the steps done before, and the step that was
@@ -1370,23 +1422,64 @@ class _Run:
         return {**reply, "locks": locks}
 
 
-def _refuse_partials(partials: dict[int, Partial], to_run: set[int], dry_run: bool) -> None:
-    """Error 22 before a migrate runs anything: a rollback that stopped partway is to
-    be finished first, and a statement left uncertain by a worker's death is for a
-    person to look at."""
+def _undo_function(step: Step, partial: Partial) -> Callable[[Any], None]:
+    """The code that undoes a partly applied .sql migration: the down statements that
+    match its up statements in effect, one for one in reverse order (a down section of as
+    many statements as its up, the last undoing the first), those of the latest first.
+
+    Raises ReplyError 22, before anything runs, when they cannot be told: a .py file, a
+    down section of another length, or up statements changed since they ran."""
+    migration, loaded = step.migration, step.loaded
+    name = f"migration {migration.version} {migration.name}"
+    stays = (f"{span(partial.done)} of its up section {'is' if partial.done == 1 else 'are'}"
+             " in effect")
+    advice = ("undo them by hand, then send resolve with version"
+              f" {migration.version} and applied false")
+    up, down = loaded.up_statements, loaded.down_statements
+    if up is None or down is None:
+        what = ("it is a .py file, whose down() reverts the whole migration" if up is None
+                else "it has no down section")
+        raise ReplyError(PRECONDITION_FAILED, f"{name} stopped partway ({stays}), and {what},"
+                         f" so which code undoes only those is not known; nothing ran: {advice}")
+    if len(down) != len(up):
+        raise ReplyError(PRECONDITION_FAILED, (
+            f"{name} stopped partway ({stays}); its down section has {len(down)} statements"
+            f" and its up section {len(up)}, so which down statements undo those is not known"
+            " (they are matched one for one, the last down statement undoing the first up"
+            f" statement); nothing ran: {advice}"))
+    for number, statement in enumerate(up[: partial.done], 1):
+        if checksum_of_statement(statement) != partial.checksums[number - 1]:
+            raise ReplyError(PRECONDITION_FAILED, (
+                f"{name} stopped partway ({stays}), and up statement {number} is not the one"
+                f" that ran then (now: {first_line(statement)!r}), so its down statements may"
+                f" not undo it; nothing ran: {advice}"))
+    undo = down[len(down) - partial.done:]
+
+    def run(db: Any) -> None:
+        for statement in undo:
+            db.execute(statement)
+
+    return run
+
+
+def _refuse_partials(partials: dict[int, Partial], to_run: set[int], dry_run: bool,
+                     rollback: bool = False) -> None:
+    """Error 22 before a migrate (`rollback`: a rollback) runs anything: a rollback that
+    stopped partway is to be finished first (by a rollback), and a statement left
+    uncertain by a worker's death, in a step to take, is for a person to look at."""
     for partial in partials.values():
         name = f"migration {partial.version} {partial.name}"
         part = "up" if partial.action == "apply" else "down"
         done = (f"{span(partial.done)} of its {part} section took effect"
                 if partial.done else f"none of its {part} section took effect")
-        if partial.running is not None and (partial.action != "apply"
-                                            or partial.version in to_run):
+        if partial.running is not None and (partial.version in to_run or (
+                partial.action != "apply" and not rollback)):
             text = (f"{name} stopped partway: {done}, and the worker died while"
                     f" statement {partial.running} ({partial.running_line!r}) ran, so it"
                     " may or may not have taken effect; nothing ran: look at the"
                     " database, finish or undo that migration by hand, then send"
                     f" resolve with version {partial.version} and applied true or false")
-        elif partial.action == "rollback":
+        elif partial.action == "rollback" and not rollback:
             text = (f"the rollback of {name} stopped partway ({done}), so nothing ran:"
                     " send rollback to go on with it, or repair the database by hand"
                     f" and send resolve with version {partial.version}")

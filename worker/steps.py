@@ -60,13 +60,17 @@ class StatementSteps:
 
     def __init__(
         self, version: int, name: str, action: str, request_id: bytes | None,
-        resume: Partial | None = None,
+        resume: Partial | None = None, undoing: Partial | None = None,
     ) -> None:
+        """`resume`: the Partial of the same action this step goes on from; `undoing`: an
+        apply's Partial whose statements this step undoes one by one, newest first (the
+        down statements that match them), so that what stays is said in up statements."""
         self.version = version
         self.name = name
         self.action = action  # "apply" (up) or "rollback" (down)
         self.request_id = request_id
         self.resume = resume
+        self.undoing = undoing
         self.skip = resume.done if resume is not None else 0
         self.checksums: list[str] = list(resume.checksums) if resume is not None else []
         self.count = 0  # statements numbered so far
@@ -100,11 +104,23 @@ class StatementSteps:
             raise self._changed(f"it now has {self.count} statements")
 
     def partial(self, done: int, running: int | None = None) -> Partial:
-        """The Partial to save: statements 1..done in effect, `running` under way."""
+        """The Partial to save: statements 1..done of this step in effect, `running` under
+        way (while undoing, said as the up statements that stay, and the one being undone)."""
         line = self.current[1] if self.current is not None and running is not None else None
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        if self.undoing is not None:
+            kept = self.undoing.done - done
+            return Partial(self.version, self.name, "apply", kept,
+                           self.undoing.checksums[:kept],
+                           None if running is None else self.undoing.done - running + 1,
+                           line, self.request_id, now)
         return Partial(self.version, self.name, self.action, done,
-                       tuple(self.checksums[:done]), running, line, self.request_id,
-                       datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
+                       tuple(self.checksums[:done]), running, line, self.request_id, now)
+
+    def stays(self) -> Partial | None:
+        """What stays of the step now that it stopped: None when nothing does."""
+        partial = self.partial(self.committed)
+        return partial if partial.done else None
 
     def _changed(self, what: str) -> ChangedStatements:
         part = "up" if self.action == "apply" else "down"

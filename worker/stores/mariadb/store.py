@@ -589,8 +589,7 @@ class MariaDbStore(Store):
             return
         try:
             self.connection.rollback()
-            self.save_partial(steps.partial(steps.committed) if steps.committed else None,
-                              steps.version)
+            self.save_partial(steps.stays(), steps.version)
         except (pymysql.Error, ReplyError) as exc:
             log.warning("could not record what stays of migration %s: %s", steps.version, exc)
 
