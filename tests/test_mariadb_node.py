@@ -399,3 +399,61 @@ def test_baseline_history_validate_and_targets_work_as_on_the_other_databases(
     assert [e["action"] for e in history["events"]] == ["baseline", "apply"]
     assert validation["ok"] is True
     assert rolled["migrations"] == [{"version": 2, "name": "t2", "status": "rolled_back"}]
+
+
+def test_a_session_setting_a_migration_left_behind_does_not_reach_the_next(
+    workspace, database, folder
+):
+    (folder / "0001_loose.sql").write_text(
+        "-- migrate:up\nSET SESSION sql_mode = '';\n"
+        "CREATE TEMPORARY TABLE scratch (x INT);\nCREATE TABLE t (x TINYINT);\n")
+    (folder / "0002_strict.sql").write_text(
+        "-- migrate:up\nINSERT INTO t VALUES (1000);\n")
+    first, second = run(workspace, folder, request("migrate", 1, to=1), request("migrate", 2))
+    assert first["count"] == 1
+    # Under the session's own STRICT_TRANS_TABLES the out-of-range value is refused.
+    assert second["code"] == 14 and "1264" in second["failed"]["error"], second
+
+
+def test_mysql_and_mariadb_urls_of_one_database_share_one_worker(workspace, database):
+    (first,) = workspace.run([request("health", 1)])[0]
+    workspace.db = database.replace("mysql://", "mariadb://").replace(":3306", "")
+    (second,) = workspace.run([request("health", 1)])[0]
+    workspace.db = database
+    assert second["worker_pid"] == first["worker_pid"]
+
+
+def test_a_tracking_table_dropped_by_hand_is_refused_until_baseline(
+    workspace, database, folder
+):
+    table_migrations(folder, range(1, 3))
+    run(workspace, folder, request("migrate", 1))
+    query(database, "DROP TABLE schema_migrations")
+    refused, baselined, status = run(workspace, folder, request("migrate", 2),
+                                     request("baseline", 3, to=2), request("status", 4))
+    assert refused["code"] == 22 and "dropped by hand" in refused["text"]
+    assert "send baseline with to: 2" in refused["text"]
+    assert baselined["count"] == 2
+    assert [m["applied"] for m in status["migrations"]] == [True, True]
+
+
+def test_a_statement_that_waits_too_long_for_a_lock_gets_error_11(workspace, database, folder):
+    (folder / "0001_t.sql").write_text("-- migrate:up\nCREATE TABLE t (id INT PRIMARY KEY);\n"
+                                       "INSERT INTO t VALUES (1);\n")
+    (folder / "0002_touch.sql").write_text("-- migrate:up\nUPDATE t SET id = 2 WHERE id = 1;\n")
+    options = ("--migrations", str(folder), "--lock-timeout", "1", "--lock-retries", "1")
+    workspace.run([request("migrate", 1, to=1)], *options)  # the worker keeps its options
+    name = database.rsplit("/", 1)[1]
+    blocker = admin()
+    try:
+        with blocker.cursor() as cursor:
+            cursor.execute(f"USE {name}")
+            cursor.execute("BEGIN")
+            cursor.execute("SELECT * FROM t FOR UPDATE")
+            replies, _ = workspace.run([request("migrate", 2)], *options)
+    finally:
+        blocker.close()
+    (refused,) = replies
+    assert refused["code"] == 11, refused
+    assert "gave up after 2 tries" in refused["text"]
+    assert query(database, "SELECT id FROM t") == [(1,)]
