@@ -109,7 +109,9 @@ def test_a_failing_ddl_statement_leaves_the_statements_before_it_said_exactly(
     table_migrations(folder, range(1, 2))
     broken = folder / "0002_grow.sql"
     broken.write_text(THREE_DDL.format(third="ALTER TABLE nowhere ADD COLUMN c INT"))
-    failed, status = run(workspace, folder, request("migrate", 1), request("status", 2))
+    before, failed, status = run(workspace, folder, request("status", 0),
+                                 request("migrate", 1), request("status", 2))
+    assert "partial" not in before["migrations"][1]
     assert failed["code"] == 14
     assert failed["applied"] == [{"version": 1, "name": "t1", "status": "applied"}]
     assert failed["failed"]["statement"] == 3
@@ -457,3 +459,15 @@ def test_a_statement_that_waits_too_long_for_a_lock_gets_error_11(workspace, dat
     assert refused["code"] == 11, refused
     assert "gave up after 2 tries" in refused["text"]
     assert query(database, "SELECT id FROM t") == [(1,)]
+
+
+def test_status_sees_a_partial_state_that_changed_nothing_else(workspace, database, folder):
+    table_migrations(folder, range(1, 2))
+    (folder / "0002_grow.sql").write_text(
+        THREE_DDL.format(third="ALTER TABLE nowhere ADD COLUMN c INT"))
+    run(workspace, folder, request("migrate", 1, to=1))
+    before, failed, after = run(workspace, folder, request("status", 1), request("migrate", 2),
+                                request("status", 3))
+    assert before["migrations"][1] == {"version": 2, "name": "grow", "applied": False}
+    assert failed["code"] == 14
+    assert after["migrations"][1]["partial"] == {"action": "apply", "statements_done": 2}

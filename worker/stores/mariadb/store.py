@@ -77,6 +77,13 @@ PROGRAM = "migrations worker pid {pid} on {host}"  # connection attribute progra
 # Errors after which the session is gone: the server went away, or killed it.
 LOST = frozenset({2006, 2013, 2055, ER.CON_COUNT_ERROR, 1927})  # 1927: connection killed
 EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
+# Session variables that change by themselves: never put back (an old `timestamp` would
+# stop the session's clock).
+VOLATILE = frozenset({
+    "TIMESTAMP", "LAST_INSERT_ID", "INSERT_ID", "IDENTITY", "RAND_SEED1", "RAND_SEED2",
+    "WARNING_COUNT", "ERROR_COUNT", "LAST_GTID", "IN_TRANSACTION", "GTID_SEQ_NO",
+    "PSEUDO_THREAD_ID", "SERVER_ID", "GTID_DOMAIN_ID",
+})
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS {migrations} (
@@ -167,6 +174,8 @@ STATEMENTS = {
     " execution_ms = VALUES(execution_ms), request_id = VALUES(request_id)",
     "data_version": "SELECT (SELECT COALESCE(MAX(seq), 0) FROM {history}),"
     " (SELECT COUNT(*) FROM {migrations})",
+    "partials_stamp": "SELECT COUNT(*), COALESCE(SUM(done), 0), COALESCE(SUM(running), 0),"
+    " COALESCE(MAX(updated_at), '') FROM {partials}",
     "partials": "SELECT version, name, action, done, checksums, running, running_line,"
     " request_id, updated_at FROM {partials} ORDER BY version",
     "save_partial": "INSERT INTO {partials} (version, name, action, done, checksums, running,"
@@ -617,7 +626,7 @@ class MariaDbStore(Store):
                 self._execute(f"USE {_quoted(self.schema)}")
                 now = self._session_variables()
                 changed = [name for name, value in now.items()
-                           if self._session.get(name, value) != value]
+                           if name not in VOLATILE and self._session.get(name, value) != value]
                 for name in changed:
                     value = self._session[name]
                     try:
@@ -712,11 +721,16 @@ class MariaDbStore(Store):
             raise ForeignKeyViolation(broken)
 
     def data_version(self) -> int:
+        """A stamp that changes when any connection commits a change to the tracking rows:
+        the newest history seq, the number of tracking rows, and the step records (a
+        migration that stopped partway changes no other)."""
         tables = self._tables()
         if not {self.tables.migrations, self.tables.history} <= tables:
             return 0
-        newest, count = self._run(self._sql["data_version"]).fetchone()
-        return int(newest) << 32 | int(count)
+        stamp = tuple(self._run(self._sql["data_version"]).fetchone())
+        if self.partials_table in tables:
+            stamp += tuple(self._run(self._sql["partials_stamp"]).fetchone())
+        return hash(stamp) & (2**63 - 1)
 
     def applied(self) -> list[AppliedMigration]:
         tables = self._tables() & set(self.tables)
