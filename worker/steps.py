@@ -13,8 +13,9 @@ migration step that stops partway, kept exactly, so that nobody has to guess.
 
 A worker killed between a statement that commits and the record after it leaves that one
 statement `running`: the next worker says which, and that it may or may not have taken
-effect, instead of guessing. Only statements sent through the db's execute, executemany
-and executescript are numbered; query() reads and is never skipped.
+effect, instead of guessing. Statements sent through the db's execute, executemany and
+executescript are numbered; query() is numbered only for a statement that commits at once
+(a read through it runs again on a resume, so code that depends on it still sees rows).
 """
 
 from __future__ import annotations

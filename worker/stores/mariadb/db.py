@@ -89,7 +89,10 @@ class MariaDbMigrationDB:
             self.execute(statement)
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
-        """Run one read and return all its rows; never numbered, never skipped."""
+        """Run one read and return all its rows; never numbered, never skipped (a statement
+        that commits at once is one of the step's, as through execute)."""
+        if not self._in_transaction or mysql_sql.commits_at_once(sql):
+            return self.execute(sql, params).fetchall()
         self._check()
         self._refuse_transaction_control(sql)
         cursor = self._connection.cursor()
