@@ -471,3 +471,24 @@ def test_status_sees_a_partial_state_that_changed_nothing_else(workspace, databa
     assert before["migrations"][1] == {"version": 2, "name": "grow", "applied": False}
     assert failed["code"] == 14
     assert after["migrations"][1]["partial"] == {"action": "apply", "statements_done": 2}
+
+
+def test_the_command_line_shows_a_partial_migration_and_resolves_it(workspace, database, folder):
+    import subprocess
+
+    (folder / "0001_grow.sql").write_text(
+        THREE_DDL.format(third="ALTER TABLE nowhere ADD COLUMN c INT"))
+    run(workspace, folder, request("migrate", 1))
+
+    def command(*words: str) -> subprocess.CompletedProcess:
+        return subprocess.run(workspace.node_command("--migrations", str(folder), *words),
+                              capture_output=True, text=True, env=workspace.env,
+                              cwd=workspace.root, timeout=60)
+
+    status = command("status")
+    assert "partial: up 1..2 done" in status.stdout, status.stderr
+    assert "1 stopped partway" in status.stdout
+    resolved = command("resolve", "1", "--applied")
+    assert resolved.returncode == 0, resolved.stderr
+    assert "resolved  1  grow: recorded as applied" in resolved.stdout
+    assert "applied" in command("status").stdout.splitlines()[1]

@@ -439,6 +439,9 @@ def show_status(session: Session, args: argparse.Namespace, out: Lines) -> int:
         out(table(("version", "name", "state", "applied at"), rows, style))
     waiting = sum(not m["applied"] for m in status["migrations"])
     summary = f"{len(status['migrations']) - waiting} applied, {waiting} pending"
+    partial = sum("partial" in m for m in status["migrations"])
+    if partial:
+        summary += f" ({partial} stopped partway: see `migrations-node resolve --help`)"
     if repeatables:
         states = [r["state"] for r in repeatables]
         summary += (f"; repeatable: {states.count('applied')} applied,"
