@@ -78,6 +78,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ _YOYO_MAIN = "import sys; from yoyo.scripts.main import main; sys.exit(main())"
 
 # The local server, over TCP, for ours, the plain loop and the peers alike.
 POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
+MARIADB_SERVER = "mysql://root@127.0.0.1:3306"  # user root, empty password
 _CONNECT_TIMEOUT_SECONDS = 5
 
 
@@ -173,6 +175,48 @@ def postgres_database(server: str = POSTGRES_SERVER) -> Iterator[str]:
         yield f"{server}/{name}"
     finally:
         _admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def mariadb_connect(server: str = MARIADB_SERVER, database: str | None = None,
+                    autocommit: bool = True) -> Any:
+    """A PyMySQL connection to `server` (and `database`), read from the URL by
+    broker/mysql_url.py as the worker reads it."""
+    import pymysql
+
+    from broker import mysql_url
+
+    args = mysql_url.connect_args(f"{server}/{database or 'mysql'}")  # it needs one
+    args.update(database=database, autocommit=autocommit,
+                connect_timeout=_CONNECT_TIMEOUT_SECONDS, password=args["password"] or "")
+    return pymysql.connect(**args)
+
+
+def mariadb_problem(server: str = MARIADB_SERVER) -> str | None:
+    """Why nothing can be measured on the MariaDB/MySQL `server`, or None when it answers."""
+    try:
+        import pymysql
+    except ImportError:
+        return "PyMySQL not installed (pip install '.[mariadb]')"
+    try:
+        mariadb_connect(server).close()
+    except pymysql.err.OperationalError as exc:
+        reason = exc.args[1] if len(exc.args) > 1 else type(exc).__name__
+        return f"no server at {server.partition('@')[2]} ({reason})"
+    return None
+
+
+@contextlib.contextmanager
+def mariadb_database(server: str = MARIADB_SERVER, prefix: str = "mnb") -> Iterator[str]:
+    """A fresh database with a unique name on the MariaDB/MySQL `server`: yields its URL,
+    and drops it afterwards, even on error."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with contextlib.closing(mariadb_connect(server)) as admin:
+        admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with contextlib.closing(mariadb_connect(server)) as admin:
+            admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
 
 
 def _table_names(database: Path | str) -> set[str]:

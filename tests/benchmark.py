@@ -10,7 +10,10 @@ table replaces its own section of the file (added at the end the first time), th
 
 The `postgres` group runs on the local server (POSTGRES_SERVER, over TCP, for ours, the plain
 psycopg loop and the peers alike), each measurement in a fresh database dropped afterwards;
-when no server answers, its rows say so instead of failing.
+when no server answers, its rows say so instead of failing. The `mariadb` group does the
+same on the local MariaDB/MySQL server (MARIADB_SERVER, root without a password): applying
+1,000 migrations beside a plain PyMySQL loop; its row says why when no server answers or
+PyMySQL is missing.
 """
 
 from __future__ import annotations
@@ -42,7 +45,15 @@ import zmq
 from broker import endpoint
 from broker.client import WINDOW
 from tests import bench_peers
-from tests.bench_peers import POSTGRES_SERVER, postgres_database, postgres_problem
+from tests.bench_peers import (
+    MARIADB_SERVER,
+    POSTGRES_SERVER,
+    mariadb_connect,
+    mariadb_database,
+    mariadb_problem,
+    postgres_database,
+    postgres_problem,
+)
 from tests.processes import gone
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -115,8 +126,9 @@ class Sandbox:
         self._cleanup.callback(shutil.rmtree, self.root, ignore_errors=True)
         self.db: Path | str = self.root / "bench.db"
         if server is not None:
+            fresh = mariadb_database if is_mariadb(server) else postgres_database
             try:
-                self.db = self._cleanup.enter_context(postgres_database(server))
+                self.db = self._cleanup.enter_context(fresh(server))
             except BaseException:
                 self._cleanup.close()
                 raise
@@ -191,6 +203,10 @@ class Sandbox:
             self._cleanup.close()
 
 
+def is_mariadb(server: str | None) -> bool:
+    return server is not None and server.startswith(("mysql://", "mariadb://"))
+
+
 def create_table(version: int) -> str:
     return f"CREATE TABLE t{version} (id INTEGER PRIMARY KEY, name TEXT)"
 
@@ -244,8 +260,10 @@ def interleaved(
 
 
 def on(server: str | None) -> str:
-    """What a figure's name adds when it was taken on a PostgreSQL server."""
-    return "" if server is None else " on PostgreSQL"
+    """What a figure's name adds when it was taken on a server."""
+    if server is None:
+        return ""
+    return " on MariaDB" if is_mariadb(server) else " on PostgreSQL"
 
 
 def cold_status(sandbox: Sandbox, worker_running: bool) -> Callable[[], float]:
@@ -490,14 +508,36 @@ def plain_connection(sandbox: Sandbox, journal: str = "wal") -> tuple[Any, str, 
         return connection, "BEGIN IMMEDIATE", (
             "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))"
         )
+    if is_mariadb(sandbox.server):
+        return (PlainMariaDb(str(sandbox.db)), "BEGIN",
+                "INSERT INTO schema_migrations VALUES (%s, %s, NOW())")
     import psycopg
 
     connection = psycopg.connect(str(sandbox.db), autocommit=True)
     return connection, "BEGIN", "INSERT INTO schema_migrations VALUES (%s, %s, now()::text)"
 
 
+class PlainMariaDb:
+    """A PyMySQL session in autocommit mode, with the execute() and close() the plain loop
+    uses (the same TCP connection and driver as our worker's)."""
+
+    def __init__(self, url: str) -> None:
+        server, _, database = url.rpartition("/")
+        self.connection = mariadb_connect(server, database, autocommit=True)
+        self.cursor = self.connection.cursor()
+
+    def execute(self, sql: str, params: tuple = ()) -> None:
+        self.cursor.execute(sql, params or None)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 def loop_name(server: str | None, kind: str = "py", journal: str = "wal") -> str:
     """The plain loop, as the floor column names it."""
+    if is_mariadb(server):
+        return ("plain PyMySQL loop, same server over TCP, BEGIN/CREATE/INSERT/COMMIT each"
+                " (CREATE commits at once)")
     if server is not None:
         return "plain psycopg loop, same server over TCP, BEGIN/CREATE/INSERT/COMMIT each"
     return (
@@ -906,7 +946,7 @@ def nodes_throughput(nodes: int, count: int, runs: int) -> Figure:
 
 
 NOT_INSTALLED: list[str] = []  # peers the table could not include
-SERVERS: list[str] = []  # the PostgreSQL servers measured, for the machine line
+SERVERS: list[str] = []  # the database servers measured, for the machine line
 
 
 def peer_figures(count: int, runs: int, server: str | None = None) -> list[Figure]:
@@ -987,6 +1027,32 @@ def postgres_figures(quick: bool) -> list[Figure | Unmeasured]:
         cold_start(1 if quick else 10, worker_running=True, server=POSTGRES_SERVER),
         *peer_figures(20 if quick else count, 1 if quick else 3, POSTGRES_SERVER),
     ]
+
+
+def mariadb_figures(quick: bool) -> list[Figure | Unmeasured]:
+    """On the local MariaDB/MySQL server: applying 1,000 (one CREATE TABLE each) beside
+    the plain PyMySQL loop; a row saying why when no server answers or PyMySQL is missing."""
+    count = 50 if quick else 1000
+    problem = mariadb_problem(MARIADB_SERVER)
+    if problem is not None:
+        print(f"MariaDB: {problem}", flush=True)
+        return [Unmeasured(f"apply {count:,} migrations on MariaDB", problem)]
+    SERVERS.append(mariadb_description(MARIADB_SERVER))
+    return apply_figures(count, 1 if quick else 5, server=MARIADB_SERVER)
+
+
+def mariadb_description(server: str) -> str:
+    import pymysql
+
+    with contextlib.closing(mariadb_connect(server)) as connection:
+        cursor = connection.cursor()
+        cursor.execute("SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog,"
+                       " @@log_bin")
+        version, flush, sync_binlog, log_bin = cursor.fetchone()
+    return (f"MariaDB {version.split('-')[0]} at {server.partition('@')[2]}"
+            f" (innodb_flush_log_at_trx_commit {flush}, binary log"
+            f" {'on, sync_binlog ' + str(sync_binlog) if log_bin else 'off'}),"
+            f" PyMySQL {pymysql.__version__}")
 
 
 def server_description(server: str) -> str:
@@ -1157,6 +1223,7 @@ GROUPS = {
     "responsive": "Responsive worker, WAL",
     "peers": "Peers",
     "postgres": "PostgreSQL",
+    "mariadb": "MariaDB",
     "locks": "Lock timeouts on PostgreSQL",
     "lint": "Lint's parser",
 }
@@ -1198,6 +1265,7 @@ FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
     ),
     ("peers", lambda quick: peer_figures(20 if quick else 1000, 1 if quick else 3)),
     ("postgres", postgres_figures),
+    ("mariadb", mariadb_figures),
     ("locks", lock_figures),
     ("lint", lambda quick: lint_import(1 if quick else 20)),
 ]

@@ -10,6 +10,7 @@ from tests.soak_model import (
     Findings,
     Judge,
     Request,
+    Snapshot,
     Timeline,
     check_node,
     write_folder,
@@ -76,3 +77,21 @@ def test_a_read_behind_a_write_that_ran_must_see_its_step(tmp_path):
     ])
     assert found.counts == {"wrong": 1}, found.notes
     assert "n0m3" in found.notes[0]
+
+
+def test_with_tables_made_beforehand_every_table_is_checked_empty_or_whole(tmp_path):
+    # MariaDB's soak: migrations only fill tables that exist; one applied holds its rows,
+    # one not applied holds none, and any other count is half-applied.
+    folder = write_folder(tmp_path / "migrations", 3, slow_rows=5, tables_exist=True)
+    assert folder.rows == {1: 1, 2: 1, 3: 5}
+    assert "CREATE" not in (tmp_path / "migrations" / "0003_t3.py").read_text()
+    timeline = Timeline(folder)
+    found = Findings()
+    timeline.replay([Event(1, 1, "t1", "apply", folder.checksums[1], "2026-12-05T00:00:00Z",
+                           1.0, "a")], {"a": Request(0, {"type": "migrate", "msg_id": 1}, "a")},
+                    found)
+    records = [(1, "t1", folder.checksums[1])]
+    timeline.check_database(Snapshot(records, [], {"t1": 1, "t2": 0, "t3": 0}), found)
+    assert not found, found.notes
+    timeline.check_database(Snapshot(records, [], {"t1": 1, "t2": 0, "t3": 2}), found)
+    assert found.counts == {"half_applied": 1}, found.notes
