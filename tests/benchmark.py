@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -1042,7 +1043,6 @@ def mariadb_figures(quick: bool) -> list[Figure | Unmeasured]:
 
 
 def mariadb_description(server: str) -> str:
-    import pymysql
 
     with contextlib.closing(mariadb_connect(server)) as connection:
         cursor = connection.cursor()
@@ -1052,7 +1052,7 @@ def mariadb_description(server: str) -> str:
     return (f"MariaDB {version.split('-')[0]} at {server.partition('@')[2]}"
             f" (innodb_flush_log_at_trx_commit {flush}, binary log"
             f" {'on, sync_binlog ' + str(sync_binlog) if log_bin else 'off'}),"
-            f" PyMySQL {pymysql.__version__}")
+            f" PyMySQL {importlib.metadata.version('PyMySQL')}")
 
 
 def server_description(server: str) -> str:
