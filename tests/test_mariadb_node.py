@@ -492,3 +492,14 @@ def test_the_command_line_shows_a_partial_migration_and_resolves_it(workspace, d
     assert resolved.returncode == 0, resolved.stderr
     assert "resolved  1  grow: recorded as applied" in resolved.stdout
     assert "applied" in command("status").stdout.splitlines()[1]
+
+
+def test_a_file_that_cannot_load_after_a_ddl_migration_has_no_partial_state(
+    workspace, database, folder
+):
+    table_migrations(folder, range(1, 2))
+    (folder / "0002_broken.py").write_text("def up(db):\n    return (\n")  # SyntaxError
+    failed, status = run(workspace, folder, request("migrate", 1), request("status", 2))
+    assert failed["code"] == 14 and "partial" not in failed, failed
+    assert failed["failed"]["version"] == 2 and "statement" not in failed["failed"]
+    assert "partial" not in status["migrations"][1]

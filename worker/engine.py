@@ -1009,6 +1009,7 @@ class _Run:
         """
         self.engine.journal.running(self.request_id, self._subject(migration))
         self._outside_transaction = False
+        self._steps = None  # the statements of this step, once it runs (see _take_once)
         self.engine.running = Running(migration.version, migration.name,
                                       self._action_of(migration), time.monotonic(),
                                       self._steps_done(), self.total)
