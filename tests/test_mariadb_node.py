@@ -503,3 +503,31 @@ def test_a_file_that_cannot_load_after_a_ddl_migration_has_no_partial_state(
     assert failed["code"] == 14 and "partial" not in failed, failed
     assert failed["failed"]["version"] == 2 and "statement" not in failed["failed"]
     assert "partial" not in status["migrations"][1]
+
+
+def test_writes_wait_for_an_owner_elsewhere_then_get_error_11_naming_it(
+    workspace, database, folder
+):
+    from worker.stores.mariadb.store import owner_lock_name
+
+    table_migrations(folder, range(1, 2))
+    name = database.rsplit("/", 1)[1]
+    other = admin()
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, 0), CONNECTION_ID()",
+                           (owner_lock_name(name, "schema_migrations"),))
+            taken, holder = cursor.fetchone()
+        assert taken == 1
+        node = workspace.live("--migrations", str(folder), "--owner-wait", "0.5")
+        node.send(request("status", 1), request("migrate", 2))
+        status, refused = node.replies(2)
+        assert status["migrations"] == [{"version": 1, "name": "t1", "applied": False}]
+        assert refused["code"] == 11, refused
+        assert f"is held by connection {holder} of root from 127.0.0.1:" in refused["text"]
+        assert "waited 0.5 s for it to go, so nothing ran" in refused["text"]
+    finally:
+        other.close()  # the server lets go of the lock with the session
+    node.send(request("migrate", 3))
+    assert node.replies(1)[0]["migrations"] == [{"version": 1, "name": "t1", "status": "applied"}]
+    assert node.finish() == 0

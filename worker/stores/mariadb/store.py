@@ -268,8 +268,7 @@ class MariaDbStore(Store):
         everything = [*tables, partials]
         self._existing_sql = EXISTING_TABLES.format(", ".join(["%s"] * len(everything)))
         self._existing_args = everything
-        digest = hashlib.sha256(f"{self.schema}.{choice.table}".encode()).hexdigest()[:40]
-        self._lock_name = f"migrations-node {digest}"
+        self._lock_name = owner_lock_name(self.schema, choice.table)
 
     # -- the connection --------------------------------------------------------------------
 
@@ -815,6 +814,13 @@ class MariaDbStore(Store):
         for node, newest in self._run(self._sql["pruned"], (cut,)).fetchall():
             self._run(self._sql["evict"], (node, newest, now))
         self._run(self._sql["prune"], (cut,))
+
+
+def owner_lock_name(database: str, table: str) -> str:
+    """The GET_LOCK name of the worker tracking in `database`.`table`: a hash, since MySQL
+    takes names of at most 64 characters, under a prefix that keeps it apart from others'."""
+    digest = hashlib.sha256(f"{database}.{table}".encode()).hexdigest()[:40]
+    return f"migrations-node {digest}"
 
 
 def _quoted(name: str) -> str:
