@@ -531,3 +531,23 @@ def test_writes_wait_for_an_owner_elsewhere_then_get_error_11_naming_it(
     node.send(request("migrate", 3))
     assert node.replies(1)[0]["migrations"] == [{"version": 1, "name": "t1", "status": "applied"}]
     assert node.finish() == 0
+
+
+def test_progress_and_live_status_work_as_on_the_other_databases(workspace, database, folder):
+    from tests.support import blocking_migration
+
+    table_migrations(folder, range(1, 2))
+    started, block = blocking_migration(folder, "0002_slow.py", "slow")
+    writer = workspace.live("--migrations", str(folder))
+    writer.send(request("migrate", 1, progress=True))
+    wait_until(started.exists, what="migration 2 to start")
+    reader = workspace.live("--migrations", str(folder))
+    reader.send(request("health", 1))
+    (health,) = reader.replies(1)
+    assert health["running"]["version"] == 2 and health["running"]["done"] == 1
+    block.unlink()
+    first, second, migrated = writer.replies(3)
+    assert [(p["version"], p["done"], p["total"]) for p in (first, second)] == [(1, 1, 2),
+                                                                                (2, 2, 2)]
+    assert migrated["count"] == 2
+    assert writer.finish() == 0 and reader.finish() == 0
