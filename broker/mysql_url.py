@@ -144,7 +144,9 @@ def resolve(url: str, environ: Mapping[str, str] | None = None) -> Target:
 def connect_args(url: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The keyword arguments of pymysql.connect() for `url` (the public one, or one still
     holding its password): host, port, user, password (the URL's, else MYSQL_PWD in
-    `environ`, default this process's; None without either), database, unix_socket (None
+    `environ`, default this process's, else the `password` of the [client] group of the
+    option file ~/.my.cnf, as the mysql client reads it; None without any), database,
+    unix_socket (None
     for TCP), charset (default utf8mb4), connect_timeout (default 10 seconds), and ssl or
     ssl_disabled when the URL asks for them:
 
@@ -164,6 +166,8 @@ def connect_args(url: str, environ: Mapping[str, str] | None = None) -> dict[str
     reading = _parse(url)
     params = reading.params
     password = reading.secrets.get("password", environ.get(SECRET_ENVIRONMENT["password"]))
+    if password is None:
+        password = option_file_password(environ)
     arguments: dict[str, Any] = {
         "host": reading.host or DEFAULT_HOST,
         "port": reading.port,
@@ -187,6 +191,26 @@ def connect_args(url: str, environ: Mapping[str, str] | None = None) -> dict[str
     elif files:
         arguments["ssl"] = files
     return arguments
+
+
+def option_file_password(environ: Mapping[str, str]) -> str | None:
+    """The password of the [client] group of ~/.my.cnf (HOME from `environ`), or None.
+    Only the password is taken from it: the URL alone says where to connect, so that the
+    worker's target is the one its endpoint is named by."""
+    import configparser
+
+    home = environ.get("HOME") or os.path.expanduser("~")
+    parser = configparser.RawConfigParser(allow_no_value=True, strict=False)
+    try:
+        parser.read(os.path.join(home, ".my.cnf"), encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return None  # a file the mysql client would refuse too: no password from it
+    value = parser.get("client", "password", fallback=None)
+    if value is None:
+        return None
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    return value
 
 
 # -- reading a URL -------------------------------------------------------------------------

@@ -551,3 +551,49 @@ def test_progress_and_live_status_work_as_on_the_other_databases(workspace, data
                                                                                 (2, 2, 2)]
     assert migrated["count"] == 2
     assert writer.finish() == 0 and reader.finish() == 0
+
+
+@pytest.fixture
+def password_user(database) -> Iterator[tuple[str, str]]:
+    """A user of the test's database with a password: (user, password)."""
+    name, secret = f"mn_{secrets.token_hex(4)}", f"pw-{secrets.token_hex(6)}"
+    with admin() as connection, connection.cursor() as cursor:
+        cursor.execute(f"CREATE USER '{name}'@'%' IDENTIFIED BY '{secret}'")
+        cursor.execute(f"GRANT ALL ON {database.rsplit('/', 1)[1]}.* TO '{name}'@'%'")
+    try:
+        yield name, secret
+    finally:
+        with admin() as connection, connection.cursor() as cursor:
+            cursor.execute(f"DROP USER IF EXISTS '{name}'@'%'")
+
+
+def test_a_password_comes_from_the_url_the_environment_or_the_option_file_and_never_shows(
+    workspace, database, password_user
+):
+    user, secret = password_user
+    plain = database.replace("root@", f"{user}@")
+    home = workspace.root / "home"
+    home.mkdir()
+    workspace.env = {**workspace.env, "HOME": str(home)}
+
+    workspace.db = plain
+    (refused,), _ = workspace.run([request("migrate", 1)])
+    assert refused["code"] == 11 and "Access denied" in refused["text"], refused
+
+    (home / ".my.cnf").write_text(f"[client]\nuser = someone-else\npassword = \"{secret}\"\n")
+    replies, completed = workspace.run([request("migrate", 1), request("health", 2)])
+    assert replies[0].get("count") == 2, replies[0]  # the same worker, connecting again
+    assert replies[1]["database"] == plain and secret not in completed.stdout.decode()
+    with open(f"/proc/{replies[1]['worker_pid']}/cmdline", "rb") as cmdline:
+        assert secret.encode() not in cmdline.read()
+    (home / ".my.cnf").unlink()
+    os.kill(worker_pid(workspace), signal.SIGKILL)  # its successor gets the URL's password
+
+    workspace.db = database.replace("root@", f"{user}:{secret}@")
+    replies, completed = workspace.run([request("status", 1), request("health", 2)])
+    assert [m["applied"] for m in replies[0]["migrations"]] == [True, True]
+    assert replies[1]["database"] == plain
+    assert secret not in completed.stdout.decode() + completed.stderr.decode()
+    with open(f"/proc/{replies[1]['worker_pid']}/cmdline", "rb") as cmdline:
+        assert secret.encode() not in cmdline.read()
+    workspace.db = database

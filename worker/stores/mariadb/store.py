@@ -221,9 +221,8 @@ class MariaDbStore(Store):
         Raises ValueError for a malformed URL or a table name MySQL would refuse."""
         self._url = url
         self._environ = os.environ if environ is None else environ
-        self._args = mysql_url.connect_args(url, self._environ)
         self.database = url  # the node took the password out: it is in our environment
-        self.schema = self._args["database"]
+        self.schema = mysql_url.connect_args(url, self._environ)["database"]
         self._choosing = table is None
         self._use_table(TableChoice(table or DEFAULT_TABLE))
         self._owner_wait_s = owner_wait_s
@@ -273,7 +272,9 @@ class MariaDbStore(Store):
     # -- the connection --------------------------------------------------------------------
 
     def _connect(self) -> pymysql.connections.Connection:
-        args = dict(self._args)
+        # Read at each connection, as the mysql client does: an option file written or
+        # changed since counts.
+        args = mysql_url.connect_args(self._url, self._environ)
         args.setdefault("program_name", PROGRAM.format(pid=os.getpid(),
                                                        host=socket.gethostname())[:64])
         try:
