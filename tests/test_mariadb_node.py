@@ -597,3 +597,10 @@ def test_a_password_comes_from_the_url_the_environment_or_the_option_file_and_ne
     with open(f"/proc/{replies[1]['worker_pid']}/cmdline", "rb") as cmdline:
         assert secret.encode() not in cmdline.read()
     workspace.db = database
+
+
+def test_lint_says_its_rules_are_not_mariadbs(workspace, database, folder):
+    table_migrations(folder, range(1, 2))
+    (linted,) = run(workspace, folder, request("lint", 1))
+    assert linted["ok"] is True and linted["findings"] == []
+    assert "none of them applies to MariaDB and MySQL" in linted["note"]
