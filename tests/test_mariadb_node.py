@@ -604,3 +604,24 @@ def test_lint_says_its_rules_are_not_mariadbs(workspace, database, folder):
     (linted,) = run(workspace, folder, request("lint", 1))
     assert linted["ok"] is True and linted["findings"] == []
     assert "none of them applies to MariaDB and MySQL" in linted["note"]
+
+
+def test_an_uncertain_refusal_lists_what_the_resent_migrate_applied_before(
+    workspace, database, folder
+):
+    started = workspace.root / "started"
+    table_migrations(folder, range(1, 2))
+    (folder / "0002_slow.py").write_text(
+        f"def up(db):\n    open({str(started)!r}, 'w').close()\n"
+        "    db.execute('CREATE TABLE slow AS SELECT SLEEP(30) AS x')\n")
+    node = workspace.live("--migrations", str(folder))
+    node.send(request("migrate", 1))
+    wait_until(started.exists, what="the slow statement to start")
+    wait_until(lambda: query(database, "SELECT running FROM schema_migration_partials")
+               == [(1,)], what="the step record before statement 1")
+    os.kill(worker_pid(workspace), signal.SIGKILL)
+    (refused,) = node.replies(1)
+    assert refused["code"] == 22, refused
+    assert refused["applied"] == [{"version": 1, "name": "t1", "status": "applied"}]
+    assert refused["partial"]["uncertain"]["statement"] == 1
+    assert node.finish() == 0

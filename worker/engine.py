@@ -477,7 +477,9 @@ class Engine:
         ]
         last_seq = max((row.applied_seq for row in applied), default=0)
         partials = self._partials(dry_run)
-        _refuse_partials(partials, {m.version for m in pending}, dry_run)
+        # A resend after a worker died lists the steps it took before, as an error 14 does.
+        _refuse_partials(partials, {m.version for m in pending}, dry_run,
+                         taken={"applied": done})
         plan = self._repeatables_plan(request_id, to, migrations)
         run = _Run(self, request_id, src, "apply", done, dry_run, plain=False, progress=progress,
                    repeatables=None if plan is None else plan.done)
@@ -606,7 +608,8 @@ class Engine:
                     dry_run,
                 )
             targets = newest_first[:wanted]
-        _refuse_partials(partials, {row.version for row in targets}, dry_run, rollback=True)
+        _refuse_partials(partials, {row.version for row in targets}, dry_run, rollback=True,
+                         taken={} if plain else {"rolled_back": done})
         files = {m.version: m for m in self.catalog.migrations()}
         migrations = [self._file_of(row, files, done, dry_run) for row in targets]
         run = _Run(self, request_id, src, "rollback", done, dry_run, plain, progress)
@@ -1464,10 +1467,11 @@ def _undo_function(step: Step, partial: Partial) -> Callable[[Any], None]:
 
 
 def _refuse_partials(partials: dict[int, Partial], to_run: set[int], dry_run: bool,
-                     rollback: bool = False) -> None:
+                     rollback: bool = False, taken: dict[str, Any] | None = None) -> None:
     """Error 22 before a migrate (`rollback`: a rollback) runs anything: a rollback that
     stopped partway is to be finished first (by a rollback), and a statement left
-    uncertain by a worker's death, in a step to take, is for a person to look at."""
+    uncertain by a worker's death, in a step to take, is for a person to look at. `taken`:
+    the steps the request took before (a resend after its worker died), as fields."""
     for partial in partials.values():
         name = f"migration {partial.version} {partial.name}"
         part = "up" if partial.action == "apply" else "down"
@@ -1486,7 +1490,7 @@ def _refuse_partials(partials: dict[int, Partial], to_run: set[int], dry_run: bo
                     f" and send resolve with version {partial.version}")
         else:
             continue
-        raise _with_dry_run(ReplyError(PRECONDITION_FAILED, text,
+        raise _with_dry_run(ReplyError(PRECONDITION_FAILED, text, **(taken or {}),
                                        partial={"version": partial.version,
                                                 **partial_field(partial)}), dry_run)
 
