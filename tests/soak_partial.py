@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -77,10 +78,8 @@ KINDS = {
     "no_effect": "a statement left uncertain that had not taken effect",
     "rollback": "a rollback stopped partway",
 }
-METHOD = f"""## How the partial-state soak judges
-
-`python -m tests.soak_partial` (tests/soak_partial.py) runs on a fresh MariaDB database
-{MIGRATIONS} dbmate-style .sql migrations of {STATEMENTS[0]} to {STATEMENTS[1]} DDL
+METHOD_TEXT = f"""`python -m tests.soak_partial` (tests/soak_partial.py) runs, on a fresh MariaDB
+database, {MIGRATIONS} dbmate-style .sql migrations of {STATEMENTS[0]} to {STATEMENTS[1]} DDL
 statements each (statement i of migration V creates table `t<V>_<i>`, about half of them
 slowed by `SELECT SLEEP({SLOW_S:g})`; the down sections drop them in reverse order), so
 that which statements are in effect is which tables exist. Each round sends one write to a
@@ -93,10 +92,13 @@ the record says exactly which tables exist (statements 1..k of an apply, the dow
 statements 1..k of a rollback, the one statement it names as running either way). A
 migrate's or rollback's reply must list exactly the versions the tracking table gained or
 lost, an error 22 that says a statement {UNCERTAIN} must name the step record in the
-database, and nothing may fail (error 14) or go unanswered. A statement left uncertain is
+database and, as an error 14 does, list the versions its request applied or rolled back
+before the kill, and nothing may fail (error 14) or go unanswered. A statement left uncertain is
 resolved as a person would: the tables looked at, the migration finished (`resolve`,
 `applied: true`) or undone (`applied: false`) by hand, the reply and the history's last
 event checked."""
+METHOD = "## How the partial-state soak judges\n\n" + textwrap.fill(" ".join(METHOD_TEXT.split()),
+                                                                    width=92)
 
 
 # -- the folder ------------------------------------------------------------------------------
