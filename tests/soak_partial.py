@@ -309,7 +309,8 @@ def judge_reply(kind: str, reply: dict, before: State, after: State, found: Find
             # (README, Failure behaviour: a resent migrate's reply names each version once).
             gained = [v for v in after.applied if v not in before.applied]
             lost = [v for v in before.applied if v not in after.applied]
-            took = gained if kind == "migrate" else lost
+            # In the order taken, as replies list them: a rollback's newest first.
+            took = gained if kind == "migrate" else sorted(lost, reverse=True)
             listed = [e["version"] for e in reply.get("applied" if kind == "migrate"
                                                       else "rolled_back", [])]
             if listed != took:
