@@ -5,16 +5,20 @@
      +- SqliteBackend        a file in the test's tmp_path, read through its own sqlite3
      |                       connection
      +- PostgresBackend      a schema of its own in the module's fresh database (the URL's
-                             search_path puts the migrations' tables there too), read through
-                             its own psycopg session, dropped at close()
+     |                       search_path puts the migrations' tables there too), read through
+     |                       its own psycopg session, dropped at close()
+     +- MariaDbBackend       a fresh database of its own on the server (the URL's database
+                             holds the tracking tables and the migrations' alike), read
+                             through its own PyMySQL session, dropped at close()
 
-tests/conftest.py hands them out: `backend` is either, one test case each; `pg_database` is
-the module's database. psycopg is imported only by a PostgreSQL backend.
+tests/conftest.py hands them out: `backend` is any of them, one test case each; `pg_database`
+is the module's database. psycopg and PyMySQL are imported only by their backends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
 import sqlite3
@@ -29,6 +33,8 @@ from worker.stores.interface import tracking_tables
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_SERVER = f"postgresql://postgres@{PG_HOST}:{PG_PORT}"
+MARIADB_HOST, MARIADB_PORT = "127.0.0.1", 3306
+MARIADB_SERVER = f"mysql://root@{MARIADB_HOST}:{MARIADB_PORT}"  # user root, empty password
 SHORT_LOCK_WAIT_MS = 100  # how long a store waits for another program's lock in lock tests
 
 
@@ -37,6 +43,7 @@ class Backend(ABC):
 
     name: str
     tracking = tracking_tables()  # the same names on every backend
+    test: pytest.Item | None = None  # the test case, when the `backend` fixture made it
 
     def __init__(self) -> None:
         self._opened: list[Any] = []
@@ -51,6 +58,18 @@ class Backend(ABC):
         with contextlib.ExitStack() as stack:
             for thing in self._opened:
                 stack.callback(thing.close)
+
+    def only(self, *names: str, why: str) -> None:
+        """Skip the test unless this backend is one of `names`; `why` says what the test
+        relies on that the others do not have."""
+        if self.name not in names:
+            pytest.skip(f"not on {self.name}: {why}")
+
+    def defect(self, name: str, why: str) -> None:
+        """On backend `name`, this test is expected to fail (strictly) because of the
+        product's defect `why`, to be fixed; elsewhere it runs as usual."""
+        if self.name == name and self.test is not None:
+            self.test.add_marker(pytest.mark.xfail(strict=True, reason=f"DEFECT: {why}"))
 
     @abstractmethod
     def store(self) -> Any:
@@ -269,6 +288,141 @@ class PostgresBackend(Backend):
         from psycopg.pq import TransactionStatus
 
         return store.connection.info.transaction_status == TransactionStatus.INTRANS
+
+
+class MariaDbBackend(Backend):
+    name = "mariadb"
+    partials = "schema_migration_partials"  # MariaDB's step records, beside the tracking tables
+
+    def __init__(self) -> None:
+        import pymysql
+
+        super().__init__()
+        self._pymysql = pymysql
+        self.schema = f"mn_test_{os.getpid()}_{secrets.token_hex(4)}"
+        with closing(mariadb_connect()) as admin, admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {self.schema}")
+        self.url = f"{MARIADB_SERVER}/{self.schema}"
+        self._observer = mariadb_connect(self.schema)
+
+    def store(self, **options: Any) -> Any:
+        """A MariaDbStore on this backend's database; `url`, `table` and the store's other
+        keywords may be given."""
+        from worker.stores.mariadb.store import MariaDbStore
+
+        return self.keep(MariaDbStore(options.pop("url", self.url), **options))
+
+    def read_only_store(self) -> Any:
+        store = self.store()
+        with store.connection.cursor() as cursor:
+            cursor.execute("SET SESSION TRANSACTION READ ONLY")  # writes: error 1792
+        return store
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            try:
+                with closing(mariadb_connect()) as admin, admin.cursor() as cursor:
+                    cursor.execute(f"DROP DATABASE IF EXISTS {self.schema}")
+            finally:
+                self._observer.close()
+
+    def query(self, sql: str, params: Any = ()) -> list[tuple]:
+        with self._observer.cursor() as cursor:
+            cursor.execute(sql, params or None)
+            return list(cursor.fetchall()) if cursor.description is not None else []
+
+    def objects(self) -> set[str]:
+        """Every table, view, sequence, named index (not PRIMARY), trigger and routine."""
+        rows = self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
+            " UNION SELECT index_name FROM information_schema.statistics"
+            " WHERE table_schema = %s AND index_name <> 'PRIMARY'"
+            " UNION SELECT trigger_name FROM information_schema.triggers"
+            " WHERE trigger_schema = %s"
+            " UNION SELECT routine_name FROM information_schema.routines"
+            " WHERE routine_schema = %s",
+            (self.schema,) * 4,
+        )
+        return {name for (name,) in rows}
+
+    def _table_names(self) -> set[str]:
+        rows = self.query("SELECT table_name FROM information_schema.tables"
+                          " WHERE table_schema = %s AND table_type = 'BASE TABLE'",
+                          (self.schema,))
+        return {name for (name,) in rows}
+
+    def tables(self) -> set[str]:
+        return super().tables() - {self.partials}
+
+    def untouched(self) -> bool:
+        """No object in the database (which the backend made: it always exists)."""
+        return self.objects() == set()
+
+    def snapshot(self) -> tuple:
+        """Every object in the database and every row of the tracking tables and step
+        records."""
+        objects = self.objects()
+        rows = tuple(
+            tuple(self.query(f"SELECT * FROM {table} ORDER BY 1"))
+            for table in (*self.tracking, self.partials)
+            if table in objects
+        )
+        return (objects, rows)
+
+    def wait_briefly_for_locks(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Whole seconds on MariaDB (lock_wait_timeout): the shortest wait that is one.
+        monkeypatch.setattr("worker.stores.mariadb.store.OWN_LOCK_WAIT_S", 1)
+
+    def lock_writes(self) -> Any:
+        """LOCK TABLES ... WRITE on the tracking tables and step records (created first if
+        need be), held by another session until it closes."""
+        with self.store().transaction():
+            pass  # the first write creates the tracking tables
+        other = mariadb_connect(self.schema)
+        self.keep(ClosedOnce(other))  # the test may close it first; PyMySQL refuses twice
+        with other.cursor() as cursor:
+            tables = ", ".join(f"{table} WRITE" for table in (*self.tracking, self.partials))
+            cursor.execute(f"LOCK TABLES {tables}")
+        return other
+
+    def in_transaction(self, store: Any) -> bool:
+        from pymysql.constants.SERVER_STATUS import SERVER_STATUS_IN_TRANS
+
+        return bool(store.connection.server_status & SERVER_STATUS_IN_TRANS)
+
+
+class ClosedOnce:
+    """A PyMySQL connection whose close() does nothing when it is closed already."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def close(self) -> None:
+        if self.connection.open:
+            self.connection.close()
+
+
+def mariadb_connect(database: str | None = None) -> Any:
+    """A session on the machine's MariaDB server as root, in autocommit mode."""
+    import pymysql
+
+    return pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user="root", password="",
+                           database=database, autocommit=True, connect_timeout=5)
+
+
+def mariadb_problem() -> str | None:
+    """Why the MariaDB backend cannot run here (no PyMySQL, no server), or None."""
+    try:
+        import pymysql
+    except ImportError:
+        return "PyMySQL is not installed (extra: mariadb)"
+    try:
+        mariadb_connect().close()
+    except pymysql.Error as exc:
+        return f"no MariaDB server answers at {MARIADB_HOST}:{MARIADB_PORT}: {exc}"
+    return None
 
 
 def postgres_answers() -> bool:

