@@ -43,7 +43,6 @@ class Backend(ABC):
 
     name: str
     tracking = tracking_tables()  # the same names on every backend
-    test: pytest.Item | None = None  # the test case, when the `backend` fixture made it
 
     def __init__(self) -> None:
         self._opened: list[Any] = []
@@ -64,12 +63,6 @@ class Backend(ABC):
         relies on that the others do not have."""
         if self.name not in names:
             pytest.skip(f"not on {self.name}: {why}")
-
-    def defect(self, name: str, why: str) -> None:
-        """On backend `name`, this test is expected to fail (strictly) because of the
-        product's defect `why`, to be fixed; elsewhere it runs as usual."""
-        if self.name == name and self.test is not None:
-            self.test.add_marker(pytest.mark.xfail(strict=True, reason=f"DEFECT: {why}"))
 
     @abstractmethod
     def store(self) -> Any:

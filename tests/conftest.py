@@ -154,7 +154,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     else:
         request.getfixturevalue("mariadb_server")
         db = MariaDbBackend()
-    db.test = request.node
     try:
         yield db
     finally:

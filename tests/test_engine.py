@@ -660,9 +660,6 @@ def test_db_query_and_executemany_work_inside_up(node: Node) -> None:
 
 
 def test_savepoints_are_allowed_inside_a_migration(node: Node) -> None:
-    node.db.defect("mariadb", "sql.commits_at_once('ROLLBACK TO SAVEPOINT attempt') is True, so"
-                   " a step record's COMMIT ends the savepoint first: error 1305 'SAVEPOINT"
-                   " attempt does not exist', partial 1..3 (README: SAVEPOINT is fine)")
     # On PostgreSQL the failed statement aborts the transaction until ROLLBACK TO.
     node.write(
         "0001_savepoint.py",

@@ -37,8 +37,6 @@ from worker.stores.interface import KEEP_REPLIES, Event, TrackingTableMissing, t
 TRACKING = tracking_tables()
 # A product defect seen on MariaDB (Backend.defect), to be fixed: a table dropped by hand stays
 # in the store's cache of existing tables, so reading a stored reply hits error 1146.
-STALE_TABLES = ("MariaDbStore.stored_reply trusts its cached table list, so a replies table"
-                " dropped by hand raises ProgrammingError 1146 instead of being made again")
 # Why a test does not run on MariaDB (Backend.only): its premise does not hold there.
 PRAGMA_PROBE = ("the session probe changes and reads SQLite PRAGMAs outside PostgreSQL;"
                 " no MariaDB probe is written")
@@ -110,8 +108,6 @@ def stored_writes(engine: Engine, node_id: bytes, counters: range) -> None:
 def test_companion_tables_dropped_by_hand_are_created_again_by_the_next_write(
     node: Node, dropped: tuple[str, ...]
 ) -> None:
-    if TRACKING.replies in dropped:
-        node.db.defect("mariadb", STALE_TABLES)
     node.table_migration("0001_one.py", "one")
     engine = node.engine()
     assert engine.migrate(b"m1") == applied_reply(entry(1, "one"))
@@ -173,7 +169,6 @@ def test_a_tracking_table_dropped_by_hand_is_refused_naming_it_until_baseline(
 
 
 def test_every_tracking_table_dropped_is_a_new_database(node: Node) -> None:
-    node.db.defect("mariadb", STALE_TABLES)
     node.table_migration("0001_one.py", "one")
     engine = node.engine()
     engine.migrate(b"m1")

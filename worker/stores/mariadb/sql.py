@@ -24,10 +24,11 @@ WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 VERSION_COMMENT = re.compile(r"/\*M?!\d*")
 NAMED = re.compile(r"(?<!:):([A-Za-z_]\w*)")
 
-# First words of statements that stay inside the open transaction.
+# First words of statements that stay inside the open transaction (ROLLBACK: ROLLBACK TO
+# a savepoint, since a whole ROLLBACK is refused before it is sent).
 STAYS = frozenset({
     "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES", "TABLE", "DO",
-    "SAVEPOINT", "RELEASE", "HANDLER", "EXPLAIN", "DESCRIBE", "DESC", "SHOW", "HELP",
+    "SAVEPOINT", "RELEASE", "ROLLBACK", "HANDLER", "EXPLAIN", "DESCRIBE", "DESC", "SHOW", "HELP",
     "PREPARE", "EXECUTE", "DEALLOCATE", "SIGNAL", "RESIGNAL", "GET", "USE",
 })
 # SET stays unless it is one of these (SET autocommit = 1 commits; the others are DCL).

@@ -657,10 +657,12 @@ class MariaDbStore(Store):
     # -- step records (see worker/steps.py) ------------------------------------------------
 
     def partials(self) -> list[Partial]:
-        if self.partials_table not in self._tables():
-            self._has_partials = set()
-            return []
-        rows = self._run(self._sql["partials"]).fetchall()
+        def read(tables: set[str]) -> list[tuple]:
+            if self.partials_table not in tables:
+                return []
+            return self._run(self._sql["partials"]).fetchall()
+
+        rows = self._reading(read)
         found = [Partial(version, name, action, done,
                          tuple(checksums.split()) if checksums else (), running, line,
                          request_id, updated_at)
@@ -720,38 +722,49 @@ class MariaDbStore(Store):
         if broken:
             raise ForeignKeyViolation(broken)
 
+    def _reading(self, read: Callable[[set[str]], Any]) -> Any:
+        """`read` given the tracking tables that exist (as last seen); when one it read was
+        dropped by hand since, once more with them looked up again."""
+        try:
+            return read(self._tables())
+        except pymysql.err.ProgrammingError as exc:
+            if self._in_block or not exc.args or exc.args[0] != ER.NO_SUCH_TABLE:
+                raise
+        self._existing = set()
+        return read(self._tables())
+
     def data_version(self) -> int:
         """A stamp that changes when any connection commits a change to the tracking rows:
         the newest history seq, the number of tracking rows, and the step records (a
         migration that stopped partway changes no other)."""
-        tables = self._tables()
-        if not {self.tables.migrations, self.tables.history} <= tables:
-            return 0
-        stamp = tuple(self._run(self._sql["data_version"]).fetchone())
-        if self.partials_table in tables:
-            stamp += tuple(self._run(self._sql["partials_stamp"]).fetchone())
-        return hash(stamp) & (2**63 - 1)
+        def read(tables: set[str]) -> int:
+            if not {self.tables.migrations, self.tables.history} <= tables:
+                return 0
+            stamp = tuple(self._run(self._sql["data_version"]).fetchone())
+            if self.partials_table in tables:
+                stamp += tuple(self._run(self._sql["partials_stamp"]).fetchone())
+            return hash(stamp) & (2**63 - 1)
+
+        return self._reading(read)
 
     def applied(self) -> list[AppliedMigration]:
-        tables = self._tables() & set(self.tables)
-        if self.tables.migrations not in tables:
-            if tables:
-                raise self._tracking_missing(tables)
-            not_adopted = self._not_adopted()
-            if not_adopted is not None:
-                raise not_adopted
-            return []
-        try:
-            rows = self._run(self._sql["applied"]).fetchall()
-        except pymysql.err.OperationalError as exc:
-            if exc.args and exc.args[0] == ER.BAD_FIELD_ERROR:
-                raise self._foreign_table() from None
-            raise
-        except pymysql.err.ProgrammingError as exc:
-            if exc.args and exc.args[0] == ER.NO_SUCH_TABLE:
-                self._existing = set()
-                return self.applied()
-            raise
+        def read(existing: set[str]) -> list[tuple]:
+            tables = existing & set(self.tables)
+            if self.tables.migrations not in tables:
+                if tables:
+                    raise self._tracking_missing(tables)
+                not_adopted = self._not_adopted()
+                if not_adopted is not None:
+                    raise not_adopted
+                return []
+            try:
+                return self._run(self._sql["applied"]).fetchall()
+            except pymysql.err.OperationalError as exc:
+                if exc.args and exc.args[0] == ER.BAD_FIELD_ERROR:
+                    raise self._foreign_table() from None
+                raise
+
+        rows = self._reading(read)
         return [AppliedMigration(int(v), n, c, int(s), _bytes(r)) for v, n, c, s, r in rows]
 
     def record(self, version: int, name: str, checksum: str, execution_ms: float,
@@ -768,10 +781,12 @@ class MariaDbStore(Store):
         self._run(self._sql["record_event"], tuple(event))
 
     def repeatables(self) -> list[AppliedRepeatable]:
-        if self.tables.repeats not in self._tables():
-            return []
-        return [AppliedRepeatable(n, c, a, _bytes(r))
-                for n, c, a, r in self._run(self._sql["repeatables"]).fetchall()]
+        def read(tables: set[str]) -> list[tuple]:
+            if self.tables.repeats not in tables:
+                return []
+            return self._run(self._sql["repeatables"]).fetchall()
+
+        return [AppliedRepeatable(n, c, a, _bytes(r)) for n, c, a, r in self._reading(read)]
 
     def record_repeatable(self, name: str, checksum: str, execution_ms: float,
                           request_id: bytes) -> None:
@@ -779,25 +794,31 @@ class MariaDbStore(Store):
                   (name, checksum, _utc_now(), execution_ms, request_id))
 
     def history(self, limit: int | None = None) -> list[Event]:
-        if self.tables.history not in self._tables():
-            return []
-        if limit is None:
-            rows = self._run(self._sql["history"]).fetchall()
-        else:
-            rows = self._run(self._sql["recent_history"], (limit,)).fetchall()
-        return [_event(row) for row in rows]
+        def read(tables: set[str]) -> list[tuple]:
+            if self.tables.history not in tables:
+                return []
+            if limit is None:
+                return self._run(self._sql["history"]).fetchall()
+            return self._run(self._sql["recent_history"], (limit,)).fetchall()
+
+        return [_event(row) for row in self._reading(read)]
 
     def events_of(self, request_id: bytes, action: str) -> list[Event]:
-        if self.tables.history not in self._tables():
-            return []
-        rows = self._run(self._sql["events_of"], (request_id, action)).fetchall()
-        return [_event(row) for row in rows]
+        def read(tables: set[str]) -> list[tuple]:
+            if self.tables.history not in tables:
+                return []
+            return self._run(self._sql["events_of"], (request_id, action)).fetchall()
+
+        return [_event(row) for row in self._reading(read)]
 
     def stored_reply(self, request_id: bytes) -> dict[str, Any] | None:
-        if not {self.tables.replies, self.tables.evicted} <= self._tables():
-            return None
-        rows = self._run(self._sql["stored_reply"],
-                         (request_id, node_of(request_id), request_id)).fetchall()
+        def read(tables: set[str]) -> list[tuple]:
+            if not {self.tables.replies, self.tables.evicted} <= tables:
+                return []
+            return self._run(self._sql["stored_reply"],
+                             (request_id, node_of(request_id), request_id)).fetchall()
+
+        rows = self._reading(read)
         for (reply,) in rows:
             if reply is not None:
                 return codec.unpack(bytes(reply), codec.MAX_REPLY_BYTES)
