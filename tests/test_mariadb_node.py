@@ -625,3 +625,17 @@ def test_an_uncertain_refusal_lists_what_the_resent_migrate_applied_before(
     assert refused["applied"] == [{"version": 1, "name": "t1", "status": "applied"}]
     assert refused["partial"]["uncertain"]["statement"] == 1
     assert node.finish() == 0
+
+
+def test_rollback_of_a_partial_migration_whose_file_is_gone_says_what_to_do(
+    workspace, database, folder
+):
+    grow = folder / "0001_grow.sql"
+    grow.write_text(THREE_DDL.format(third="ALTER TABLE nowhere ADD COLUMN c INT"))
+    run(workspace, folder, request("migrate", 1))
+    grow.unlink()
+    refused, status = run(workspace, folder, request("rollback", 2), request("status", 3))
+    assert refused["code"] == 22
+    assert "stopped partway (see status) and its file is missing" in refused["text"]
+    assert status["migrations"] == [{"version": 1, "name": "grow", "applied": False,
+                                     "partial": {"action": "apply", "statements_done": 2}}]

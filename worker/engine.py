@@ -611,7 +611,9 @@ class Engine:
         _refuse_partials(partials, {row.version for row in targets}, dry_run, rollback=True,
                          taken={} if plain else {"rolled_back": done})
         files = {m.version: m for m in self.catalog.migrations()}
-        migrations = [self._file_of(row, files, done, dry_run) for row in targets]
+        unrecorded = {row.version for row in partly}
+        migrations = [self._file_of(row, files, done, dry_run, row.version in unrecorded)
+                      for row in targets]
         run = _Run(self, request_id, src, "rollback", done, dry_run, plain, progress)
         run.partials = partials
 
@@ -629,15 +631,18 @@ class Engine:
         return run.outcome(_reply_of(plain, done))
 
     def _file_of(
-        self, row: AppliedMigration, files: dict[int, Migration], done: list[Entry], dry_run: bool
+        self, row: AppliedMigration, files: dict[int, Migration], done: list[Entry],
+        dry_run: bool, partly: bool = False,
     ) -> Migration:
         if row.version in files:
             return files[row.version]
+        said = ("stopped partway (see status) and its file is missing, so it cannot be"
+                " undone: undo it by hand, then send resolve with applied false" if partly
+                else "is applied but its file is missing, so it cannot be rolled back")
         raise _with_dry_run(
             ReplyError(
                 PRECONDITION_FAILED,
-                f"migration {row.version} {row.name} is applied but its file is missing,"
-                " so it cannot be rolled back",
+                f"migration {row.version} {row.name} {said}",
                 **({"rolled_back": done} if done else {}),
             ),
             dry_run,
