@@ -137,9 +137,10 @@ def read(connection: Any, exclude: Collection[str]) -> Schema:
         for (table, name, type_, nullable, default, extra, collation,
              generation) in rows(_COLUMNS, database):
             if table in tables:
+                # The server says NULL, unquoted, for no default; a string 'NULL' is quoted.
                 column = {"name": name, "type": type_, "nullable": nullable == "YES",
-                          "default": default, "extra": " ".join(extra.lower().split()),
-                          "collation": collation}
+                          "default": None if default == "NULL" else default,
+                          "extra": " ".join(extra.lower().split()), "collation": collation}
                 if generation:
                     column["generated"] = generation
                 tables[table]["columns"].append(column)

@@ -80,8 +80,9 @@ def normalise(sql: str) -> str:
 
 
 def catalog_stamp(connection: sqlite3.Connection) -> int:
-    """PRAGMA schema_version: SQLite changes it with every change to the schema (the
-    tracking tables' included), so an unchanged stamp means an unchanged Schema."""
+    """PRAGMA schema_version: SQLite moves it with every change to sqlite_master, so an
+    unchanged stamp means an unchanged Schema; a moved one only may mean a changed one
+    (the tracking tables, and sqlite_stat1 that a first ANALYZE creates, move it too)."""
     return connection.execute("PRAGMA schema_version").fetchone()[0]
 
 
