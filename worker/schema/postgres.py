@@ -1,4 +1,4 @@
-"""Read a PostgreSQL database's schema into a Schema, from eight catalog queries (psycopg 3).
+"""Read a PostgreSQL database's schema into a Schema, from nine catalog queries (psycopg 3).
 
     pg_class + pg_attribute + pg_attrdef    tables and their live columns, in attnum order
                                             (the position among live columns is kept, never
