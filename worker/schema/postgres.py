@@ -1,0 +1,238 @@
+"""Read a PostgreSQL database's schema into a Schema, from nine catalog queries (psycopg 3).
+
+    pg_class + pg_attribute + pg_attrdef    tables and their live columns, in attnum order
+                                            (the position among live columns is kept, never
+                                            attnum: a dropped column leaves a gap in it)
+    pg_constraint                           pg_get_constraintdef(): keys, checks, foreign
+                                            keys with their target and actions, exclusions
+    pg_index                                pg_get_indexdef() of indexes no constraint owns
+    pg_class (views)                        pg_get_viewdef(), views and materialized views
+    pg_proc                                 pg_get_functiondef(), functions and procedures
+    pg_trigger                              pg_get_triggerdef(), user triggers only
+    pg_sequence                             type, start, increment, bounds, cache, cycle
+    pg_enum                                 labels in their order
+
+Only the non-system schemas (not pg_catalog, information_schema, pg_toast*, pg_temp*), and
+nothing an extension owns. Nothing that changes with the data is read: no row counts, no
+sequence values, no storage details, no OIDs. Names are qualified with their schema
+("public.users"), and the catalog functions print every name qualified (the queries run
+with search_path = pg_catalog), so the text does not depend on the session's search_path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from worker.schema.shape import Schema
+
+# A schema of the database's own: neither the system's nor a session's temporary one.
+_USER_SCHEMA = (
+    "{n}.nspname <> 'information_schema' AND {n}.nspname NOT LIKE 'pg\\_%'"
+)
+# Not created by an extension (CREATE EXTENSION owns its objects; DROP EXTENSION drops them).
+_NOT_EXTENSION = (
+    "NOT EXISTS (SELECT 1 FROM pg_depend AS e WHERE e.classid = {catalog}::regclass"
+    " AND e.objid = {oid} AND e.deptype = 'e')"
+)
+
+_TABLES = f"""
+SELECT n.nspname, c.relname, c.relkind, c.relpersistence,
+       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END,
+       pg_get_expr(c.relpartbound, c.oid)
+FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMA.format(n="n")}
+  AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")}
+"""
+
+_COLUMNS = f"""
+SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+       a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated,
+       CASE WHEN a.attcollation <> t.typcollation THEN co.collname END
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type AS t ON t.oid = a.atttypid
+LEFT JOIN pg_attrdef AS d ON d.adrelid = c.oid AND d.adnum = a.attnum
+LEFT JOIN pg_collation AS co ON co.oid = a.attcollation
+WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMA.format(n="n")}
+ORDER BY n.nspname, c.relname, a.attnum
+"""
+
+_CONSTRAINTS = f"""
+SELECT n.nspname, c.relname, k.conname, k.contype, pg_get_constraintdef(k.oid, true),
+       k.condeferrable, k.condeferred
+FROM pg_constraint AS k
+JOIN pg_class AS c ON c.oid = k.conrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE {_USER_SCHEMA.format(n="n")}
+"""
+
+_INDEXES = f"""
+SELECT n.nspname, i.relname, t.relname, x.indisunique, pg_get_expr(x.indpred, x.indrelid),
+       pg_get_indexdef(x.indexrelid)
+FROM pg_index AS x
+JOIN pg_class AS i ON i.oid = x.indexrelid
+JOIN pg_class AS t ON t.oid = x.indrelid
+JOIN pg_namespace AS n ON n.oid = i.relnamespace
+WHERE {_USER_SCHEMA.format(n="n")}
+  AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="t.oid")}
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint AS k
+                  WHERE k.conindid = x.indexrelid AND k.contype IN ('p', 'u', 'x'))
+"""  # an index a constraint owns is described by the constraint
+
+_VIEWS = f"""
+SELECT n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid, true)
+FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm') AND {_USER_SCHEMA.format(n="n")}
+  AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")}
+"""
+
+_FUNCTIONS = f"""
+SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), p.prokind,
+       pg_get_functiondef(p.oid)
+FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+WHERE p.prokind IN ('f', 'p', 'w') AND {_USER_SCHEMA.format(n="n")}
+  AND {_NOT_EXTENSION.format(catalog="'pg_proc'", oid="p.oid")}
+"""  # aggregates ('a') have no pg_get_functiondef()
+
+_TRIGGERS = f"""
+SELECT n.nspname, c.relname, g.tgname, pg_get_triggerdef(g.oid, true), g.tgenabled
+FROM pg_trigger AS g
+JOIN pg_class AS c ON c.oid = g.tgrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE NOT g.tgisinternal AND {_USER_SCHEMA.format(n="n")}
+"""
+
+_SEQUENCES = f"""
+SELECT n.nspname, c.relname, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement,
+       s.seqmin, s.seqmax, s.seqcache, s.seqcycle, o.relnamespace::regnamespace::text,
+       o.relname, a.attname
+FROM pg_sequence AS s
+JOIN pg_class AS c ON c.oid = s.seqrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_depend AS d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid
+     AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+LEFT JOIN pg_class AS o ON o.oid = d.refobjid
+LEFT JOIN pg_attribute AS a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+WHERE {_USER_SCHEMA.format(n="n")}
+  AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")}
+"""  # never last_value: nextval() moves it, and only data changes call nextval()
+
+_ENUMS = f"""
+SELECT n.nspname, t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)
+FROM pg_type AS t
+JOIN pg_namespace AS n ON n.oid = t.typnamespace
+JOIN pg_enum AS e ON e.enumtypid = t.oid
+WHERE {_USER_SCHEMA.format(n="n")}
+  AND {_NOT_EXTENSION.format(catalog="'pg_type'", oid="t.oid")}
+GROUP BY n.nspname, t.typname
+"""
+
+_CONSTRAINT_TYPES = {"p": "primary key", "u": "unique", "c": "check", "f": "foreign key",
+                     "x": "exclusion", "t": "trigger"}
+_IDENTITY = {"a": "always", "d": "by default"}
+_GENERATED = {"s": "stored"}
+_TRIGGER_ENABLED = {"O": "origin", "D": "disabled", "R": "replica", "A": "always"}
+_FUNCTION_KINDS = {"f": "function", "p": "procedure", "w": "function"}
+
+
+def catalog_stamp(connection: Any) -> None:
+    """None: PostgreSQL has no cheap number that every change to the catalog moves (no
+    schema_version, and pg_class's xmin values move with VACUUM and ANALYZE too), so a
+    caller must read() to know."""
+    return None
+
+
+def read(connection: Any, exclude: Collection[str]) -> Schema:
+    """The schema of the connection's database, as described in the module's docstring,
+    without the tables named in `exclude` (a bare name matches that table in any schema,
+    "schema.table" only there) nor the constraints, indexes, triggers and owned sequences
+    of those tables. Reads only, in a transaction (a savepoint, inside the caller's) that
+    is rolled back, so the session is left as it was.
+
+    Raises psycopg.Error when the catalog cannot be read.
+    """
+    skip = set(exclude)
+
+    def excluded(schema: str, table: str | None) -> bool:
+        return table is not None and (table in skip or f"{schema}.{table}" in skip)
+
+    with connection.transaction(force_rollback=True), connection.cursor() as cursor:
+        # Every name printed qualified, whatever search_path the caller's session has.
+        cursor.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+
+        def rows(sql: str) -> list[tuple]:
+            cursor.execute(sql)
+            return cursor.fetchall()
+
+        tables: dict[str, dict[str, Any]] = {}
+        for schema, name, kind, persistence, key, bound in rows(_TABLES):
+            if not excluded(schema, name):
+                table: dict[str, Any] = {"columns": [], "constraints": {}}
+                if kind == "p":
+                    table["partition_key"] = key
+                if bound is not None:
+                    table["partition_bound"] = bound
+                if persistence == "u":
+                    table["unlogged"] = True
+                tables[f"{schema}.{name}"] = table
+        for (schema, name, column, type_, notnull, default, identity, generated,
+             collation) in rows(_COLUMNS):
+            if (table := tables.get(f"{schema}.{name}")) is None:
+                continue
+            described = {"name": column, "type": type_, "nullable": not notnull,
+                         "default": default}
+            if identity:
+                described["identity"] = _IDENTITY.get(identity, identity)
+            if generated:
+                described["generated"] = _GENERATED.get(generated, generated)
+            if collation is not None:
+                described["collation"] = collation
+            table["columns"].append(described)
+        for (schema, name, constraint, kind, definition, deferrable,
+             deferred) in rows(_CONSTRAINTS):
+            if (table := tables.get(f"{schema}.{name}")) is not None:
+                described = {"type": _CONSTRAINT_TYPES.get(kind, kind),
+                             "definition": definition}
+                if deferrable:
+                    described["deferrable"] = "initially deferred" if deferred else "immediate"
+                table["constraints"][constraint] = described
+
+        found: dict[str, dict[str, Any]] = {"table": tables}
+        found["index"] = {
+            f"{schema}.{name}": {"table": f"{schema}.{table}", "unique": unique,
+                                 "predicate": predicate, "definition": definition}
+            for schema, name, table, unique, predicate, definition in rows(_INDEXES)
+            if not excluded(schema, table)
+        }
+        views: dict[str, dict[str, Any]] = {"view": {}, "materialized view": {}}
+        for schema, name, kind, definition in rows(_VIEWS):
+            if not excluded(schema, name):
+                views["view" if kind == "v" else "materialized view"][f"{schema}.{name}"] = {
+                    "definition": definition}
+        found.update(views)
+        found["function"] = {
+            f"{schema}.{name}({arguments})": {"kind": _FUNCTION_KINDS[kind],
+                                              "definition": definition}
+            for schema, name, arguments, kind, definition in rows(_FUNCTIONS)
+        }
+        found["trigger"] = {
+            f"{schema}.{table}.{name}": {"table": f"{schema}.{table}",
+                                         "definition": definition,
+                                         "enabled": _TRIGGER_ENABLED.get(enabled, enabled)}
+            for schema, table, name, definition, enabled in rows(_TRIGGERS)
+            if not excluded(schema, table)
+        }
+        found["sequence"] = {
+            f"{schema}.{name}": {
+                "type": type_, "start": start, "increment": increment, "min": low,
+                "max": high, "cache": cache, "cycle": cycle,
+                "owned_by": None if owner is None else f"{owner_schema}.{owner}.{column}"}
+            for (schema, name, type_, start, increment, low, high, cache, cycle, owner_schema,
+                 owner, column) in rows(_SEQUENCES)
+            if not excluded(owner_schema, owner) and not excluded(schema, name)
+        }
+        found["enum"] = {f"{schema}.{name}": {"labels": list(labels)}
+                         for schema, name, labels in rows(_ENUMS)}
+    return Schema(found)
