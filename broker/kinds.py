@@ -17,7 +17,7 @@ CONTROLS = frozenset({"cancel"})
 # Change nothing, yet run a dry run (a rolled-back transaction on the write connection), so
 # the worker queues them with the writes and the node orders them as writes; they are
 # neither stored nor cancelled.
-DRY_RUNS = frozenset({"lint"})
+DRY_RUNS = frozenset({"lint", "verify"})
 WORKER_KINDS = READS | WRITES | CONTROLS | DRY_RUNS
 # The tools an `adopt` request's `from` names (worker/adopt/tools.py reads each one's table).
 ADOPT_FROM = ("golang-migrate", "goose", "flyway", "sql-migrate", "dbmate")
@@ -28,8 +28,8 @@ BEFORE_REPLY = frozenset({PROGRESS, WAITING})  # the bodies that leave their req
 # What a person types (`node.py COMMAND`): the requests above, and `new`, `stop` and
 # `config`, which send none (`stop` signals the database's worker).
 COMMANDS = (
-    "migrate", "rollback", "baseline", "adopt", "resolve", "status", "validate", "lint",
-    "history", "new", "health", "stop", "config",
+    "migrate", "rollback", "baseline", "adopt", "resolve", "status", "validate", "verify",
+    "lint", "history", "new", "health", "stop", "config",
 )
 
 

@@ -103,6 +103,18 @@ def split_secrets(url: str) -> tuple[str, dict[str, str]]:
     return reading.public, reading.secrets
 
 
+def with_database(url: str, database: str) -> str:
+    """`url` naming `database` instead of its own, every other byte as written (a scratch
+    database beside it, on the same server, as the same user).
+
+    Raises ValueError as resolve does."""
+    _parse(url)
+    head, slash, rest = url.partition("://")
+    authority, _, tail = rest.partition("/")
+    _, question, query = tail.partition("?")
+    return f"{head}{slash}{authority}/{_encode(database)}{question}{query}"
+
+
 def secrets_environment(secrets: Mapping[str, str]) -> dict[str, str]:
     """The environment variables that hand `secrets` to a worker."""
     return {SECRET_ENVIRONMENT[option]: value for option, value in secrets.items()}

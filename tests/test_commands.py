@@ -169,6 +169,7 @@ OWN_OPTIONS = {
     "adopt": {"--json", "--from", "--dry-run"},
     "resolve": {"--json", "--applied", "--not-applied"},
     "status": {"--json", "--exit-code"},
+    "verify": {"--json"},
     "validate": {"--json"},
     "lint": {"--json"},
     "history": {"--json", "--limit"},

@@ -284,6 +284,17 @@ class Engine:
         versions = params.integers("versions", minimum=1)
         return self._once(request_id, lambda: self._lint(request_id, versions), keep=False)
 
+    def verify(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """Test every migration's down, and up again, on a scratch database built from the
+        folder, and compare what the folder builds with the live schema (worker/verify.py).
+        The live database is only read. Raises error 22 when no scratch database can be
+        made (a role that may not create one)."""
+        from worker import verify  # only verify loads the schema readers
+
+        return self._once(request_id, lambda: verify.verify(
+            self.store, self.catalog, lambda store, catalog: Engine(store, catalog)),
+            keep=False)
+
     # -- writes ----------------------------------------------------------------------------
 
     def migrate(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:

@@ -255,6 +255,7 @@ class WorkerServer:
             "validate": read_engine.validate,
             "history": read_engine.history,
             "lint": write_engine.lint,
+            "verify": write_engine.verify,
             "health": self.health,
             "cancel": self.cancel,
         }

@@ -45,6 +45,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_CANCELLED = 0, 1, 2, 3,
 EXIT_STDOUT_CLOSED = 128 + 13  # as the stdio node, and a shell for a program SIGPIPE ended
 EXIT_FOR_CODE = {10: EXIT_USAGE, 12: EXIT_USAGE, 11: EXIT_UNREACHABLE, 13: EXIT_UNREACHABLE}
 LINT_RESULT = "lint_result"  # a lint reply's type: not ok while a finding remains
+VERIFICATION = "verification"  # a verify reply's type: not ok while a problem remains
 MSG_ID = 1  # what --json replies answer, as a stdio node answers a request of msg_id 1
 VERSION_DIGITS = 4  # NNNN_name for a new migration in a folder of small versions
 REPEATABLE_MARK = "R"  # a repeatable migration's version cell: Flyway's prefix, R__name
@@ -73,6 +74,7 @@ EXAMPLES = {
     "status": "examples:\n  migrations-node --db app.db status\n"
               "  migrations-node status --exit-code || migrations-node migrate",
     "validate": "example:\n  migrations-node validate || echo 'applied files were edited'",
+    "verify": "example, in CI:\n  migrations-node verify || exit 1",
     "lint": "examples:\n  migrations-node lint\n  migrations-node lint 3 4 --json\n\n"
             "a finding is silenced by a comment on the line before its statement:\n"
             "  -- lint:ignore RULE[,RULE] the reason   (# lint:ignore ... in a .py file)",
@@ -93,6 +95,8 @@ HELP = {
                " repaired by hand: applied, or not applied",
     "status": "list every migration: applied or pending, and when",
     "validate": "check applied files against their checksums (drift), exit 1 on problems",
+    "verify": "test every down (and up again) on a scratch database, and compare what the"
+              " folder builds with the live schema; exit 1 on problems",
     "lint": "check pending (or named) migrations for dangerous locks and breaking changes on"
             " PostgreSQL, exit 1 on findings",
     "history": "every apply, rollback and baseline, oldest first",
@@ -407,7 +411,7 @@ def exit_status(body: dict[str, Any], session: Session) -> int:
         if body["code"] == TEMPORARILY_UNAVAILABLE and LASTING in body["text"]:
             return EXIT_USAGE
         return EXIT_FOR_CODE.get(body["code"], EXIT_FAILED)
-    if body["type"] in ("validation", LINT_RESULT) and not body["ok"]:
+    if body["type"] in ("validation", LINT_RESULT, VERIFICATION) and not body["ok"]:
         return EXIT_FAILED
     return EXIT_OK
 
@@ -595,6 +599,37 @@ def run_validate(session: Session, args: argparse.Namespace, out: Lines) -> int:
     return EXIT_FAILED
 
 
+def run_verify(session: Session, args: argparse.Namespace, out: Lines) -> int:
+    """verify: a block per migration reported (what is wrong, then each difference), what
+    differs between the folder's schema and the live one, then a summary; exit 1 on any."""
+    (body,) = session.ask(request_of(args))
+    if body["type"] == "error":
+        if body["code"] == PRECONDITION_FAILED:  # no scratch database: lasting
+            say(f"error {body['code']}: {body['text']}")
+            return EXIT_USAGE
+        return report_error(body, session)
+    style = Style(sys.stdout)
+    for problem in body["problems"]:
+        where = ("the whole folder" if problem["version"] is None
+                 else f"{problem['version']}  {problem['name']}")
+        out(f"{style(problem['kind'].replace('_', ' '), 'red')}  {where}: {problem['text']}")
+        for difference in problem["differences"]:
+            out(f"  {difference}")
+    live = body["live"]
+    if live["differences"]:
+        out(f"{style('live schema differs', 'red')} from what the folder builds:")
+        for difference in live["differences"]:
+            out(f"  {difference}")
+    verified = body["verified"]
+    said = {True: "the live schema is what the folder builds", False: "the live schema"
+            " differs", None: "the live schema was not compared (the folder does not build)"}
+    problems = len(body["problems"])
+    out(f"{verified} migration{'' if verified == 1 else 's'} verified on a scratch database: "
+        + ("every down gives back the schema before its up" if not problems else
+           f"{problems} problem{'' if problems == 1 else 's'}") + f"; {said[live['matches']]}")
+    return exit_status(body, session)
+
+
 def run_lint(session: Session, args: argparse.Namespace, out: Lines) -> int:
     """lint: a block per finding (`file:line rule`, the statement, why, fix), the migrations
     it could not lint and why, then a summary; exit 1 when any remains."""
@@ -749,6 +784,7 @@ HANDLERS: dict[str, Callable[[Session, argparse.Namespace, Lines], int]] = {
     "adopt": run_adopt,
     "validate": run_validate,
     "lint": run_lint,
+    "verify": run_verify,
     "history": show_history,
     "health": show_health,
 }

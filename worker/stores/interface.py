@@ -509,6 +509,27 @@ class Store(ABC):
         on a database that rolls DDL back."""
         return []
 
+    @abstractmethod
+    def read_schema(self) -> Any:
+        """The schema this store's migrations manage, as worker/schema reads it from the
+        catalog (a Schema): every object but the tracking tables (and another tool's
+        table the default name holds)."""
+
+    @abstractmethod
+    def scratch(self) -> AbstractContextManager[Store]:
+        """A store on a new, empty database of the same kind, with this one's tracking
+        table name, dropped when the context ends (SQLite: a temporary file; a server: a
+        database created and dropped through this store's session). Nothing of this
+        store's database is written. Raises ReplyError(PRECONDITION_FAILED) when the
+        server refuses to create one, saying why."""
+
+    def _unmanaged(self) -> set[str]:
+        """The tables a schema read leaves out: ours, and the displaced tool's."""
+        names = set(self.tables)
+        if self.displaced is not None:
+            names.add(self.displaced)
+        return names
+
     def forget_partial(self, version: int) -> None:
         """Drop the step record of `version`, inside the transaction of a resolve."""
         return None

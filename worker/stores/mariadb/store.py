@@ -19,6 +19,7 @@ import hashlib
 import logging
 import math
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -29,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker import codec, mysql_url
-from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
+from broker.errors import PRECONDITION_FAILED, TEMPORARILY_UNAVAILABLE, ReplyError
 from worker.lock import AlreadyOwned, OwnerLock
 from worker.steps import StatementSteps
 from worker.stores.interface import (
@@ -703,6 +704,40 @@ class MariaDbStore(Store):
                 self._has_partials.discard(version)
 
     # -- reads and records -----------------------------------------------------------------
+
+    def _unmanaged(self) -> set[str]:
+        return {*super()._unmanaged(), self.partials_table}
+
+    def read_schema(self) -> Any:
+        from worker.schema import mariadb as schema_of  # only verify and drift read it
+
+        return schema_of.read(self._live(), self._unmanaged())
+
+    @contextmanager
+    def scratch(self) -> Iterator[MariaDbStore]:
+        name = f"mn_verify_{secrets.token_hex(6)}"
+        try:
+            self._run(f"CREATE DATABASE {_quoted(name)}")
+        except pymysql.err.OperationalError as exc:
+            if not exc.args or exc.args[0] not in (ER.DBACCESS_DENIED_ERROR,
+                                                   ER.ACCESS_DENIED_ERROR):
+                raise
+            raise ReplyError(
+                PRECONDITION_FAILED,
+                f"verify builds a scratch database, and this user may not create one"
+                f" ({_reason(exc)}): grant it CREATE, or run verify as a user that has it;"
+                " nothing was written",
+            ) from None
+        store = MariaDbStore(mysql_url.with_database(self._url, name), table=self.table,
+                             environ=self._environ)
+        try:
+            yield store
+        finally:
+            store.close()
+            try:
+                self._run(f"DROP DATABASE IF EXISTS {_quoted(name)}")
+            except (pymysql.Error, ReplyError) as exc:
+                log.warning("could not drop the scratch database %s: %s", name, exc)
 
     def check_foreign_keys(self) -> None:
         """Raise ForeignKeyViolation naming the tables with rows whose parent is missing."""

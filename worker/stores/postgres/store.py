@@ -53,6 +53,7 @@ import itertools
 import logging
 import os
 import re
+import secrets
 import socket
 import sys
 import time
@@ -64,7 +65,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from broker import codec, database_url
 from broker.cli.settings import LOCK_TIMEOUT_S as MIGRATION_LOCK_TIMEOUT_S
-from broker.errors import LASTING, TEMPORARILY_UNAVAILABLE, ReplyError
+from broker.errors import LASTING, PRECONDITION_FAILED, TEMPORARILY_UNAVAILABLE, ReplyError
 from worker.lock import AlreadyOwned, OwnerLock
 from worker.stores.interface import (
     DEFAULT_TABLE,
@@ -97,7 +98,7 @@ INSTALL_DRIVER = "pip install 'migrations-node[postgres]'"  # psycopg: the optio
 try:
     import psycopg
     from psycopg import errors, sql
-    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from psycopg.pq import TransactionStatus
 except ImportError as exc:
     # The worker stops with this as the reason (EXIT_CONFIG): no restart can install it.
@@ -1043,6 +1044,35 @@ class PostgresStore(Store):
             log.warning("could not reset the session after a migration: %s", exc)
             return
         self._dirty, self._release_due = None, False
+
+    def read_schema(self) -> Any:
+        from worker.schema import postgres as schema_of  # only verify and drift read it
+
+        return schema_of.read(self._live(), self._unmanaged())
+
+    @contextmanager
+    def scratch(self) -> Iterator[PostgresStore]:
+        name = f"mn_verify_{secrets.token_hex(6)}"
+        try:
+            self._run(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)).as_string())
+        except errors.InsufficientPrivilege as exc:
+            raise ReplyError(
+                PRECONDITION_FAILED,
+                f"verify builds a scratch database, and this role may not create one"
+                f" ({exc.diag.message_primary}): grant it CREATEDB, or run verify with a"
+                " role that has it; nothing was written",
+            ) from None
+        store = PostgresStore(make_conninfo(self._url, dbname=name), table=self.table,
+                              schema=self.schema)
+        try:
+            yield store
+        finally:
+            store.close()
+            try:
+                self._run(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)).as_string())
+            except (psycopg.Error, ReplyError) as exc:
+                log.warning("could not drop the scratch database %s: %s", name, exc)
 
     def check_foreign_keys(self) -> None:
         """Raise ForeignKeyViolation if rows reference missing rows: checks every deferred

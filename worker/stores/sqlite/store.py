@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import stat
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -549,6 +550,20 @@ class SqliteStore(Store):
                 self._restore_session()
         if not self.connection.in_transaction:
             raise RuntimeError("the migration ended the transaction itself")
+
+    def read_schema(self) -> Any:
+        from worker.schema import sqlite as schema_of  # only verify and drift read it
+
+        return schema_of.read(self.connection, self._unmanaged())
+
+    @contextmanager
+    def scratch(self) -> Iterator[SqliteStore]:
+        with tempfile.TemporaryDirectory(prefix="migrations-verify-") as folder:
+            store = SqliteStore(Path(folder) / "scratch.db", table=self.table)
+            try:
+                yield store
+            finally:
+                store.close()
 
     def check_foreign_keys(self) -> None:
         """Raise ForeignKeyViolation if rows reference missing rows (foreign keys off)."""
