@@ -208,3 +208,31 @@ def live_state(workspace, database: str) -> object:
         cursor = connection.cursor()
         cursor.execute("SELECT * FROM schema_migrations ORDER BY 1")
         return schema_of.read(connection, set()), cursor.fetchall()
+
+
+def test_a_role_that_may_not_create_databases_is_told_so(workspace, database, folder):
+    if not database.startswith("postgresql://"):
+        pytest.skip("a PostgreSQL role's CREATEDB")
+    import psycopg
+
+    role = f"mn_nocreate_{secrets.token_hex(4)}"
+    name = database.rsplit("/", 1)[1]
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB")
+        admin.execute(f"ALTER DATABASE {name} OWNER TO {role}")
+    try:
+        workspace.db = database.replace("postgres@", f"{role}@")
+        (refused,) = run(workspace, folder, request("verify", 1))
+        assert refused["code"] == 22, refused
+        assert "this role may not create one" in refused["text"]
+        assert "grant it CREATEDB" in refused["text"]
+    finally:
+        pid = endpoint.read_owner(endpoint.for_database(workspace.db).lock_path).pid
+        if pid is not None and not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+        workspace.db = database
+        with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {name} OWNER TO postgres")
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f"CREATE DATABASE {name}")
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
