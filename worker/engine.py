@@ -291,9 +291,13 @@ class Engine:
         made (a role that may not create one)."""
         from worker import verify  # only verify loads the schema readers
 
+        def scratch_engine(store: Store, catalog: Catalog) -> Engine:
+            # A cancel or a stop reaches the scratch database's steps too.
+            return Engine(store, catalog, should_stop=self.should_stop,
+                          cancelled=self.cancelled)
+
         return self._once(request_id, lambda: verify.verify(
-            self.store, self.catalog, lambda store, catalog: Engine(store, catalog)),
-            keep=False)
+            self.store, self.catalog, scratch_engine), keep=False)
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -124,10 +124,13 @@ def _down_and_up(engine: Any, scratch: Store, migration: Migration,
 
 
 def _try(handler: Callable[..., Reply], **fields: Any) -> str | None:
-    """Run one request on the scratch engine; the error's text when it failed."""
+    """Run one request on the scratch engine; the error's text when it failed. A cancel
+    ends the whole verify (error 14, `cancelled`), raised as it came."""
     try:
         handler(os.urandom(16), Params(fields, src="verify"))
     except ReplyError as error:
+        if error.extra.get("cancelled"):
+            raise
         return error.text
     return None
 
