@@ -491,7 +491,7 @@ class Engine:
             if m.version not in done_versions and (to is None or m.version <= to)
         ]
         last_seq = max((row.applied_seq for row in applied), default=0)
-        partials = self._partials(dry_run)
+        partials = self._partials()
         # A resend after a worker died lists the steps it took before, as an error 14 does.
         _refuse_partials(partials, {m.version for m in pending}, dry_run,
                          taken={"applied": done})
@@ -531,7 +531,7 @@ class Engine:
                 log.info("applied %s %s", migration.version, migration.name)
         return run.outcome(_applied_reply(*run.taken()))
 
-    def _partials(self, dry_run: bool) -> dict[int, Partial]:
+    def _partials(self) -> dict[int, Partial]:
         """The steps that stopped partway, by version (only where DDL commits at once)."""
         if not self.store.implicit_commits:
             return {}
@@ -592,7 +592,7 @@ class Engine:
             {"version": event.version, "name": event.name, "status": "rolled_back"}
             for event in self.store.events_of(request_id, "rollback")
         ]
-        partials = self._partials(dry_run)
+        partials = self._partials()
         recorded = {row.version for row in applied}
         # A migration that stopped partway is newer than every applied one: undone first.
         partly = sorted((AppliedMigration(p.version, p.name, "", 0, p.request_id)
@@ -667,7 +667,7 @@ class Engine:
 
     def _resolve(self, request_id: bytes, src: str | None, version: int, applied: bool
                  ) -> Reply:
-        partial = self._partials(dry_run=False).get(version)
+        partial = self._partials().get(version)
         if partial is None:
             raise ReplyError(
                 PRECONDITION_FAILED,
