@@ -11,7 +11,7 @@ at once, ahead of anything queued, and names the writes it cancels (see worker/s
 
 from __future__ import annotations
 
-READS = frozenset({"status", "health", "validate", "history"})
+READS = frozenset({"status", "health", "validate", "history", "dump"})
 WRITES = frozenset({"migrate", "rollback", "baseline", "adopt", "resolve"})
 CONTROLS = frozenset({"cancel"})
 # Change nothing, yet run a dry run (a rolled-back transaction on the write connection), so

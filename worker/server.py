@@ -2,6 +2,7 @@
 
     node DEALER --[msgpack {"id", "type"}]--> ROUTER (socket thread)
         status, health, validate, history --> read Engine --> reader store --> reply now
+        dump (pg_dump, mysqldump: here)   --> read Engine --> reader store --> reply now
         cancel                            --> Writer.cancel() (interrupts)  --> reply now
         migrate, rollback, baseline,      --> Writer queue
         adopt, lint
@@ -254,6 +255,7 @@ class WorkerServer:
             "status": read_engine.status,
             "validate": read_engine.validate,
             "history": read_engine.history,
+            "dump": read_engine.dump,
             "lint": write_engine.lint,
             "health": self.health,
             "cancel": self.cancel,
