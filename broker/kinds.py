@@ -30,6 +30,7 @@ BEFORE_REPLY = frozenset({PROGRESS, WAITING})  # the bodies that leave their req
 COMMANDS = (
     "migrate", "rollback", "baseline", "adopt", "resolve", "status", "validate", "lint",
     "history", "new", "health", "stop", "config",
+    "dump",
 )
 
 
