@@ -40,7 +40,7 @@ def dump(store: Store) -> dict[str, Any]:
             statements = backend.schema_statements(store.connection)
             rows = _rows(store)
             live = schema.read(store.connection, store.tables)
-        text = "\n\n".join(statements) + "\n" if statements else ""
+        text = "\n\n".join(statements)
     else:
         if store.dialect == "postgresql":
             from worker.dump import postgres as backend
@@ -56,6 +56,7 @@ def dump(store: Store) -> dict[str, Any]:
             rows = _rows(store)  # connects first, if the store had no session yet
             live = schema.read(store.connection, exclude)
         text = backend.schema_sql(store._url)
+    text = text.strip("\n") + "\n" if text.strip() else ""
     return {"type": DUMP, "sql": text + _inserts(store, backend, rows),
             "fingerprint": fingerprint(live)}
 
