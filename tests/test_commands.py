@@ -176,6 +176,7 @@ OWN_OPTIONS = {
     "health": {"--json"},
     "stop": set(),
     "config": set(),
+    "dump": {"--json", "--output"},
 }
 
 
