@@ -136,6 +136,14 @@ def add_options(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
         help=helping("CurveZMQ key folder (node.key_secret, worker.key); required for tcp://"),
     )
     parser.add_argument(
+        "--dump",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=helping("the schema dump the migrate and rollback commands rewrite after a run"
+                     " that changed something (default: $MIGRATIONS_DUMP, else the"
+                     " project's, else none)"),
+    )
+    parser.add_argument(
         "--log-level",
         default=argparse.SUPPRESS,
         help=helping("stderr log level (default: WARNING)"),

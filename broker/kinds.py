@@ -14,10 +14,11 @@ from __future__ import annotations
 READS = frozenset({"status", "health", "validate", "history"})
 WRITES = frozenset({"migrate", "rollback", "baseline", "adopt", "resolve"})
 CONTROLS = frozenset({"cancel"})
-# Change nothing, yet run a dry run (a rolled-back transaction on the write connection), so
-# the worker queues them with the writes and the node orders them as writes; they are
-# neither stored nor cancelled.
-DRY_RUNS = frozenset({"lint", "verify"})
+# Change nothing of the database, yet run long or on the write connection (lint: a dry run,
+# a rolled-back transaction; verify: scratch databases; dump: pg_dump or mysqldump), so the
+# worker queues them with the writes, its socket thread free for reads and cancels, and
+# the node orders them as writes; they are neither stored nor cancelled.
+DRY_RUNS = frozenset({"lint", "verify", "dump"})
 WORKER_KINDS = READS | WRITES | CONTROLS | DRY_RUNS
 # The tools an `adopt` request's `from` names (worker/adopt/tools.py reads each one's table).
 ADOPT_FROM = ("golang-migrate", "goose", "flyway", "sql-migrate", "dbmate")
@@ -29,7 +30,7 @@ BEFORE_REPLY = frozenset({PROGRESS, WAITING})  # the bodies that leave their req
 # `config`, which send none (`stop` signals the database's worker).
 COMMANDS = (
     "migrate", "rollback", "baseline", "adopt", "resolve", "status", "validate", "verify",
-    "lint", "history", "new", "health", "stop", "config",
+    "dump", "lint", "history", "new", "health", "stop", "config",
 )
 
 

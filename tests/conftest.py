@@ -59,7 +59,8 @@ def workspace(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Worksp
     runtime = Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
     env = {**os.environ, "MIGRATIONS_RUNTIME_DIR": str(runtime)}
     env.pop("MIGRATIONS_TEST_CRASH_AFTER_COMMIT", None)
-    for setting in ("DATABASE_URL", "MIGRATIONS_DIR"):  # each test says what it means
+    # Each test says what it means.
+    for setting in ("DATABASE_URL", "MIGRATIONS_DIR", "MIGRATIONS_DUMP"):
         env.pop(setting, None)
     # A spawned worker outlives its nodes until teardown kills it, so that no test depends
     # on a next node arriving within the 3 s idle exit, however busy the machine is.

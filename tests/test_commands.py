@@ -177,6 +177,7 @@ OWN_OPTIONS = {
     "health": {"--json"},
     "stop": set(),
     "config": set(),
+    "dump": {"--json", "--output"},
 }
 
 

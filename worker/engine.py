@@ -276,6 +276,14 @@ class Engine:
         with self.store.reading():
             return self.store.history(limit)
 
+    def dump(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
+        """The managed schema as SQL that recreates it, then the INSERTs that record the
+        applied versions, and the live schema's fingerprint (see worker/dump/dumping.py).
+        Raises error 22 when the database's dump program (pg_dump, mysqldump) is missing."""
+        from worker.dump.dumping import dump  # only a dump loads it
+
+        return dump(self.store)
+
     def lint(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
         """Lint the pending migrations (or those of `versions`) by the PostgreSQL rules of
         worker/lint: a .sql file by its text, a .py file by what its dry run executes (one

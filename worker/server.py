@@ -4,7 +4,7 @@
         status, health, validate, history --> read Engine --> reader store --> reply now
         cancel                            --> Writer.cancel() (interrupts)  --> reply now
         migrate, rollback, baseline,      --> Writer queue
-        adopt, lint
+        adopt, resolve, lint, verify, dump
     Writer thread: write Engine --> store --> outbox + wake pipe --> socket thread --> node
 
 Only the socket thread touches ZeroMQ sockets. Writes run in arrival order, one at a time
@@ -254,6 +254,7 @@ class WorkerServer:
             "status": read_engine.status,
             "validate": read_engine.validate,
             "history": read_engine.history,
+            "dump": write_engine.dump,
             "lint": write_engine.lint,
             "verify": write_engine.verify,
             "health": self.health,

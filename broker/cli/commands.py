@@ -5,6 +5,9 @@
         <- replies, drawn as tables and lines (or printed as JSON lines with --json)
     new NAME [--sql]
         -> the next-numbered migration file in the migrations folder (no worker)
+    dump [--output FILE]
+        -> the `dump` request -> its SQL on stdout, or in FILE (and, with the dump
+           setting, migrate and rollback rewrite that file after a run that changed something)
 
 Exit status: 0 done, 1 a migration failed, validation found problems, lint found what it
 warns of (or could not lint a migration) or `status --exit-code` found migrations pending,
@@ -46,6 +49,7 @@ EXIT_STDOUT_CLOSED = 128 + 13  # as the stdio node, and a shell for a program SI
 EXIT_FOR_CODE = {10: EXIT_USAGE, 12: EXIT_USAGE, 11: EXIT_UNREACHABLE, 13: EXIT_UNREACHABLE}
 LINT_RESULT = "lint_result"  # a lint reply's type: not ok while a finding remains
 VERIFICATION = "verification"  # a verify reply's type: not ok while a problem remains
+DUMP = "schema_dump"  # a dump reply's type
 MSG_ID = 1  # what --json replies answer, as a stdio node answers a request of msg_id 1
 VERSION_DIGITS = 4  # NNNN_name for a new migration in a folder of small versions
 REPEATABLE_MARK = "R"  # a repeatable migration's version cell: Flyway's prefix, R__name
@@ -84,6 +88,8 @@ EXAMPLES = {
     "stop": "example, to restore a backup:\n  migrations-node --db app.db stop &&"
             " cp backup.db app.db",
     "config": "example:\n  migrations-node --db postgresql://app@db/appdb config",
+    "dump": "examples:\n  migrations-node dump --output db/schema.sql\n"
+            "  migrations-node --db postgresql://app@db/appdb dump | less",
 }
 HELP = {
     "migrate": "apply every pending migration, each in its own transaction",
@@ -104,6 +110,7 @@ HELP = {
     "health": "the worker's pid, database, uptime and what runs now",
     "stop": "stop the database's worker cleanly (its migration in progress finishes first)",
     "config": "each effective setting and where it came from",
+    "dump": "the schema as SQL that recreates it, then the INSERTs of the applied versions",
 }
 
 
@@ -177,6 +184,9 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
         elif name == "history":
             command.add_argument("--limit", type=_positive, metavar="N",
                                  help="only the N most recent events").completer = _no_files
+        elif name == "dump":
+            command.add_argument("--output", type=Path, metavar="FILE",
+                                 help="write it to FILE (replaced in one rename), not stdout")
         elif name == "new":
             command.add_argument("name", metavar="NAME", help="an identifier: add_user_email"
                                  ).completer = _no_files
@@ -395,13 +405,16 @@ def print_json(session: Session, args: argparse.Namespace, out: Lines) -> int:
     out.raw(line.getvalue())
     if kind == "adopt" and body.get("renamed") and not args.dry_run:
         say(where_tracked(body))  # stdout holds the reply alone
+    dumped = rewrite_dump(session, args, body, say) if kind in WORDS else None
+    if kind == "dump" and args.output is not None and body["type"] == DUMP:
+        dumped = save_dump(args.output, body, say)
     if out.lost and kind in WORDS:
         return stdout_closed(taken_steps(body), done_word(kind, args.dry_run))
     if kind == "lint" and body["type"] == "error" and body["code"] == PRECONDITION_FAILED:
         return EXIT_USAGE  # as run_lint: no such version, or no parser
     if body["type"] == "migration_status" and args.exit_code and pending(body):
         return EXIT_FAILED
-    return exit_status(body, session)
+    return exit_status(body, session) or dumped or EXIT_OK
 
 
 def exit_status(body: dict[str, Any], session: Session) -> int:
@@ -540,6 +553,8 @@ def run_write(session: Session, args: argparse.Namespace, out: Lines) -> int:
         if session.stop.requested:
             say("interrupted: the request had finished before the cancel reached it")
         status = exit_status(body, session)
+    dumped = rewrite_dump(session, args, body, out)  # whatever the status: it changed
+    status = status or dumped or EXIT_OK
     if out.lost:  # the write went on to its end: say what it did, since stdout could not
         return stdout_closed(taken, word)
     return status
@@ -775,6 +790,47 @@ def where_tracked(body: dict[str, Any]) -> str:
                         f"adopt: {body['from_table']} is {body['from']}'s")
 
 
+def run_dump(session: Session, args: argparse.Namespace, out: Lines) -> int:
+    """dump: the SQL on stdout, or written to --output FILE (in one rename) and where said."""
+    (body,) = session.ask(("dump", {}))
+    if body["type"] == "error":
+        return report_error(body, session)
+    if args.output is None:
+        out(body["sql"].removesuffix("\n"))
+        return EXIT_OK
+    return save_dump(args.output, body, out) or EXIT_OK
+
+
+def rewrite_dump(session: Session, args: argparse.Namespace, body: dict[str, Any],
+                 tell: Callable[[str], None]) -> int | None:
+    """With the dump setting, after a migrate or rollback that changed something (not a dry
+    run): the file rewritten from a `dump` request, said with `tell`. Returns EXIT_FAILED
+    when it could not be (said on stderr: the migrations stay as they are), else None."""
+    if args.dump is None or args.dry_run or not taken_steps(body):
+        return None
+    if session.stop.requested:
+        return fail(f"the schema dump {args.dump} was not rewritten (cancelled): run"
+                    f" migrations-node dump --output {args.dump}", EXIT_FAILED)
+    (dumped,) = session.ask(("dump", {}))
+    if dumped["type"] == "error":
+        say(f"error {dumped['code']}: {dumped['text']}")
+        return fail(f"the schema dump {args.dump} was not rewritten", EXIT_FAILED)
+    return save_dump(Path(args.dump), dumped, tell)
+
+
+def save_dump(path: Path, body: dict[str, Any], tell: Callable[[str], None]) -> int | None:
+    """A schema_dump reply's SQL written to `path`, and where said with `tell`; returns
+    EXIT_FAILED when it cannot be written (said on stderr), else None."""
+    from broker.cli.dump_file import write_dump
+
+    try:
+        write_dump(path, body["sql"])
+    except OSError as exc:
+        return fail(f"cannot write the schema dump {path}: {exc.strerror or exc}", EXIT_FAILED)
+    tell(f"wrote the schema dump {path} ({body['fingerprint']})")
+    return None
+
+
 HANDLERS: dict[str, Callable[[Session, argparse.Namespace, Lines], int]] = {
     "status": show_status,
     "migrate": run_write,
@@ -787,6 +843,7 @@ HANDLERS: dict[str, Callable[[Session, argparse.Namespace, Lines], int]] = {
     "verify": run_verify,
     "history": show_history,
     "health": show_health,
+    "dump": run_dump,
 }
 
 

@@ -1,7 +1,8 @@
 """Settings, resolved once for the stdio node and the commands alike, each knowing its origin.
 
-    command line  >  environment (DATABASE_URL, MIGRATIONS_DIR)  >  [tool.migrations-node]
-    in the nearest pyproject.toml, from the working directory upwards  >  defaults
+    command line  >  environment (DATABASE_URL, MIGRATIONS_DIR, MIGRATIONS_DUMP)
+        >  [tool.migrations-node] in the nearest pyproject.toml, from the working
+           directory upwards  >  defaults
 
 Defaults fit the folder you stand in: with a project table, `migrations.db` and
 `migrations/` beside its pyproject.toml; without one, in the working directory; and when
@@ -24,7 +25,7 @@ PROJECT_FILE = "pyproject.toml"
 SQLITE_SCHEMES = frozenset({"sqlite", "sqlite3"})
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 TABLE = "migrations-node"  # [tool.migrations-node]
-ENVIRONMENT = {"db": "DATABASE_URL", "migrations": "MIGRATIONS_DIR"}
+ENVIRONMENT = {"db": "DATABASE_URL", "migrations": "MIGRATIONS_DIR", "dump": "MIGRATIONS_DUMP"}
 DEFAULT_DB = "migrations.db"
 DEFAULT_FOLDER = "migrations"
 OWNER_WAIT_S = 30.0  # PostgreSQL: a write waits this long for another host's worker to go
@@ -43,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "connect": None,
     "keys": None,
     "log_level": "WARNING",
+    "dump": None,  # the file `migrate` and `rollback` commands rewrite (the stdio node: never)
 }
 # Where a value came from, as `config` says it.
 COMMAND_LINE = "command line"
@@ -97,13 +99,14 @@ FILE_KEYS: dict[str, Callable[[Any], Any]] = {
     "connect": _text,
     "keys": _text,
     "log-level": _text,
+    "dump": _text,
 }
-PATHS = frozenset({"migrations", "keys"})  # relative to the file that names them
+PATHS = frozenset({"migrations", "keys", "dump"})  # relative to the file that names them
 
 
 def resolve(given: Mapping[str, Any], environ: Mapping[str, str], cwd: Path) -> dict[str, Setting]:
     """Every setting (db, migrations, table, schema, wal, owner_wait, lock_timeout,
-    lock_retries, envelope, connect, keys, log_level) with its origin. `given` holds only
+    lock_retries, envelope, connect, keys, log_level, dump) with its origin. `given` holds only
     the options on the command line.
 
     Raises SettingsError naming the file and key, or the variable, that cannot be used.

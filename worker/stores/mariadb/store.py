@@ -348,6 +348,12 @@ class MariaDbStore(Store):
                 with suppress(pymysql.Error):
                     connection.close()
 
+    @property
+    def url(self) -> str:
+        """The URL the store connects with: never a password, which the node hands over in
+        the environment (or the option file holds)."""
+        return self._url
+
     def reader(self) -> MariaDbStore:
         reader = MariaDbStore(self._url, table=None if self._choosing else self.table,
                               environ=self._environ)

@@ -490,6 +490,12 @@ class PostgresStore(Store):
         if self.connection is not None:
             self.connection.close()
 
+    @property
+    def url(self) -> str:
+        """The URL (or key=value string) the store connects with: never a password, which
+        the node hands over in the environment."""
+        return self._url
+
     def reader(self) -> PostgresStore:
         """A second session on the same database that only reads (status beside a write),
         with this store's tracking table (found by itself while this one has not looked)."""
@@ -1048,7 +1054,8 @@ class PostgresStore(Store):
     def read_schema(self) -> Any:
         from worker.schema import postgres as schema_of  # only verify and drift read it
 
-        return schema_of.read(self._live(), self._unmanaged())
+        # Qualified: a table of the same name in another schema is the migrations' own.
+        return schema_of.read(self._live(), {self.label(name) for name in self._unmanaged()})
 
     @contextmanager
     def scratch(self) -> Iterator[PostgresStore]:
