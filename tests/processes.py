@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from broker import endpoint
+from broker import database_url, endpoint
 
 
 def gone(pid: int) -> bool:
@@ -18,12 +18,15 @@ def gone(pid: int) -> bool:
         return True
 
 
-def lock_owner(database: Path) -> int | None:
-    """The pid the database's owning worker wrote into its lock file, if any."""
+def lock_owner(database: Path | str) -> int | None:
+    """The pid the database's owning worker wrote into its lock file, if any (a server's
+    URL too: its lock file is named by its target)."""
+    if database_url.is_url(str(database)):
+        return endpoint.read_owner(endpoint.for_database(database).lock_path).pid
     return endpoint.read_owner(endpoint.lock_file(database)).pid
 
 
-def alive_owner(database: Path) -> int | None:
+def alive_owner(database: Path | str) -> int | None:
     """The owning worker's pid while it still runs, else None."""
     pid = lock_owner(database)
     return None if pid is None or gone(pid) else pid

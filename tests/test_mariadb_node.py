@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from broker import endpoint
-from tests.processes import gone
+from tests.processes import alive_owner
 from tests.support import request, table_migrations, wait_until
 
 pymysql = pytest.importorskip("pymysql", reason="PyMySQL is not installed (pip install .[test])")
@@ -68,8 +68,7 @@ def folder(workspace):
 
 
 def worker_pid(workspace) -> int | None:
-    pid = endpoint.read_owner(endpoint.for_database(workspace.db).lock_path).pid
-    return None if pid is None or gone(pid) else pid
+    return alive_owner(workspace.db)
 
 
 def query(url: str, sql: str) -> list[tuple]:

@@ -315,7 +315,7 @@ class ForeignKeyViolation(Exception):
 
     def __init__(self, tables: list[str]) -> None:
         super().__init__(
-            "PRAGMA foreign_key_check found rows without their parent in "
+            "the foreign key check found rows without their parent in "
             + ", ".join(tables)
         )
         self.tables = tables
