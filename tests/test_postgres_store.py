@@ -760,3 +760,37 @@ def test_a_failed_transaction_found_open_is_rolled_back_before_the_next_write(pg
 
     assert Engine(store, Catalog(pg.folder)).migrate(b"m1")["count"] == 1
     assert pg.versions() == [1]
+
+
+# A statement that cancels itself the first time it runs, as a cancel meant for migration
+# code that reached the server late stops the store's next statement (the session's own
+# pg_cancel_backend: a real cancel, landing on the statement that sends it).
+CANCELLED_ONCE = ("SELECT CASE WHEN nextval('late_cancel') = 1"
+                  " THEN pg_catalog.pg_cancel_backend(pg_catalog.pg_backend_pid()) END")
+
+
+def test_a_late_cancel_that_stops_a_statement_of_the_store_sends_it_again(pg: Pg) -> None:
+    store = pg.store()
+    store.connection.execute("CREATE TEMPORARY SEQUENCE late_cancel")
+
+    store._run(CANCELLED_ONCE)
+
+    assert store.connection.execute("SELECT last_value FROM late_cancel").fetchone() == (2,)
+    pg.table_migration(1)
+    assert Engine(store, Catalog(pg.folder)).migrate(b"m1")["count"] == 1
+
+
+def test_a_late_cancel_inside_a_step_is_error_11_and_the_step_is_rolled_back(pg: Pg) -> None:
+    from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
+
+    store = pg.store()
+    store.connection.execute("CREATE TEMPORARY SEQUENCE late_cancel")
+    with pytest.raises(ReplyError) as raised, store.transaction():
+        store._run("CREATE TABLE rolled_back (id integer)")
+        store._run(CANCELLED_ONCE)
+
+    assert raised.value.code == TEMPORARILY_UNAVAILABLE
+    assert "reached the server late" in raised.value.text
+    assert "rolled_back" not in pg.tables()
+    pg.table_migration(1)
+    assert Engine(store, Catalog(pg.folder)).migrate(b"m1")["count"] == 1

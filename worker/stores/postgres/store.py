@@ -564,7 +564,8 @@ class PostgresStore(Store):
 
     def interrupt(self) -> None:
         """Cancel the query migration code runs now (the server's cancel request, sent
-        from another thread as psycopg allows); the store's own queries are never cut."""
+        from another thread as psycopg allows). One that reaches the server after the
+        migration's code finished stops a statement of the store's own instead: see _run."""
         connection = self.connection
         if self._migration_running and _usable(connection):
             try:
@@ -726,8 +727,29 @@ class PostgresStore(Store):
         """Execute on the session. Outside a transaction, a session found dead (it died
         while idle: a server restart, pg_terminate_backend) is replaced and the statement
         sent again, once, after taking the owner lock again if the dead one held it:
-        nothing had run. Inside one, its loss is the step's end (SessionLost)."""
+        nothing had run. Inside one, its loss is the step's end (SessionLost).
+
+        A query cancel sent for migration code that reached the server after that code
+        had finished stops whichever statement of ours runs then (found by the 1,000-kill
+        soak: a `migrate` planning its steps got error 13). Outside a step's transaction
+        the statement is sent again, once, as nothing of it ran; inside one the step is
+        rolled back, and the request gets error 11 saying so."""
         try:
+            return self._execute(query, params)
+        except errors.QueryCanceled as exc:
+            if self._migration_running:
+                raise  # migration code's own: the cancel it was meant for
+            if self._in_block:
+                raise ReplyError(
+                    TEMPORARILY_UNAVAILABLE,
+                    "a query cancel meant for an earlier statement reached the server late"
+                    " and stopped one of the store's own, so the step in progress was rolled"
+                    " back and is not recorded; try again",
+                ) from exc
+            log.warning("a late query cancel stopped a statement of the store's own;"
+                        " sending it again")
+            if self._in_transaction():
+                self.connection.execute("ROLLBACK")
             return self._execute(query, params)
         except SessionLost:
             if self._in_block or self._regaining:
