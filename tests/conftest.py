@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from broker import endpoint
 from broker.spawn import IDLE_EXIT_ENV
 from tests.backends import (
+    MARIADB_HOST,
+    MARIADB_PORT,
     PG_HOST,
     PG_PORT,
     PG_SERVER,
@@ -26,7 +29,7 @@ from tests.backends import (
     mariadb_problem,
     postgres_answers,
 )
-from tests.processes import alive_owner, started_with
+from tests.processes import alive_owner, gone, started_with
 from tests.support import PROCESS_TIMEOUT_S, TEST_IDLE_EXIT_S, Workspace
 
 LOG_LINES_ON_FAILURE = 80  # of each worker log and node's stderr, printed for a failed test
@@ -159,3 +162,46 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield db
     finally:
         db.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def database(request: pytest.FixtureRequest, workspace, monkeypatch) -> Iterator[str]:
+    """The workspace's --db on each backend, one test case each: its SQLite file, or a
+    fresh database on the machine's PostgreSQL or MariaDB server (skipped, saying why,
+    only when none answers), dropped afterwards with its worker killed first."""
+    monkeypatch.setenv(endpoint.RUNTIME_DIR_ENV, workspace.env[endpoint.RUNTIME_DIR_ENV])
+    if request.param == "sqlite":
+        yield str(workspace.db)
+        return
+    name = f"mn_verify_test_{secrets.token_hex(4)}"
+    if request.param == "postgresql":
+        psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
+        try:
+            admin = psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            pytest.skip(f"no PostgreSQL server at 127.0.0.1:5432: {exc}")
+        admin.execute(f"CREATE DATABASE {name}")
+        url = f"{PG_SERVER}/{name}"
+        drop = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    else:
+        pymysql = pytest.importorskip("pymysql", reason="PyMySQL is not installed")
+        try:
+            admin = pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user="root",
+                                    password="", autocommit=True, connect_timeout=5)
+        except pymysql.Error as exc:
+            pytest.skip(f"no MariaDB server at 127.0.0.1:3306: {exc}")
+        admin.cursor().execute(f"CREATE DATABASE {name}")
+        url = f"mysql://root@127.0.0.1:3306/{name}"
+        drop = f"DROP DATABASE IF EXISTS {name}"
+    workspace.db = url
+    try:
+        yield url
+    finally:
+        pid = endpoint.read_owner(endpoint.for_database(url).lock_path).pid
+        if pid is not None and not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+        if request.param == "postgresql":
+            admin.execute(drop)
+        else:
+            admin.cursor().execute(drop)
+        admin.close()

@@ -98,7 +98,8 @@ FROZEN_CHANCE, FROZEN_S = 0.3, 0.4
 ROUND_TIMEOUT_S = 120.0  # a node still running this long has lost replies
 OWNER_WAIT_S = 15.0  # how long a fault waits for a worker to own the database
 TRACKING = ("schema_migrations", "schema_migration_replies", "schema_migration_history",
-            "schema_migration_evicted", "schema_migration_repeats")
+            "schema_migration_evicted", "schema_migration_repeats",
+            "schema_migration_schemas")
 PARTIALS = "schema_migration_partials"  # MariaDB's steps that stopped partway
 KINDS = {"worker_kill": "SIGKILL of the worker at a random instant",
          "stall": "SIGSTOP of the worker for 1-3 s, then SIGCONT",

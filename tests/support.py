@@ -191,6 +191,13 @@ def _as_bytes(lines: bytes | str | list) -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
+def run_requests(workspace, folder: Path, *requests: dict) -> list[dict]:
+    """The replies of one node run on `folder`'s migrations, which must exit 0."""
+    replies, completed = workspace.run(list(requests), "--migrations", str(folder))
+    assert completed.returncode == 0, completed.stderr
+    return replies
+
+
 def request(kind: str, msg_id: int, **body) -> dict:
     return {"src": "c1", "dest": "migrations", "body": {"type": kind, "msg_id": msg_id, **body}}
 

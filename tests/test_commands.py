@@ -163,8 +163,8 @@ def test_other_usage_errors_keep_what_argparse_says(words):
 
 
 OWN_OPTIONS = {
-    "migrate": {"--json", "--to", "--dry-run"},
-    "rollback": {"--json", "--steps", "--to", "--dry-run"},
+    "migrate": {"--json", "--to", "--dry-run", "--accept-drift"},
+    "rollback": {"--json", "--steps", "--to", "--dry-run", "--accept-drift"},
     "baseline": {"--json", "--to"},
     "adopt": {"--json", "--from", "--dry-run"},
     "resolve": {"--json", "--applied", "--not-applied"},

@@ -151,7 +151,9 @@ def test_a_backup_restored_over_the_database_while_the_worker_runs_is_the_one_se
     node.send(request("migrate", 2, to=2), request("health", 3))
     assert node.replies(2)[0]["count"] == 1
     os.replace(backup, workspace.db)  # the restore: version 2 is not in the backup
-    node.send(request("status", 4), request("migrate", 5), request("health", 6))
+    # The marker, made by hand in the backup, is drift from what the worker recorded.
+    node.send(request("status", 4), request("migrate", 5, accept_drift=True),
+              request("health", 6))
     status, applied, after = node.replies(3)
     assert [m["applied"] for m in status["migrations"]] == [True, False, False]
     assert [m["version"] for m in applied["migrations"]] == [2, 3]

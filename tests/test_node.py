@@ -321,7 +321,7 @@ def test_the_tracking_table_is_named_by_the_node_and_a_schema_needs_a_server(wor
     assert completed.returncode == 0 and replies[0]["count"] == 2, completed.stderr
     assert workspace.tables() == {
         "users", "posts", "app migrations", "app migrations_replies", "app migrations_history",
-        "app migrations_evicted", "app migrations_repeats"}
+        "app migrations_evicted", "app migrations_repeats", "app migrations_schemas"}
 
     _, other = workspace.run([request("status", 1)])  # the running worker serves that table
     assert other.returncode == 2

@@ -325,7 +325,7 @@ def test_table_and_schema_are_chosen_by_the_node_and_created_on_first_use(worksp
         database, "SELECT tablename FROM pg_tables WHERE schemaname = 'deploy'")
     assert {name for (name,) in in_deploy} == {
         "app_migrations", "app_migrations_replies", "app_migrations_history",
-        "app_migrations_evicted", "app_migrations_repeats"}
+        "app_migrations_evicted", "app_migrations_repeats", "app_migrations_schemas"}
     assert "schema_migrations" not in tables(database) and "users" in tables(database)
 
     # The running worker serves that table: a node asking for another one is told so.

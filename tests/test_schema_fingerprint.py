@@ -25,6 +25,7 @@ from worker.schema.shape import Difference, Schema, differences, fingerprint, fr
 MARIADB_HOST, MARIADB_PORT = "127.0.0.1", 3306
 TRACKING = ("schema_migrations", "schema_migration_replies", "schema_migration_history",
             "schema_migration_evicted", "schema_migration_repeats",
+            "schema_migration_schemas",
             "schema_migration_partials")
 
 
@@ -414,11 +415,20 @@ def test_layout_and_comments_do_not_change_a_sqlite_definition():
     assert sqlite_schema.normalise("SELECT a - -1") == "SELECT a - -1"
 
 
-def test_the_fingerprint_is_the_sha256_of_the_canonical_json():
+def test_the_fingerprint_sums_one_digest_per_object_so_a_record_can_keep_it_step_by_step():
     import hashlib
 
-    schema = Schema({"table": {"t": {"columns": [], "constraints": {}}}})
+    schema = Schema({"table": {"t": {"columns": [], "constraints": {}}},
+                     "index": {"i": {"table": "t"}}})
     assert to_json(schema) == (
-        b'{"format":1,"objects":{"table":{"t":{"columns":[],"constraints":{}}}}}')
-    assert fingerprint(schema) == "schema-sha256:" + hashlib.sha256(to_json(schema)).hexdigest()
+        b'{"format":1,"objects":{"index":{"i":{"table":"t"}},'
+        b'"table":{"t":{"columns":[],"constraints":{}}}}}')
+    digests = [shape.object_digest("table", "t", '{"columns":[],"constraints":{}}'),
+               shape.object_digest("index", "i", '{"table":"t"}')]
+    total = sum(digests) % (1 << 256)
+    assert fingerprint(schema) == (
+        "schema-sha256:" + hashlib.sha256(total.to_bytes(32, "big")).hexdigest())
+    # The same object under another kind or name is another digest.
+    assert shape.object_digest("index", "t", '{"columns":[],"constraints":{}}') != digests[0]
+    assert shape.schema_of(shape.objects_of(schema)) == schema
     assert shape.FINGERPRINT_PREFIX == "schema-sha256:"

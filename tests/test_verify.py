@@ -11,7 +11,6 @@ import os
 import secrets
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from broker import endpoint
 from tests.processes import gone
 from tests.support import request
+from tests.support import run_requests as run
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 MARIADB = ("127.0.0.1", 3306)
@@ -27,60 +27,12 @@ USERS = ("-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY, email VARCH
          "-- migrate:down\nDROP TABLE users;\n")
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def database(request: pytest.FixtureRequest, workspace, monkeypatch) -> Iterator[str]:
-    """The workspace's --db on each backend; a server's database is dropped afterwards,
-    with its worker killed first."""
-    monkeypatch.setenv(endpoint.RUNTIME_DIR_ENV, workspace.env[endpoint.RUNTIME_DIR_ENV])
-    if request.param == "sqlite":
-        yield str(workspace.db)
-        return
-    name = f"mn_verify_test_{secrets.token_hex(4)}"
-    if request.param == "postgresql":
-        psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
-        try:
-            admin = psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=5)
-        except psycopg.OperationalError as exc:
-            pytest.skip(f"no PostgreSQL server at 127.0.0.1:5432: {exc}")
-        admin.execute(f"CREATE DATABASE {name}")
-        url = f"{PG_SERVER}/{name}"
-        drop = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    else:
-        pymysql = pytest.importorskip("pymysql", reason="PyMySQL is not installed")
-        try:
-            admin = pymysql.connect(host=MARIADB[0], port=MARIADB[1], user="root",
-                                    password="", autocommit=True, connect_timeout=5)
-        except pymysql.Error as exc:
-            pytest.skip(f"no MariaDB server at 127.0.0.1:3306: {exc}")
-        admin.cursor().execute(f"CREATE DATABASE {name}")
-        url = f"mysql://root@127.0.0.1:3306/{name}"
-        drop = f"DROP DATABASE IF EXISTS {name}"
-    workspace.db = url
-    try:
-        yield url
-    finally:
-        pid = endpoint.read_owner(endpoint.for_database(url).lock_path).pid
-        if pid is not None and not gone(pid):
-            os.kill(pid, signal.SIGKILL)
-        if request.param == "postgresql":
-            admin.execute(drop)
-        else:
-            admin.cursor().execute(drop)
-        admin.close()
-
-
 @pytest.fixture
 def folder(workspace) -> Path:
     path = workspace.root / "migrations"
     path.mkdir()
     (path / "0001_users.sql").write_text(USERS)
     return path
-
-
-def run(workspace, folder: Path, *requests: dict) -> list[dict]:
-    replies, completed = workspace.run(list(requests), "--migrations", str(folder))
-    assert completed.returncode == 0, completed.stderr
-    return replies
 
 
 def test_a_down_that_forgets_an_index_is_named(workspace, database, folder):

@@ -80,6 +80,9 @@ LINT_NOTE = ("lint's rules are PostgreSQL's (locks that make a server under load
              " was linted")
 DIALECT_NAMES = {"sqlite": "SQLite", "mysql": "MariaDB and MySQL"}
 MAY_BE_ALLOWED = frozenset({"out_of_order"})  # changed and missing are never accepted
+SCHEMA_DRIFT = "schema_drift"  # a validation problem: the live schema is not the recorded one
+ACCEPT_DRIFT = "accept_drift"  # the history's action for a migrate that accepted it
+MAX_DRIFT_TEXT = 4000  # characters of the differences the history's event keeps
 REPEATABLE = "repeatable"  # the history's action (and health's) for a repeatable applied
 # The history's actions for a migration that stopped partway, resolved by a person.
 RESOLVED_APPLIED, RESOLVED_NOT_APPLIED = "resolved_applied", "resolved_not_applied"
@@ -250,9 +253,21 @@ class Engine:
         listed only so that two files of one name are error 22 here too."""
         with self.store.reading():
             applied = self.store.applied()
+            drift = self._schema_drift()
         self.catalog.repeatables()
-        problems = self._problems(self.catalog.migrations(), applied)
+        problems = self._problems(self.catalog.migrations(), applied) + drift
         return {"type": "validation", "ok": not problems, "problems": problems}
+
+    def _schema_drift(self) -> list[Entry]:
+        """The schema_drift problem, when the live schema differs from the one recorded
+        after the last step: each difference in words. None while a step stopped partway
+        (it is reported as such), or before anything was recorded."""
+        if self._partials():
+            return []
+        found = self.store.schema_drift()
+        if not found:
+            return []
+        return [{"kind": SCHEMA_DRIFT, "differences": [difference.text for difference in found]}]
 
     def history(self, request_id: bytes, params: Params = NO_PARAMS) -> Reply:
         """Every apply, rollback and baseline ever recorded, oldest first (or the last N)."""
@@ -315,6 +330,8 @@ class Engine:
         to = params.integer("to", minimum=1)
         dry_run = params.flag("dry_run")
         allowed = MAY_BE_ALLOWED if params.flag("allow_out_of_order") else frozenset()
+        if params.flag("accept_drift"):
+            allowed |= {SCHEMA_DRIFT}
         progress = params.flag("progress")
         return self._once(
             request_id,
@@ -330,9 +347,11 @@ class Engine:
         to = params.integer("to", minimum=0)
         dry_run = params.flag("dry_run")
         progress = params.flag("progress")
+        accept_drift = params.flag("accept_drift")
         return self._once(
             request_id,
-            lambda: self._rollback(request_id, params.src, steps, to, dry_run, progress),
+            lambda: self._rollback(request_id, params.src, steps, to, dry_run, progress,
+                                   accept_drift),
             keep=not dry_run,
         )
 
@@ -483,9 +502,13 @@ class Engine:
         applied = self._applied(dry_run)
         migrations = self.catalog.migrations()
         self._check_target(to, migrations, applied, allow_zero=False)
-        refused = [p for p in self._problems(migrations, applied) if p["kind"] not in allowed]
+        drift = self._schema_drift()
+        problems = self._problems(migrations, applied) + drift
+        refused = [p for p in problems if p["kind"] not in allowed]
         if refused:
             raise _with_dry_run(_refusal(refused), dry_run)
+        if drift and not dry_run:
+            self._accept_drift(request_id, src, drift[0]["differences"])
         done_versions = {row.version for row in applied}
         # Migrations this same request applied before a crash are part of its answer.
         done = [
@@ -538,6 +561,18 @@ class Engine:
                 run.take(migration, record)
                 log.info("applied %s %s", migration.version, migration.name)
         return run.outcome(_applied_reply(*run.taken()))
+
+    def _accept_drift(self, request_id: bytes, src: str | None, texts: list[str]) -> None:
+        """Record that a migrate accepted the schema as it is: an event in the history
+        with the differences, and the live schema as the recorded one from now on."""
+        description = "; ".join(texts)
+        if len(description) > MAX_DRIFT_TEXT:
+            description = description[:MAX_DRIFT_TEXT - 3] + "..."
+        with self.store.transaction():
+            self.store.record_event(Event(REPEATABLE_VERSION, description, ACCEPT_DRIFT, "",
+                                          _utc_now(), 0.0, src, request_id))
+            self.store.record_schema()
+        log.warning("accepted schema drift: %s", description)
 
     def _partials(self) -> dict[int, Partial]:
         """The steps that stopped partway, by version (only where DDL commits at once)."""
@@ -592,8 +627,14 @@ class Engine:
         to: int | None,
         dry_run: bool,
         progress: bool,
+        accept_drift: bool,
     ) -> Reply:
         applied = self._applied(dry_run)
+        drift = self._schema_drift()
+        if drift and not accept_drift:
+            raise _with_dry_run(_refusal(drift, "rolled back"), dry_run)
+        if drift and not dry_run:
+            self._accept_drift(request_id, src, drift[0]["differences"])
         plain = steps is None and to is None
         # Steps this same request took before a crash are part of its answer.
         done = [
@@ -699,6 +740,7 @@ class Engine:
             action = RESOLVED_APPLIED if applied else RESOLVED_NOT_APPLIED
             self.store.record_event(Event(version, partial.name, action, checksum,
                                           started_at, 0.0, src, request_id))
+            self.store.record_schema()
             reply = {"type": "migration_resolved", "version": version, "name": partial.name,
                      "applied": applied}
             self.store.store_reply(request_id, reply)
@@ -724,6 +766,7 @@ class Engine:
         reply = {"type": "migrations_baselined", "count": len(entries), "migrations": entries}
         started_at = _utc_now()
         with self.store.transaction(restore_tracking=True):
+            since = None  # the first event reads the catalog; the others find it unchanged
             for seq, migration in enumerate(chosen, start=1):
                 checksum = checksum_of(migration.source())
                 self.store.record(
@@ -733,6 +776,8 @@ class Engine:
                     Event(migration.version, migration.name, "baseline", checksum,
                           started_at, 0.0, src, request_id)
                 )
+                self.store.record_schema(since)
+                since = self.store.schema_mark()
             self.store.store_reply(request_id, reply)
         log.info("baselined %d migrations up to %s", len(chosen), to)
         return reply
@@ -772,6 +817,7 @@ class Engine:
         with self.store.transaction(restore_tracking=True):
             plan = plan_adoption(self.store, tool, self.catalog.migrations())
             reply = self._adopted_reply(tool_name, plan, dry_run=False)
+            since = None  # as in baseline
             for seq, adoption in enumerate(plan.adoptions, start=1):
                 migration = adoption.migration
                 checksum = checksum_of(migration.source())
@@ -780,6 +826,8 @@ class Engine:
                 self.store.record_event(
                     Event(migration.version, migration.name, "adopt", checksum,
                           adoption.applied_at or started_at, 0.0, src, request_id))
+                self.store.record_schema(since)
+                since = self.store.schema_mark()
             self.store.store_reply(request_id, reply)
         log.info("adopted %d migrations from %s's %s", len(plan.adoptions), tool_name,
                  plan.table)
@@ -961,6 +1009,7 @@ class _Run:
         self._dry_foreign_keys = True
         self._started_at = ""
         self._outside_transaction = False  # the real run's step in progress runs outside one
+        self._schema_since: Any = None  # the catalog's stamp before the step (schema_mark)
         self._locks: LockWatch = NO_LOCK_WATCH  # a dry run's, when its store watches them
         self.total = 0  # steps of the request in all, those done before a crash included
         # Where DDL commits at once: the steps that stopped partway, by version (a resume
@@ -1131,9 +1180,11 @@ class _Run:
         self._finished = False
         if in_transaction:
             with self.store.transaction(foreign_keys=loaded.foreign_keys):
+                self._schema_since = self._schema_mark()
                 finish(step, self._call(step, lock_timeout_s=lock_timeout_s))
             self._finished = True
         else:
+            self._schema_since = None  # its statements commit one by one: read after them
             if not loaded.foreign_keys:
                 raise ValueError("foreign keys off needs a transaction to check them")
             try:
@@ -1145,7 +1196,18 @@ class _Run:
                 self._finished = True
             except BaseException:
                 self._record_repairs(step, alone=True)
+                self._record_what_stays()
                 raise
+
+    def _record_what_stays(self) -> None:
+        """After a step outside a transaction failed: record the schema its statements
+        left (a build's INVALID index), in a transaction of its own, so that what this
+        worker did is never taken for drift; a failure to is logged, and drift shows it."""
+        try:
+            with self.store.transaction():
+                self.store.record_schema()
+        except Exception as exc:
+            log.warning("could not record the schema a failed step left: %s", exc)
 
     def _lock_timeout_of(self, step: Step) -> float | None:
         loaded = step.loaded
@@ -1293,12 +1355,23 @@ class _Run:
         return {} if self.plain else {"rolled_back": self.done}
 
     def record_event(self, step: Step, elapsed_ms: float) -> None:
+        """The step's history event and, for a real step, the schema after it."""
         self.store.record_event(
             Event(_stored_version(step.migration), step.migration.name,
                   self._action_of(step.migration),
                   step.loaded.checksum, self._started_at, elapsed_ms, self.src,
                   self.request_id)
         )
+        if not self.dry_run:
+            self.store.record_schema(self._schema_since)
+
+    def _schema_mark(self) -> Any:
+        """The catalog's stamp before a step's code runs, or None (read after it) when
+        the step goes on from statements an earlier try left committed."""
+        steps = self._steps
+        if steps is not None and (steps.resume is not None or steps.undoing is not None):
+            return None
+        return self.store.schema_mark()
 
     @contextmanager
     def _failing_as(self, migration: MigrationFile) -> Iterator[None]:
@@ -1532,16 +1605,21 @@ def _reply_of(plain: bool, entries: list[Entry]) -> Reply:
     return _rolled_back_reply(entries)
 
 
-def _refusal(problems: list[Entry]) -> ReplyError:
-    said = "; ".join(
-        f"migration {p['version']} {p['name']} is {p['kind'].replace('_', ' ')}"
-        for p in problems
-    )
+def _refusal(problems: list[Entry], undone: str = "applied") -> ReplyError:
+    said = "; ".join(_problem_text(p) for p in problems)
     return ReplyError(
         PRECONDITION_FAILED,
-        f"validation found problems, so nothing was applied: {said}",
+        f"validation found problems, so nothing was {undone}: {said}",
         problems=problems,
     )
+
+
+def _problem_text(problem: Entry) -> str:
+    if problem["kind"] == SCHEMA_DRIFT:
+        return (f"the schema is not the one recorded after the last step"
+                f" ({'; '.join(problem['differences'])}; accept_drift takes it as it is)")
+    return (f"migration {problem['version']} {problem['name']} is"
+            f" {problem['kind'].replace('_', ' ')}")
 
 
 def _with_dry_run(reply: Any, dry_run: bool) -> Any:

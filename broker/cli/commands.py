@@ -100,7 +100,8 @@ HELP = {
     "resolve": "say how a migration that stopped partway (MariaDB, MySQL) stands, once"
                " repaired by hand: applied, or not applied",
     "status": "list every migration: applied or pending, and when",
-    "validate": "check applied files against their checksums (drift), exit 1 on problems",
+    "validate": "check applied files against their checksums, and the live schema against"
+                " the recorded one (drift); exit 1 on problems",
     "verify": "test every down (and up again) on a scratch database, and compare what the"
               " folder builds with the live schema; exit 1 on problems",
     "lint": "check pending (or named) migrations for dangerous locks and breaking changes on"
@@ -144,6 +145,9 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
                                  ).completer = _no_files
             command.add_argument("--dry-run", action="store_true",
                                  help="run every step for real, then roll it all back")
+            command.add_argument("--accept-drift", action="store_true",
+                                 help="go on when the live schema is not the recorded one,"
+                                 " and record it as it is")
         elif name == "rollback":
             target = command.add_mutually_exclusive_group()
             target.add_argument("--steps", type=_positive, metavar="K",
@@ -154,6 +158,9 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
                                 ).completer = _no_files
             command.add_argument("--dry-run", action="store_true",
                                  help="run every step for real, then roll it all back")
+            command.add_argument("--accept-drift", action="store_true",
+                                 help="go on when the live schema is not the recorded one,"
+                                 " and record it as it is")
         elif name == "baseline":
             command.add_argument("--to", type=_positive, metavar="V", required=True,
                                  help="the newest version the database's schema already has"
@@ -318,6 +325,8 @@ def request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         params["from"] = args.tool
     if getattr(args, "dry_run", False):
         params["dry_run"] = True
+    if getattr(args, "accept_drift", False):
+        params["accept_drift"] = True
     if getattr(args, "versions", None):
         params["versions"] = args.versions
     if args.command == "resolve":
@@ -604,13 +613,22 @@ def run_validate(session: Session, args: argparse.Namespace, out: Lines) -> int:
     if body["type"] == "error":
         return report_error(body, session)
     if body["ok"]:
-        out("ok: every applied migration matches its file, none is missing or out of order")
+        out("ok: every applied migration matches its file, none is missing or out of order,"
+            " and the schema is the one recorded")
         return EXIT_OK
     style = Style(sys.stdout)
-    rows = [(str(p["version"]), p["name"], (p["kind"].replace("_", " "), "red"))
-            for p in body["problems"]]
-    out(table(("version", "name", "problem"), rows, style))
-    say(f"validation found {len(rows)} problem{'s' if len(rows) != 1 else ''}")
+    files = [p for p in body["problems"] if "version" in p]
+    if files:
+        rows = [(str(p["version"]), p["name"], (p["kind"].replace("_", " "), "red"))
+                for p in files]
+        out(table(("version", "name", "problem"), rows, style))
+    for drift in (p for p in body["problems"] if p["kind"] == "schema_drift"):
+        out(f"{style('schema drift', 'red')}: the live schema is not the one recorded after"
+            " the last step")
+        for text in drift["differences"]:
+            out(f"  {text}")
+    problems = len(body["problems"])
+    say(f"validation found {problems} problem{'s' if problems != 1 else ''}")
     return EXIT_FAILED
 
 

@@ -92,8 +92,38 @@ _PARAMETERS = (
 
 def catalog_stamp(connection: Any) -> None:
     """None: MariaDB keeps no number that every change to the schema moves (TABLES'
-    UPDATE_TIME and CREATE_TIME follow the data and the storage), so a caller must read()."""
+    UPDATE_TIME and CREATE_TIME follow the data and the storage), so a caller must read()
+    to know what another session did; catalog_changed() knows what this session did."""
     return None
+
+
+# The session's counts of statements that can change the schema: every CREATE, ALTER,
+# DROP and RENAME, and the ways to run a statement the counts would not name (prepared,
+# EXECUTE IMMEDIATE, CALL).
+_SCHEMA_STATEMENTS = (
+    "SHOW SESSION STATUS WHERE Variable_name LIKE 'Com\\_create\\_%'"
+    " OR Variable_name LIKE 'Com\\_alter\\_%' OR Variable_name LIKE 'Com\\_drop\\_%'"
+    " OR Variable_name IN ('Com_rename_table', 'Com_stmt_execute', 'Com_execute_sql',"
+    " 'Com_execute_immediate', 'Com_call_procedure')"
+)
+
+
+def catalog_changed(connection: Any, previous: Any) -> tuple[bool, Any]:
+    """Whether this session may have changed the schema since the stamp was `previous`,
+    and the stamp now: the session's id and its counts of statements that can (a new
+    session's counts start again, so its id is part of the stamp)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CONNECTION_ID()")
+        (session,) = cursor.fetchone()
+        cursor.execute(_SCHEMA_STATEMENTS)
+        counts = sum(int(value) for _, value in cursor.fetchall())
+    stamp = (session, counts)
+    return stamp != previous, stamp
+
+
+# catalog_stamp() and catalog_changed() see what another session did: no.
+STAMP_SEES_OTHERS = False
+READS_IN_PART = False  # no read_objects(): the catalog is read whole (see recorded.py)
 
 
 def _quote(name: str) -> str:

@@ -140,8 +140,33 @@ _FUNCTION_KINDS = {"f": "function", "p": "procedure", "w": "function"}
 def catalog_stamp(connection: Any) -> None:
     """None: PostgreSQL has no cheap number that every change to the catalog moves (no
     schema_version, and pg_class's xmin values move with VACUUM and ANALYZE too), so a
-    caller must read() to know."""
+    caller must read() to know what another session did; catalog_changed() knows what
+    this session's transaction did."""
     return None
+
+
+# The rows this session wrote to the system catalogs (ANALYZE's statistics apart) and has
+# not yet reported to the statistics system, which it does only between transactions, so
+# the count moves inside one transaction with each catalog write; NULL with the counts off.
+_CATALOG_WRITES = """
+SELECT CASE WHEN pg_catalog.current_setting('track_counts')::boolean
+            THEN coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) END
+FROM pg_catalog.pg_stat_xact_sys_tables
+WHERE schemaname = 'pg_catalog' AND relname NOT LIKE 'pg\\_statistic%'
+"""
+
+
+def catalog_changed(connection: Any, previous: Any) -> tuple[bool, Any]:
+    """Whether this session may have changed the schema since the stamp was `previous`,
+    taken in the same transaction, and the stamp now: the count of catalog rows written
+    (not what other sessions did)."""
+    (writes,) = connection.execute(_CATALOG_WRITES).fetchone()
+    return writes is None or writes != previous, writes
+
+
+# catalog_stamp() and catalog_changed() see what another session did: no.
+STAMP_SEES_OTHERS = False
+READS_IN_PART = False  # no read_objects(): the catalog is read whole (see recorded.py)
 
 
 def read(connection: Any, exclude: Collection[str]) -> Schema:

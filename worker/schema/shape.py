@@ -2,7 +2,7 @@
 
     reader (sqlite.py, postgres.py, mariadb.py)
         -> Schema            kind -> name -> description ("table" -> "users" -> {...})
-        -> fingerprint()     "schema-sha256:<hex>" of to_json()
+        -> fingerprint()     "schema-sha256:<hex>" of its objects' digests (see below)
         -> to_json()         bytes to store; from_json() gives the equal Schema back
         -> differences()     what a live Schema has that a recorded one has not, in words
 
@@ -12,6 +12,12 @@ table's description holds "columns", a list in the table's order of objects with
 to its description; readers may add other fields to any description. Indexes, views,
 triggers, sequences, enums and functions are kinds of their own, each reader naming them as
 its backend scopes them (a MariaDB index belongs to a table: "posts.posts_user_id").
+
+The fingerprint is built from one digest per object, sha256 of its kind, name and canonical
+description, added together modulo 2**256, so a record kept object by object (see
+recorded.py) changes its fingerprint with the objects a step changed, without hashing the
+others again. An adversary could make two schemas share it (a sum is not a collision-
+resistant hash); what it guards against is drift made by people, not an attack.
 """
 
 from __future__ import annotations
@@ -117,9 +123,46 @@ def from_json(data: bytes) -> Schema:
     return Schema(objects)
 
 
+DIGEST_MODULUS = 1 << 256
+
+
+def canonical(description: Any) -> str:
+    """One object's description as canonical JSON text: keys sorted, no whitespace."""
+    return json.dumps(_thaw(description), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False)
+
+
+def object_digest(kind: str, name: str, text: str) -> int:
+    """The digest of one object (its description as canonical() gives it), as a number."""
+    data = json.dumps([FORMAT, kind, name], ensure_ascii=False).encode() + b"\n" + text.encode()
+    return int.from_bytes(hashlib.sha256(data).digest(), "big")
+
+
+def fingerprint_of(total: int) -> str:
+    """"schema-sha256:<hex>" for the sum of a schema's object digests."""
+    return FINGERPRINT_PREFIX + hashlib.sha256(
+        (total % DIGEST_MODULUS).to_bytes(32, "big")).hexdigest()
+
+
+def objects_of(schema: Schema) -> dict[tuple[str, str], str]:
+    """(kind, name) -> canonical() text, for every object of `schema`."""
+    return {(kind, name): canonical(description)
+            for kind, named in schema.items() for name, description in named.items()}
+
+
+def schema_of(objects: Mapping[tuple[str, str], str]) -> Schema:
+    """The Schema objects_of() was taken from."""
+    found: dict[str, dict[str, Any]] = {}
+    for (kind, name), text in objects.items():
+        found.setdefault(kind, {})[name] = json.loads(text)
+    return Schema(found)
+
+
 def fingerprint(schema: Schema) -> str:
-    """"schema-sha256:" and the hex SHA-256 of to_json(schema)."""
-    return FINGERPRINT_PREFIX + hashlib.sha256(to_json(schema)).hexdigest()
+    """"schema-sha256:" and the hex SHA-256 of the sum of its objects' digests; equal
+    schemas, however they were read, have equal fingerprints."""
+    return fingerprint_of(sum(object_digest(kind, name, text)
+                              for (kind, name), text in objects_of(schema).items()))
 
 
 @dataclass(frozen=True)

@@ -137,14 +137,15 @@ class TrackingTables(NamedTuple):
     history: str  # every apply, rollback and baseline
     evicted: str  # per node, the newest request whose stored reply was pruned
     repeats: str  # per repeatable migration, the checksum it was last applied with
+    schemas: str  # per history event, the schema's fingerprint and what it changed
 
 
 def tracking_tables(table: str = DEFAULT_TABLE) -> TrackingTables:
     """The tables `--table` names, on every backend: the default keeps the names databases
     created before the option have (schema_migration_replies, schema_migration_history,
-    and schema_migration_evicted and schema_migration_repeats beside them); another name T
-    gives T, T_replies, T_history, T_evicted and T_repeats. Each suffix is 8 bytes, so a
-    name that fit PostgreSQL's 63 bytes with the first companions still fits.
+    and schema_migration_evicted, _repeats and _schemas beside them); another name T gives
+    T, T_replies, T_history, T_evicted, T_repeats and T_schemas. Each suffix is 8 bytes,
+    so a name that fit PostgreSQL's 63 bytes with the first companions still fits.
 
     Raises ValueError for an empty name or one holding NUL.
     """
@@ -152,9 +153,10 @@ def tracking_tables(table: str = DEFAULT_TABLE) -> TrackingTables:
         raise ValueError(f"the tracking table name {table!r} must be non-empty, without NUL")
     if table == DEFAULT_TABLE:
         return TrackingTables(table, "schema_migration_replies", "schema_migration_history",
-                              "schema_migration_evicted", "schema_migration_repeats")
+                              "schema_migration_evicted", "schema_migration_repeats",
+                              "schema_migration_schemas")
     return TrackingTables(table, f"{table}_replies", f"{table}_history", f"{table}_evicted",
-                          f"{table}_repeats")
+                          f"{table}_repeats", f"{table}_schemas")
 
 
 class MomentaryRefusal(ReplyError):
@@ -358,6 +360,7 @@ class Store(ABC):
     # no commit has recorded since (none on SQLite): the engine records each in the
     # history, in the step's transaction or, when the step fails, in one of their own.
     repairs: Sequence[Repair] = ()
+    _recorded_schema: Any = None  # the RecordedSchema, once a step or drift needs it
 
     def _tables_to_create(
         self, existing: set[str], restore_tracking: bool
@@ -376,9 +379,10 @@ class Store(ABC):
             return []
         if existing and self.tables.migrations not in existing and not restore_tracking:
             raise self._tracking_missing(existing)
-        # Databases made before the evicted and repeats tables lack them: no news.
+        # Databases made before the evicted, repeats and schemas tables lack them: no news.
         dropped = [name for name, _ in missing
-                   if name not in (self.tables.evicted, self.tables.repeats)]
+                   if name not in (self.tables.evicted, self.tables.repeats,
+                                   self.tables.schemas)]
         if existing and dropped:
             log.warning("creating the tracking tables %s again: they were dropped while %s"
                         " remained", ", ".join(dropped), ", ".join(sorted(existing)))
@@ -510,10 +514,58 @@ class Store(ABC):
         return []
 
     @abstractmethod
+    def schema_reading(self) -> tuple[Any, Any, Any]:
+        """How to read the schema this store's migrations manage: the module of
+        worker/schema that reads this backend, the connection to give it, and the tables
+        it leaves out (_unmanaged(), as that reader names them)."""
+
     def read_schema(self) -> Any:
         """The schema this store's migrations manage, as worker/schema reads it from the
         catalog (a Schema): every object but the tracking tables (and another tool's
         table the default name holds)."""
+        reader, connection, exclude = self.schema_reading()
+        return reader.read(connection, exclude)
+
+    @abstractmethod
+    def schema_rows(self) -> tuple[int, list[str]]:
+        """The schemas table's newest seq (0: no row, or no table), and the changes of
+        every row that has any, oldest first."""
+
+    @abstractmethod
+    def newest_schema_seq(self) -> int:
+        """The schemas table's newest seq; 0 when it has no row, or does not exist."""
+
+    @abstractmethod
+    def add_schema_row(self, fingerprint: str, changes: str) -> int:
+        """Add a row for the newest history event, inside its transaction; its seq."""
+
+    def _recorded(self) -> Any:
+        from worker.schema.recorded import RecordedSchema  # only steps that record load it
+
+        if self._recorded_schema is None:
+            self._recorded_schema = RecordedSchema()
+        return self._recorded_schema
+
+    def schema_scope(self) -> Any:
+        """The tables whose objects the step since schema_mark() created or dropped, when
+        the store can tell (SQLite's authorizer); None: any object may have changed."""
+        return None
+
+    def schema_mark(self) -> Any:
+        """The catalog's stamp, in a step's transaction before its migration code: what
+        record_schema() compares with to skip reading a catalog the step did not change."""
+        return self._recorded().mark(self)
+
+    def record_schema(self, since: Any = None) -> None:
+        """After a history event, in its transaction: a row with the schema's fingerprint
+        and the objects the event changed (see worker/schema/recorded.py); the catalog is
+        read unless its stamp is still `since` (None: always read)."""
+        self._recorded().record(self, since)
+
+    def schema_drift(self) -> Any:
+        """The live schema's differences from the one recorded after the last event (a
+        list of shape.Difference, empty when none); None when nothing is recorded."""
+        return self._recorded().drift(self)
 
     @abstractmethod
     def scratch(self) -> AbstractContextManager[Store]:

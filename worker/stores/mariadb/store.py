@@ -55,6 +55,7 @@ from worker.stores.interface import (
 )
 from worker.stores.mariadb import statements
 from worker.stores.mariadb.db import MariaDbMigrationDB
+from worker.stores.server_rows import ServerRows
 
 INSTALL_DRIVER = "pip install 'migrations-node[mariadb]'"  # PyMySQL: the optional extra
 try:
@@ -126,6 +127,12 @@ SCHEMA = (
         execution_ms DOUBLE NOT NULL,
         request_id VARBINARY(64)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS {schemas} (
+        seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        history_seq BIGINT,
+        fingerprint VARCHAR(255) NOT NULL,
+        changes LONGTEXT NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
 )
 PARTIALS_SCHEMA = """CREATE TABLE IF NOT EXISTS {partials} (
         version BIGINT NOT NULL PRIMARY KEY,
@@ -168,6 +175,10 @@ STATEMENTS = {
     " ON DUPLICATE KEY UPDATE request_id = GREATEST(request_id, VALUES(request_id)),"
     " evicted_at = VALUES(evicted_at)",
     "prune": "DELETE FROM {replies} WHERE seq <= %s",
+    "newest_schema": "SELECT COALESCE(MAX(seq), 0) FROM {schemas}",
+    "schema_rows": "SELECT changes FROM {schemas} WHERE changes <> '[]' ORDER BY seq",
+    "add_schema_row": "INSERT INTO {schemas} (history_seq, fingerprint, changes)"
+    " SELECT MAX(seq), %s, %s FROM {history}",
     "repeatables": "SELECT name, checksum, applied_at, request_id FROM {repeats}",
     "record_repeatable": "INSERT INTO {repeats} (name, checksum, applied_at, execution_ms,"
     " request_id) VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE"
@@ -201,7 +212,7 @@ FOREIGN_KEYS = (
 )
 
 
-class MariaDbStore(Store):
+class MariaDbStore(ServerRows, Store):
     split_statements = staticmethod(statements.split_statements)
     dialect = "mysql"
     implicit_commits = True
@@ -714,10 +725,13 @@ class MariaDbStore(Store):
     def _unmanaged(self) -> set[str]:
         return {*super()._unmanaged(), self.partials_table}
 
-    def read_schema(self) -> Any:
-        from worker.schema import mariadb as schema_of  # only verify and drift read it
+    def schema_reading(self) -> tuple[Any, Any, Any]:
+        from worker.schema import mariadb as reader  # only steps, verify and drift read it
 
-        return schema_of.read(self._live(), self._unmanaged())
+        return reader, self._live(), self._unmanaged()
+
+    def add_schema_row(self, fingerprint: str, changes: str) -> int:
+        return self._run(self._sql["add_schema_row"], (fingerprint, changes)).lastrowid
 
     @contextmanager
     def scratch(self) -> Iterator[MariaDbStore]:

@@ -6,6 +6,7 @@
         <schema>.schema_migration_history    history           (T_history)
         <schema>.schema_migration_evicted    pruned replies    (T_evicted)
         <schema>.schema_migration_repeats    repeatables' last checksums (T_repeats)
+        <schema>.schema_migration_schemas    the schema after each event (T_schemas)
 
 The names are SQLite's (store.tracking_tables). A session that dies is replaced at the next
 request (see _live); the one lost mid-request ends that request with error 11.
@@ -93,6 +94,7 @@ from worker.stores.postgres import sql as pg_sql
 from worker.stores.postgres.locks import PgLockWatch
 from worker.stores.postgres.sql import to_psycopg, transaction_control, translate
 from worker.stores.postgres.waits import LockWait, LockWaitWatch
+from worker.stores.server_rows import ServerRows
 
 INSTALL_DRIVER = "pip install 'migrations-node[postgres]'"  # psycopg: the optional extra
 try:
@@ -195,6 +197,12 @@ SCHEMA = (
         execution_ms double precision NOT NULL,
         request_id bytea
     )""",
+    """CREATE TABLE IF NOT EXISTS {schemas} (
+        seq bigint PRIMARY KEY,
+        history_seq bigint,
+        fingerprint text NOT NULL,
+        changes text NOT NULL
+    )""",
 )
 
 STATEMENTS = {
@@ -235,6 +243,11 @@ STATEMENTS = {
     f" request_id) VALUES (%s, %s, {UTC_NOW}, %s, %s) ON CONFLICT (name) DO UPDATE SET"
     " checksum = excluded.checksum, applied_at = excluded.applied_at,"
     " execution_ms = excluded.execution_ms, request_id = excluded.request_id",
+    "newest_schema": "SELECT coalesce(max(seq), 0) FROM {schemas}",
+    "schema_rows": "SELECT changes FROM {schemas} WHERE changes <> '[]' ORDER BY seq",
+    "add_schema_row": "INSERT INTO {schemas} (seq, history_seq, fingerprint, changes)"
+    " SELECT coalesce(max(seq), 0) + 1, (SELECT max(seq) FROM {history}), %s::text, %s::text"
+    " FROM {schemas} RETURNING seq",
     "data_version": "SELECT (SELECT coalesce(max(seq), 0) FROM {history}),"
     " (SELECT count(*) FROM {migrations})",
 }
@@ -313,7 +326,7 @@ class TransactionControlRefused(psycopg.ProgrammingError):
     """Migration code tried to begin, end or prepare the transaction the engine owns."""
 
 
-class PostgresStore(Store):
+class PostgresStore(ServerRows, Store):
     split_statements = staticmethod(pg_sql.split_statements)
     dialect = "postgresql"
 
@@ -1073,11 +1086,14 @@ class PostgresStore(Store):
             return
         self._dirty, self._release_due = None, False
 
-    def read_schema(self) -> Any:
-        from worker.schema import postgres as schema_of  # only verify and drift read it
+    def schema_reading(self) -> tuple[Any, Any, Any]:
+        from worker.schema import postgres as reader  # only steps, verify and drift read it
 
         # Qualified: a table of the same name in another schema is the migrations' own.
-        return schema_of.read(self._live(), {self.label(name) for name in self._unmanaged()})
+        return reader, self._live(), {self.label(name) for name in self._unmanaged()}
+
+    def add_schema_row(self, fingerprint: str, changes: str) -> int:
+        return self._run(self._sql["add_schema_row"], (fingerprint, changes)).fetchone()[0]
 
     @contextmanager
     def scratch(self) -> Iterator[PostgresStore]:

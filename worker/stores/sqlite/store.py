@@ -45,7 +45,12 @@ from worker.stores.interface import (
     tracking_facts,
     tracking_tables,
 )
-from worker.stores.sqlite.migration_db import MigrationDB, SessionChanges, guarded
+from worker.stores.sqlite.migration_db import (
+    MigrationDB,
+    SessionChanges,
+    TouchedTables,
+    guarded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +114,12 @@ SCHEMA = (
     execution_ms REAL NOT NULL,
     request_id BLOB
 )""",
+    """CREATE TABLE IF NOT EXISTS {schemas} (
+    seq INTEGER PRIMARY KEY,
+    history_seq INTEGER,
+    fingerprint TEXT NOT NULL,
+    changes TEXT NOT NULL
+)""",
 )
 EVENT_COLUMNS = "version, name, action, checksum, started_at, duration_ms, src, request_id"
 UTC_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -143,9 +154,14 @@ STATEMENTS = {
     " checksum = excluded.checksum, applied_at = excluded.applied_at,"
     " execution_ms = excluded.execution_ms, request_id = excluded.request_id",
     # Prepares only while every tracking table exists, from SQLite's schema in memory.
-    "probe": "SELECT 1 FROM {migrations}, {replies}, {history}, {evicted}, {repeats} LIMIT 0",
+    "newest_schema": "SELECT coalesce(max(seq), 0) FROM {schemas}",
+    "schema_rows": "SELECT changes FROM {schemas} WHERE changes <> '[]' ORDER BY seq",
+    "add_schema_row": "INSERT INTO {schemas} (history_seq, fingerprint, changes)"
+    " SELECT max(seq), ?, ? FROM {history}",
+    "probe": "SELECT 1 FROM {migrations}, {replies}, {history}, {evicted}, {repeats},"
+    " {schemas} LIMIT 0",
     "existing": "SELECT name FROM sqlite_master WHERE type = 'table'"
-    " AND name IN (?, ?, ?, ?, ?)",
+    " AND name IN (?, ?, ?, ?, ?, ?)",
 }
 IS_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 COLUMNS = "SELECT name FROM pragma_table_info(?) ORDER BY cid"
@@ -275,6 +291,7 @@ class SqliteStore(Store):
         self._checked_version: int | None = None
         self._session: dict[str, Any] | None = None  # SESSION_PRAGMAS before any migration
         self._changes = SessionChanges()  # what migration code changed, not yet undone
+        self._touched: TouchedTables | None = None  # since the last schema_mark()
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
 
@@ -536,13 +553,13 @@ class SqliteStore(Store):
             if not in_transaction:
                 # Nothing of ours to protect (VACUUM, say, runs its own transaction inside).
                 with guarded(self.connection, check, self._changes,
-                             refuse_transaction_control=False) as db:
+                             refuse_transaction_control=False, touched=self._touched) as db:
                     yield db
                 if self.connection.in_transaction:
                     self.connection.execute("ROLLBACK")
                     raise RuntimeError("the migration left a transaction open")
                 return
-            with guarded(self.connection, check, self._changes) as db:
+            with guarded(self.connection, check, self._changes, touched=self._touched) as db:
                 yield db
         finally:
             self._migration_running = False
@@ -551,10 +568,35 @@ class SqliteStore(Store):
         if not self.connection.in_transaction:
             raise RuntimeError("the migration ended the transaction itself")
 
-    def read_schema(self) -> Any:
-        from worker.schema import sqlite as schema_of  # only verify and drift read it
+    def schema_mark(self) -> Any:
+        self._touched = TouchedTables()
+        return super().schema_mark()
 
-        return schema_of.read(self.connection, self._unmanaged())
+    def schema_scope(self) -> Any:
+        touched, self._touched = self._touched, None
+        if touched is None or touched.everything or not touched.names:
+            return None  # no mark, or more than tables' own objects: read them all
+        return touched.names
+
+    def schema_reading(self) -> tuple[Any, Any, Any]:
+        from worker.schema import sqlite as reader  # only steps, verify and drift read it
+
+        return reader, self.connection, self._unmanaged()
+
+    def schema_rows(self) -> tuple[int, list[str]]:
+        if not self._has(self.tables.schemas):
+            return 0, []
+        newest = self.newest_schema_seq()
+        return newest, [row[0] for row in self.connection.execute(self._sql["schema_rows"])]
+
+    def newest_schema_seq(self) -> int:
+        if not self._has(self.tables.schemas):
+            return 0
+        return self.connection.execute(self._sql["newest_schema"]).fetchone()[0]
+
+    def add_schema_row(self, fingerprint: str, changes: str) -> int:
+        cursor = self.connection.execute(self._sql["add_schema_row"], (fingerprint, changes))
+        return cursor.lastrowid
 
     @contextmanager
     def scratch(self) -> Iterator[SqliteStore]:
