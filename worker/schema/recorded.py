@@ -93,18 +93,21 @@ class RecordedSchema:
         None (baseline, adopt, resolve, a migration run outside a transaction)."""
         self._current(store)
         reader, connection, exclude = store.schema_reading()
-        changes: list[list[Any]] = []
-        if since is None or reader.catalog_changed(connection, since)[0]:
+        changes = "[]"
+        moved, stamp = (True, None) if since is None else reader.catalog_changed(
+            connection, since)
+        if moved:
             # Only the tables the step touched, when the record was the live schema at
             # its mark (nobody else writes meanwhile: the step holds the write lock).
             scope = store.schema_scope()
             clean = since is not None and since == self._clean_stamp
+            if since is None:
+                stamp = reader.catalog_stamp(connection)
             live, gone = self._read(reader, connection, exclude, scope if clean else None)
             changes = self._sync(live, gone)
             if reader.STAMP_SEES_OTHERS:
-                self._clean_stamp = reader.catalog_stamp(connection)
-        self._seq = store.add_schema_row(self.fingerprint(),
-                                         json.dumps(changes, separators=(",", ":")))
+                self._clean_stamp = stamp  # reading moved nothing
+        self._seq = store.add_schema_row(self.fingerprint(), changes)
 
     def drift(self, store: SchemaRows) -> list[Difference] | None:
         """How the live schema differs from the recorded one: [] when it does not, None
@@ -154,17 +157,19 @@ class RecordedSchema:
                         for kind, name, description in json.loads(changes))
         self._seq = newest
 
-    def _sync(self, live: dict[Key, str], gone: set[Key] | None) -> list[list[Any]]:
+    def _sync(self, live: dict[Key, str], gone: set[Key] | None) -> str:
         """Make the record `live` (all of it when `gone` is None, else the objects read
-        and the ones gone); the changes, as a row holds them."""
+        and the ones gone); the changes, as a row holds them: JSON, [[kind, name,
+        description or null], ...] in order, the descriptions' canonical text as it is."""
         changed = [(key, text) for key, text in live.items() if self._objects.get(key) != text]
         if gone is None:
             gone = {key for key in self._objects if key not in live}
         removed = [(key, None) for key in sorted(gone) if key in self._objects]
         found = [(kind, name, text) for (kind, name), text in [*changed, *removed]]
         self._apply(found)
-        return [[kind, name, None if text is None else json.loads(text)]
-                for kind, name, text in sorted(found, key=lambda item: item[:2])]
+        return "[" + ",".join(
+            f"[{json.dumps(kind)},{json.dumps(name)},{'null' if text is None else text}]"
+            for kind, name, text in sorted(found, key=lambda item: item[:2])) + "]"
 
     def _apply(self, changes: Iterable[tuple[str, str, str | None]]) -> None:
         for kind, name, text in changes:

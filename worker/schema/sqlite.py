@@ -1,20 +1,24 @@
-"""Read a SQLite database's schema into a Schema, from five catalog queries.
+"""Read a SQLite database's schema into a Schema, from sqlite_master and four pragmas.
 
     sqlite_master                     every table, index, view and trigger, and its SQL
     pragma_table_xinfo(table)         columns in order: type, NOT NULL, default, key, generated
-    pragma_index_list(table)          UNIQUE constraints (their automatic indexes)
-    pragma_index_xinfo(index)         the columns of every index
+    pragma_index_list(table)          UNIQUE constraints (their automatic indexes), and each
+                                      index's UNIQUE and partial flags
+    pragma_index_xinfo(index)         the columns of an index
     pragma_foreign_key_list(table)    foreign keys: target, ON UPDATE / ON DELETE, MATCH
 
-The pragmas are joined to sqlite_master as table-valued functions, so the number of queries
-does not grow with the number of tables. Objects named sqlite_* are SQLite's own and left
-out. CHECK constraints, COLLATE clauses, WITHOUT ROWID and STRICT appear in no pragma, so a
-table's and an index's SQL is kept too, as "definition", with comments and insignificant
-whitespace taken out (see normalise()), which is safe: they never change what SQL means.
+Each object is described from its sqlite_master row and the pragmas of its own name (which
+SQLite answers from the schema it holds in memory), so describing a few objects costs the
+same in a schema of ten tables or of ten thousand; read_objects() uses that to read again
+only what a step changed. Objects named sqlite_* are SQLite's own and left out. CHECK
+constraints, COLLATE clauses, WITHOUT ROWID and STRICT appear in no pragma, so a table's
+and an index's SQL is kept too, as "definition", with comments and insignificant whitespace
+taken out (see normalise()), which is safe: they never change what SQL means.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import sqlite3
@@ -34,34 +38,22 @@ _TOKEN = re.compile(
 _PUNCTUATION = frozenset("(),;")
 
 _NOT_INTERNAL = r"name NOT LIKE 'sqlite\_%' ESCAPE '\'"
-_OBJECTS = (f"SELECT m.type, m.name, m.tbl_name, m.sql FROM sqlite_master AS m"
-            f" WHERE m.{_NOT_INTERNAL}")
-_COLUMNS = (
-    'SELECT m.name, p.name, p.type, p."notnull", p.dflt_value, p.pk, p.hidden'
-    " FROM sqlite_master AS m JOIN pragma_table_xinfo(m.name) AS p"
-    f" WHERE m.type = 'table' AND m.{_NOT_INTERNAL} ORDER BY m.name, p.cid"
-)
-_UNIQUES = (
-    'SELECT m.name, l.name FROM sqlite_master AS m JOIN pragma_index_list(m.name) AS l'
-    f" WHERE m.type = 'table' AND m.{_NOT_INTERNAL} AND l.origin = 'u'"
-)
-_INDEX_COLUMNS = (
-    'SELECT m.name, x.name, x."desc", x.coll FROM sqlite_master AS m'
-    " JOIN pragma_index_xinfo(m.name) AS x"
-    " WHERE m.type = 'index' AND x.key = 1 ORDER BY m.name, x.seqno"
-)
-_INDEX_FLAGS = (
-    'SELECT l.name, l."unique", l.partial FROM sqlite_master AS m'
-    f" JOIN pragma_index_list(m.name) AS l WHERE m.type = 'table' AND m.{_NOT_INTERNAL}"
-)
-_FOREIGN_KEYS = (
-    'SELECT m.name, f.id, f."table", f."from", f."to", f.on_update, f.on_delete, f."match"'
-    " FROM sqlite_master AS m JOIN pragma_foreign_key_list(m.name) AS f"
-    f" WHERE m.type = 'table' AND m.{_NOT_INTERNAL} ORDER BY m.name, f.id, f.seq"
-)
-_ONLY = " AND m.tbl_name IN (SELECT value FROM json_each(?))"  # see _rows
+_OBJECTS = f"SELECT rowid, type, name, tbl_name, sql FROM sqlite_master WHERE {_NOT_INTERNAL}"
+# sqlite_master has no index but its rowid, and a new row takes the highest rowid there plus
+# one: a step's new rows are above the highest rowid of the rows it did not touch, and the
+# rows seen on the tables it touched are found again by their rowids (see _read_part).
+_NEWER = f"{_OBJECTS} AND rowid > ?"
+_BY_ROWID = f"{_OBJECTS} AND rowid IN (SELECT value FROM json_each(?))"
+_TOP = "SELECT coalesce(max(rowid), 0) FROM sqlite_master"
+_COLUMNS = ('SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?)'
+            " ORDER BY cid")
+_INDEXES_OF = 'SELECT name, "unique", origin, partial FROM pragma_index_list(?)'
+_KEYS = 'SELECT name, "desc", coll FROM pragma_index_xinfo(?) WHERE key = 1 ORDER BY seqno'
+_FOREIGN_KEYS = ('SELECT id, "table", "from", "to", on_update, on_delete, "match"'
+                 " FROM pragma_foreign_key_list(?) ORDER BY id, seq")
 _GENERATED = {2: "virtual", 3: "stored"}  # pragma_table_xinfo's "hidden" for generated columns
 EXPRESSION = "<expression>"  # an index key that is an expression, not a column
+Row = tuple[int, str, str, str, str | None]  # sqlite_master's rowid, type, name, tbl_name, sql
 
 
 def normalise(sql: str) -> str:
@@ -101,139 +93,186 @@ STAMP_SEES_OTHERS = True
 READS_IN_PART = True  # read_objects() reads again only what changed
 
 
-def _rows(connection: sqlite3.Connection, sql: str, only: Collection[str] | None
-          ) -> list[tuple]:
-    """The rows of one of the queries above, for the objects on the tables named in
-    `only` alone when it is given (a filter on sqlite_master's tbl_name, which is the
-    table an object is on, and a view's own name; put before any ORDER BY)."""
-    if only is None:
-        return connection.execute(sql).fetchall()
-    head, order, tail = sql.partition(" ORDER BY")
-    return connection.execute(head + _ONLY + order + tail,
-                              (json.dumps(sorted(only)),)).fetchall()
+def read(connection: sqlite3.Connection, exclude: Collection[str]) -> Schema:
+    """The schema of the connection's main database: every table, index, view and
+    trigger but SQLite's own (sqlite_*), the tables named in `exclude`, and the indexes
+    and triggers on those tables. Reads only; changes when and only when the schema does,
+    never with the data.
+
+    Raises sqlite3.Error when the catalog cannot be read.
+    """
+    found: dict[str, dict[str, Any]] = {"table": {}, "index": {}, "view": {}, "trigger": {}}
+    skip = set(exclude)
+    for row in connection.execute(_OBJECTS):
+        described = _describe(connection, row, skip)
+        if described is not None:
+            found[row[1]][row[2]] = described
+    return Schema(found)
 
 
-_COMPLETE = ("complete",)  # in a memo once it holds every row (never a row: rows have 4)
+class _Seen:
+    """What read_objects() saw of sqlite_master: each row and its object's canonical
+    description (None: an object read() leaves out), by rowid and by table."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Row] = {}
+        self.texts: dict[int, str | None] = {}
+        self.by_table: dict[str, set[int]] = {}
+        self.rowids: list[int] = []  # ascending
+
+    def add(self, row: Row, text: str | None) -> None:
+        rowid = row[0]
+        if rowid not in self.rows:
+            bisect.insort(self.rowids, rowid)
+        self.rows[rowid], self.texts[rowid] = row, text
+        self.by_table.setdefault(row[3], set()).add(rowid)
+
+    def drop(self, rowid: int) -> None:
+        row = self.rows.pop(rowid)
+        self.texts.pop(rowid)
+        self.by_table[row[3]].discard(rowid)
+        del self.rowids[bisect.bisect_left(self.rowids, rowid)]
+
+    def top_outside(self, scope: set[str]) -> int:
+        """The highest rowid seen of a row on none of the tables in `scope` (0: none)."""
+        for rowid in reversed(self.rowids):
+            if self.rows[rowid][3] not in scope:
+                return rowid
+        return 0
+
+    def found(self, rowids: Collection[int]) -> dict[tuple[str, str], str]:
+        return {(self.rows[r][1], self.rows[r][2]): text for r in rowids
+                if (text := self.texts[r]) is not None}
 
 
 def read_objects(connection: sqlite3.Connection, exclude: Collection[str],
                  memo: dict[Any, Any], scope: Collection[str] | None = None
                  ) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]] | None]:
     """(kind, name) -> canonical description of the objects read() would give, and the
-    objects gone since the last call: of every object, with None for what is gone (the
-    caller compares), or, with `scope`, of the objects on those tables (and views) alone,
-    with the set of those `memo` saw there that are gone.
+    objects gone: with no `scope`, of every object, and None for what is gone (whatever
+    is not there); with `scope`, of the objects on those tables (and views of those
+    names) alone, with those of them `memo` saw before that are gone.
 
-    Only the objects whose sqlite_master row `memo` has not seen in an earlier call (with
-    the same `exclude`) are read again, and `memo` is brought up to date: an object's
-    description follows from its row alone (its SQL and its table's name), which SQLite
-    rewrites whenever the object changes, a rename of what it refers to included. A scope
-    is taken only once `memo` has seen every row."""
-    if scope is not None and memo.get(_COMPLETE):
-        rows = _rows(connection, _OBJECTS, scope)
-        before = {row for row in memo if row is not _COMPLETE and row[2] in scope}
-    else:
-        scope = None
-        rows = connection.execute(_OBJECTS).fetchall()
-        before = {row for row in memo if row is not _COMPLETE}
-    stale = [row for row in rows if row not in memo]
-    if stale:
-        part = read(connection, exclude, on_tables={row[2] for row in stale})
-        for row in stale:
-            described = part.get(row[0], {}).get(row[1])
-            memo[row] = None if described is None else (row[0], row[1], canonical(described))
-    current = set(rows)
-    gone = {(row[0], row[1]) for row in before - current if memo[row] is not None}
-    for row in before - current:
-        del memo[row]
-    memo[_COMPLETE] = True
-    found = {(memo[row][0], memo[row][1]): memo[row][2] for row in rows if memo[row] is not None}
-    return found, (None if scope is None else gone - set(found))
-
-
-def read(connection: sqlite3.Connection, exclude: Collection[str],
-         on_tables: Collection[str] | None = None) -> Schema:
-    """The schema of the connection's main database: every table, index, view and
-    trigger but SQLite's own (sqlite_*), the tables named in `exclude`, and the indexes
-    and triggers on those tables; with `on_tables`, only the objects on those tables (and
-    the views of those names).
-    Reads only; changes when and only when the schema does, never with the data.
-
-    Raises sqlite3.Error when the catalog cannot be read.
+    `memo` keeps what earlier calls (with the same `exclude`) saw, so that an object whose
+    row did not change is not described again: its description follows from its row (its
+    SQL and its table's name), which SQLite rewrites whenever the object changes, a rename
+    of what it refers to included. A scope is read from the rows `memo` saw on those
+    tables and the rows added since, found by rowid, without reading the others; anything
+    there that is not on those tables (a VACUUM renumbers rows, and moves schema_version,
+    so a caller that checked its stamp never gives a scope then) makes it read everything.
     """
     skip = set(exclude)
-    only = on_tables
-    objects = [row for row in _rows(connection, _OBJECTS, only) if row[2] not in skip]
-    tables = {name: sql for kind, name, _, sql in objects if kind == "table"}
+    seen = memo.get("seen")
+    if scope is not None and seen is not None:
+        part = _read_part(connection, seen, set(scope), skip)
+        if part is not None:
+            return part
+    fresh = _Seen()
+    texts = {} if seen is None else {seen.rows[r][1:]: seen.texts[r] for r in seen.rows}
+    for row in connection.execute(_OBJECTS):
+        known = row[1:] in texts
+        fresh.add(row, texts[row[1:]] if known else _text(connection, row, skip))
+    memo["seen"] = fresh
+    return fresh.found(fresh.rows), None
 
-    columns: dict[str, list[dict[str, Any]]] = {name: [] for name in tables}
-    primary_keys: dict[str, list[tuple[int, str]]] = {name: [] for name in tables}
-    for table, name, type_, notnull, default, pk, hidden in _rows(connection, _COLUMNS, only):
-        if table not in tables:
-            continue
-        column = {"name": name, "type": type_, "nullable": not notnull, "default": default}
+
+def _read_part(connection: sqlite3.Connection, seen: _Seen, scope: set[str],
+               skip: set[str]) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]] | None:
+    """read_objects() of a scope, or None when a row found is on another table."""
+    known = set().union(*(seen.by_table.get(table, ()) for table in scope))
+    top = seen.top_outside(scope)
+    rows = connection.execute(_NEWER, (top,)).fetchall()
+    below = sorted(rowid for rowid in known if rowid <= top)
+    if below:
+        rows += connection.execute(_BY_ROWID, (json.dumps(below),)).fetchall()
+    if any(row[3] not in scope for row in rows):
+        return None
+    before = seen.found(known)
+    previous = {seen.rows[rowid]: seen.texts[rowid] for rowid in known}
+    for rowid in known:
+        seen.drop(rowid)
+    for row in rows:
+        seen.add(row, previous[row] if row in previous else _text(connection, row, skip))
+    found = seen.found([row[0] for row in rows])
+    return found, set(before) - set(found)
+
+
+def _text(connection: sqlite3.Connection, row: Row, skip: set[str]) -> str | None:
+    described = _describe(connection, row, skip)
+    return None if described is None else canonical(described)
+
+
+def _describe(connection: sqlite3.Connection, row: Row, skip: set[str]) -> Any:
+    """The description of the object of one sqlite_master row; None for one read()
+    leaves out (on a table in `skip`, or an index SQLite made for a constraint)."""
+    _, kind, name, table, sql = row
+    if table in skip:
+        return None
+    if kind == "table":
+        return _table(connection, name, sql or "")
+    if kind == "index":
+        return None if sql is None else _index(connection, name, table, sql)
+    if kind == "view":
+        return {"definition": normalise(sql or "")}
+    if kind == "trigger":
+        return {"table": table, "definition": normalise(sql or "")}
+    return None
+
+
+def _table(connection: sqlite3.Connection, name: str, sql: str) -> dict[str, Any]:
+    columns: list[dict[str, Any]] = []
+    keys: list[tuple[int, str]] = []
+    for column, type_, notnull, default, pk, hidden in connection.execute(_COLUMNS, (name,)):
+        described = {"name": column, "type": type_, "nullable": not notnull,
+                     "default": default}
         if hidden in _GENERATED:
-            column["generated"] = _GENERATED[hidden]
-        columns[table].append(column)
+            described["generated"] = _GENERATED[hidden]
+        columns.append(described)
         if pk:
-            primary_keys[table].append((pk, name))
-
-    index_columns: dict[str, list[Any]] = {}
-    for index, name, descending, collation in _rows(connection, _INDEX_COLUMNS, only):
-        index_columns.setdefault(index, []).append(
-            {"name": EXPRESSION if name is None else name, "descending": bool(descending),
-             "collation": collation})
-
-    constraints: dict[str, dict[str, Any]] = {name: {} for name in tables}
-    for table, keys in primary_keys.items():
-        if keys:
-            constraints[table]["primary key"] = {
-                "type": "primary key", "columns": [name for _, name in sorted(keys)]}
-    for table, index in _rows(connection, _UNIQUES, only):
-        if table in tables:
-            names = [key["name"] for key in index_columns.get(index, [])]
-            constraints[table][f"unique ({', '.join(names)})"] = {
-                "type": "unique", "columns": names}
-    _add_foreign_keys(connection, tables, constraints, only)
-
-    flags = {name: (bool(unique), bool(partial))
-             for name, unique, partial in _rows(connection, _INDEX_FLAGS, only)}
-    found: dict[str, dict[str, Any]] = {
-        "table": {name: {"columns": columns[name], "constraints": constraints[name],
-                         "definition": normalise(sql or "")} for name, sql in tables.items()},
-        "index": {}, "view": {}, "trigger": {},
-    }
-    for kind, name, table, sql in objects:
-        if kind == "index" and sql is not None:  # automatic indexes have none: see UNIQUE
-            unique, partial = flags.get(name, (False, False))
-            found["index"][name] = {"table": table, "unique": unique, "partial": partial,
-                                    "columns": index_columns.get(name, []),
-                                    "definition": normalise(sql)}
-        elif kind == "view" and name not in skip:
-            found["view"][name] = {"definition": normalise(sql)}
-        elif kind == "trigger":
-            found["trigger"][name] = {"table": table, "definition": normalise(sql)}
-    return Schema(found)
+            keys.append((pk, column))
+    constraints: dict[str, dict[str, Any]] = {}
+    if keys:
+        constraints["primary key"] = {"type": "primary key",
+                                      "columns": [column for _, column in sorted(keys)]}
+    for index, _, origin, _ in connection.execute(_INDEXES_OF, (name,)).fetchall():
+        if origin == "u":
+            names = [key["name"] for key in _keys(connection, index)]
+            constraints[f"unique ({', '.join(names)})"] = {"type": "unique", "columns": names}
+    constraints.update(_foreign_keys(connection, name))
+    return {"columns": columns, "constraints": constraints, "definition": normalise(sql)}
 
 
-def _add_foreign_keys(connection: sqlite3.Connection, tables: Collection[str],
-                      constraints: dict[str, dict[str, Any]],
-                      only: Collection[str] | None) -> None:
-    """Each table's foreign keys into `constraints`, named by what they join (SQLite keeps
-    no constraint names): "foreign key (user_id) -> users (id)"."""
-    grouped: dict[tuple[str, int], dict[str, Any]] = {}
-    for table, key, target, source, to, on_update, on_delete, match in _rows(
-            connection, _FOREIGN_KEYS, only):
-        if table not in tables:
-            continue
-        entry = grouped.setdefault((table, key), {
+def _index(connection: sqlite3.Connection, name: str, table: str, sql: str
+           ) -> dict[str, Any]:
+    flags = {index: (bool(unique), bool(partial)) for index, unique, _, partial
+             in connection.execute(_INDEXES_OF, (table,))}
+    unique, partial = flags.get(name, (False, False))
+    return {"table": table, "unique": unique, "partial": partial,
+            "columns": _keys(connection, name), "definition": normalise(sql)}
+
+
+def _keys(connection: sqlite3.Connection, index: str) -> list[dict[str, Any]]:
+    return [{"name": EXPRESSION if column is None else column, "descending": bool(descending),
+             "collation": collation}
+            for column, descending, collation in connection.execute(_KEYS, (index,))]
+
+
+def _foreign_keys(connection: sqlite3.Connection, table: str) -> dict[str, dict[str, Any]]:
+    """A table's foreign keys, named by what they join (SQLite keeps no constraint
+    names): "foreign key (user_id) -> users (id)"."""
+    grouped: dict[int, dict[str, Any]] = {}
+    for key, target, source, to, on_update, on_delete, match in connection.execute(
+            _FOREIGN_KEYS, (table,)):
+        entry = grouped.setdefault(key, {
             "type": "foreign key", "columns": [], "references": target,
             "referenced_columns": [], "on_update": on_update, "on_delete": on_delete,
             "match": match})
         entry["columns"].append(source)
         entry["referenced_columns"].append(to)  # None: the target's primary key
-    for (table, _), entry in grouped.items():
+    named = {}
+    for entry in grouped.values():
         targets = ", ".join(name or "" for name in entry["referenced_columns"])
         name = (f"foreign key ({', '.join(entry['columns'])}) -> {entry['references']}"
                 + (f" ({targets})" if any(entry["referenced_columns"]) else ""))
-        constraints[table][name] = entry
+        named[name] = entry
+    return named
