@@ -179,11 +179,13 @@ class Sandbox:
         while not gone(pid):
             time.sleep(0.005)  # waiting for another process to exit: nothing to poll on
 
-    def node(self, *args: str) -> subprocess.Popen:
+    def node(self, *args: str, tree: Path = PROJECT) -> subprocess.Popen:
+        """A node.py of `tree` (this project, or another checkout of it to compare with):
+        the worker it starts runs that tree's code too (spawn.py starts `-m worker` there)."""
         if self.migrations is not None:
             args = ("--migrations", str(self.migrations), *args)
         return subprocess.Popen(
-            [sys.executable, str(NODE), "--db", str(self.db), *args],
+            [sys.executable, str(tree / "node.py"), "--db", str(self.db), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # restarts are logged there on purpose
@@ -592,6 +594,7 @@ class ApplyRun:
     worker_rss_mb: float
     status_ms: list[float]
     validate_ms: list[float]
+    schema_recorded: bool  # the database has the table of the schema after each step
 
 
 def apply_once(
@@ -602,21 +605,25 @@ def apply_once(
     server: str | None = None,
     journal: str = "wal",
     node_args: tuple[str, ...] = (),
+    tree: Path = PROJECT,
 ) -> ApplyRun:
     """Apply `count` generated migrations with one `migrate` through a running node (on a
     fresh database of `server`, if given), then time `read_trips` warm `status` and
     `validate` round trips. A dry run must leave all pending. On SQLite, `journal` "wal" is
     a new database (the worker makes it WAL); "delete" a rollback-journal one made before
-    the node starts, which the worker keeps. `node_args` go to the node (and its worker)."""
+    the node starts, which the worker keeps. `node_args` go to the node (and its worker);
+    `tree` is the checkout whose node.py runs, and whose worker must answer (see
+    worker_tree)."""
     sandbox = Sandbox(server)
     sandbox.generate(count, kind)
     if server is None and journal != "wal":
         existing_database(sandbox.db, journal)
     os.sync()  # writing the generated files is set-up: its disk work is not the apply's
-    node = sandbox.node(*node_args)
+    node = sandbox.node(*node_args, tree=tree)
     try:
         health = ask(node, {"type": "health", "msg_id": 0})
         worker_pid = health["worker_pid"]
+        assert worker_tree(worker_pid) == tree.resolve(), (worker_tree(worker_pid), tree)
         if server is None:
             assert health.get("journal_mode") == journal, health
         migrate = {"type": "migrate", "msg_id": 1} | ({"dry_run": True} if dry_run else {})
@@ -635,11 +642,39 @@ def apply_once(
         validate_trips = round_trips_ms(node, "validate", read_trips)
         node.stdin.close()
         node.wait()
-        return ApplyRun(seconds, *rss, status_trips, validate_trips)
+        recorded = has_table(sandbox, SCHEMAS_TABLE)
+        return ApplyRun(seconds, *rss, status_trips, validate_trips, recorded)
     finally:
         if node.poll() is None:
             node.kill()
         sandbox.close()
+
+
+def worker_tree(pid: int) -> Path:
+    """The checkout a worker runs: spawn.py starts `python -m worker` in its project root,
+    so its working directory is the tree whose worker package it imported."""
+    return Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+
+
+SCHEMAS_TABLE = "schema_migration_schemas"  # the schema after each step (worker/schema)
+
+
+def has_table(sandbox: Sandbox, name: str) -> bool:
+    """Whether the sandbox's database has a table `name` (in any schema of a server's)."""
+    if sandbox.server is None:
+        with contextlib.closing(sqlite3.connect(sandbox.db)) as connection:
+            query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+            return connection.execute(query, (name,)).fetchone() is not None
+    if is_mariadb(sandbox.server):
+        with contextlib.closing(PlainMariaDb(str(sandbox.db))) as plain:
+            plain.execute("SELECT 1 FROM information_schema.tables WHERE table_schema ="
+                          " DATABASE() AND table_name = %s", (name,))
+            return plain.cursor.fetchone() is not None
+    import psycopg
+
+    with psycopg.connect(str(sandbox.db)) as connection:
+        query = "SELECT 1 FROM pg_tables WHERE tablename = %s"
+        return connection.execute(query, (name,)).fetchone() is not None
 
 
 def existing_database(path: Path, journal: str) -> None:
@@ -1212,6 +1247,68 @@ def lock_figures(quick: bool) -> list[Figure | Unmeasured]:
     ]
 
 
+# The checkout of the code before the schema record (--baseline-tree): made once with
+# `git worktree add --detach /tmp/base-f40af16 f40af16`.
+BASELINE_TREE = Path("/tmp/base-f40af16")
+
+
+def schema_record_figures(count: int, runs: int, server: str | None = None,
+                          ) -> list[Figure | Unmeasured]:
+    """What recording the schema after every step costs: applying `count` on this tree,
+    in turns with the same apply through BASELINE_TREE's node.py and worker. Each run
+    checks which code answered (the worker's tree, and the schemas table only ours
+    makes), so that an A/B of the same code twice cannot pass for one."""
+    name = f"apply {count:,} migrations{on(server)}, schema recorded after each step"
+    if not (BASELINE_TREE / "node.py").is_file():
+        return [Unmeasured(name, f"no baseline tree at {BASELINE_TREE} (git worktree add"
+                                 f" --detach {BASELINE_TREE} f40af16)")]
+    problem = server_problem(server)
+    if problem is not None:
+        return [Unmeasured(name, problem)]
+
+    def once(tree: Path, recorded: bool) -> float:
+        run = apply_once(count, 0, server=server, tree=tree)
+        assert run.schema_recorded is recorded, f"{tree}: {SCHEMAS_TABLE} {run.schema_recorded}"
+        return run.seconds
+
+    samples, floors = interleaved(runs, lambda: once(PROJECT, True),
+                                  lambda: once(BASELINE_TREE, False))
+    where = ("new database (the worker makes it WAL)" if server is None
+             else "fresh database, local server over TCP")
+    return [Figure(
+        name,
+        f"one `migrate` through a running node, {where}; each migration creates one table;"
+        " this tree's node.py and worker",
+        "s",
+        samples,
+        f"the same apply through the code before the schema record ({tree_commit()}'s"
+        " node.py and worker, in turns)",
+        floors,
+        "(informative)",
+    )]
+
+
+def server_problem(server: str | None) -> str | None:
+    """Why nothing can be measured on `server` (None: SQLite, or it answers); a server that
+    answers is described in the machine line."""
+    if server is None:
+        return None
+    problem = (mariadb_problem if is_mariadb(server) else postgres_problem)(server)
+    if problem is None:
+        describe = mariadb_description if is_mariadb(server) else server_description
+        description = describe(server)
+        if description not in SERVERS:
+            SERVERS.append(description)
+    return problem
+
+
+def tree_commit() -> str:
+    """BASELINE_TREE's commit, short, as the floor column names it."""
+    done = subprocess.run(["git", "-C", str(BASELINE_TREE), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or str(BASELINE_TREE)
+
+
 # Each group's title heads its section of the output file when run alone (--only).
 GROUPS = {
     "start": "Cold start",
@@ -1226,6 +1323,7 @@ GROUPS = {
     "mariadb": "MariaDB",
     "locks": "Lock timeouts on PostgreSQL",
     "lint": "Lint's parser",
+    "schema-record": "Schema record after every step",
 }
 
 FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
@@ -1268,6 +1366,14 @@ FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
     ("mariadb", mariadb_figures),
     ("locks", lock_figures),
     ("lint", lambda quick: lint_import(1 if quick else 20)),
+    ("schema-record", lambda quick: schema_record_figures(50 if quick else 1000,
+                                                         1 if quick else 5)),
+    ("schema-record", lambda quick: schema_record_figures(100 if quick else 10_000,
+                                                         1 if quick else 3)),
+    ("schema-record", lambda quick: schema_record_figures(50 if quick else 1000, 1 if quick else 5,
+                                                         server=POSTGRES_SERVER)),
+    ("schema-record", lambda quick: schema_record_figures(50 if quick else 1000, 1 if quick else 5,
+                                                         server=MARIADB_SERVER)),
 ]
 
 
@@ -1318,6 +1424,7 @@ def write_table(path: Path, table: str, only: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global BASELINE_TREE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="each measurement once, small")
     parser.add_argument(
@@ -1329,7 +1436,15 @@ def main(argv: list[str] | None = None) -> int:
         help=f"run only this group of figures (repeatable): {', '.join(GROUPS)}",
     )
     parser.add_argument("--output", type=Path, help="write the markdown table here")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=BASELINE_TREE,
+        metavar="PATH",
+        help="the checkout the schema-record group compares with (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    BASELINE_TREE = args.baseline_tree.resolve()
     only = [group for group in GROUPS if group in args.only]
     figures = []
     for group, measure in FIGURES:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pymysql.cursors
 
-from worker.schema.shape import Schema
+from worker.schema.shape import Schema, objects_of
 
 _TABLES = (
     "SELECT TABLE_NAME, TABLE_TYPE, ENGINE, TABLE_COLLATION FROM information_schema.TABLES"
@@ -123,17 +123,56 @@ def catalog_changed(connection: Any, previous: Any) -> tuple[bool, Any]:
 
 # catalog_stamp() and catalog_changed() see what another session did: no.
 STAMP_SEES_OTHERS = False
-READS_IN_PART = False  # no read_objects(): the catalog is read whole (see recorded.py)
+READS_IN_PART = True  # read_objects() reads the tables a step's statements named
+# The column each per-table query names its table by (see read()'s `only`).
+_TABLE_COLUMN = {_TABLES: "TABLE_NAME", _COLUMNS: "TABLE_NAME", _INDEXES: "TABLE_NAME",
+                 _CONSTRAINTS: "TABLE_NAME", _KEY_COLUMNS: "TABLE_NAME", _RULES: "TABLE_NAME",
+                 _CHECKS_MARIADB: "TABLE_NAME", _CHECKS_MYSQL: "t.TABLE_NAME",
+                 _TRIGGERS: "EVENT_OBJECT_TABLE"}
+
+
+def read_objects(connection: Any, exclude: Collection[str], memo: dict[Any, Any],
+                 scope: Collection[str] | None = None
+                 ) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]] | None]:
+    """(kind, name) -> canonical description of the objects read() gives, and the objects
+    gone: with no `scope`, of every object, and None for what is gone (whatever is not
+    there); with `scope`, table names, of those tables, their indexes and triggers alone,
+    with those of them `memo` saw before that are gone. `memo` keeps, by table, the
+    objects earlier calls saw."""
+    seen: dict[str, set[tuple[str, str]]] | None = memo.get("by_table")
+    if scope is None or seen is None:
+        found = read(connection, exclude)
+        memo["by_table"] = _by_table(found)
+        return objects_of(found), None
+    part = read(connection, exclude, only=set(scope))
+    before = set().union(*(seen.pop(table, set()) for table in scope))
+    for table, keys in _by_table(part).items():
+        seen.setdefault(table, set()).update(keys)
+    texts = objects_of(part)
+    return texts, before - set(texts)
+
+
+def _by_table(schema: Schema) -> dict[str, set[tuple[str, str]]]:
+    """The keys of each table's objects: itself, its indexes, its triggers."""
+    owners: dict[str, set[tuple[str, str]]] = {}
+    for kind, named in schema.items():
+        for name, description in named.items():
+            table = name if kind in ("table", "sequence") else description.get("table")
+            if kind in ("table", "sequence", "index", "trigger") and table is not None:
+                owners.setdefault(table, set()).add((kind, name))
+    return owners
 
 
 def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def read(connection: Any, exclude: Collection[str]) -> Schema:
+def read(connection: Any, exclude: Collection[str], only: Collection[str] | None = None
+         ) -> Schema:
     """The schema of the connection's current database, as the module's docstring lists
     it, without the tables named in `exclude` nor their columns, indexes, constraints and
-    triggers. Reads only.
+    triggers; with `only`, of the tables (or sequences) it names, their indexes and
+    triggers alone. Reads only.
 
     Raises pymysql.Error when the catalog cannot be read, and ValueError when the
     connection has no current database.
@@ -142,6 +181,12 @@ def read(connection: Any, exclude: Collection[str]) -> Schema:
     with connection.cursor(pymysql.cursors.Cursor) as cursor:
 
         def rows(sql: str, *params: Any) -> list[tuple]:
+            column = _TABLE_COLUMN.get(sql)
+            if only is not None and column is not None:
+                head, order, tail = sql.partition(" ORDER BY")
+                marks = ", ".join(["%s"] * len(only))
+                sql = f"{head} AND {column} IN ({marks}){order}{tail}"
+                params = (*params, *sorted(only))
             cursor.execute(sql, params or None)
             return list(cursor.fetchall())
 
@@ -184,18 +229,17 @@ def read(connection: Any, exclude: Collection[str]) -> Schema:
                     "columns": []})
                 index["columns"].append({"name": column, "length": part,
                                          "descending": collation == "D"})
+        if only is not None:
+            found["trigger"] = _triggers(rows, database, here)
+            found["sequence"] = _sequences(rows, sequences)
+            return Schema(found)
         own_name = _quote(database) + "."
         found["view"] = {
             name: {"definition": definition.replace(own_name, ""), "check_option": check,
                    "security": security}
             for name, definition, check, security in rows(_VIEWS, database) if here(name)
         }
-        found["trigger"] = {
-            name: {"table": table, "timing": timing, "event": event, "order": order,
-                   "statement": statement}
-            for name, table, timing, event, order, statement in rows(_TRIGGERS, database)
-            if here(table)
-        }
+        found["trigger"] = _triggers(rows, database, here)
         parameters: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for name, kind, mode, parameter, type_ in rows(_PARAMETERS, database):
             parameters.setdefault((kind, name), []).append(
@@ -206,12 +250,21 @@ def read(connection: Any, exclude: Collection[str]) -> Schema:
                 "parameters": parameters.get((kind, name), []), "returns": returns,
                 "language": language, "body": body, "deterministic": deterministic == "YES",
                 "data_access": access, "security": security}
-        found["sequence"] = {}
-        for name in sequences:
-            # The statement holds the sequence's settings, never its next value.
-            ((_, statement),) = rows(f"SHOW CREATE SEQUENCE {_quote(name)}")
-            found["sequence"][name] = {"definition": statement}
+        found["sequence"] = _sequences(rows, sequences)
     return Schema(found)
+
+
+def _triggers(rows: Any, database: str, here: Any) -> dict[str, Any]:
+    return {name: {"table": table, "timing": timing, "event": event, "order": order,
+                   "statement": statement}
+            for name, table, timing, event, order, statement in rows(_TRIGGERS, database)
+            if here(table)}
+
+
+def _sequences(rows: Any, sequences: list[str]) -> dict[str, Any]:
+    # The statement holds the sequence's settings, never its next value.
+    return {name: {"definition": rows(f"SHOW CREATE SEQUENCE {_quote(name)}")[0][1]}
+            for name in sequences}
 
 
 def _add_constraints(rows: Any, database: str, version: str,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from worker.schema.shape import Schema
+from worker.schema.shape import Schema, canonical
 
 # A schema of the database's own: neither the system's nor a session's temporary one.
 _USER_SCHEMA = (
@@ -37,12 +37,12 @@ _NOT_EXTENSION = (
 )
 
 _TABLES = f"""
-SELECT n.nspname, c.relname, c.relkind, c.relpersistence,
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.relpersistence,
        CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END,
        pg_get_expr(c.relpartbound, c.oid)
 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMA.format(n="n")}
-  AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")}
+  AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")} /*c*/
 """
 
 _COLUMNS = f"""
@@ -55,7 +55,7 @@ JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdro
 JOIN pg_type AS t ON t.oid = a.atttypid
 LEFT JOIN pg_attrdef AS d ON d.adrelid = c.oid AND d.adnum = a.attnum
 LEFT JOIN pg_collation AS co ON co.oid = a.attcollation
-WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMA.format(n="n")}
+WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMA.format(n="n")} /*c*/
 ORDER BY n.nspname, c.relname, a.attnum
 """
 
@@ -65,11 +65,11 @@ SELECT n.nspname, c.relname, k.conname, k.contype, pg_get_constraintdef(k.oid, t
 FROM pg_constraint AS k
 JOIN pg_class AS c ON c.oid = k.conrelid
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE {_USER_SCHEMA.format(n="n")}
+WHERE {_USER_SCHEMA.format(n="n")} /*c*/
 """
 
 _INDEXES = f"""
-SELECT n.nspname, i.relname, t.relname, x.indisunique, pg_get_expr(x.indpred, x.indrelid),
+SELECT t.oid, n.nspname, i.relname, t.relname, x.indisunique, pg_get_expr(x.indpred, x.indrelid),
        pg_get_indexdef(x.indexrelid)
 FROM pg_index AS x
 JOIN pg_class AS i ON i.oid = x.indexrelid
@@ -78,14 +78,14 @@ JOIN pg_namespace AS n ON n.oid = i.relnamespace
 WHERE {_USER_SCHEMA.format(n="n")}
   AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="t.oid")}
   AND NOT EXISTS (SELECT 1 FROM pg_constraint AS k
-                  WHERE k.conindid = x.indexrelid AND k.contype IN ('p', 'u', 'x'))
+                  WHERE k.conindid = x.indexrelid AND k.contype IN ('p', 'u', 'x')) /*t*/
 """  # an index a constraint owns is described by the constraint
 
 _VIEWS = f"""
-SELECT n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid, true)
+SELECT c.oid, n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid, true)
 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('v', 'm') AND {_USER_SCHEMA.format(n="n")}
-  AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")}
+  AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")} /*c*/
 """
 
 _FUNCTIONS = f"""
@@ -97,15 +97,15 @@ WHERE p.prokind IN ('f', 'p', 'w') AND {_USER_SCHEMA.format(n="n")}
 """  # aggregates ('a') have no pg_get_functiondef()
 
 _TRIGGERS = f"""
-SELECT n.nspname, c.relname, g.tgname, pg_get_triggerdef(g.oid, true), g.tgenabled
+SELECT c.oid, n.nspname, c.relname, g.tgname, pg_get_triggerdef(g.oid, true), g.tgenabled
 FROM pg_trigger AS g
 JOIN pg_class AS c ON c.oid = g.tgrelid
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE NOT g.tgisinternal AND {_USER_SCHEMA.format(n="n")}
+WHERE NOT g.tgisinternal AND {_USER_SCHEMA.format(n="n")} /*c*/
 """
 
 _SEQUENCES = f"""
-SELECT n.nspname, c.relname, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement,
+SELECT c.oid, n.nspname, c.relname, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement,
        s.seqmin, s.seqmax, s.seqcache, s.seqcycle, o.relnamespace::regnamespace::text,
        o.relname, a.attname
 FROM pg_sequence AS s
@@ -116,7 +116,7 @@ LEFT JOIN pg_depend AS d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid
 LEFT JOIN pg_class AS o ON o.oid = d.refobjid
 LEFT JOIN pg_attribute AS a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
 WHERE {_USER_SCHEMA.format(n="n")}
-  AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")}
+  AND {_NOT_EXTENSION.format(catalog="'pg_class'", oid="c.oid")} /*c*/
 """  # never last_value: nextval() moves it, and only data changes call nextval()
 
 _ENUMS = f"""
@@ -145,28 +145,66 @@ def catalog_stamp(connection: Any) -> None:
     return None
 
 
-# The rows this session wrote to the system catalogs (ANALYZE's statistics apart) and has
-# not yet reported to the statistics system, which it does only between transactions, so
-# the count moves inside one transaction with each catalog write; NULL with the counts off.
+# The rows this session wrote to the system catalogs (ANALYZE's statistics apart), and of
+# them the rows it deleted, not yet reported to the statistics system, which it does only
+# between transactions: inside one, both counts move with each catalog write. NULL with
+# the counts off.
 _CATALOG_WRITES = """
 SELECT CASE WHEN pg_catalog.current_setting('track_counts')::boolean
-            THEN coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) END
-FROM pg_catalog.pg_stat_xact_sys_tables
-WHERE schemaname = 'pg_catalog' AND relname NOT LIKE 'pg\\_statistic%'
-"""
+            THEN sum(pg_catalog.pg_stat_get_xact_tuples_inserted(c)
+                     + pg_catalog.pg_stat_get_xact_tuples_updated(c)
+                     + pg_catalog.pg_stat_get_xact_tuples_deleted(c))::bigint END,
+       sum(pg_catalog.pg_stat_get_xact_tuples_deleted(c))::bigint
+FROM unnest('{pg_class, pg_attribute, pg_attrdef, pg_constraint, pg_index, pg_trigger,
+              pg_rewrite, pg_sequence, pg_proc, pg_type, pg_enum,
+              pg_namespace}'::pg_catalog.regclass[]) AS c
+"""  # the catalogs read() reads
 
 
 def catalog_changed(connection: Any, previous: Any) -> tuple[bool, Any]:
     """Whether this session may have changed the schema since the stamp was `previous`,
-    taken in the same transaction, and the stamp now: the count of catalog rows written
-    (not what other sessions did)."""
-    (writes,) = connection.execute(_CATALOG_WRITES).fetchone()
-    return writes is None or writes != previous, writes
+    taken in the same transaction, and the stamp now: the counts of catalog rows written
+    and deleted (not what other sessions did)."""
+    writes, deletes = connection.execute(_CATALOG_WRITES).fetchone()
+    stamp = (writes, deletes)
+    return writes is None or previous is None or stamp != previous, stamp
 
 
 # catalog_stamp() and catalog_changed() see what another session did: no.
 STAMP_SEES_OTHERS = False
-READS_IN_PART = False  # no read_objects(): the catalog is read whole (see recorded.py)
+READS_IN_PART = True  # read_objects() reads again what this transaction wrote
+
+# The relations whose catalog rows this transaction (or one of its savepoints) wrote, with
+# their kind: a row's xmin is the transaction that wrote it, and age() of ours is 0 or
+# below. A row of oid 0 says a function or an enum was written.
+_TOUCHED = """
+SELECT c.oid, c.relkind FROM pg_class AS c WHERE c.oid IN (
+    SELECT oid FROM pg_class WHERE age(xmin) <= 0
+    UNION SELECT attrelid FROM pg_attribute WHERE age(xmin) <= 0
+    UNION SELECT adrelid FROM pg_attrdef WHERE age(xmin) <= 0
+    UNION SELECT conrelid FROM pg_constraint WHERE age(xmin) <= 0
+    UNION SELECT indrelid FROM pg_index WHERE age(xmin) <= 0
+    UNION SELECT tgrelid FROM pg_trigger WHERE age(xmin) <= 0
+    UNION SELECT ev_class FROM pg_rewrite WHERE age(xmin) <= 0
+    UNION SELECT seqrelid FROM pg_sequence WHERE age(xmin) <= 0)
+UNION ALL SELECT 0, 'f' WHERE EXISTS (SELECT 1 FROM pg_proc WHERE age(xmin) <= 0)
+    OR EXISTS (SELECT 1 FROM pg_type WHERE typtype = 'e' AND age(xmin) <= 0)
+    OR EXISTS (SELECT 1 FROM pg_enum WHERE age(xmin) <= 0)
+"""
+# The relations whose description names one of %(scope)s: views that read it, tables
+# whose foreign keys point at it, sequences it owns, triggers on it; with their kind.
+_DEPENDENTS = """
+SELECT c.oid, c.relkind FROM pg_class AS c WHERE c.oid IN (
+SELECT CASE d.classid WHEN 'pg_class'::regclass THEN d.objid
+                      WHEN 'pg_rewrite'::regclass THEN r.ev_class
+                      WHEN 'pg_constraint'::regclass THEN k.conrelid
+                      WHEN 'pg_trigger'::regclass THEN g.tgrelid END
+FROM pg_depend AS d
+LEFT JOIN pg_rewrite AS r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+LEFT JOIN pg_constraint AS k ON d.classid = 'pg_constraint'::regclass AND k.oid = d.objid
+LEFT JOIN pg_trigger AS g ON d.classid = 'pg_trigger'::regclass AND g.oid = d.objid
+WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(%(scope)s))
+"""
 
 
 def read(connection: Any, exclude: Collection[str]) -> Schema:
@@ -178,21 +216,113 @@ def read(connection: Any, exclude: Collection[str]) -> Schema:
 
     Raises psycopg.Error when the catalog cannot be read.
     """
+    found, _ = _read(connection, exclude, None, True)
+    return Schema(found)
+
+
+class _Seen:
+    """What read_objects() saw: the keys each relation's rows gave, by its oid, and the
+    functions' and enums' keys."""
+
+    def __init__(self) -> None:
+        self.by_relation: dict[int, set[tuple[str, str]]] = {}
+        self.types: set[tuple[str, str]] = set()
+
+
+def read_objects(connection: Any, exclude: Collection[str], memo: dict[Any, Any],
+                 scope: Any = None
+                 ) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]] | None]:
+    """(kind, name) -> canonical description of the objects read() gives, and the objects
+    gone: with no `scope`, of every object, and None for what is gone (whatever is not
+    there); with `scope`, two stamps of catalog_changed() taken in this transaction (at
+    the step's start, and now), of the objects on the relations whose catalog rows the
+    transaction wrote since (found by their xmin), those whose descriptions name them,
+    and the functions and enums when one of them was written, with those of them `memo`
+    saw before that are gone.
+
+    A transaction that deleted catalog rows since the stamp (a DROP) is read whole: what
+    it dropped left no row to find. `memo` keeps what earlier calls saw, by relation."""
+    seen = memo.get("seen")
+    if scope is not None and seen is not None:
+        (_, deleted_before), (writes, deleted) = scope
+        if writes is not None and deleted == deleted_before:
+            return _read_part(connection, exclude, seen)
+    fresh = _Seen()
+    found, owners = _read(connection, exclude, None, True)
+    _note(fresh, owners)
+    memo["seen"] = fresh
+    return {key: canonical(found[key[0]][key[1]]) for key in owners}, None
+
+
+def _read_part(connection: Any, exclude: Collection[str], seen: _Seen
+               ) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
+    with connection.cursor() as cursor:
+        kinds = dict(cursor.execute(_TOUCHED).fetchall())
+        types = kinds.pop(0, None) is not None
+        # What names a relation that was there before may have to say its new name.
+        named = [oid for oid in kinds if oid in seen.by_relation]
+        while named:
+            dependents = {oid: kind for oid, kind
+                          in cursor.execute(_DEPENDENTS, {"scope": named}) if oid not in kinds}
+            kinds.update(dependents)
+            named = list(dependents)
+    scope = sorted(kinds)
+    found, owners = _read(connection, exclude, scope, types, set(kinds.values()))
+    before = set().union(*(seen.by_relation.pop(oid, set()) for oid in scope))
+    if types:
+        before |= seen.types
+        seen.types = set()
+    _note(seen, owners)
+    texts = {key: canonical(found[key[0]][key[1]]) for key in owners}
+    return texts, before - set(texts)
+
+
+def _note(seen: _Seen, owners: dict[tuple[str, str], int | None]) -> None:
+    for key, oid in owners.items():
+        if oid is None:
+            seen.types.add(key)
+        else:
+            seen.by_relation.setdefault(oid, set()).add(key)
+
+
+def _read(connection: Any, exclude: Collection[str], scope: list[int] | None, types: bool,
+          relkinds: Collection[str] = "rpvmS"
+          ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int | None]]:
+    """The descriptions read() gives, by kind and name, of the relations of `scope` (all
+    when None) and, with `types`, of the functions and enums; and the oid of the relation
+    each object was read from (None for a function or an enum). Views and sequences are
+    read only when `relkinds` (pg_class.relkind) has theirs."""
     skip = set(exclude)
 
     def excluded(schema: str, table: str | None) -> bool:
         return table is not None and (table in skip or f"{schema}.{table}" in skip)
+
+    owners: dict[tuple[str, str], int | None] = {}
+
+    def owned(kind: str, name: str, oid: int | None) -> str:
+        owners[(kind, name)] = oid
+        return name
 
     with connection.transaction(force_rollback=True), connection.cursor() as cursor:
         # Every name printed qualified, whatever search_path the caller's session has.
         cursor.execute("SELECT set_config('search_path', 'pg_catalog', true)")
 
         def rows(sql: str) -> list[tuple]:
-            cursor.execute(sql)
+            """The rows of one query, of the relations of `scope` when it has one."""
+            params = None
+            for alias in ("c", "t"):
+                marker = f"/*{alias}*/"
+                if scope is None or marker not in sql:
+                    sql = sql.replace(marker, "")
+                else:
+                    params = {"scope": scope}
+                    sql = sql.replace("%", "%%").replace(
+                        marker, f"AND {alias}.oid = ANY(%(scope)s)")
+            cursor.execute(sql, params)
             return cursor.fetchall()
 
         tables: dict[str, dict[str, Any]] = {}
-        for schema, name, kind, persistence, key, bound in rows(_TABLES):
+        for oid, schema, name, kind, persistence, key, bound in rows(_TABLES):
             if not excluded(schema, name):
                 table: dict[str, Any] = {"columns": [], "constraints": {}}
                 if kind == "p":
@@ -201,7 +331,7 @@ def read(connection: Any, exclude: Collection[str]) -> Schema:
                     table["partition_bound"] = bound
                 if persistence == "u":
                     table["unlogged"] = True
-                tables[f"{schema}.{name}"] = table
+                tables[owned("table", f"{schema}.{name}", oid)] = table
         for (schema, name, column, type_, notnull, default, identity, generated,
              collation) in rows(_COLUMNS):
             if (table := tables.get(f"{schema}.{name}")) is None:
@@ -226,38 +356,41 @@ def read(connection: Any, exclude: Collection[str]) -> Schema:
 
         found: dict[str, dict[str, Any]] = {"table": tables}
         found["index"] = {
-            f"{schema}.{name}": {"table": f"{schema}.{table}", "unique": unique,
-                                 "predicate": predicate, "definition": definition}
-            for schema, name, table, unique, predicate, definition in rows(_INDEXES)
+            owned("index", f"{schema}.{name}", oid): {
+                "table": f"{schema}.{table}", "unique": unique, "predicate": predicate,
+                "definition": definition}
+            for oid, schema, name, table, unique, predicate, definition in rows(_INDEXES)
             if not excluded(schema, table)
         }
-        views: dict[str, dict[str, Any]] = {"view": {}, "materialized view": {}}
-        for schema, name, kind, definition in rows(_VIEWS):
+        found["view"], found["materialized view"] = {}, {}
+        for oid, schema, name, kind, definition in (
+                rows(_VIEWS) if {"v", "m"} & set(relkinds) else ()):
             if not excluded(schema, name):
-                views["view" if kind == "v" else "materialized view"][f"{schema}.{name}"] = {
+                kind_name = "view" if kind == "v" else "materialized view"
+                found[kind_name][owned(kind_name, f"{schema}.{name}", oid)] = {
                     "definition": definition}
-        found.update(views)
-        found["function"] = {
-            f"{schema}.{name}({arguments})": {"kind": _FUNCTION_KINDS[kind],
-                                              "definition": definition}
-            for schema, name, arguments, kind, definition in rows(_FUNCTIONS)
-        }
         found["trigger"] = {
-            f"{schema}.{table}.{name}": {"table": f"{schema}.{table}",
-                                         "definition": definition,
-                                         "enabled": _TRIGGER_ENABLED.get(enabled, enabled)}
-            for schema, table, name, definition, enabled in rows(_TRIGGERS)
+            owned("trigger", f"{schema}.{table}.{name}", oid): {
+                "table": f"{schema}.{table}", "definition": definition,
+                "enabled": _TRIGGER_ENABLED.get(enabled, enabled)}
+            for oid, schema, table, name, definition, enabled in rows(_TRIGGERS)
             if not excluded(schema, table)
         }
         found["sequence"] = {
-            f"{schema}.{name}": {
+            owned("sequence", f"{schema}.{name}", oid): {
                 "type": type_, "start": start, "increment": increment, "min": low,
                 "max": high, "cache": cache, "cycle": cycle,
                 "owned_by": None if owner is None else f"{owner_schema}.{owner}.{column}"}
-            for (schema, name, type_, start, increment, low, high, cache, cycle, owner_schema,
-                 owner, column) in rows(_SEQUENCES)
+            for (oid, schema, name, type_, start, increment, low, high, cache, cycle,
+                 owner_schema, owner, column) in (rows(_SEQUENCES) if "S" in relkinds else ())
             if not excluded(owner_schema, owner) and not excluded(schema, name)
         }
-        found["enum"] = {f"{schema}.{name}": {"labels": list(labels)}
-                         for schema, name, labels in rows(_ENUMS)}
-    return Schema(found)
+        if types:
+            found["function"] = {
+                owned("function", f"{schema}.{name}({arguments})", None): {
+                    "kind": _FUNCTION_KINDS[kind], "definition": definition}
+                for schema, name, arguments, kind, definition in rows(_FUNCTIONS)
+            }
+            found["enum"] = {owned("enum", f"{schema}.{name}", None): {"labels": list(labels)}
+                             for schema, name, labels in rows(_ENUMS)}
+    return found, owners

@@ -54,9 +54,10 @@ class SchemaRows(Protocol):
 
     def schema_reading(self) -> tuple[Reader, Any, Any]: ...
 
-    def schema_scope(self) -> Any:
-        """The tables the step since the mark changed objects on, when the store knows
-        (SQLite's authorizer sees them); None: it does not, read everything."""
+    def schema_scope(self, stamps: Any) -> Any:
+        """What the reader needs to read only what the step changed, given the stamps at
+        its mark and now (SQLite: the tables its authorizer saw; PostgreSQL: the stamps
+        themselves), or None: read everything."""
 
     def schema_rows(self) -> tuple[int, list[str]]:
         """The newest row's seq (0: none), and the changes of every row that has any,
@@ -97,10 +98,12 @@ class RecordedSchema:
         moved, stamp = (True, None) if since is None else reader.catalog_changed(
             connection, since)
         if moved:
-            # Only the tables the step touched, when the record was the live schema at
-            # its mark (nobody else writes meanwhile: the step holds the write lock).
-            scope = store.schema_scope()
-            clean = since is not None and since == self._clean_stamp
+            # Only what the step touched; on SQLite, only when the record was the live
+            # schema at its mark (nothing else writes meanwhile: the step holds the write
+            # lock), as a VACUUM by hand renumbers what read_objects() remembers.
+            scope = store.schema_scope((since, stamp))
+            clean = since is not None and (
+                since == self._clean_stamp or not reader.STAMP_SEES_OTHERS)
             if since is None:
                 stamp = reader.catalog_stamp(connection)
             live, gone = self._read(reader, connection, exclude, scope if clean else None)
@@ -151,7 +154,8 @@ class RecordedSchema:
             return
         newest, rows = store.schema_rows()
         self._objects, self._digests, self._total = {}, {}, 0
-        self._clean_stamp = None
+        # What the reader remembers of the live catalog may be of a rolled-back step.
+        self._memo, self._clean_stamp = {}, None
         for changes in rows:
             self._apply((kind, name, None if description is None else canonical(description))
                         for kind, name, description in json.loads(changes))

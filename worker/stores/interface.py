@@ -546,10 +546,11 @@ class Store(ABC):
             self._recorded_schema = RecordedSchema()
         return self._recorded_schema
 
-    def schema_scope(self) -> Any:
-        """The tables whose objects the step since schema_mark() created or dropped, when
-        the store can tell (SQLite's authorizer); None: any object may have changed."""
-        return None
+    def schema_scope(self, stamps: Any) -> Any:
+        """What this store's schema reader needs to read only what the step changed: by
+        default `stamps`, the catalog's stamps at the step's mark and now (PostgreSQL
+        finds what its transaction wrote); SQLite gives the tables its authorizer saw."""
+        return stamps
 
     def schema_mark(self) -> Any:
         """The catalog's stamp, in a step's transaction before its migration code: what

@@ -105,6 +105,7 @@ class MariaDbMigrationDB:
         number, due = (0, True) if self._steps is None else self._steps.next(sql)
         if not due:
             return Rows(None)  # in effect since a step that stopped partway
+        self._store.note_schema_targets(sql)
         if TOUCHES_SESSION.search(sql):
             self.touched_session = True
             self.temporary += CREATES_TEMPORARY.findall(sql)

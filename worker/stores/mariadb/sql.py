@@ -122,6 +122,48 @@ def commits_at_once(text: str) -> bool:
     return first not in STAYS  # BEGIN NOT ATOMIC ... END and CALL may hold DDL: they count
 
 
+# The table a DDL statement changes, and only it: CREATE TABLE, ALTER TABLE (not one that
+# renames: what names the old name changes too), CREATE INDEX ... ON, DROP INDEX ... ON.
+_NAME = r"(`(?:[^`]|``)+`|[A-Za-z0-9_$]+(?![A-Za-z0-9_$]))(?!\s*\.)"
+_ONE_TABLE = (
+    re.compile(r"\s*CREATE\s+(?:OR\s+REPLACE\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?" + _NAME,
+               re.IGNORECASE),
+    re.compile(r"\s*ALTER\s+(?:ONLINE\s+)?(?:IGNORE\s+)?TABLE\s+(?:IF\s+EXISTS\s+)?" + _NAME,
+               re.IGNORECASE),
+    re.compile(r"\s*(?:CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNIQUE\s+|FULLTEXT\s+|SPATIAL\s+)?"
+               r"|DROP\s+)INDEX\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?"
+               r"(?:`(?:[^`]|``)+`|[A-Za-z0-9_$]+)\s+ON\s+" + _NAME, re.IGNORECASE),
+)
+_RENAMES = re.compile(r"\bRENAME\b", re.IGNORECASE)
+
+
+def schema_targets(text: str) -> set[str] | None:
+    """The tables of the current database whose schema objects this statement may change:
+    none for one that stays in the transaction (data), the one table of a statement of
+    _ONE_TABLE, and None (any object) for every other statement that commits at once, for
+    a rename, a qualified name, and what runs other statements (CALL, EXECUTE, a compound
+    statement)."""
+    words = leading_words(text, 2)
+    if not words:
+        return set()
+    if words[0] in ("CALL", "EXECUTE", "PREPARE") or (words[0] == "SET" and re.search(
+            r"\bFOR\b", text, re.IGNORECASE)):
+        return None  # SET STATEMENT ... FOR <statement>
+    if not commits_at_once(text):
+        return set()
+    # The code with strings and comments blanked out; quoted names kept.
+    code = "".join(text[start:end] if is_code or text.startswith("`", start)
+                   else " " * (end - start) for is_code, start, end in pieces(text))
+    if _RENAMES.search(code) is not None:
+        return None
+    for pattern in _ONE_TABLE:
+        match = pattern.match(code)
+        if match is not None:
+            name = match.group(1)
+            return {name[1:-1].replace("``", "`") if name.startswith("`") else name}
+    return None
+
+
 def transaction_control(text: str) -> str | None:
     """The leading words of a statement that begins or ends the transaction the engine
     owns (BEGIN, START TRANSACTION, COMMIT, ROLLBACK but ROLLBACK TO a savepoint, XA,

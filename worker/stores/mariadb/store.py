@@ -53,6 +53,7 @@ from worker.stores.interface import (
     tracking_facts,
     tracking_tables,
 )
+from worker.stores.mariadb import sql as mysql_sql
 from worker.stores.mariadb import statements
 from worker.stores.mariadb.db import MariaDbMigrationDB
 from worker.stores.server_rows import ServerRows
@@ -249,6 +250,8 @@ class MariaDbStore(ServerRows, Store):
         self._killer: pymysql.connections.Connection | None = None  # for KILL QUERY
         self._killer_guard = threading.Lock()
         self._existing: set[str] = set()
+        # The tables migration code named since the last schema_mark(); None: not only.
+        self._schema_targets: set[str] | None = None
         self._has_partials: set[int] | None = None  # versions with a step record, when read
         self._session: dict[str, Any] | None = None  # variables as the worker set them
         self.commits = 0
@@ -724,6 +727,22 @@ class MariaDbStore(ServerRows, Store):
 
     def _unmanaged(self) -> set[str]:
         return {*super()._unmanaged(), self.partials_table}
+
+    def schema_mark(self) -> Any:
+        self._schema_targets = set()
+        return super().schema_mark()
+
+    def note_schema_targets(self, sql: str) -> None:
+        """Note the tables a statement of migration code may change the objects of (see
+        sql.schema_targets), for schema_scope(); any other object: read everything."""
+        if self._schema_targets is not None:
+            targets = mysql_sql.schema_targets(sql)
+            self._schema_targets = None if targets is None else self._schema_targets | targets
+
+    def schema_scope(self, stamps: Any) -> Any:
+        # None, or no table named while the counts moved: read everything.
+        targets, self._schema_targets = self._schema_targets, None
+        return targets or None
 
     def schema_reading(self) -> tuple[Any, Any, Any]:
         from worker.schema import mariadb as reader  # only steps, verify and drift read it

@@ -572,7 +572,7 @@ class SqliteStore(Store):
         self._touched = TouchedTables()
         return super().schema_mark()
 
-    def schema_scope(self) -> Any:
+    def schema_scope(self, stamps: Any) -> Any:
         touched, self._touched = self._touched, None
         if touched is None or touched.everything or not touched.names:
             return None  # no mark, or more than tables' own objects: read them all
