@@ -145,28 +145,31 @@ def catalog_stamp(connection: Any) -> None:
     return None
 
 
-# The rows this session wrote to the system catalogs (ANALYZE's statistics apart), and of
-# them the rows it deleted, not yet reported to the statistics system, which it does only
-# between transactions: inside one, both counts move with each catalog write. NULL with
-# the counts off.
-_CATALOG_WRITES = """
+# The catalogs read() reads, in the order of the stamp's counts of updated rows.
+_CATALOGS = ("pg_class", "pg_attribute", "pg_attrdef", "pg_constraint", "pg_index",
+             "pg_trigger", "pg_rewrite", "pg_sequence", "pg_proc", "pg_type", "pg_enum",
+             "pg_namespace")
+# The rows this session wrote to those catalogs, of them the rows it deleted, and the rows
+# it updated in each, not yet reported to the statistics system, which it does only
+# between transactions: inside one, the counts move with each catalog write. NULL
+# (no stamp) with the counts off.
+_CATALOG_WRITES = f"""
 SELECT CASE WHEN pg_catalog.current_setting('track_counts')::boolean
             THEN sum(pg_catalog.pg_stat_get_xact_tuples_inserted(c)
                      + pg_catalog.pg_stat_get_xact_tuples_updated(c)
                      + pg_catalog.pg_stat_get_xact_tuples_deleted(c))::bigint END,
-       sum(pg_catalog.pg_stat_get_xact_tuples_deleted(c))::bigint
-FROM unnest('{pg_class, pg_attribute, pg_attrdef, pg_constraint, pg_index, pg_trigger,
-              pg_rewrite, pg_sequence, pg_proc, pg_type, pg_enum,
-              pg_namespace}'::pg_catalog.regclass[]) AS c
-"""  # the catalogs read() reads
+       sum(pg_catalog.pg_stat_get_xact_tuples_deleted(c))::bigint,
+       array_agg(pg_catalog.pg_stat_get_xact_tuples_updated(c) ORDER BY n)
+FROM unnest('{{{", ".join(_CATALOGS)}}}'::pg_catalog.regclass[]) WITH ORDINALITY AS u(c, n)
+"""
 
 
 def catalog_changed(connection: Any, previous: Any) -> tuple[bool, Any]:
     """Whether this session may have changed the schema since the stamp was `previous`,
-    taken in the same transaction, and the stamp now: the counts of catalog rows written
-    and deleted (not what other sessions did)."""
-    writes, deletes = connection.execute(_CATALOG_WRITES).fetchone()
-    stamp = (writes, deletes)
+    taken in the same transaction, and the stamp now: the counts of catalog rows written,
+    deleted and updated in each catalog (not what other sessions did)."""
+    writes, deletes, updates = connection.execute(_CATALOG_WRITES).fetchone()
+    stamp = (writes, deletes, tuple(updates))
     return writes is None or previous is None or stamp != previous, stamp
 
 
@@ -174,23 +177,45 @@ def catalog_changed(connection: Any, previous: Any) -> tuple[bool, Any]:
 STAMP_SEES_OTHERS = False
 READS_IN_PART = True  # read_objects() reads again what this transaction wrote
 
-# The relations whose catalog rows this transaction (or one of its savepoints) wrote, with
-# their kind: a row's xmin is the transaction that wrote it, and age() of ours is 0 or
-# below. A row of oid 0 says a function or an enum was written.
-_TOUCHED = """
-SELECT c.oid, c.relkind FROM pg_class AS c WHERE c.oid IN (
-    SELECT oid FROM pg_class WHERE age(xmin) <= 0
-    UNION SELECT attrelid FROM pg_attribute WHERE age(xmin) <= 0
-    UNION SELECT adrelid FROM pg_attrdef WHERE age(xmin) <= 0
-    UNION SELECT conrelid FROM pg_constraint WHERE age(xmin) <= 0
-    UNION SELECT indrelid FROM pg_index WHERE age(xmin) <= 0
-    UNION SELECT tgrelid FROM pg_trigger WHERE age(xmin) <= 0
-    UNION SELECT ev_class FROM pg_rewrite WHERE age(xmin) <= 0
-    UNION SELECT seqrelid FROM pg_sequence WHERE age(xmin) <= 0)
-UNION ALL SELECT 0, 'f' WHERE EXISTS (SELECT 1 FROM pg_proc WHERE age(xmin) <= 0)
-    OR EXISTS (SELECT 1 FROM pg_type WHERE typtype = 'e' AND age(xmin) <= 0)
-    OR EXISTS (SELECT 1 FROM pg_enum WHERE age(xmin) <= 0)
-"""
+# Where a step's rows are, in each catalog: a row it inserted has an oid above every oid
+# there was at the last read (the OID counter only grows, but for its wraparound after four
+# billion objects, which can hide a new object until the next whole read); a row it updated
+# has its transaction's xmin (age() of ours, or of a savepoint's, is 0 or below), which
+# takes reading the whole catalog, so only a catalog the step updated rows of is read so.
+# Each gives the relation the row belongs to; pg_attribute's inserts belong to a new
+# relation, or to one whose pg_class row ADD COLUMN updated.
+_NEW_ROWS = {
+    "pg_class": "SELECT oid FROM pg_class WHERE oid > %(last)s",
+    "pg_attribute": None,
+    "pg_attrdef": "SELECT adrelid FROM pg_attrdef WHERE oid > %(last)s",
+    "pg_constraint": "SELECT conrelid FROM pg_constraint WHERE oid > %(last)s",
+    "pg_index": "SELECT indrelid FROM pg_index WHERE indexrelid > %(last)s",
+    "pg_trigger": "SELECT tgrelid FROM pg_trigger WHERE oid > %(last)s",
+    "pg_rewrite": "SELECT ev_class FROM pg_rewrite WHERE oid > %(last)s",
+    "pg_sequence": "SELECT seqrelid FROM pg_sequence WHERE seqrelid > %(last)s",
+}
+_UPDATED_ROWS = {
+    "pg_class": "SELECT oid FROM pg_class WHERE age(xmin) <= 0",
+    "pg_attribute": "SELECT attrelid FROM pg_attribute WHERE age(xmin) <= 0",
+    "pg_attrdef": "SELECT adrelid FROM pg_attrdef WHERE age(xmin) <= 0",
+    "pg_constraint": "SELECT conrelid FROM pg_constraint WHERE age(xmin) <= 0",
+    "pg_index": "SELECT indrelid FROM pg_index WHERE age(xmin) <= 0",
+    "pg_trigger": "SELECT tgrelid FROM pg_trigger WHERE age(xmin) <= 0",
+    "pg_rewrite": "SELECT ev_class FROM pg_rewrite WHERE age(xmin) <= 0",
+    "pg_sequence": "SELECT seqrelid FROM pg_sequence WHERE age(xmin) <= 0",
+}
+_NEW_TYPES = ("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE oid > %(last)s)"
+              " OR EXISTS (SELECT 1 FROM pg_type WHERE typtype = 'e' AND oid > %(last)s)"
+              " OR EXISTS (SELECT 1 FROM pg_enum WHERE oid > %(last)s)")
+_UPDATED_TYPES = ("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE age(xmin) <= 0)"
+                  " OR EXISTS (SELECT 1 FROM pg_type WHERE typtype = 'e' AND age(xmin) <= 0)"
+                  " OR EXISTS (SELECT 1 FROM pg_enum WHERE age(xmin) <= 0)")
+# The highest oid of every catalog with oids: the `last` of the next step.
+_LAST_OID = ("SELECT GREATEST((SELECT max(oid) FROM pg_class), (SELECT max(oid) FROM"
+             " pg_attrdef), (SELECT max(oid) FROM pg_constraint), (SELECT max(oid) FROM"
+             " pg_trigger), (SELECT max(oid) FROM pg_rewrite), (SELECT max(oid) FROM pg_proc),"
+             " (SELECT max(oid) FROM pg_type), (SELECT max(oid) FROM pg_enum))")
+_KINDS = "SELECT oid, relkind FROM pg_class WHERE oid = ANY(%(scope)s)"
 # The relations whose description names one of %(scope)s: views that read it, tables
 # whose foreign keys point at it, sequences it owns, triggers on it; with their kind.
 _DEPENDENTS = """
@@ -221,12 +246,13 @@ def read(connection: Any, exclude: Collection[str]) -> Schema:
 
 
 class _Seen:
-    """What read_objects() saw: the keys each relation's rows gave, by its oid, and the
-    functions' and enums' keys."""
+    """What read_objects() saw: the keys each relation's rows gave, by its oid, the
+    functions' and enums' keys, and the highest oid there was."""
 
     def __init__(self) -> None:
         self.by_relation: dict[int, set[tuple[str, str]]] = {}
         self.types: set[tuple[str, str]] = set()
+        self.last = 0
 
 
 def read_objects(connection: Any, exclude: Collection[str], memo: dict[Any, Any],
@@ -244,21 +270,33 @@ def read_objects(connection: Any, exclude: Collection[str], memo: dict[Any, Any]
     it dropped left no row to find. `memo` keeps what earlier calls saw, by relation."""
     seen = memo.get("seen")
     if scope is not None and seen is not None:
-        (_, deleted_before), (writes, deleted) = scope
+        (_, deleted_before, updated_before), (writes, deleted, updated) = scope
         if writes is not None and deleted == deleted_before:
-            return _read_part(connection, exclude, seen)
+            changed = {catalog for catalog, before, now
+                       in zip(_CATALOGS, updated_before, updated, strict=True) if now != before}
+            return _read_part(connection, exclude, seen, changed)
     fresh = _Seen()
     found, owners = _read(connection, exclude, None, True)
     _note(fresh, owners)
+    fresh.last = connection.execute(_LAST_OID).fetchone()[0] or 0
     memo["seen"] = fresh
     return {key: canonical(found[key[0]][key[1]]) for key in owners}, None
 
 
-def _read_part(connection: Any, exclude: Collection[str], seen: _Seen
+def _read_part(connection: Any, exclude: Collection[str], seen: _Seen, updated: set[str]
                ) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
+    """read_objects() of what the step wrote: its new rows in every catalog, and its
+    updated rows in the catalogs of `updated`."""
+    last = {"last": seen.last}
     with connection.cursor() as cursor:
-        kinds = dict(cursor.execute(_TOUCHED).fetchall())
-        types = kinds.pop(0, None) is not None
+        touched: set[int] = set()
+        for catalog, new_rows in _NEW_ROWS.items():
+            sql = _UPDATED_ROWS[catalog] if catalog in updated else new_rows
+            if sql is not None:
+                touched.update(oid for (oid,) in cursor.execute(sql, last) if oid)
+        types_sql = _UPDATED_TYPES if updated & {"pg_proc", "pg_type", "pg_enum"} else _NEW_TYPES
+        types = bool(cursor.execute(types_sql, last).fetchone()[0])
+        kinds = dict(cursor.execute(_KINDS, {"scope": sorted(touched)}).fetchall())
         # What names a relation that was there before may have to say its new name.
         named = [oid for oid in kinds if oid in seen.by_relation]
         while named:
@@ -273,6 +311,7 @@ def _read_part(connection: Any, exclude: Collection[str], seen: _Seen
         before |= seen.types
         seen.types = set()
     _note(seen, owners)
+    seen.last = connection.execute(_LAST_OID).fetchone()[0] or 0
     texts = {key: canonical(found[key[0]][key[1]]) for key in owners}
     return texts, before - set(texts)
 
