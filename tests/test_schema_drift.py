@@ -318,6 +318,31 @@ def test_the_record_kept_step_by_step_equals_the_schema_read_whole(backend, tmp_
     assert fresh._recorded()._objects == recorded._objects
 
 
+
+def test_a_step_that_commits_while_drift_reads_the_catalog_is_not_taken_for_drift(
+        backend, tmp_path, monkeypatch):
+    """A reader's session (validate beside a migrate) sees each commit as it lands: a
+    rollback committing between its read of the record and its read of the catalog."""
+    engine = engine_on(backend, tmp_path)
+    folder = tmp_path / "migrations"
+    (folder / "0001_users.sql").write_text(USERS)
+    (folder / "0002_posts.sql").write_text(POSTS)
+    assert engine.migrate(b"r1")["count"] == 2
+    reader = backend.store()
+    recorded = reader._recorded()
+    read = recorded._read
+    raced: list[dict] = []
+
+    def racing(*args: Any) -> Any:
+        if not raced:
+            raced.append(engine.rollback(b"r2"))  # commits between the two reads
+        return read(*args)
+
+    monkeypatch.setattr(recorded, "_read", racing)
+    assert reader.schema_drift() == []
+    assert raced[0]["version"] == 2
+
+
 SQLITE_CHANGES = [
     "CREATE TABLE a (id INTEGER PRIMARY KEY, x TEXT UNIQUE);"
     " CREATE TABLE b (id INTEGER PRIMARY KEY, a_id INTEGER REFERENCES a (id))",

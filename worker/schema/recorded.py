@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from broker.errors import TEMPORARILY_UNAVAILABLE, ReplyError
 from worker.schema.shape import (
     Difference,
     canonical,
@@ -31,6 +32,7 @@ from worker.schema.shape import (
 )
 
 Key = tuple[str, str]  # (kind, name)
+DRIFT_TRIES = 10  # reads of the catalog drift() makes while steps commit beside it
 
 
 class Reader(Protocol):
@@ -114,15 +116,27 @@ class RecordedSchema:
 
     def drift(self, store: SchemaRows) -> list[Difference] | None:
         """How the live schema differs from the recorded one: [] when it does not, None
-        when nothing is recorded yet (a database no step of this version recorded)."""
-        self._current(store)
-        if not self._seq:
-            return None
-        reader, connection, exclude = store.schema_reading()
-        if reader.STAMP_SEES_OTHERS and self._clean_stamp is not None and (
-                reader.catalog_stamp(connection) == self._clean_stamp):
-            return []
-        live, _ = self._read(reader, connection, exclude, None)
+        when nothing is recorded yet (a database no step of this version recorded).
+
+        A reader's session sees each commit as it lands, so a step that commits between
+        the record's read and the catalog's would look like drift: the catalog is read
+        again until no row was added meanwhile (a step's row commits with its changes).
+        Raises ReplyError(TEMPORARILY_UNAVAILABLE) when steps kept committing."""
+        for _ in range(DRIFT_TRIES):
+            self._current(store)
+            if not self._seq:
+                return None
+            reader, connection, exclude = store.schema_reading()
+            if reader.STAMP_SEES_OTHERS and self._clean_stamp is not None and (
+                    reader.catalog_stamp(connection) == self._clean_stamp):
+                return []
+            live, _ = self._read(reader, connection, exclude, None)
+            if store.newest_schema_seq() == self._seq:
+                break
+        else:
+            raise ReplyError(TEMPORARILY_UNAVAILABLE,
+                             "migrations kept committing while the schema was compared with"
+                             " the recorded one; try again")
         total = sum(self._digest(key, text) for key, text in live.items())
         if fingerprint_of(total) == self.fingerprint():
             if reader.STAMP_SEES_OTHERS:
