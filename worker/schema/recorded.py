@@ -95,6 +95,8 @@ class RecordedSchema:
         is read when its stamp moved since `since` (a mark), or always when `since` is
         None (baseline, adopt, resolve, a migration run outside a transaction)."""
         self._current(store)
+        if not self._seq:
+            since = None  # the first row: the whole schema, whatever the step changed
         reader, connection, exclude = store.schema_reading()
         changes = "[]"
         moved, stamp = (True, None) if since is None else reader.catalog_changed(
