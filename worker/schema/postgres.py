@@ -184,37 +184,26 @@ READS_IN_PART = True  # read_objects() reads again what this transaction wrote
 # takes reading the whole catalog, so only a catalog the step updated rows of is read so.
 # Each gives the relation the row belongs to; pg_attribute's inserts belong to a new
 # relation, or to one whose pg_class row ADD COLUMN updated.
-_NEW_ROWS = {
-    "pg_class": "SELECT oid FROM pg_class WHERE oid > %(last)s",
-    "pg_attribute": None,
-    "pg_attrdef": "SELECT adrelid FROM pg_attrdef WHERE oid > %(last)s",
-    "pg_constraint": "SELECT conrelid FROM pg_constraint WHERE oid > %(last)s",
-    "pg_index": "SELECT indrelid FROM pg_index WHERE indexrelid > %(last)s",
-    "pg_trigger": "SELECT tgrelid FROM pg_trigger WHERE oid > %(last)s",
-    "pg_rewrite": "SELECT ev_class FROM pg_rewrite WHERE oid > %(last)s",
-    "pg_sequence": "SELECT seqrelid FROM pg_sequence WHERE seqrelid > %(last)s",
+# Of each catalog whose rows belong to a relation: the column naming that relation, and
+# the column holding a new row's oid (None: its rows have none of their own).
+_RELATION_ROWS = {
+    "pg_class": ("oid", "oid"),
+    "pg_attribute": ("attrelid", None),
+    "pg_attrdef": ("adrelid", "oid"),
+    "pg_constraint": ("conrelid", "oid"),
+    "pg_index": ("indrelid", "indexrelid"),
+    "pg_trigger": ("tgrelid", "oid"),
+    "pg_rewrite": ("ev_class", "oid"),
+    "pg_sequence": ("seqrelid", "seqrelid"),
 }
-_UPDATED_ROWS = {
-    "pg_class": "SELECT oid FROM pg_class WHERE age(xmin) <= 0",
-    "pg_attribute": "SELECT attrelid FROM pg_attribute WHERE age(xmin) <= 0",
-    "pg_attrdef": "SELECT adrelid FROM pg_attrdef WHERE age(xmin) <= 0",
-    "pg_constraint": "SELECT conrelid FROM pg_constraint WHERE age(xmin) <= 0",
-    "pg_index": "SELECT indrelid FROM pg_index WHERE age(xmin) <= 0",
-    "pg_trigger": "SELECT tgrelid FROM pg_trigger WHERE age(xmin) <= 0",
-    "pg_rewrite": "SELECT ev_class FROM pg_rewrite WHERE age(xmin) <= 0",
-    "pg_sequence": "SELECT seqrelid FROM pg_sequence WHERE age(xmin) <= 0",
-}
-_NEW_TYPES = ("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE oid > %(last)s)"
-              " OR EXISTS (SELECT 1 FROM pg_type WHERE typtype = 'e' AND oid > %(last)s)"
-              " OR EXISTS (SELECT 1 FROM pg_enum WHERE oid > %(last)s)")
-_UPDATED_TYPES = ("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE age(xmin) <= 0)"
-                  " OR EXISTS (SELECT 1 FROM pg_type WHERE typtype = 'e' AND age(xmin) <= 0)"
-                  " OR EXISTS (SELECT 1 FROM pg_enum WHERE age(xmin) <= 0)")
+# Of each catalog of functions and enums: which of its rows read() reads.
+_TYPE_ROWS = {"pg_proc": "true", "pg_type": "typtype = 'e'", "pg_enum": "true"}
+_UPDATED = "age(xmin) <= 0"
 # The highest oid of every catalog with oids: the `last` of the next step.
-_LAST_OID = ("SELECT GREATEST((SELECT max(oid) FROM pg_class), (SELECT max(oid) FROM"
-             " pg_attrdef), (SELECT max(oid) FROM pg_constraint), (SELECT max(oid) FROM"
-             " pg_trigger), (SELECT max(oid) FROM pg_rewrite), (SELECT max(oid) FROM pg_proc),"
-             " (SELECT max(oid) FROM pg_type), (SELECT max(oid) FROM pg_enum))")
+_LAST_OID = "SELECT GREATEST({})".format(", ".join(
+    f"(SELECT max(oid) FROM {catalog})"
+    for catalog in [*(c for c, (_, key) in _RELATION_ROWS.items() if key == "oid"),
+                    *_TYPE_ROWS]))
 _KINDS = "SELECT oid, relkind FROM pg_class WHERE oid = ANY(%(scope)s)"
 # The relations whose description names one of %(scope)s: views that read it, tables
 # whose foreign keys point at it, sequences it owns, triggers on it; with their kind.
@@ -230,6 +219,25 @@ LEFT JOIN pg_constraint AS k ON d.classid = 'pg_constraint'::regclass AND k.oid 
 LEFT JOIN pg_trigger AS g ON d.classid = 'pg_trigger'::regclass AND g.oid = d.objid
 WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(%(scope)s))
 """
+
+
+def _written_rows(catalog: str, updated: bool) -> str | None:
+    """The query of the relations a step's rows of `catalog` belong to: rows it updated
+    there, or only its new rows; None when new rows there always come with new rows of
+    another catalog (pg_attribute's with pg_class's)."""
+    relation, key = _RELATION_ROWS[catalog]
+    if updated:
+        return f"SELECT {relation} FROM {catalog} WHERE {_UPDATED}"
+    return None if key is None else f"SELECT {relation} FROM {catalog} WHERE {key} > %(last)s"
+
+
+def _types_written(updated: bool) -> str:
+    """Whether a step wrote a function or an enum: any row it updated in those catalogs,
+    or only new ones."""
+    written = _UPDATED if updated else "oid > %(last)s"
+    return "SELECT " + " OR ".join(
+        f"EXISTS (SELECT 1 FROM {catalog} WHERE {rows} AND {written})"
+        for catalog, rows in _TYPE_ROWS.items())
 
 
 def read(connection: Any, exclude: Collection[str]) -> Schema:
@@ -290,12 +298,12 @@ def _read_part(connection: Any, exclude: Collection[str], seen: _Seen, updated: 
     last = {"last": seen.last}
     with connection.cursor() as cursor:
         touched: set[int] = set()
-        for catalog, new_rows in _NEW_ROWS.items():
-            sql = _UPDATED_ROWS[catalog] if catalog in updated else new_rows
+        for catalog in _RELATION_ROWS:
+            sql = _written_rows(catalog, catalog in updated)
             if sql is not None:
                 touched.update(oid for (oid,) in cursor.execute(sql, last) if oid)
-        types_sql = _UPDATED_TYPES if updated & {"pg_proc", "pg_type", "pg_enum"} else _NEW_TYPES
-        types = bool(cursor.execute(types_sql, last).fetchone()[0])
+        types = bool(cursor.execute(_types_written(bool(updated & set(_TYPE_ROWS))),
+                                    last).fetchone()[0])
         kinds = dict(cursor.execute(_KINDS, {"scope": sorted(touched)}).fetchall())
         # What names a relation that was there before may have to say its new name.
         named = [oid for oid in kinds if oid in seen.by_relation]

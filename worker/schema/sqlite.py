@@ -44,7 +44,6 @@ _OBJECTS = f"SELECT rowid, type, name, tbl_name, sql FROM sqlite_master WHERE {_
 # rows seen on the tables it touched are found again by their rowids (see _read_part).
 _NEWER = f"{_OBJECTS} AND rowid > ?"
 _BY_ROWID = f"{_OBJECTS} AND rowid IN (SELECT value FROM json_each(?))"
-_TOP = "SELECT coalesce(max(rowid), 0) FROM sqlite_master"
 _COLUMNS = ('SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?)'
             " ORDER BY cid")
 _INDEXES_OF = 'SELECT name, "unique", origin, partial FROM pragma_index_list(?)'
