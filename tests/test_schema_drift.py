@@ -36,12 +36,10 @@ ROWS = ("-- migrate:up\nINSERT INTO users (id, email) VALUES (1, 'a@example.com'
 
 
 @pytest.fixture
-def folder(workspace) -> Path:
-    """The migrations folder, with 0001_users.sql: a table and an index on it."""
-    path = workspace.root / "migrations"
-    path.mkdir()
-    (path / "0001_users.sql").write_text(USERS)
-    return path
+def folder(folder: Path) -> Path:
+    """conftest's migrations folder, with 0001_users.sql: a table and an index on it."""
+    (folder / "0001_users.sql").write_text(USERS)
+    return folder
 
 
 def by_hand(database: str, *statements: str) -> list[tuple]:
@@ -318,7 +316,6 @@ def test_the_record_kept_step_by_step_equals_the_schema_read_whole(backend, tmp_
     assert fresh._recorded()._objects == recorded._objects
 
 
-
 def test_a_step_that_commits_while_drift_reads_the_catalog_is_not_taken_for_drift(
         backend, tmp_path, monkeypatch):
     """A reader's session (validate beside a migrate) sees each commit as it lands: a
@@ -341,7 +338,6 @@ def test_a_step_that_commits_while_drift_reads_the_catalog_is_not_taken_for_drif
     monkeypatch.setattr(recorded, "_read", racing)
     assert reader.schema_drift() == []
     assert raced[0]["version"] == 2
-
 
 
 def test_the_first_step_records_the_whole_schema_even_when_it_only_moves_data(
@@ -372,8 +368,6 @@ SQLITE_CHANGES = [
 ]
 
 
-
-
 POSTGRES_CHANGES = [
     "CREATE TABLE a (id integer PRIMARY KEY, x text UNIQUE);"
     " CREATE TABLE b (id integer PRIMARY KEY, a_id integer REFERENCES a (id))",
@@ -389,8 +383,6 @@ POSTGRES_CHANGES = [
     "DROP VIEW v; DROP INDEX a_x",  # deletes: read whole
     "CREATE INDEX c_m ON c (m); ALTER TABLE b ADD CONSTRAINT b_id CHECK (id > 0)",
 ]
-
-
 
 
 MARIADB_CHANGES = [

@@ -28,11 +28,10 @@ USERS = ("-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY, email VARCH
 
 
 @pytest.fixture
-def folder(workspace) -> Path:
-    path = workspace.root / "migrations"
-    path.mkdir()
-    (path / "0001_users.sql").write_text(USERS)
-    return path
+def folder(folder: Path) -> Path:
+    """conftest's migrations folder, with 0001_users.sql."""
+    (folder / "0001_users.sql").write_text(USERS)
+    return folder
 
 
 def test_a_down_that_forgets_an_index_is_named(workspace, database, folder):
