@@ -179,6 +179,52 @@ def test_every_tracking_table_dropped_is_a_new_database(node: Node) -> None:
     assert node.db.versions() == [1]
 
 
+def test_a_companion_table_a_migration_drops_is_created_again_by_the_next_step(
+    sqlite_node: Node,
+) -> None:
+    # The store skips looking for its tables after a step whose DDL left them be: not
+    # after one whose DDL dropped one of them.
+    sqlite_node.table_migration("0001_one.py", "one")  # the first step reads everything
+    sqlite_node.write("0002_drop.py", f"""
+        def up(db):
+            db.execute("DROP TABLE {TRACKING.repeats}")
+        """)
+    sqlite_node.table_migration("0003_three.py", "three")
+
+    assert sqlite_node.engine().migrate(b"m1") == applied_reply(
+        entry(1, "one"), entry(2, "drop"), entry(3, "three"))
+    assert set(TRACKING) <= sqlite_node.db.objects()
+
+
+def test_the_newest_schema_row_is_read_again_after_a_rollback_or_another_connection(
+    sqlite_node: Node,
+) -> None:
+    # The store remembers the schemas row it added last instead of reading the newest.
+    store = sqlite_node.db.store()
+    event = Event(1, "one", "apply", "c", "2026-01-01T00:00:00Z", 1.0, None, b"r")
+
+    def add_row() -> int:
+        store.record_event(event)
+        return store.add_schema_row("f", "[]")
+
+    with store.transaction():
+        first = add_row()
+    assert store.newest_schema_seq() == first
+    with closing(sqlite3.connect(sqlite_node.db.path, isolation_level=None)) as other:
+        other.execute(f"INSERT INTO {TRACKING.schemas} (history_seq, fingerprint, changes)"
+                      " VALUES (1, 'g', '[]')")
+    assert store.newest_schema_seq() == first + 1
+
+    with store.transaction():
+        second = add_row()
+    with pytest.raises(RuntimeError), store.transaction():
+        add_row()
+        raise RuntimeError("the step failed")
+    with store.transaction():
+        store.record_event(event)  # a commit that adds no row
+    assert store.newest_schema_seq() == second
+
+
 def test_a_node_whose_worker_saw_its_tables_dropped_carries_on(workspace) -> None:
     """The review's case: a running worker, tables dropped at the sqlite3 shell."""
     node = workspace.live()

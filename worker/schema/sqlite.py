@@ -44,12 +44,13 @@ _OBJECTS = f"SELECT rowid, type, name, tbl_name, sql FROM sqlite_master WHERE {_
 # rows seen on the tables it touched are found again by their rowids (see _read_part).
 _NEWER = f"{_OBJECTS} AND rowid > ?"
 _BY_ROWID = f"{_OBJECTS} AND rowid IN (SELECT value FROM json_each(?))"
-_COLUMNS = ('SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?)'
-            " ORDER BY cid")
-_INDEXES_OF = 'SELECT name, "unique", origin, partial FROM pragma_index_list(?)'
-_KEYS = 'SELECT name, "desc", coll FROM pragma_index_xinfo(?) WHERE key = 1 ORDER BY seqno'
-_FOREIGN_KEYS = ('SELECT id, "table", "from", "to", on_update, on_delete, "match"'
-                 " FROM pragma_foreign_key_list(?) ORDER BY id, seq")
+# The pragmas as statements of their own, not as table-valued functions in a SELECT: a
+# step's statements after its DDL are all prepared anew, and a PRAGMA prepares in a third of
+# the time. They take no parameters: the name is quoted into them (see _pragma).
+_COLUMNS = "table_xinfo"  # cid, name, type, notnull, dflt_value, pk, hidden; by cid
+_INDEXES_OF = "index_list"  # seq, name, unique, origin, partial
+_KEYS = "index_xinfo"  # seqno, cid, name, desc, coll, key; by seqno
+_FOREIGN_KEYS = "foreign_key_list"  # id, seq, table, from, to, on_update, on_delete, match
 _GENERATED = {2: "virtual", 3: "stored"}  # pragma_table_xinfo's "hidden" for generated columns
 EXPRESSION = "<expression>"  # an index key that is an expression, not a column
 Row = tuple[int, str, str, str, str | None]  # sqlite_master's rowid, type, name, tbl_name, sql
@@ -221,7 +222,7 @@ def _describe(connection: sqlite3.Connection, row: Row, skip: set[str]) -> Any:
 def _table(connection: sqlite3.Connection, name: str, sql: str) -> dict[str, Any]:
     columns: list[dict[str, Any]] = []
     keys: list[tuple[int, str]] = []
-    for column, type_, notnull, default, pk, hidden in connection.execute(_COLUMNS, (name,)):
+    for _, column, type_, notnull, default, pk, hidden in _pragma(connection, _COLUMNS, name):
         described = {"name": column, "type": type_, "nullable": not notnull,
                      "default": default}
         if hidden in _GENERATED:
@@ -233,7 +234,7 @@ def _table(connection: sqlite3.Connection, name: str, sql: str) -> dict[str, Any
     if keys:
         constraints["primary key"] = {"type": "primary key",
                                       "columns": [column for _, column in sorted(keys)]}
-    for index, _, origin, _ in connection.execute(_INDEXES_OF, (name,)).fetchall():
+    for _, index, _, origin, _ in _pragma(connection, _INDEXES_OF, name):
         if origin == "u":
             names = [key["name"] for key in _keys(connection, index)]
             constraints[f"unique ({', '.join(names)})"] = {"type": "unique", "columns": names}
@@ -243,8 +244,8 @@ def _table(connection: sqlite3.Connection, name: str, sql: str) -> dict[str, Any
 
 def _index(connection: sqlite3.Connection, name: str, table: str, sql: str
            ) -> dict[str, Any]:
-    flags = {index: (bool(unique), bool(partial)) for index, unique, _, partial
-             in connection.execute(_INDEXES_OF, (table,))}
+    flags = {index: (bool(unique), bool(partial)) for _, index, unique, _, partial
+             in _pragma(connection, _INDEXES_OF, table)}
     unique, partial = flags.get(name, (False, False))
     return {"table": table, "unique": unique, "partial": partial,
             "columns": _keys(connection, name), "definition": normalise(sql)}
@@ -253,15 +254,16 @@ def _index(connection: sqlite3.Connection, name: str, table: str, sql: str
 def _keys(connection: sqlite3.Connection, index: str) -> list[dict[str, Any]]:
     return [{"name": EXPRESSION if column is None else column, "descending": bool(descending),
              "collation": collation}
-            for column, descending, collation in connection.execute(_KEYS, (index,))]
+            for _, _, column, descending, collation, key in _pragma(connection, _KEYS, index)
+            if key]
 
 
 def _foreign_keys(connection: sqlite3.Connection, table: str) -> dict[str, dict[str, Any]]:
     """A table's foreign keys, named by what they join (SQLite keeps no constraint
     names): "foreign key (user_id) -> users (id)"."""
     grouped: dict[int, dict[str, Any]] = {}
-    for key, target, source, to, on_update, on_delete, match in connection.execute(
-            _FOREIGN_KEYS, (table,)):
+    for key, _, target, source, to, on_update, on_delete, match in sorted(
+            _pragma(connection, _FOREIGN_KEYS, table), key=lambda row: row[:2]):
         entry = grouped.setdefault(key, {
             "type": "foreign key", "columns": [], "references": target,
             "referenced_columns": [], "on_update": on_update, "on_delete": on_delete,
@@ -275,3 +277,9 @@ def _foreign_keys(connection: sqlite3.Connection, table: str) -> dict[str, dict[
                 + (f" ({targets})" if any(entry["referenced_columns"]) else ""))
         named[name] = entry
     return named
+
+
+def _pragma(connection: sqlite3.Connection, pragma: str, name: str) -> list[tuple]:
+    """The rows of `PRAGMA pragma("name")`, the name quoted as an identifier."""
+    quoted = name.replace('"', '""')
+    return connection.execute(f'PRAGMA {pragma}("{quoted}")').fetchall()

@@ -289,6 +289,10 @@ class SqliteStore(Store):
         # PRAGMA schema_version when every tracking table was last seen to exist: while it
         # stays, they still do (a table dropped by hand moves it).
         self._checked_version: int | None = None
+        # The seq of the schemas row this store added last, the count of commits at which
+        # it is the newest (once its transaction committed) and data_version then, which
+        # moves when another connection commits (see newest_schema_seq).
+        self._newest_schema: tuple[int, int, int] | None = None
         self._session: dict[str, Any] | None = None  # SESSION_PRAGMAS before any migration
         self._changes = SessionChanges()  # what migration code changed, not yet undone
         self._touched: TouchedTables | None = None  # since the last schema_mark()
@@ -496,11 +500,11 @@ class SqliteStore(Store):
                     self.check_foreign_keys()
                 self.connection.execute("COMMIT" if commit else "ROLLBACK")
                 if not commit:
-                    self._checked_version = None  # the schema is as before BEGIN again
+                    self._forget_transaction()  # the schema is as before BEGIN again
             except BaseException as exc:
                 if self.connection.in_transaction:
                     self.connection.execute("ROLLBACK")
-                self._checked_version = None  # the schema may be as before BEGIN again
+                self._forget_transaction()  # the schema may be as before BEGIN again
                 if _busy(exc):
                     raise ReplyError(
                         TEMPORARILY_UNAVAILABLE,
@@ -518,6 +522,11 @@ class SqliteStore(Store):
         self.commits += 1
         if self._crash_hook is not None:
             self._crash_hook.fire_if_armed()
+
+    def _forget_transaction(self) -> None:
+        """After a rollback: what this store noted of the tables in the transaction."""
+        self._checked_version = None
+        self._newest_schema = None
 
     def _begin(self) -> None:
         try:
@@ -574,6 +583,11 @@ class SqliteStore(Store):
 
     def schema_scope(self, stamps: Any) -> Any:
         touched, self._touched = self._touched, None
+        if touched is not None and not touched.everything and not touched.names & set(
+                self.tables):
+            # Every tracking table was there at BEGIN and the step's DDL left them be:
+            # the next BEGIN need not look for them again at this schema_version.
+            self._checked_version = stamps[1]
         if touched is None or touched.everything or not touched.names:
             return None  # no mark, or more than tables' own objects: read them all
         return touched.names
@@ -590,12 +604,20 @@ class SqliteStore(Store):
         return newest, [row[0] for row in self.connection.execute(self._sql["schema_rows"])]
 
     def newest_schema_seq(self) -> int:
+        """As Store's; from a PRAGMA alone when the newest row is the one this store added
+        and committed last and no other connection committed since: a step's statements
+        after its DDL are each prepared anew, and a PRAGMA prepares fastest."""
+        known = self._newest_schema
+        if known is not None and known[1:] == (self.commits, self.data_version()):
+            return known[0]
         if not self._has(self.tables.schemas):
             return 0
         return self.connection.execute(self._sql["newest_schema"]).fetchone()[0]
 
     def add_schema_row(self, fingerprint: str, changes: str) -> int:
         cursor = self.connection.execute(self._sql["add_schema_row"], (fingerprint, changes))
+        # No other connection commits before this transaction ends: it holds the lock.
+        self._newest_schema = (cursor.lastrowid, self.commits + 1, self.data_version())
         return cursor.lastrowid
 
     @contextmanager
