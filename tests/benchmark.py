@@ -49,6 +49,7 @@ from tests import bench_peers
 from tests.bench_peers import (
     MARIADB_SERVER,
     POSTGRES_SERVER,
+    create_table,
     mariadb_connect,
     mariadb_database,
     mariadb_problem,
@@ -208,10 +209,6 @@ class Sandbox:
 
 def is_mariadb(server: str | None) -> bool:
     return server is not None and server.startswith(("mysql://", "mariadb://"))
-
-
-def create_table(version: int) -> str:
-    return f"CREATE TABLE t{version} (id INTEGER PRIMARY KEY, name TEXT)"
 
 
 def migration_path(folder: Path, version: int, kind: str) -> Path:
