@@ -127,7 +127,7 @@ def available() -> dict[str, str | None]:
     return {dist: _installed_version(dist, module) for dist, module in _TOOLS.items()}
 
 
-def _timed_run(cmd: Sequence[str], cwd: Path) -> float:
+def timed_run(cmd: Sequence[str], cwd: Path) -> float:
     """Run `cmd` to completion as a whole process; return its wall time in seconds."""
     start = time.perf_counter()
     try:
@@ -232,12 +232,17 @@ def _table_names(database: Path | str) -> set[str]:
         return {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
 
 
-def _check_applied(database: Path | str, n: int) -> None:
+def check_applied(database: Path | str, n: int) -> None:
     """Fail loudly if the apply did not create all N tables (a silent no-op would look fast)."""
     names = _table_names(database)
     missing = [i for i in range(1, n + 1) if f"t{i}" not in names]
     if missing:
         raise RuntimeError(f"{database}: {len(missing)} of {n} tables missing after apply")
+
+
+def create_table(version: int) -> str:
+    """Migration `version`'s up statement, the same for ours, the plain loop and every peer."""
+    return f"CREATE TABLE t{version} (id INTEGER PRIMARY KEY, name TEXT)"
 
 
 def _sqlite_url(db: Path) -> str:
@@ -385,9 +390,9 @@ def _measure(
                 database = cleanup.enter_context(postgres_database(server))
                 url = database.replace("postgresql://", "postgresql+psycopg://", 1)
             apply_command, status_command = commands(root, url)
-            result.apply_seconds.append(_timed_run(apply_command, root))
-            _check_applied(database, n)
-            result.status_ms.append(_timed_run(status_command, root) * 1000.0)
+            result.apply_seconds.append(timed_run(apply_command, root))
+            check_applied(database, n)
+            result.status_ms.append(timed_run(status_command, root) * 1000.0)
     return result
 
 

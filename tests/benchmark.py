@@ -14,6 +14,12 @@ when no server answers, its rows say so instead of failing. The `mariadb` group 
 same on the local MariaDB/MySQL server (MARIADB_SERVER, root without a password): applying
 1,000 migrations beside a plain PyMySQL loop; its row says why when no server answers or
 PyMySQL is missing.
+
+The `go-peers` group sets our apply of 1,000 in WAL beside dbmate's and sql-migrate's (Go,
+mattn/go-sqlite3) of the same migrations on a new WAL file, each as shipped (synchronous =
+NORMAL: no sync at commit) and with `_sync=FULL` (each commit synced, as ours); the aim is
+ours ahead of each at equal durability. See tests/bench_go_peers.py for how they are run and
+strace's count of their syncs; a tool not installed gets rows saying so.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -45,10 +51,11 @@ import zmq
 
 from broker import endpoint
 from broker.client import WINDOW
-from tests import bench_peers
+from tests import bench_go_peers, bench_peers, tool_binaries
 from tests.bench_peers import (
     MARIADB_SERVER,
     POSTGRES_SERVER,
+    create_table,
     mariadb_connect,
     mariadb_database,
     mariadb_problem,
@@ -81,15 +88,18 @@ class Figure:
     def floor(self) -> float:
         return statistics.median(self.floor_samples)
 
+    @property
+    def ratio(self) -> float:
+        return self.median / self.floor if self.floor else float("nan")
+
     def row(self) -> list[str]:
-        ratio = self.median / self.floor if self.floor else float("nan")
         worst = min(self.samples) if self.higher_is_better else max(self.samples)
         best = max(self.samples) if self.higher_is_better else min(self.samples)
         return [
             self.name,
             f"{_num(self.median)} {self.unit} (best {_num(best)}, worst {_num(worst)})",
             f"{self.floor_name}: {_num(self.floor)} {self.unit}",
-            f"{ratio:.2f}x",
+            f"{self.ratio:.2f}x",
             self.aim,
             self.how,
         ]
@@ -208,10 +218,6 @@ class Sandbox:
 
 def is_mariadb(server: str | None) -> bool:
     return server is not None and server.startswith(("mysql://", "mariadb://"))
-
-
-def create_table(version: int) -> str:
-    return f"CREATE TABLE t{version} (id INTEGER PRIMARY KEY, name TEXT)"
 
 
 def migration_path(folder: Path, version: int, kind: str) -> Path:
@@ -985,6 +991,13 @@ NOT_INSTALLED: list[str] = []  # peers the table could not include
 SERVERS: list[str] = []  # the database servers measured, for the machine line
 
 
+def not_installed(tool: str, install: str) -> None:
+    """Say that `tool` is missing and how to install it; the table's note lists it."""
+    print(f"{tool}: not installed ({install})", flush=True)
+    if tool not in NOT_INSTALLED:
+        NOT_INSTALLED.append(tool)
+
+
 def peer_figures(count: int, runs: int, server: str | None = None) -> list[Figure]:
     """The same apply and cold status work through the tools users would pick instead, on
     SQLite or on fresh databases of `server`."""
@@ -994,9 +1007,7 @@ def peer_figures(count: int, runs: int, server: str | None = None) -> list[Figur
         ("yoyo-migrations", bench_peers.measure_yoyo),
     ):
         if bench_peers.available()[tool] is None:
-            print(f"{tool}: not installed (pip install '.[bench]')", flush=True)
-            if tool not in NOT_INSTALLED:
-                NOT_INSTALLED.append(tool)
+            not_installed(tool, "pip install '.[bench]'")
             continue
         figures += peer_pair(measure, count, runs, server)
     return figures
@@ -1042,6 +1053,71 @@ def peer_pair(
             f"(compare: cold start{where} above)",
         ),
     ]
+
+
+# The floor of the go-peers group, and what each Go peer's setting means for durability.
+WAL_FULL_LOOP = "plain sqlite3 loop, WAL, synchronous = FULL (each commit synced)"
+GO_DURABILITY = {
+    False: "synchronous left at mattn/go-sqlite3's NORMAL: in WAL a commit is not synced, so"
+    " an applied migration, its tracking row included, can vanish in a power cut or OS crash,"
+    " though not in a process crash",
+    True: "synchronous = FULL: each commit synced, as our worker's",
+}
+
+
+def go_peer_figures(count: int, runs: int) -> list[Figure | Unmeasured]:
+    """Our apply of `count` in WAL, then dbmate's and sql-migrate's of the same migrations,
+    each as shipped and with _sync=FULL (see tests/bench_go_peers.py); every one in turns
+    with the plain sqlite3 loop in WAL. A tool not installed gets rows saying so."""
+    samples, floors = interleaved(runs, lambda: apply_once(count, 0).seconds,
+                                  lambda: loop_floor(count, journal="wal"))
+    ours = Figure(
+        f"apply {count:,} migrations, WAL (ours, beside the Go peers)",
+        "one `migrate` through a running node, new database (the worker makes it WAL); each"
+        " migration creates one table; synchronous = FULL: each commit synced",
+        "s", samples, WAL_FULL_LOOP, floors,
+        "(what the Go peers' _sync=FULL rows are set against)",
+    )
+    figures: list[Figure | Unmeasured] = [ours]
+    for name in bench_go_peers.TOOLS:
+        tool = bench_go_peers.installed(name)
+        if tool is None:
+            not_installed(name, tool_binaries.INSTALL[name])
+            figures += [Unmeasured(go_peer_name(name, count, setting),
+                                   f"not installed: {tool_binaries.INSTALL[name]}")
+                        for setting in bench_go_peers.SETTINGS]
+            continue
+        figures += [go_peer_figure(tool, setting, count, runs, ours)
+                    for setting in bench_go_peers.SETTINGS]
+    return figures
+
+
+def go_peer_name(tool: str, count: int, setting: bench_go_peers.Setting) -> str:
+    return f"peer {tool}: apply {count:,} migrations, WAL, {setting.name}"
+
+
+def go_peer_figure(tool: bench_go_peers.GoTool, setting: bench_go_peers.Setting, count: int,
+                   runs: int, ours: Figure) -> Figure:
+    """One Go peer's apply of `count` with one `setting`, in turns with the plain loop in
+    WAL. Ours and the peer are compared by their ratios to their own floors, each taken in
+    turns with it, as the machine's noise changes between the two."""
+    samples, floors = interleaved(runs, lambda: bench_go_peers.apply_seconds(tool, setting, count),
+                                  lambda: loop_floor(count, journal="wal"))
+    figure = Figure(
+        go_peer_name(f"{tool.name} {tool.version}", count, setting),
+        "its own CLI (the Go binary), one process applies all to a new database, DSN"
+        f" `bench.db?{setting.dsn_query}`; {GO_DURABILITY[setting.durable]}",
+        "s", samples, WAL_FULL_LOOP, floors, "",
+    )
+    return replace(figure, aim=go_peer_aim(ours, figure, setting.durable))
+
+
+def go_peer_aim(ours: Figure, theirs: Figure, durable: bool) -> str:
+    """At our durability, ours must be ahead; without it, the figure is only informative."""
+    ratios = f"{ours.ratio:.2f}x vs {theirs.ratio:.2f}x floor"
+    if not durable:
+        return f"none, not durable (ours {ratios})"
+    return f"ours ahead: {ratios}, {'met' if ours.ratio < theirs.ratio else 'NOT met'}"
 
 
 def postgres_figures(quick: bool) -> list[Figure | Unmeasured]:
@@ -1319,6 +1395,7 @@ GROUPS = {
     "kill": "Worker killed",
     "responsive": "Responsive worker, WAL",
     "peers": "Peers",
+    "go-peers": "Go peers on SQLite, WAL",
     "postgres": "PostgreSQL",
     "mariadb": "MariaDB",
     "locks": "Lock timeouts on PostgreSQL",
@@ -1362,6 +1439,7 @@ FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
         lambda quick: [sequential_latency(20 if quick else 1000, 1 if quick else 5, pipes=True)],
     ),
     ("peers", lambda quick: peer_figures(20 if quick else 1000, 1 if quick else 3)),
+    ("go-peers", lambda quick: go_peer_figures(20 if quick else 1000, 1 if quick else 5)),
     ("postgres", postgres_figures),
     ("mariadb", mariadb_figures),
     ("locks", lock_figures),

@@ -15,20 +15,43 @@ from tests.support import PROJECT
 NPM_PREFIX = PROJECT / ".ci" / "tools"
 DBMATE_IN_PREFIX = NPM_PREFIX / "node_modules" / ".bin" / "dbmate"
 
+# How to get each tool, for a skipped test's reason and the benchmark's "not installed" rows.
+INSTALL = {
+    "dbmate": f"npm install --prefix {NPM_PREFIX} dbmate",
+    "sql-migrate": "apt-get install -y sql-migrate (Debian's package)",
+}
+
+
+def find(tool: str) -> Path | None:
+    """`tool` on the PATH, or in .ci/tools' npm bin folder (where dbmate lands); None if in
+    neither."""
+    found = shutil.which(tool) or shutil.which(tool, path=str(DBMATE_IN_PREFIX.parent))
+    return None if found is None else Path(found)
+
 
 def dbmate() -> Path:
     """dbmate on the PATH or in .ci/tools; skips the test when it is in neither."""
-    found = shutil.which("dbmate") or shutil.which("dbmate", path=str(DBMATE_IN_PREFIX.parent))
+    found = find("dbmate")
     if found is None:
         pytest.skip(f"dbmate is not installed (not on the PATH, not in {DBMATE_IN_PREFIX}):"
-                    f" npm install --prefix {NPM_PREFIX} dbmate")
-    return Path(found)
+                    f" {INSTALL['dbmate']}")
+    return found
+
+
+def go_binary(found: Path) -> Path:
+    """The Go program `found` runs. npm's dbmate is a node launcher (dist/cli.js) that
+    spawns the binary of its platform's package, node_modules/@dbmate/<platform>/bin/dbmate
+    (npm installs only the one for this machine); anything else is the program itself."""
+    launcher = found.resolve()
+    if launcher.suffix != ".js":
+        return found
+    node_modules = launcher.parents[2]  # node_modules/dbmate/dist/cli.js
+    return next(iter(sorted(node_modules.glob("@dbmate/*/bin/dbmate"))), found)
 
 
 def sql_migrate() -> Path:
-    """sql-migrate on the PATH; skips the test when it is not there."""
-    found = shutil.which("sql-migrate")
+    """sql-migrate on the PATH (or in .ci/tools); skips the test when it is not there."""
+    found = find("sql-migrate")
     if found is None:
-        pytest.skip("sql-migrate is not installed (not on the PATH): apt-get install -y"
-                    " sql-migrate (Debian's package)")
-    return Path(found)
+        pytest.skip(f"sql-migrate is not installed (not on the PATH): {INSTALL['sql-migrate']}")
+    return found
