@@ -13,6 +13,7 @@ A repeatable migration (Flyway's) is a file `R__name.sql` (plain SQL, run whole)
 checksum changed, never reverted; `Catalog.repeatables()` lists them, by name.
 
     Migration.load() -> Loaded(up, down, foreign_keys, checksum)    to apply or revert it
+    Migration.prepare() -> Loaded | Compiled      load() short of running code, any thread
     Catalog.source_checksum_matches(migration, recorded) -> bool      to validate it
 
 A migration in two files is a PairedMigration, which also knows its down file's path, and
@@ -64,6 +65,25 @@ class Loaded(NamedTuple):
     down_statements: tuple[str, ...] | None = None
 
 
+class Compiled(NamedTuple):
+    """A .py migration file's bytes compiled, not yet run, and their checksum."""
+
+    code: types.CodeType
+    checksum: str
+
+
+def _compiled(source: bytes, path: str) -> Compiled:
+    return Compiled(compile(source, path, "exec"), checksum_of(source))
+
+
+def _module_of(compiled: Compiled, name: str, path: str) -> types.ModuleType:
+    """A fresh module named `name` that ran the compiled file."""
+    module = types.ModuleType(name)
+    module.__file__ = path
+    exec(compiled.code, module.__dict__)
+    return module
+
+
 class Migration(NamedTuple):
     """A migration file; a tuple, because a catalog may hold ten thousand of them."""
 
@@ -110,8 +130,39 @@ class Migration(NamedTuple):
         read = pick.read(self.path, up, down, split_statements or self.split_statements)
         return read, checksum_of(up if down is None else paired_source(up, down[1]))
 
-    def load(self) -> Loaded:
-        """Read the file once and make it runnable, with the checksum of the bytes read.
+    def prepare(self) -> Loaded | Compiled:
+        """What load() does short of running the file's code: a .sql file's Loaded, or a
+        .py file's bytes compiled, with their checksum. Runs no code of the file, so it is
+        safe on any thread (see worker/ahead.py); raises what load() raises for a file
+        that cannot be read, parsed or compiled.
+        """
+        if self.kind == "py":
+            return _compiled(self.source(), self.path)
+        read, checksum = self.read_sql()
+        filename = os.path.basename(self.path)
+        down_filename = os.path.basename(self.down_path or self.path)
+        parsed = read.parsed
+        return Loaded(
+            _statements_runner(parsed.up, "up", filename, parsed.up_stub),
+            # An empty down section (or file) reverts nothing and succeeds, as in dbmate,
+            # goose and golang-migrate; only a migration without one cannot be reverted.
+            None
+            if parsed.down is None
+            else _statements_runner(parsed.down, "down", down_filename, parsed.down_stub),
+            parsed.foreign_keys,
+            checksum,
+            parsed.up_transaction,
+            parsed.down_transaction,
+            parsed.up_lock_timeout,
+            parsed.down_lock_timeout,
+            read.down_named,
+            tuple(parsed.up),
+            None if parsed.down is None else tuple(parsed.down),
+        )
+
+    def load(self, prepared: Loaded | Compiled | None = None) -> Loaded:
+        """Read the file once and make it runnable, with the checksum of the bytes read;
+        from what prepare() gave, when given.
 
         A .py file is executed as a fresh module: compiling the bytes we hashed (rather than
         importing by path) means the checksum recorded is of exactly the code that ran, and
@@ -123,32 +174,11 @@ class Migration(NamedTuple):
         if it is malformed or not UTF-8.
         Raises OSError if a file cannot be read.
         """
+        prepared = self.prepare() if prepared is None else prepared
+        if isinstance(prepared, Loaded):
+            return prepared
         filename = os.path.basename(self.path)
-        if self.kind == "sql":
-            read, checksum = self.read_sql()
-            down_filename = os.path.basename(self.down_path or self.path)
-            parsed = read.parsed
-            return Loaded(
-                _statements_runner(parsed.up, "up", filename, parsed.up_stub),
-                # An empty down section (or file) reverts nothing and succeeds, as in dbmate,
-                # goose and golang-migrate; only a migration without one cannot be reverted.
-                None
-                if parsed.down is None
-                else _statements_runner(parsed.down, "down", down_filename, parsed.down_stub),
-                parsed.foreign_keys,
-                checksum,
-                parsed.up_transaction,
-                parsed.down_transaction,
-                parsed.up_lock_timeout,
-                parsed.down_lock_timeout,
-                read.down_named,
-                tuple(parsed.up),
-                None if parsed.down is None else tuple(parsed.down),
-            )
-        source = self.source()
-        module = types.ModuleType(f"migration_{self.version}_{self.name}")
-        module.__file__ = self.path
-        exec(compile(source, self.path, "exec"), module.__dict__)
+        module = _module_of(prepared, f"migration_{self.version}_{self.name}", self.path)
         foreign_keys, transaction = (
             _declared(module, name, filename) for name in ("FOREIGN_KEYS", "TRANSACTION")
         )
@@ -157,7 +187,7 @@ class Migration(NamedTuple):
             _callable(module, "up"),
             _callable(module, "down"),
             foreign_keys,
-            checksum_of(source),
+            prepared.checksum,
             transaction,  # a .py file's TRANSACTION is for both of its functions
             transaction,
             lock_timeout,  # and so is its LOCK_TIMEOUT
@@ -586,8 +616,20 @@ class Repeatable(NamedTuple):
         with open(self.path, "rb") as file:
             return file.read()
 
-    def load(self) -> Loaded:
-        """Read the file once and make it runnable, with the checksum of the bytes read.
+    def prepare(self) -> Loaded | Compiled:
+        """As Migration.prepare: a .sql file's Loaded, or a .py file compiled."""
+        source = self.source()
+        if self.kind == "py":
+            return _compiled(source, self.path)
+        filename = os.path.basename(self.path)
+        text = sql_file.decode(source, filename)
+        statements = sql_file.parse_plain(text, filename, self.split_statements)
+        return Loaded(_statements_runner(statements, "", filename), None, True,
+                      checksum_of(source))
+
+    def load(self, prepared: Loaded | Compiled | None = None) -> Loaded:
+        """Read the file once and make it runnable, with the checksum of the bytes read;
+        from what prepare() gave, when given.
 
         A .sql file is plain SQL, the whole file its up (sql_file.parse_plain); raises
         sql_file.SqlFileError naming the file and line for a `-- migrate:` directive in it,
@@ -597,20 +639,15 @@ class Repeatable(NamedTuple):
         declaration of the wrong type. Either has no down. Raises OSError if the file
         cannot be read.
         """
-        source = self.source()
+        prepared = self.prepare() if prepared is None else prepared
+        if isinstance(prepared, Loaded):
+            return prepared
         filename = os.path.basename(self.path)
-        if self.kind == "sql":
-            text = sql_file.decode(source, filename)
-            statements = sql_file.parse_plain(text, filename, self.split_statements)
-            return Loaded(_statements_runner(statements, "", filename), None, True,
-                          checksum_of(source))
-        module = types.ModuleType(f"repeatable_{self.name}")
-        module.__file__ = self.path
-        exec(compile(source, self.path, "exec"), module.__dict__)
+        module = _module_of(prepared, f"repeatable_{self.name}", self.path)
         foreign_keys, transaction = (
             _declared(module, name, filename) for name in ("FOREIGN_KEYS", "TRANSACTION")
         )
-        return Loaded(_callable(module, "up"), None, foreign_keys, checksum_of(source),
+        return Loaded(_callable(module, "up"), None, foreign_keys, prepared.checksum,
                       transaction, True, _lock_timeout(module, filename))
 
 

@@ -39,6 +39,7 @@ from broker.errors import (
     cancelled_before_start,
 )
 from broker.kinds import PROGRESS, WAITING
+from worker.ahead import Ahead
 from worker.catalog import Catalog, Loaded, Migration, Repeatable, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
@@ -1006,6 +1007,7 @@ class _Run:
         self.repeatables = repeatables
         self.dry_run = dry_run
         self._loaded: dict[str, Loaded] = {}  # a dry run's steps, by path
+        self._ahead: Ahead | None = None  # a real series' files, prepared a step ahead
         self._dry_foreign_keys = True
         self._started_at = ""
         self._outside_transaction = False  # the real run's step in progress runs outside one
@@ -1047,7 +1049,13 @@ class _Run:
         which is rolled back however the series ends."""
         self.total = self._steps_done() + len(migrations)
         if not self.dry_run:
-            yield self._until_stopped(migrations)
+            # Each file is read and compiled while the step before it commits.
+            self._ahead = Ahead(migrations) if len(migrations) > 1 else None
+            try:
+                yield self._until_stopped(migrations)
+            finally:
+                if self._ahead is not None:
+                    self._ahead.close()
             return
         to_run, failure = [], None
         for migration in migrations:
@@ -1102,7 +1110,8 @@ class _Run:
                 if not self._dry_foreign_keys:
                     self.store.check_foreign_keys()
             else:
-                step = Step(migration, migration.load())
+                step = Step(migration, migration.load() if self._ahead is None
+                            else self._ahead.load(migration))
                 self._take_trying(step, finish)
         if isinstance(migration, Repeatable):
             self.repeatables = [*(self.repeatables or ()), self._entry_of(step)]
@@ -1182,6 +1191,7 @@ class _Run:
             with self.store.transaction(foreign_keys=loaded.foreign_keys):
                 self._schema_since = self._schema_mark()
                 finish(step, self._call(step, lock_timeout_s=lock_timeout_s))
+                self._prepare_next()
             self._finished = True
         else:
             self._schema_since = None  # its statements commit one by one: read after them
@@ -1193,11 +1203,18 @@ class _Run:
                 with self.store.transaction():
                     self._record_repairs(step)
                     finish(step, elapsed_ms)
+                    self._prepare_next()
                 self._finished = True
             except BaseException:
                 self._record_repairs(step, alone=True)
                 self._record_what_stays()
                 raise
+
+    def _prepare_next(self) -> None:
+        """Right before the step's COMMIT, which waits with the GIL released: the next
+        file read and compiled meanwhile (see worker/ahead.py)."""
+        if self._ahead is not None:
+            self._ahead.prepare_next()
 
     def _record_what_stays(self) -> None:
         """After a step outside a transaction failed: record the schema its statements
