@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.fuzz import endpoint_of
 from tests.processes import alive_owner, gone
 from tests.support import (
     PROCESS_TIMEOUT_S,
@@ -62,6 +63,21 @@ def test_worker_killed_inside_a_slow_migration_loses_nothing(workspace, folder):
     assert node.finish() == 0
     assert workspace.recorded() == [(1, "slow"), (2, "t2"), (3, "t3")]
     assert {"slow", "t2", "t3"} <= workspace.tables()
+
+
+def test_a_killed_worker_has_logged_every_step_it_committed(workspace, folder):
+    table_migrations(folder, range(1, 4))
+    started, block = blocking_migration(folder, "0004_slow.py", "slow")
+    node, killed, migrated = signal_during_slow_migrate(
+        workspace, folder, signal.SIGKILL, started, block
+    )
+    assert [m["version"] for m in migrated["migrations"]] == [1, 2, 3, 4]
+    assert node.finish() == 0
+    log = endpoint_of(workspace).log_path.read_text()
+    # Each line is written as its step commits, not held for the end of the request.
+    assert [line.split(": ", 1)[1] for line in log.splitlines()
+            if f"worker[{killed}] INFO worker.engine: applied" in line] == [
+        "applied 1 t1", "applied 2 t2", "applied 3 t3"]
 
 
 def test_kill_after_commit_before_reply_gives_the_stored_answer_and_runs_nothing_twice(

@@ -407,11 +407,7 @@ class WorkerServer:
         A message holds one or more requests (a frame each); the replies to them go back in
         one message, two frames per reply, in the same order.
         """
-        try:
-            self._serve_messages(router)
-        finally:
-            for handler in logging.getLogger().handlers:
-                handler.flush()  # held log lines go out once the batch is answered
+        self._serve_messages(router)
 
     def _serve_messages(self, router: zmq.Socket) -> None:
         for _ in range(BATCH):
@@ -436,8 +432,6 @@ class WorkerServer:
     def _send_outbox(self, router: zmq.Socket) -> None:
         for peer, frames in self.outbox.take():
             self._send(router, peer, frames)
-        for handler in logging.getLogger().handlers:
-            handler.flush()  # held log lines go out once a write is answered
 
     def _too_many(self, count: int) -> bytes:
         """One error for the requests of a message beyond the bound: none of them ran."""
