@@ -37,13 +37,15 @@ _TOKEN = re.compile(
 )
 _PUNCTUATION = frozenset("(),;")
 
-_NOT_INTERNAL = r"name NOT LIKE 'sqlite\_%' ESCAPE '\'"
-_OBJECTS = f"SELECT rowid, type, name, tbl_name, sql FROM sqlite_master WHERE {_NOT_INTERNAL}"
+# SQLite's own objects (named sqlite_*, in any case, as LIKE compares) are left out in
+# Python: a WHERE clause costs the statement's preparation, which a step's DDL makes anew.
+_OBJECTS = "SELECT rowid, type, name, tbl_name, sql FROM sqlite_master"
+_INTERNAL = "sqlite_"
 # sqlite_master has no index but its rowid, and a new row takes the highest rowid there plus
 # one: a step's new rows are above the highest rowid of the rows it did not touch, and the
 # rows seen on the tables it touched are found again by their rowids (see _read_part).
-_NEWER = f"{_OBJECTS} AND rowid > ?"
-_BY_ROWID = f"{_OBJECTS} AND rowid IN (SELECT value FROM json_each(?))"
+_NEWER = f"{_OBJECTS} WHERE rowid > ?"
+_BY_ROWID = f"{_OBJECTS} WHERE rowid IN (SELECT value FROM json_each(?))"
 # The pragmas as statements of their own, not as table-valued functions in a SELECT: a
 # step's statements after its DDL are all prepared anew, and a PRAGMA prepares in a third of
 # the time. They take no parameters: the name is quoted into them (see _pragma).
@@ -103,7 +105,7 @@ def read(connection: sqlite3.Connection, exclude: Collection[str]) -> Schema:
     """
     found: dict[str, dict[str, Any]] = {"table": {}, "index": {}, "view": {}, "trigger": {}}
     skip = set(exclude)
-    for row in connection.execute(_OBJECTS):
+    for row in _objects(connection, _OBJECTS):
         described = _describe(connection, row, skip)
         if described is not None:
             found[row[1]][row[2]] = described
@@ -169,11 +171,18 @@ def read_objects(connection: sqlite3.Connection, exclude: Collection[str],
             return part
     fresh = _Seen()
     texts = {} if seen is None else {seen.rows[r][1:]: seen.texts[r] for r in seen.rows}
-    for row in connection.execute(_OBJECTS):
+    for row in _objects(connection, _OBJECTS):
         known = row[1:] in texts
         fresh.add(row, texts[row[1:]] if known else _text(connection, row, skip))
     memo["seen"] = fresh
     return fresh.found(fresh.rows), None
+
+
+def _objects(connection: sqlite3.Connection, query: str, parameters: tuple = ()
+             ) -> list[Row]:
+    """The rows of a query of sqlite_master, but SQLite's own objects'."""
+    return [row for row in connection.execute(query, parameters)
+            if row[2][:len(_INTERNAL)].lower() != _INTERNAL]
 
 
 def _read_part(connection: sqlite3.Connection, seen: _Seen, scope: set[str],
@@ -181,10 +190,10 @@ def _read_part(connection: sqlite3.Connection, seen: _Seen, scope: set[str],
     """read_objects() of a scope, or None when a row found is on another table."""
     known = set().union(*(seen.by_table.get(table, ()) for table in scope))
     top = seen.top_outside(scope)
-    rows = connection.execute(_NEWER, (top,)).fetchall()
+    rows = _objects(connection, _NEWER, (top,))
     below = sorted(rowid for rowid in known if rowid <= top)
     if below:
-        rows += connection.execute(_BY_ROWID, (json.dumps(below),)).fetchall()
+        rows += _objects(connection, _BY_ROWID, (json.dumps(below),))
     if any(row[3] not in scope for row in rows):
         return None
     before = seen.found(known)
