@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import datetime
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -1378,11 +1379,73 @@ def server_problem(server: str | None) -> str | None:
     return problem
 
 
-def tree_commit() -> str:
-    """BASELINE_TREE's commit, short, as the floor column names it."""
-    done = subprocess.run(["git", "-C", str(BASELINE_TREE), "rev-parse", "--short", "HEAD"],
+def tree_commit(tree: Path | None = None) -> str:
+    """The commit checked out in `tree` (BASELINE_TREE by default), short, as the floor
+    column names it."""
+    tree = BASELINE_TREE if tree is None else tree
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True)
-    return done.stdout.strip() or str(BASELINE_TREE)
+    return done.stdout.strip() or str(tree)
+
+
+# Issue 25's changes to applying, oldest first: each commit, and what it changed since the
+# one before it (the first: the code before the issue). The `changes` group measures them.
+SPEED_CHANGES = [
+    ("9806605", "the code before issue 25"),
+    ("c207526", "fewer and cheaper SQLite statements after a step's DDL"),
+    ("a7c849a", "the next file read, hashed and compiled during the COMMIT before it"),
+    ("0a8da7d", "each log line written at once, none held (for no line lost to a kill)"),
+    ("320c129", "no LIKE in the schema reader's query of sqlite_master"),
+]
+
+
+def change_figures(count: int, runs: int) -> list[Figure | Unmeasured]:
+    """What each change of SPEED_CHANGES saved: applying `count` in WAL through each
+    commit's node.py and worker (extracted with git archive), all in turns, each beside
+    the commit before it; then this tree beside the plain loop."""
+    name = f"apply {count:,} migrations, WAL, change by change"
+    with tempfile.TemporaryDirectory(prefix="migrations-changes-") as root:
+        trees = []
+        for commit, what in SPEED_CHANGES:
+            tree = Path(root) / commit
+            problem = extract_commit(commit, tree)
+            if problem is not None:
+                return [Unmeasured(name, problem)]
+            trees.append((commit, what, tree))
+        samples: dict[Path, list[float]] = {tree: [] for *_, tree in trees}
+        samples[PROJECT] = []
+        floors: list[float] = []
+        order = [*samples]
+        for run in range(runs):
+            for tree in order[:: 1 if run % 2 else -1]:
+                os.sync()
+                samples[tree].append(apply_once(count, 0, tree=tree).seconds)
+            os.sync()
+            floors.append(loop_floor(count))
+    figures: list[Figure | Unmeasured] = []
+    for (before, _, before_tree), (commit, what, tree) in itertools.pairwise(trees):
+        figures.append(Figure(
+            f"apply {count:,}, WAL: {what} ({commit})",
+            "one `migrate` through a running node of that commit, in turns with every other"
+            " commit here; the ratio is the change's, below 1x a saving",
+            "s", samples[tree], f"the same apply through {before}", samples[before_tree],
+            "(informative)"))
+    figures.append(Figure(
+        f"apply {count:,} migrations, WAL, this tree ({tree_commit(PROJECT)})",
+        "one `migrate` through a running node, in turns with the commits above",
+        "s", samples[PROJECT], loop_name(None), floors, apply_aim(count, "py", None)))
+    return figures
+
+
+def extract_commit(commit: str, into: Path) -> str | None:
+    """Put `commit`'s files in `into` (git archive); why it cannot, or None."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(PROJECT), "archive", "--format=tar", commit],
+                             capture_output=True)
+    if archive.returncode != 0:
+        return f"cannot read commit {commit} here: {archive.stderr.decode().strip()[:200]}"
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return None
 
 
 # Each group's title heads its section of the output file when run alone (--only).
@@ -1401,6 +1464,7 @@ GROUPS = {
     "locks": "Lock timeouts on PostgreSQL",
     "lint": "Lint's parser",
     "schema-record": "Schema record after every step",
+    "changes": "Applying, change by change (issue 25)",
 }
 
 FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
@@ -1444,6 +1508,7 @@ FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
     ("mariadb", mariadb_figures),
     ("locks", lock_figures),
     ("lint", lambda quick: lint_import(1 if quick else 20)),
+    ("changes", lambda quick: change_figures(20 if quick else 1000, 1 if quick else 7)),
     ("schema-record", lambda quick: schema_record_figures(50 if quick else 1000,
                                                          1 if quick else 5)),
     ("schema-record", lambda quick: schema_record_figures(100 if quick else 10_000,
