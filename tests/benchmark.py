@@ -52,7 +52,7 @@ import zmq
 
 from broker import endpoint
 from broker.client import WINDOW
-from tests import bench_go_peers, bench_peers, tool_binaries
+from tests import bench_go_peers, bench_peers, bench_profile, tool_binaries
 from tests.bench_peers import (
     MARIADB_SERVER,
     POSTGRES_SERVER,
@@ -1437,6 +1437,43 @@ def change_figures(count: int, runs: int) -> list[Figure | Unmeasured]:
     return figures
 
 
+def profile_figures(count: int, runs: int) -> list[Figure]:
+    """Where an in-process apply of `count` spends its time beyond the plain loop, piece by
+    piece (see tests/bench_profile.py): the whole apply beside the loop, then the apply
+    without each piece beside the whole one, all in turns."""
+    configs: list[str | None] = [None, *bench_profile.PIECES]
+    samples: dict[str | None, list[float]] = {config: [] for config in configs}
+    floors: list[float] = []
+    for run in range(runs):
+        for config in configs[:: 1 if run % 2 else -1]:
+            os.sync()
+            samples[config].append(bench_profile.apply_seconds(count, config))
+        os.sync()
+        floors.append(loop_floor(count))
+    whole = statistics.median(samples[None])
+
+    def per_migration_us(seconds: float) -> float:
+        return seconds / count * 1e6
+
+    costs = {piece: per_migration_us(whole - statistics.median(samples[piece]))
+             for piece in bench_profile.PIECES}
+    beyond = per_migration_us(whole - statistics.median(floors))
+    figures = [Figure(
+        f"apply {count:,} in process, WAL, everything",
+        "the worker's engine and store in the benchmark's process, no node; beyond the loop:"
+        f" {beyond:.0f} µs a migration, of which the pieces below {sum(costs.values()):.0f};"
+        f" the rest ({beyond - sum(costs.values()):.0f}: the engine's own Python, loading"
+        " each file, the migration's guarded db, statements prepared anew after its DDL)",
+        "s", samples[None], loop_name(None), floors, "(informative)")]
+    for piece, cost in costs.items():
+        figures.append(Figure(
+            f"apply {count:,} in process, WAL, without {piece}",
+            f"as above, that piece taken out: it costs {cost:.0f} µs a migration",
+            "s", samples[piece], "the whole apply in process, same run", samples[None],
+            "(informative)"))
+    return figures
+
+
 def extract_commit(commit: str, into: Path) -> str | None:
     """Put `commit`'s files in `into` (git archive); why it cannot, or None."""
     into.mkdir(parents=True)
@@ -1465,6 +1502,7 @@ GROUPS = {
     "lint": "Lint's parser",
     "schema-record": "Schema record after every step",
     "changes": "Applying, change by change (issue 25)",
+    "profile": "Applying, piece by piece",
 }
 
 FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
@@ -1509,6 +1547,7 @@ FIGURES: list[tuple[str, Callable[[bool], list[Figure | Unmeasured]]]] = [
     ("locks", lock_figures),
     ("lint", lambda quick: lint_import(1 if quick else 20)),
     ("changes", lambda quick: change_figures(20 if quick else 1000, 1 if quick else 7)),
+    ("profile", lambda quick: profile_figures(20 if quick else 1000, 1 if quick else 7)),
     ("schema-record", lambda quick: schema_record_figures(50 if quick else 1000,
                                                          1 if quick else 5)),
     ("schema-record", lambda quick: schema_record_figures(100 if quick else 10_000,
