@@ -289,6 +289,21 @@ def test_sqlite_s_catalog_stamp_moves_with_the_schema_and_not_with_rows(tmp_path
         database.drop()
 
 
+def test_sqlite_constraints_in_any_case_or_added_by_alter_table_are_read(tmp_path):
+    # The reader asks for UNIQUE constraints and foreign keys only of a definition that
+    # names them: in whatever case, and as ALTER TABLE rewrote it.
+    with contextlib.closing(sqlite3.connect(tmp_path / "db.sqlite")) as connection:
+        connection.executescript(
+            "CREATE TABLE p (id INTEGER PRIMARY KEY, code TEXT uNiQuE);"
+            " CREATE TABLE c (id INTEGER PRIMARY KEY);"
+            " ALTER TABLE c ADD COLUMN p_id INTEGER ReFeReNcEs p (id);"
+            " CREATE TABLE plain (id INTEGER PRIMARY KEY, note TEXT)")
+        tables = sqlite_schema.read(connection, ())["table"]
+    assert "unique (code)" in tables["p"]["constraints"]
+    assert tables["c"]["constraints"]["foreign key (p_id) -> p (id)"]["references"] == "p"
+    assert list(tables["plain"]["constraints"]) == ["primary key"]
+
+
 def test_a_column_added_by_hand_is_described_as_added(database):
     before = database.read()
     database.execute(database.profile.add_column)

@@ -243,11 +243,19 @@ def _table(connection: sqlite3.Connection, name: str, sql: str) -> dict[str, Any
     if keys:
         constraints["primary key"] = {"type": "primary key",
                                       "columns": [column for _, column in sorted(keys)]}
-    for _, index, _, origin, _ in _pragma(connection, _INDEXES_OF, name):
-        if origin == "u":
-            names = [key["name"] for key in _keys(connection, index)]
-            constraints[f"unique ({', '.join(names)})"] = {"type": "unique", "columns": names}
-    constraints.update(_foreign_keys(connection, name))
+    # Only a definition that says UNIQUE has UNIQUE constraints, and only one that says
+    # REFERENCES has foreign keys (SQLite rewrites it for ALTER TABLE, and keywords are
+    # ASCII); without the word, the pragma that would list none is not run, a statement
+    # less to prepare after a step's DDL.
+    definition = sql.lower()
+    if "unique" in definition:
+        for _, index, _, origin, _ in _pragma(connection, _INDEXES_OF, name):
+            if origin == "u":
+                names = [key["name"] for key in _keys(connection, index)]
+                constraints[f"unique ({', '.join(names)})"] = {"type": "unique",
+                                                               "columns": names}
+    if "references" in definition:
+        constraints.update(_foreign_keys(connection, name))
     return {"columns": columns, "constraints": constraints, "definition": normalise(sql)}
 
 
