@@ -1396,6 +1396,7 @@ SPEED_CHANGES = [
     ("a7c849a", "the next file read, hashed and compiled during the COMMIT before it"),
     ("0a8da7d", "each log line written at once, none held (for no line lost to a kill)"),
     ("320c129", "no LIKE in the schema reader's query of sqlite_master"),
+    ("f3078b5", "no pragma for UNIQUE constraints or foreign keys a definition lacks"),
 ]
 
 
