@@ -54,6 +54,9 @@ SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 SEND_LAST = int(zmq.NOBLOCK)
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 MAX_CANCEL_IDS = 256  # request ids one cancel may name: a node's whole window
+# How long a status waits for a running write to lend it the owner's connection at its next
+# commit, before its own connection reads the whole schema anew (see WorkerServer.status).
+LEND_WAIT_S = 0.02
 
 Handler = Callable[[bytes, Params], dict[str, Any]]
 
@@ -173,7 +176,8 @@ class Writer:
         self._thread.join()
 
     def _loop(self) -> None:
-        self._settle()  # what a killed worker left in the -wal, before anything is asked
+        with self.engine.store.writing():
+            self._settle()  # what a killed worker left in the -wal, before anything is asked
         while True:
             with self._lock:
                 while not self._jobs and not self._closing:
@@ -186,18 +190,22 @@ class Writer:
                 # A write cancelled while queued starts cancelled: if a worker that died had
                 # begun it, it stops before its next step (Engine.cancel_unstarted).
                 self._current, self._current_cancelled = job, unstarted
-            try:
-                handler = job.handler
-                if unstarted:
-                    handler = functools.partial(self.engine.cancel_unstarted, resume=job.handler)
-                request_id, body = job.request_id, run_handler(handler, job.request_id, job.params)
-            finally:
-                with self._lock:
-                    self._current, self._current_cancelled = None, False
-            if body is not None:
-                self.completed += 1
-                self.outbox.put(job.peer, codec.pack_reply(request_id, packed_reply(body)))
-            self._settle()
+            with self.engine.store.writing():
+                self._run(job, unstarted)
+                self._settle()
+
+    def _run(self, job: Job, unstarted: bool) -> None:
+        try:
+            handler = job.handler
+            if unstarted:
+                handler = functools.partial(self.engine.cancel_unstarted, resume=job.handler)
+            request_id, body = job.request_id, run_handler(handler, job.request_id, job.params)
+        finally:
+            with self._lock:
+                self._current, self._current_cancelled = None, False
+        if body is not None:
+            self.completed += 1
+            self.outbox.put(job.peer, codec.pack_reply(request_id, packed_reply(body)))
 
     def _settle(self) -> None:
         try:
@@ -251,7 +259,7 @@ class WorkerServer:
             "baseline": write_engine.baseline,
             "adopt": write_engine.adopt,
             "resolve": write_engine.resolve,
-            "status": read_engine.status,
+            "status": self.status,
             "validate": read_engine.validate,
             "history": read_engine.history,
             "dump": write_engine.dump,
@@ -275,6 +283,17 @@ class WorkerServer:
                             " the file now at that path", moved)
                 self.stop.requested = True
         return self.stop.requested
+
+    def status(self, request_id: bytes, params: Params) -> dict[str, Any]:
+        """Status read on the owner's connection when the reader's would first read the
+        whole schema anew (SQLite, after a migration's DDL: a cost that grows with every
+        table) and the owner's is free, or lent by a running write at its next commit within
+        LEND_WAIT_S; else on the reader's. Both read the last commit."""
+        if self.engine.store.stale_schema():
+            with self.writer.engine.store.lent(LEND_WAIT_S) as lent:
+                if lent:
+                    return self.writer.engine.status(request_id, params)
+        return self.engine.status(request_id, params)
 
     def health(self, request_id: bytes, params: Params) -> dict[str, Any]:
         running = self.writer.engine.running
@@ -422,6 +441,7 @@ class WorkerServer:
             # The requests of one message were sent together, so one snapshot of the folder
             # and database answers them; a later message may follow a reply already sent.
             self.engine.new_batch()
+            self.writer.engine.new_batch()
             replies = []
             for frame in requests[: codec.MAX_MESSAGE_REQUESTS] or [b""]:
                 answered = self._take(peer, frame)

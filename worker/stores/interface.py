@@ -638,6 +638,24 @@ class Store(ABC):
         the rows); by default each query sees the last commit on its own."""
         return nullcontext()
 
+    def stale_schema(self) -> bool:
+        """Whether this connection's next read first reads the whole schema anew: SQLite's
+        does once another connection changed it (a migration's DDL) since its last
+        reading(), a cost that grows with every table. False by default."""
+        return False
+
+    def writing(self) -> AbstractContextManager[None]:
+        """Around each write request, on the writer thread: this store's connection is the
+        write's, lent to a read only between two of its transactions (see lent)."""
+        return nullcontext()
+
+    def lent(self, wait_s: float) -> AbstractContextManager[bool]:
+        """From the socket thread: this store's connection for one read (True), once no
+        write holds it: at once while none runs, else when a running write commits its
+        transaction within `wait_s` (the write then waits until the read is done). False
+        when it did not come in time, or is never lent (the default): read on reader()."""
+        return nullcontext(False)
+
     def history_mark(self) -> HistoryMark | None:
         """The history's newest event (NO_EVENT when it has none), to ask tracking_changes()
         about later, in the snapshot of reading(); None when this store cannot tell what

@@ -18,7 +18,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from worker.stores.sqlite.migration_db import (
     TouchedTables,
     guarded,
 )
+from worker.stores.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +312,8 @@ class SqliteStore(Store):
         self._touched: TouchedTables | None = None  # since the last schema_mark()
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
+        self._turns = Turns()  # the writer thread's connection, lent to reads (see lent)
+        self._read_schema: int | None = None  # PRAGMA schema_version at the last reading()
 
     def close(self) -> None:
         self.connection.close()
@@ -348,9 +351,21 @@ class SqliteStore(Store):
             return
         self.connection.execute("BEGIN")
         try:
+            (self._read_schema,) = self.connection.execute("PRAGMA schema_version").fetchone()
             yield
         finally:
             self.connection.execute("COMMIT")
+
+    def stale_schema(self) -> bool:
+        """As Store's: a header read, which never reads the schema itself."""
+        (version,) = self.connection.execute("PRAGMA schema_version").fetchone()
+        return version != self._read_schema
+
+    def writing(self) -> AbstractContextManager[None]:
+        return self._turns.writing()
+
+    def lent(self, wait_s: float) -> AbstractContextManager[bool]:
+        return self._turns.lend(wait_s)
 
     def moved(self) -> str | None:
         """Why the path no longer names the file this store has open, or None. SQLite goes
@@ -535,6 +550,7 @@ class SqliteStore(Store):
         self.commits += 1
         if self._crash_hook is not None:
             self._crash_hook.fire_if_armed()
+        self._turns.between()
 
     def _forget_transaction(self) -> None:
         """After a rollback: what this store noted of the tables in the transaction."""
