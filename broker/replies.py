@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from broker.kinds import WAITING, before_reply
 from broker.requests import Request
+from broker.runs import Run, RunList
 
 NODE_FIELDS = ("type", "in_reply_to")  # a reply line's first two, written by the node
 
@@ -47,6 +48,7 @@ class OrderedReplies:
         self._slots: deque[Slot] = deque()
         self._last_body: dict[str, Any] | None = None  # the body rendered last, and its JSON
         self._last_rest = ""
+        self._run_json: dict[Run, str] = {}  # the last body's runs (broker/runs.py), rendered
 
     def adopt_identity(self, node_id: str) -> None:
         """What init does: take the node id and frame every reply from now on."""
@@ -101,8 +103,8 @@ class OrderedReplies:
         if body is not self._last_body:
             # in_reply_to is the request's msg_id, written here: one a body carried would
             # put a second in_reply_to in the line, which a JSON reader takes as the answer.
-            rest = json.dumps({key: value for key, value in body.items()
-                               if key not in NODE_FIELDS})
+            rest = self._fields_json({key: value for key, value in body.items()
+                                      if key not in NODE_FIELDS})
             self._last_body, self._last_rest = body, rest[1:-1]
         parts = ['{"type": ', json.dumps(body["type"])]
         if slot.msg_id is not None:
@@ -116,6 +118,27 @@ class OrderedReplies:
             parts.append("}")
         parts.append("\n")
         return "".join(parts).encode()
+
+    def _fields_json(self, fields: dict[str, Any]) -> str:
+        """json.dumps(fields), each run of a RunList rendered once for as long as the next
+        bodies keep it: the dict as "{" + ", ".join('"key": value') + "}", and a list as
+        "[" + ", ".join(items) + "]", which runs' texts joined make too."""
+        if not any(isinstance(value, RunList) for value in fields.values()) or not all(
+                isinstance(key, str) for key in fields):
+            return json.dumps(fields)
+        rendered: dict[Run, str] = {}
+        parts = []
+        for key, value in fields.items():
+            if isinstance(value, RunList):
+                for run in value.runs:
+                    known = self._run_json.get(run)
+                    rendered[run] = json.dumps(run.items)[1:-1] if known is None else known
+                text = "[" + ", ".join(rendered[run] for run in value.runs) + "]"
+            else:
+                text = json.dumps(value)
+            parts.append(f"{json.dumps(key)}: {text}")
+        self._run_json = rendered
+        return "{" + ", ".join(parts) + "}"
 
     def waiting(self) -> int:
         """Replies reserved but not yet written."""

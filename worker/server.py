@@ -34,6 +34,7 @@ import zmq
 from broker import codec, kinds
 from broker.errors import CRASH, MALFORMED_REQUEST, UNKNOWN_TYPE, ReplyError
 from broker.monitor import pending_events
+from broker.runs import RunPacker
 from broker.stopping import StopRequest
 from worker.engine import Engine, Interrupted
 from worker.params import Params
@@ -247,6 +248,7 @@ class WorkerServer:
         self.idle_since = time.monotonic()
         self._last_body: dict[str, Any] | None = None
         self._last_packed = b""
+        self._packer = RunPacker()  # a changed status repacks only its changed runs
         # Messages for nodes whose queue is full (they read slowly), oldest first: a reply
         # is held until its node takes it, never dropped, and a node's order is kept.
         self._held: dict[bytes, deque[list[bytes]]] = {}
@@ -525,7 +527,7 @@ class WorkerServer:
         """The body packed; the read engine hands out the same body object while it is
         current, so an unchanged status is packed once."""
         if body is not self._last_body:
-            self._last_body, self._last_packed = body, packed_reply(body)
+            self._last_body, self._last_packed = body, packed_reply(body, self._packer.pack)
         return self._last_packed
 
     def _take(self, peer: bytes, frame: bytes) -> tuple[bytes | None, bytes] | None:
@@ -576,12 +578,15 @@ def run_handler(handler: Handler, request_id: bytes, params: Params) -> dict[str
         return ReplyError(CRASH, f"the worker failed unexpectedly: {exc}").body()
 
 
-def packed_reply(body: dict[str, Any]) -> bytes:
-    """The body packed; one that cannot be packed, or is larger than a node accepts, is
-    answered with error 13 instead: whatever a reply holds, the worker answers and goes on.
+def packed_reply(
+    body: dict[str, Any], pack: Callable[[dict[str, Any]], bytes] = codec.pack
+) -> bytes:
+    """The body packed (by `pack`); one that cannot be packed, or is larger than a node
+    accepts, is answered with error 13 instead: whatever a reply holds, the worker answers
+    and goes on.
     """
     try:
-        packed = codec.pack(body)
+        packed = pack(body)
         if len(packed) > codec.MAX_REPLY_BYTES:
             raise ValueError(
                 f"the reply is {len(packed)} bytes, more than the"
