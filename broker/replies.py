@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from broker.kinds import WAITING, before_reply
 from broker.requests import Request
-from broker.runs import Run, RunList
+
+if TYPE_CHECKING:
+    from broker.runs import Run  # not at run time: it loads msgpack, which --version does not
 
 NODE_FIELDS = ("type", "in_reply_to")  # a reply line's first two, written by the node
 
@@ -123,13 +125,13 @@ class OrderedReplies:
         """json.dumps(fields), each run of a RunList rendered once for as long as the next
         bodies keep it: the dict as "{" + ", ".join('"key": value') + "}", and a list as
         "[" + ", ".join(items) + "]", which runs' texts joined make too."""
-        if not any(isinstance(value, RunList) for value in fields.values()) or not all(
+        if not any(_runs_of(value) for value in fields.values()) or not all(
                 isinstance(key, str) for key in fields):
             return json.dumps(fields)
         rendered: dict[Run, str] = {}
         parts = []
         for key, value in fields.items():
-            if isinstance(value, RunList):
+            if _runs_of(value):
                 for run in value.runs:
                     known = self._run_json.get(run)
                     rendered[run] = json.dumps(run.items)[1:-1] if known is None else known
@@ -160,3 +162,9 @@ class OrderedReplies:
         if lines:
             self.stream.write(b"".join(lines))
             self.stream.flush()
+
+
+def _runs_of(value: Any) -> tuple[Run, ...]:
+    """The runs of a RunList (broker/runs.py), told by its `runs` without importing it;
+    none for anything else."""
+    return value.runs if isinstance(value, list) and hasattr(value, "runs") else ()
