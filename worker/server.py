@@ -2,6 +2,8 @@
 
     node DEALER --[msgpack {"id", "type"}]--> ROUTER (socket thread)
         status, health, validate, history --> read Engine --> reader store --> reply now
+        status, the reader's schema stale --> write Engine, its store lent between two of the
+                                              write's transactions (WorkerServer.status)
         cancel                            --> Writer.cancel() (interrupts)  --> reply now
         migrate, rollback, baseline,      --> Writer queue
         adopt, resolve, lint, verify, dump
@@ -9,7 +11,9 @@
 
 Only the socket thread touches ZeroMQ sockets. Writes run in arrival order, one at a time
 (this process is the database's single writer); reads use a second connection, so they
-never wait behind a write and see the last committed state. ROUTER hands messages over
+never wait behind a write and see the last committed state (a status may wait for the
+running write's next commit, LEND_WAIT_S at most, rather than have that connection read the
+whole schema anew after a migration's DDL). ROUTER hands messages over
 fairly, taking turns between connected nodes. The loop stops when SIGTERM or SIGINT arrives
 (the write in progress finishes its migration first) or, if asked, a while after the last
 node disconnected with no write left.
