@@ -107,7 +107,7 @@ def migrations(node: Node, count: int) -> Engine:
     return node.engine()
 
 
-def test_status_patched_after_each_apply_and_rollback_is_a_full_reads(node: Node) -> None:
+def test_status_patched_after_each_apply_and_rollback_is_what_a_full_read_gives(node: Node) -> None:
     writer = migrations(node, 6)
     reader = Reader(node, writer)
     assert_exact(reader, node, patched=False)  # nothing kept yet
