@@ -33,6 +33,7 @@ from broker import codec
 from broker.errors import CRASH, ReplyError, cancelled_before_start
 from broker.kinds import READS, WRITES, before_reply
 from broker.monitor import pending_events
+from broker.runs import RunUnpacker
 from broker.spawn import WorkerSupervisor
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class WorkerClient:
         self._unreachable_since: float | None = None  # busy with no worker connected since
         self._last_frame: bytes | None = None  # the last reply body frame, and its body
         self._last_body: dict[str, Any] = {}
+        self._bodies = RunUnpacker()  # a status changed in a few entries unpacks only those
         self._sentinel: int | None = None  # the supervisor's pidfd, as registered here
         self._node_id = os.urandom(8)
         self._sequence = itertools.count()
@@ -309,7 +311,7 @@ class WorkerClient:
             # The worker's unchanged status: the same bytes give the same body object.
             return frames[0], self._last_body
         try:
-            request_id, body = codec.unpack_reply(frames)
+            request_id, body = codec.unpack_reply(frames, self._bodies.unpack)
         except codec.CodecError as exc:
             log.error("dropping an unreadable reply from the worker: %s", exc)
             return None

@@ -17,6 +17,7 @@ input) becomes one CodecError.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -85,11 +86,14 @@ def pack_reply(request_id: bytes | None, body: bytes) -> list[bytes]:
     return [request_id or b"", body]
 
 
-def unpack_reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
-    """The request id and body of a reply; raises CodecError for anything else."""
+def unpack_reply(
+    frames: list[bytes], unpack_body: Callable[[bytes, int], dict[str, Any]] | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """The request id and body of a reply, its body by `unpack_body` (as unpack() does, by
+    default unpack itself); raises CodecError for anything else."""
     if len(frames) != 2:
         raise CodecError(f"a reply has 2 frames, not {len(frames)}")
-    body = unpack(frames[1], MAX_REPLY_BYTES)
+    body = (unpack_body or unpack)(frames[1], MAX_REPLY_BYTES)
     if not isinstance(body.get("type"), str):
         raise CodecError("a reply body needs a type")
     return frames[0], body

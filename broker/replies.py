@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from broker.kinds import WAITING, before_reply
 from broker.requests import Request
+
+if TYPE_CHECKING:
+    from broker.runs import Run  # not at run time: it loads msgpack, which --version does not
 
 NODE_FIELDS = ("type", "in_reply_to")  # a reply line's first two, written by the node
 
@@ -46,7 +49,8 @@ class OrderedReplies:
         self.node_id: str | None = None  # from init; replaces each request's dest as our src
         self._slots: deque[Slot] = deque()
         self._last_body: dict[str, Any] | None = None  # the body rendered last, and its JSON
-        self._last_rest = ""
+        self._last_rest: list[str] = []
+        self._run_json: dict[Run, str] = {}  # the last body's runs (broker/runs.py), rendered
 
     def adopt_identity(self, node_id: str) -> None:
         """What init does: take the node id and frame every reply from now on."""
@@ -101,14 +105,13 @@ class OrderedReplies:
         if body is not self._last_body:
             # in_reply_to is the request's msg_id, written here: one a body carried would
             # put a second in_reply_to in the line, which a JSON reader takes as the answer.
-            rest = json.dumps({key: value for key, value in body.items()
-                               if key not in NODE_FIELDS})
-            self._last_body, self._last_rest = body, rest[1:-1]
+            self._last_body, self._last_rest = body, self._fields_text(
+                {key: value for key, value in body.items() if key not in NODE_FIELDS})
         parts = ['{"type": ', json.dumps(body["type"])]
         if slot.msg_id is not None:
             parts += [', "in_reply_to": ', json.dumps(slot.msg_id)]
         if self._last_rest:
-            parts += [", ", self._last_rest]
+            parts += [", ", *self._last_rest]
         parts.append("}")
         if slot.envelope is not None:
             src, dest = slot.envelope
@@ -116,6 +119,32 @@ class OrderedReplies:
             parts.append("}")
         parts.append("\n")
         return "".join(parts).encode()
+
+    def _fields_text(self, fields: dict[str, Any]) -> list[str]:
+        """json.dumps(fields) between its braces, as pieces to join (none for no field):
+        "key": value for each, ", " between them, and a RunList's "[", its runs' texts with
+        ", " between them, "]", each run written once for as long as the next bodies keep
+        it. Pieces, not one text: a status is half a megabyte, copied once by the join."""
+        if not any(_runs_of(value) for value in fields.values()) or not all(
+                isinstance(key, str) for key in fields):
+            text = json.dumps(fields)[1:-1]
+            return [text] if text else []
+        rendered: dict[Run, str] = {}
+        pieces: list[str] = []
+        for key, value in fields.items():
+            pieces += [", " if pieces else "", json.dumps(key), ": "]
+            runs = _runs_of(value)
+            if not runs:
+                pieces.append(json.dumps(value))
+                continue
+            pieces.append("[")
+            for run in runs:
+                known = self._run_json.get(run)
+                rendered[run] = json.dumps(run.items)[1:-1] if known is None else known
+                pieces += [rendered[run], ", "]
+            pieces[-1] = "]"
+        self._run_json = rendered
+        return pieces
 
     def waiting(self) -> int:
         """Replies reserved but not yet written."""
@@ -137,3 +166,9 @@ class OrderedReplies:
         if lines:
             self.stream.write(b"".join(lines))
             self.stream.flush()
+
+
+def _runs_of(value: Any) -> tuple[Run, ...]:
+    """The runs of a RunList (broker/runs.py), told by its `runs` without importing it;
+    none for anything else."""
+    return value.runs if isinstance(value, list) and hasattr(value, "runs") else ()

@@ -43,6 +43,7 @@ from worker.ahead import Ahead
 from worker.catalog import Catalog, Loaded, Migration, Repeatable, checksum_of
 from worker.journal import MAX_DEATHS, CrashJournal, NoJournal
 from worker.params import Params
+from worker.status import MOST_PATCHED_EVENTS, StatusBasis, basis_of, patched
 from worker.steps import StatementSteps, first_line, partial_field, span
 from worker.steps import checksum_of as checksum_of_statement
 from worker.stores.interface import (
@@ -169,6 +170,7 @@ class Engine:
         self.journal = journal if journal is not None else NoJournal()
         self._status: Reply = {}
         self._status_stamp = StatusStamp(-1, -1, -1)  # what the kept reply was computed from
+        self._status_basis: StatusBasis | None = None  # how to patch it (worker/status.py)
         self._status_checked = False  # the stamp was checked in the current batch
 
     # -- reads -----------------------------------------------------------------------------
@@ -185,10 +187,13 @@ class Engine:
             migrations = self.catalog.migrations()
             if self._stamp() != self._status_stamp:
                 # Rebuilt inside one snapshot, whose own stamp is the one kept; kept only
-                # once built (a status refused, error 22, keeps nothing to hand out).
+                # once built (a status refused, error 22, keeps nothing to hand out, and
+                # the next one reads everything).
+                basis, self._status_basis = self._status_basis, None
                 with self.store.reading():
                     stamp = self._stamp()
-                    self._status = self._compute_status(migrations)
+                    self._status, self._status_basis = (
+                        self._patched_status(basis, stamp) or self._compute_status(migrations))
                     self._status_stamp = stamp
             self._status_checked = True
         return self._status
@@ -201,8 +206,31 @@ class Engine:
         """Requests received from here on may see changes made since the last batch."""
         self._status_checked = False
 
-    def _compute_status(self, migrations: list[Migration]) -> Reply:
-        applied = {row.version: row for row in self.store.applied()}
+    def _patched_status(
+        self, basis: StatusBasis | None, stamp: StatusStamp
+    ) -> tuple[Reply, StatusBasis] | None:
+        """The kept reply with the tracking rows changed since patched in, or None when it
+        is to be computed in full: nothing was kept to patch, the folder or a repeatable
+        file changed, or the store cannot tell exactly what changed (see worker/status.py).
+        """
+        kept = self._status_stamp
+        if basis is None or stamp.folder_generation != kept.folder_generation or (
+                stamp.repeatable_files != kept.repeatable_files):
+            return None
+        changes = self.store.tracking_changes(basis.mark, MOST_PATCHED_EVENTS)
+        if changes is None:
+            return None
+        patch = patched(self._status["migrations"], basis, changes)
+        if patch is None:
+            return None
+        entries, basis = patch
+        return self._status_reply(entries), basis
+
+    def _compute_status(self, migrations: list[Migration]) -> tuple[Reply, StatusBasis | None]:
+        """The reply read in full, and what a later one may patch it from (None: nothing,
+        where the store cannot tell changes or steps stop partway)."""
+        rows = self.store.applied()
+        applied = {row.version: row for row in rows}
         files = {migration.version: migration for migration in migrations}
         partials = {partial.version: partial for partial in self.store.partials()}
         entries = []
@@ -214,6 +242,11 @@ class Engine:
             if version in partials:  # only where DDL commits at once: MariaDB, MySQL
                 entry["partial"] = partial_field(partials[version])
             entries.append(entry)
+        mark = None if self.store.implicit_commits else self.store.history_mark()
+        basis = None if mark is None else basis_of(entries, files, rows, mark)
+        return self._status_reply(entries), basis
+
+    def _status_reply(self, entries: list[Entry]) -> Reply:
         reply: Reply = {"type": "migration_status", "migrations": entries}
         repeatables = self._repeatables_status()
         if repeatables:  # only then: a folder without them keeps the reply it always had

@@ -2,6 +2,8 @@
 
     node DEALER --[msgpack {"id", "type"}]--> ROUTER (socket thread)
         status, health, validate, history --> read Engine --> reader store --> reply now
+        status, the reader's schema stale --> write Engine, its store lent between two of the
+                                              write's transactions (WorkerServer.status)
         cancel                            --> Writer.cancel() (interrupts)  --> reply now
         migrate, rollback, baseline,      --> Writer queue
         adopt, resolve, lint, verify, dump
@@ -9,7 +11,9 @@
 
 Only the socket thread touches ZeroMQ sockets. Writes run in arrival order, one at a time
 (this process is the database's single writer); reads use a second connection, so they
-never wait behind a write and see the last committed state. ROUTER hands messages over
+never wait behind a write and see the last committed state (a status may wait for the
+running write's next commit, LEND_WAIT_S at most, rather than have that connection read the
+whole schema anew after a migration's DDL). ROUTER hands messages over
 fairly, taking turns between connected nodes. The loop stops when SIGTERM or SIGINT arrives
 (the write in progress finishes its migration first) or, if asked, a while after the last
 node disconnected with no write left.
@@ -34,6 +38,7 @@ import zmq
 from broker import codec, kinds
 from broker.errors import CRASH, MALFORMED_REQUEST, UNKNOWN_TYPE, ReplyError
 from broker.monitor import pending_events
+from broker.runs import RunPacker
 from broker.stopping import StopRequest
 from worker.engine import Engine, Interrupted
 from worker.params import Params
@@ -54,6 +59,9 @@ SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 SEND_LAST = int(zmq.NOBLOCK)
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 MAX_CANCEL_IDS = 256  # request ids one cancel may name: a node's whole window
+# How long a status waits for a running write to lend it the owner's connection at its next
+# commit, before its own connection reads the whole schema anew (see WorkerServer.status).
+LEND_WAIT_S = 0.02
 
 Handler = Callable[[bytes, Params], dict[str, Any]]
 
@@ -173,7 +181,8 @@ class Writer:
         self._thread.join()
 
     def _loop(self) -> None:
-        self._settle()  # what a killed worker left in the -wal, before anything is asked
+        with self.engine.store.writing():
+            self._settle()  # what a killed worker left in the -wal, before anything is asked
         while True:
             with self._lock:
                 while not self._jobs and not self._closing:
@@ -186,18 +195,22 @@ class Writer:
                 # A write cancelled while queued starts cancelled: if a worker that died had
                 # begun it, it stops before its next step (Engine.cancel_unstarted).
                 self._current, self._current_cancelled = job, unstarted
-            try:
-                handler = job.handler
-                if unstarted:
-                    handler = functools.partial(self.engine.cancel_unstarted, resume=job.handler)
-                request_id, body = job.request_id, run_handler(handler, job.request_id, job.params)
-            finally:
-                with self._lock:
-                    self._current, self._current_cancelled = None, False
-            if body is not None:
-                self.completed += 1
-                self.outbox.put(job.peer, codec.pack_reply(request_id, packed_reply(body)))
-            self._settle()
+            with self.engine.store.writing():
+                self._run(job, unstarted)
+                self._settle()
+
+    def _run(self, job: Job, unstarted: bool) -> None:
+        try:
+            handler = job.handler
+            if unstarted:
+                handler = functools.partial(self.engine.cancel_unstarted, resume=job.handler)
+            request_id, body = job.request_id, run_handler(handler, job.request_id, job.params)
+        finally:
+            with self._lock:
+                self._current, self._current_cancelled = None, False
+        if body is not None:
+            self.completed += 1
+            self.outbox.put(job.peer, codec.pack_reply(request_id, packed_reply(body)))
 
     def _settle(self) -> None:
         try:
@@ -239,6 +252,7 @@ class WorkerServer:
         self.idle_since = time.monotonic()
         self._last_body: dict[str, Any] | None = None
         self._last_packed = b""
+        self._packer = RunPacker()  # a changed status repacks only its changed runs
         # Messages for nodes whose queue is full (they read slowly), oldest first: a reply
         # is held until its node takes it, never dropped, and a node's order is kept.
         self._held: dict[bytes, deque[list[bytes]]] = {}
@@ -251,7 +265,7 @@ class WorkerServer:
             "baseline": write_engine.baseline,
             "adopt": write_engine.adopt,
             "resolve": write_engine.resolve,
-            "status": read_engine.status,
+            "status": self.status,
             "validate": read_engine.validate,
             "history": read_engine.history,
             "dump": write_engine.dump,
@@ -275,6 +289,17 @@ class WorkerServer:
                             " the file now at that path", moved)
                 self.stop.requested = True
         return self.stop.requested
+
+    def status(self, request_id: bytes, params: Params) -> dict[str, Any]:
+        """Status read on the owner's connection when the reader's would first read the
+        whole schema anew (SQLite, after a migration's DDL: a cost that grows with every
+        table) and the owner's is free, or lent by a running write at its next commit within
+        LEND_WAIT_S; else on the reader's. Both read the last commit."""
+        if self.engine.store.stale_schema():
+            with self.writer.engine.store.lent(LEND_WAIT_S) as lent:
+                if lent:
+                    return self.writer.engine.status(request_id, params)
+        return self.engine.status(request_id, params)
 
     def health(self, request_id: bytes, params: Params) -> dict[str, Any]:
         running = self.writer.engine.running
@@ -418,6 +443,7 @@ class WorkerServer:
             # The requests of one message were sent together, so one snapshot of the folder
             # and database answers them; a later message may follow a reply already sent.
             self.engine.new_batch()
+            self.writer.engine.new_batch()
             replies = []
             for frame in requests[: codec.MAX_MESSAGE_REQUESTS] or [b""]:
                 answered = self._take(peer, frame)
@@ -499,7 +525,7 @@ class WorkerServer:
         """The body packed; the read engine hands out the same body object while it is
         current, so an unchanged status is packed once."""
         if body is not self._last_body:
-            self._last_body, self._last_packed = body, packed_reply(body)
+            self._last_body, self._last_packed = body, packed_reply(body, self._packer.pack)
         return self._last_packed
 
     def _take(self, peer: bytes, frame: bytes) -> tuple[bytes | None, bytes] | None:
@@ -550,12 +576,15 @@ def run_handler(handler: Handler, request_id: bytes, params: Params) -> dict[str
         return ReplyError(CRASH, f"the worker failed unexpectedly: {exc}").body()
 
 
-def packed_reply(body: dict[str, Any]) -> bytes:
-    """The body packed; one that cannot be packed, or is larger than a node accepts, is
-    answered with error 13 instead: whatever a reply holds, the worker answers and goes on.
+def packed_reply(
+    body: dict[str, Any], pack: Callable[[dict[str, Any]], bytes] = codec.pack
+) -> bytes:
+    """The body packed (by `pack`); one that cannot be packed, or is larger than a node
+    accepts, is answered with error 13 instead: whatever a reply holds, the worker answers
+    and goes on.
     """
     try:
-        packed = codec.pack(body)
+        packed = pack(body)
         if len(packed) > codec.MAX_REPLY_BYTES:
             raise ValueError(
                 f"the reply is {len(packed)} bytes, more than the"

@@ -27,9 +27,9 @@ from worker.lock import AlreadyOwned
 
 __all__ = ["ALTERNATE_TABLE", "DEFAULT_TABLE", "REPEATABLE_VERSION", "AlreadyOwned",
            "AppliedMigration", "AppliedRepeatable", "CrashHook", "Event", "ForeignKeyViolation",
-           "ForeignTable", "LockTimeout", "LockWatch", "MomentaryRefusal", "NotAdopted", "Partial",
-           "Repair", "ReplyEvicted", "Store", "TableChoice", "TrackingTableMissing",
-           "choose_table", "tracking_facts"]
+           "ForeignTable", "HistoryMark", "LockTimeout", "LockWatch", "MomentaryRefusal",
+           "NotAdopted", "Partial", "Repair", "ReplyEvicted", "Store", "TableChoice",
+           "TrackingChanges", "TrackingTableMissing", "choose_table", "tracking_facts"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,30 @@ class Event(NamedTuple):
     duration_ms: float
     src: str | None  # who sent the request
     request_id: bytes | None
+
+
+class HistoryMark(NamedTuple):
+    """The history's newest event as a status saw it: its seq, and enough of its row to tell
+    it from another event given the same seq later (a history deleted and begun again)."""
+
+    seq: int  # 0: the history had no event
+    version: int
+    action: str
+    started_at: str
+
+
+NO_EVENT = HistoryMark(0, 0, "", "")
+VERSION_SUM_MASK = 0xFFFF_FFFF  # of each tracking row's version, summed in TrackingChanges
+
+
+class TrackingChanges(NamedTuple):
+    """What the tracking rows are now, for the versions the history's events since a
+    HistoryMark name, read in one snapshot with the count and sum of every row."""
+
+    mark: HistoryMark  # the newest event now
+    recorded: dict[int, str | None]  # each version named since: its recorded name, or None
+    count: int  # tracking rows
+    version_sum: int  # the sum of their versions' low 32 bits (VERSION_SUM_MASK)
 
 
 class LockTimeout(ReplyError):
@@ -613,6 +637,38 @@ class Store(ABC):
         """A consistent view for a read made of several queries (status: the stamp, then
         the rows); by default each query sees the last commit on its own."""
         return nullcontext()
+
+    def stale_schema(self) -> bool:
+        """Whether this connection's next read first reads the whole schema anew: SQLite's
+        does once another connection changed it (a migration's DDL) since its last
+        reading(), a cost that grows with every table. False by default."""
+        return False
+
+    def writing(self) -> AbstractContextManager[None]:
+        """Around each write request, on the writer thread: this store's connection is the
+        write's, lent to a read only between two of its transactions (see lent)."""
+        return nullcontext()
+
+    def lent(self, wait_s: float) -> AbstractContextManager[bool]:
+        """From the socket thread: this store's connection for one read (True), once no
+        write holds it: at once while none runs, else when a running write commits its
+        transaction within `wait_s` (the write then waits until the read is done). False
+        when it did not come in time, or is never lent (the default): read on reader()."""
+        return nullcontext(False)
+
+    def history_mark(self) -> HistoryMark | None:
+        """The history's newest event (NO_EVENT when it has none), to ask tracking_changes()
+        about later, in the snapshot of reading(); None when this store cannot tell what
+        changed since one (the default: each status reads every row)."""
+        return None
+
+    def tracking_changes(self, since: HistoryMark, most: int) -> TrackingChanges | None:
+        """The tracking rows of the versions that the history's events after `since` name,
+        as they are now, with the count of every row and the sum of their versions' low 32
+        bits, in the snapshot of reading(). None when it cannot be told: by default; when
+        `since` is no longer the event at its seq (a history deleted or restored), more
+        than `most` events came after it, or a tracking table is missing."""
+        return None
 
     @abstractmethod
     def check_foreign_keys(self) -> None:

@@ -18,7 +18,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,20 @@ from worker.lock import OwnerLock
 from worker.stores.interface import (
     DEFAULT_TABLE,
     KEEP_REPLIES,
+    NO_EVENT,
     NODE_ID_BYTES,
     REQUEST_ID_BYTES,
+    VERSION_SUM_MASK,
     AppliedMigration,
     AppliedRepeatable,
     CrashHook,
     Event,
     ForeignKeyViolation,
+    HistoryMark,
     ReplyEvicted,
     Store,
     TableChoice,
+    TrackingChanges,
     choose_table,
     is_ours,
     node_of,
@@ -51,6 +55,7 @@ from worker.stores.sqlite.migration_db import (
     TouchedTables,
     guarded,
 )
+from worker.stores.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +154,15 @@ STATEMENTS = {
     " evicted_at = excluded.evicted_at",
     "prune_replies": "DELETE FROM {replies} WHERE seq <= ?",
     "repeatables": "SELECT name, checksum, applied_at, request_id FROM {repeats}",
+    "history_mark": "SELECT seq, version, action, started_at FROM {history}"
+    " ORDER BY seq DESC LIMIT 1",
+    "events_from": "SELECT seq, version, action, started_at FROM {history}"
+    " WHERE seq >= ? ORDER BY seq LIMIT ?",
+    "recorded_between": "SELECT version, name FROM {migrations} WHERE version IN"
+    " (SELECT version FROM {history} WHERE seq > ? AND seq <= ?)",
+    # One statement, run inside SQLite: no row comes into Python (see tracking_changes).
+    "tracking_sums": f"SELECT count(*), coalesce(sum(version & {VERSION_SUM_MASK}), 0)"
+    " FROM {migrations}",
     "record_repeatable": "INSERT INTO {repeats} (name, checksum, applied_at, execution_ms,"
     f" request_id) VALUES (?, ?, {UTC_NOW}, ?, ?) ON CONFLICT (name) DO UPDATE SET"
     " checksum = excluded.checksum, applied_at = excluded.applied_at,"
@@ -298,6 +312,8 @@ class SqliteStore(Store):
         self._touched: TouchedTables | None = None  # since the last schema_mark()
         self.commits = 0  # transactions this store committed; with data_version(), a change stamp
         self._crash_hook = CrashHook.from_environment()
+        self._turns = Turns()  # the writer thread's connection, lent to reads (see lent)
+        self._read_schema: int | None = None  # PRAGMA schema_version at the last reading()
 
     def close(self) -> None:
         self.connection.close()
@@ -335,9 +351,21 @@ class SqliteStore(Store):
             return
         self.connection.execute("BEGIN")
         try:
+            (self._read_schema,) = self.connection.execute("PRAGMA schema_version").fetchone()
             yield
         finally:
             self.connection.execute("COMMIT")
+
+    def stale_schema(self) -> bool:
+        """As Store's: a header read, which never reads the schema itself."""
+        (version,) = self.connection.execute("PRAGMA schema_version").fetchone()
+        return version != self._read_schema
+
+    def writing(self) -> AbstractContextManager[None]:
+        return self._turns.writing()
+
+    def lent(self, wait_s: float) -> AbstractContextManager[bool]:
+        return self._turns.lend(wait_s)
 
     def moved(self) -> str | None:
         """Why the path no longer names the file this store has open, or None. SQLite goes
@@ -522,6 +550,7 @@ class SqliteStore(Store):
         self.commits += 1
         if self._crash_hook is not None:
             self._crash_hook.fire_if_armed()
+        self._turns.between()
 
     def _forget_transaction(self) -> None:
         """After a rollback: what this store noted of the tables in the transaction."""
@@ -657,6 +686,37 @@ class SqliteStore(Store):
                 raise
             raise self._foreign_table() from None
         return [AppliedMigration(*row) for row in rows]
+
+    def history_mark(self) -> HistoryMark | None:
+        """The history's newest event, NO_EVENT when it has none (or there is no tracking
+        table at all yet); None for a history dropped by hand."""
+        existing = self._tables()
+        if self.tables.history not in existing:
+            return None if existing else NO_EVENT
+        row = self.connection.execute(self._sql["history_mark"]).fetchone()
+        return NO_EVENT if row is None else HistoryMark(*row)
+
+    def tracking_changes(self, since: HistoryMark, most: int) -> TrackingChanges | None:
+        """As Store's, in a few statements whatever the number of rows: while a migrate
+        commits, each one a status reads row by row waits for the writer thread to hand
+        back the GIL, where these wait once each."""
+        if not {self.tables.migrations, self.tables.history} <= self._tables():
+            return None
+        rows = self.connection.execute(self._sql["events_from"], (since.seq, most + 2))
+        events = [HistoryMark(*row) for row in rows]
+        if since != NO_EVENT:
+            if not events or events[0] != since:
+                return None  # that event is gone: the history was deleted or restored
+            del events[0]
+        if len(events) > most:
+            return None
+        mark = events[-1] if events else since
+        recorded: dict[int, str | None] = dict.fromkeys(event.version for event in events)
+        if events:
+            recorded.update(self.connection.execute(
+                self._sql["recorded_between"], (since.seq, mark.seq)))
+        count, total = self.connection.execute(self._sql["tracking_sums"]).fetchone()
+        return TrackingChanges(mark, recorded, count, total)
 
     def _tracking_is_ours(self) -> bool:
         columns = self.columns_of(self.tables.migrations)
