@@ -1392,6 +1392,7 @@ SPEED_CHANGES = [
     ("0a8da7d", "each log line written at once, none held (for no line lost to a kill)"),
     ("320c129", "no LIKE in the schema reader's query of sqlite_master"),
     ("f3078b5", "no pragma for UNIQUE constraints or foreign keys a definition lacks"),
+    ("ac50749", "status patched and read between steps (item 2): its cost to the apply"),
 ]
 
 
