@@ -136,7 +136,11 @@ def kill_live_worker(workspace) -> int:
     """SIGKILL the database's worker once one runs (a restart may still be starting it);
     returns 1, the kill that landed, so that a test can count its kills."""
     wait_until(lambda: alive_owner(workspace.db) is not None, what="a live worker to kill")
-    assert workspace.kill_worker() is not None
+    killed = workspace.kill_worker()
+    assert killed is not None
+    # Until it has gone, the lock file still names it as a live owner: the next round's
+    # wait would find it, and its kill would come too late.
+    wait_until(lambda: gone(killed), what=f"killed worker {killed} to go")
     return 1
 
 
