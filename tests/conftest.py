@@ -11,6 +11,7 @@ import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,6 +161,19 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         db = MariaDbBackend()
     try:
         yield db
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def sqlite_node(tmp_path: Path) -> Iterator[Any]:
+    """A migrations folder and a SQLite file in tmp_path (tests/test_engine.py's Node), for
+    the engine tests about SQLite alone."""
+    from tests.test_engine import Node  # a test module's class: not loaded before it is needed
+
+    db = SqliteBackend(tmp_path / "db.sqlite")
+    try:
+        yield Node(tmp_path, db)
     finally:
         db.close()
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends import SqliteBackend
 from tests.test_engine import Node, outcome
 from worker.ahead import Ahead
 from worker.catalog import Catalog, checksum_of
@@ -86,20 +85,15 @@ def test_a_file_that_cannot_compile_fails_when_its_step_is_taken(tmp_path: Path)
 
 
 def test_a_migrate_that_fails_halfway_keeps_the_steps_before_and_ends_its_thread(
-    tmp_path: Path,
+    sqlite_node: Node,
 ) -> None:
-    db = SqliteBackend(tmp_path / "db.sqlite")
-    try:
-        node = Node(tmp_path, db)
-        node.table_migration("0001_one.py", "one")
-        node.write("0002_broken.py", "def up(db)\n")
-        node.table_migration("0003_three.py", "three")
+    sqlite_node.table_migration("0001_one.py", "one")
+    sqlite_node.write("0002_broken.py", "def up(db)\n")
+    sqlite_node.table_migration("0003_three.py", "three")
 
-        body = outcome(lambda: node.engine().migrate(b"m1"))
+    body = outcome(lambda: sqlite_node.engine().migrate(b"m1"))
 
-        assert body["failed"]["version"] == 2
-        assert body["failed"]["error"].startswith("SyntaxError: expected ':'")
-        assert db.versions() == [1]
-        join_preparing_threads()
-    finally:
-        db.close()
+    assert body["failed"]["version"] == 2
+    assert body["failed"]["error"].startswith("SyntaxError: expected ':'")
+    assert sqlite_node.db.versions() == [1]
+    join_preparing_threads()

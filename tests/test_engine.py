@@ -12,7 +12,7 @@ import re
 import select
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from broker.errors import (
     TEMPORARILY_UNAVAILABLE,
     ReplyError,
 )
-from tests.backends import Backend, SqliteBackend
+from tests.backends import Backend
 from tests.support import PROCESS_TIMEOUT_S
 from worker.catalog import Catalog, DuplicateVersion, checksum_of
 from worker.engine import Engine, Interrupted
@@ -123,15 +123,6 @@ class Node:
 @pytest.fixture
 def node(tmp_path: Path, backend: Backend) -> Node:
     return Node(tmp_path, backend)  # the backend fixture closes every store at teardown
-
-
-@pytest.fixture
-def sqlite_node(tmp_path: Path) -> Iterator[Node]:
-    db = SqliteBackend(tmp_path / "db.sqlite")
-    try:
-        yield Node(tmp_path, db)
-    finally:
-        db.close()
 
 
 def entry(version: int, name: str, status: str = "applied") -> dict[str, object]:

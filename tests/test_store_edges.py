@@ -49,15 +49,6 @@ def node(tmp_path: Path, backend: Backend) -> Node:
 
 
 @pytest.fixture
-def sqlite_node(tmp_path: Path) -> Iterator[Node]:
-    db = SqliteBackend(tmp_path / "db.sqlite")
-    try:
-        yield Node(tmp_path, db)
-    finally:
-        db.close()
-
-
-@pytest.fixture
 def pg_node(tmp_path: Path, pg_database: str) -> Iterator[Node]:
     db = PostgresBackend(pg_database)
     try:

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from broker import codec
 from broker.stopping import StopRequest
-from tests.backends import SqliteBackend
 from tests.support import PROCESS_TIMEOUT_S
 from tests.test_engine import Node
 from tests.test_status_incremental import fresh_status, migrations
@@ -81,15 +79,6 @@ def test_a_write_that_starts_while_a_read_holds_the_connection_waits_for_it() ->
         assert not started.is_set()
     thread.join(PROCESS_TIMEOUT_S)
     assert started.is_set()
-
-
-@pytest.fixture
-def sqlite_node(tmp_path: Path) -> Iterator[Node]:
-    db = SqliteBackend(tmp_path / "db.sqlite")
-    try:
-        yield Node(tmp_path, db)
-    finally:
-        db.close()
 
 
 @pytest.fixture
