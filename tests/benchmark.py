@@ -256,17 +256,23 @@ def process_once(imports: str) -> float:
 def interleaved(
     runs: int, ours: Callable[[], float], floor: Callable[[], float]
 ) -> tuple[list[float], list[float]]:
-    """Samples of a figure and of its floor, taken in turns so that both see the same noise.
+    """Samples of a figure and of its floor, taken in turns (see in_turns)."""
+    samples = in_turns(runs, {"floor": floor, "ours": ours})
+    return samples["ours"], samples["floor"]
 
-    Who goes first alternates, and pending writes are flushed before each sample, so neither
-    pays for the other's disk work (deleting a database of 10,000 tables, say).
+
+def in_turns(runs: int, measures: dict[Any, Callable[[], float]]) -> dict[Any, list[float]]:
+    """`runs` samples of each measure, by key, taken in turns so that all see the same noise.
+
+    The order is reversed every other run, and pending writes are flushed before each sample,
+    so none pays for another's disk work (deleting a database of 10,000 tables, say).
     """
-    samples, floors = [], []
+    samples: dict[Any, list[float]] = {key: [] for key in measures}
     for run in range(runs):
-        for measure, into in ((floor, floors), (ours, samples))[:: 1 if run % 2 else -1]:
+        for key in [*measures][:: -1 if run % 2 == 0 else 1]:
             os.sync()
-            into.append(measure())
-    return samples, floors
+            samples[key].append(measures[key]())
+    return samples
 
 
 def on(server: str | None) -> str:
@@ -1409,16 +1415,12 @@ def change_figures(count: int, runs: int) -> list[Figure | Unmeasured]:
             if problem is not None:
                 return [Unmeasured(name, problem)]
             trees.append((commit, what, tree))
-        samples: dict[Path, list[float]] = {tree: [] for *_, tree in trees}
-        samples[PROJECT] = []
-        floors: list[float] = []
-        order = [*samples]
-        for run in range(runs):
-            for tree in order[:: 1 if run % 2 else -1]:
-                os.sync()
-                samples[tree].append(apply_once(count, 0, tree=tree).seconds)
-            os.sync()
-            floors.append(loop_floor(count))
+        measures: dict[Path | None, Callable[[], float]] = {
+            tree: lambda tree=tree: apply_once(count, 0, tree=tree).seconds
+            for tree in [*(tree for *_, tree in trees), PROJECT]}
+        measures[None] = lambda: loop_floor(count)  # the plain loop
+        samples = in_turns(runs, measures)
+        floors = samples[None]
     figures: list[Figure | Unmeasured] = []
     for (before, _, before_tree), (commit, what, tree) in itertools.pairwise(trees):
         figures.append(Figure(
@@ -1438,15 +1440,11 @@ def profile_figures(count: int, runs: int) -> list[Figure]:
     """Where an in-process apply of `count` spends its time beyond the plain loop, piece by
     piece (see tests/bench_profile.py): the whole apply beside the loop, then the apply
     without each piece beside the whole one, all in turns."""
-    configs: list[str | None] = [None, *bench_profile.PIECES]
-    samples: dict[str | None, list[float]] = {config: [] for config in configs}
-    floors: list[float] = []
-    for run in range(runs):
-        for config in configs[:: 1 if run % 2 else -1]:
-            os.sync()
-            samples[config].append(bench_profile.apply_seconds(count, config))
-        os.sync()
-        floors.append(loop_floor(count))
+    measures: dict[str | None, Callable[[], float]] = {
+        config: lambda config=config: bench_profile.apply_seconds(count, config)
+        for config in [None, *bench_profile.PIECES]}
+    samples = in_turns(runs, {**measures, "loop": lambda: loop_floor(count)})
+    floors = samples["loop"]
     whole = statistics.median(samples[None])
 
     def per_migration_us(seconds: float) -> float:
