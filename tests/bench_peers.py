@@ -245,6 +245,12 @@ def create_table(version: int) -> str:
     return f"CREATE TABLE t{version} (id INTEGER PRIMARY KEY, name TEXT)"
 
 
+def py_migration(version: int) -> str:
+    """Migration `version` as our node's .py file: create_table(), and a down dropping it."""
+    return (f'def up(db):\n    db.execute("{create_table(version)}")\n\n\n'
+            f'def down(db):\n    db.execute("DROP TABLE t{version}")\n')
+
+
 def _sqlite_url(db: Path) -> str:
     # An absolute path after "sqlite:///" gives the four-slash form both tools read as absolute.
     return f"sqlite:///{db}"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from tests.bench_peers import py_migration
 from worker.__main__ import configure_logging
 from worker.catalog import Catalog
 from worker.engine import Engine
@@ -67,9 +68,7 @@ def write_migrations(folder: Path, count: int) -> None:
     back (a listing younger than 2 s is not cached)."""
     folder.mkdir()
     for version in range(1, count + 1):
-        (folder / f"{version:05d}_t{version}.py").write_text(
-            f'def up(db):\n    db.execute("CREATE TABLE t{version} (id INTEGER PRIMARY KEY,'
-            f' name TEXT)")\n\n\ndef down(db):\n    db.execute("DROP TABLE t{version}")\n')
+        (folder / f"{version:05d}_t{version}.py").write_text(py_migration(version))
     os.utime(folder, (time.time() - 60,) * 2)
 
 

@@ -62,6 +62,7 @@ from tests.bench_peers import (
     mariadb_problem,
     postgres_database,
     postgres_problem,
+    py_migration,
 )
 from tests.processes import gone
 
@@ -175,8 +176,7 @@ class Sandbox:
                 f"-- migrate:up\nCREATE TABLE t{version} (id INTEGER);\n"
                 f"-- migrate:down\nDROP TABLE t{version};\n"
                 if kind == "sql"
-                else f'def up(db):\n    db.execute("{create_table(version)}")\n\n\n'
-                f'def down(db):\n    db.execute("DROP TABLE t{version}")\n'
+                else py_migration(version)
             )
         return self.migrations
 
